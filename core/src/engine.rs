@@ -1,0 +1,101 @@
+//! The contract between the reconciler and a backend that runs instances (Docker, Kubernetes).
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use jiff::Timestamp;
+use thiserror::Error;
+
+use crate::{EnvInstance, Phase};
+
+/// What the engine sees of one instance after `apply`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub phase: Phase,
+    pub ip: Option<String>,
+    pub message: Option<String>,
+    /// The engine's id for what it runs (a container id, a Pod uid).
+    pub container_id: Option<String>,
+}
+
+/// One object the engine found labelled as belonging to this operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedObject {
+    /// Namespace and name of the instance the object belongs to.
+    pub namespace: String,
+    pub instance: String,
+    /// The engine's id of the object (a container id).
+    pub id: String,
+    /// The phase the object's state maps to, as far as a list call tells.
+    pub phase: Phase,
+    pub created: Option<Timestamp>,
+}
+
+/// A change the engine noticed outside the operator's own calls (a container died or was removed by hand).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// Something about this instance changed: reconcile it.
+    Changed { namespace: String, instance: String },
+    /// The event stream was interrupted and is back: anything may have changed meanwhile.
+    Resync,
+}
+
+/// Why an engine call failed. Messages are for users: they say what happened and what can be done.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// The backend does not answer (daemon down, API server unreachable). Retried with backoff.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request cannot succeed as written (image missing and not pullable, bad spec). Not retried: the
+    /// instance goes to `Failed` with this message.
+    #[error("{0}")]
+    Permanent(String),
+    /// Anything else the backend reported; retried with backoff.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl EngineError {
+    /// Whether trying again later may help.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, EngineError::Permanent(_))
+    }
+
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            EngineError::Unavailable(_) => "unavailable",
+            EngineError::Permanent(_) => "permanent",
+            EngineError::Other(_) => "other",
+        }
+    }
+}
+
+/// A backend that runs env instances.
+///
+/// Implementations are idempotent and keyed by the instance id: the id names the container (or Pod), so a
+/// create that was interrupted and is made again finds and adopts what the first attempt left.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// A short name for logs and metrics (`docker`, `kubernetes`).
+    fn name(&self) -> &'static str;
+
+    /// Makes the instance exist as specified and reports what is observed. Creates what is missing, unless
+    /// `instance.status.container_id` says it was created before: then its absence is reported as
+    /// `Terminated` (removed outside the operator) rather than created again. Calling it twice changes nothing.
+    async fn apply(&self, instance: &EnvInstance) -> Result<Observed, EngineError>;
+
+    /// Removes everything the instance owns. Succeeds when there is nothing to remove.
+    async fn delete(&self, instance: &EnvInstance) -> Result<(), EngineError>;
+
+    /// Removes an object found by [`Engine::list_owned`] that has no instance (an orphan).
+    async fn delete_owned(&self, object: &OwnedObject) -> Result<(), EngineError>;
+
+    /// Everything this engine finds labelled as this operator's, in one list call.
+    async fn list_owned(&self) -> Result<Vec<OwnedObject>, EngineError>;
+
+    /// Changes made outside the operator. The stream reconnects by itself and never ends.
+    fn events(&self) -> BoxStream<'static, EngineEvent>;
+
+    /// Whether the backend answers now (for readiness).
+    async fn ping(&self) -> Result<(), EngineError>;
+}

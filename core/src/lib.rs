@@ -1,0 +1,23 @@
+//! `aenv-core`: the domain of aenv-operator, free of I/O.
+//!
+//! - [`types`]: the `EnvInstance` and `Environment` custom resources (group `aenv.io`, version `v1alpha1`);
+//! - [`engine`]: the [`Engine`](engine::Engine) trait every backend (Docker, Kubernetes) implements;
+//! - [`duration`]: TTLs in Go duration syntax (`90s`, `30m`, `1h30m`), as AEnvironment writes them;
+//! - [`quantity`]: cpu (`1C`, `2`, `500m`, `0.5`) and memory (`512Mi`, `2Gi`, `2G`, `512M`) quantities;
+//! - [`labels`]: the label keys put on every object an engine creates.
+//!
+//! Nothing here reads a clock, a socket or a file: callers pass `now` in.
+
+pub mod duration;
+pub mod engine;
+mod error;
+pub mod labels;
+pub mod quantity;
+pub mod types;
+
+pub use engine::{Engine, EngineError, EngineEvent, Observed, OwnedObject};
+pub use error::Error;
+pub use types::{
+    Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PullPolicy,
+    Resources,
+};

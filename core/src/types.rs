@@ -1,0 +1,267 @@
+//! The custom resources: `EnvInstance` (one sandbox: a container or a stack, with a TTL) and `Environment`
+//! (a versioned template instances are made from). Both live in group `aenv.io`, version `v1alpha1`, whether they
+//! are kept in the embedded store or in a Kubernetes API server.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, duration::parse_go_duration};
+
+/// Desired state of one env instance.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "aenv.io",
+    version = "v1alpha1",
+    kind = "EnvInstance",
+    namespaced,
+    status = "EnvInstanceStatus",
+    shortname = "envi",
+    category = "aenv",
+    printcolumn = r#"{"name":"Env","type":"string","jsonPath":".spec.envName"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"IP","type":"string","jsonPath":".status.ip"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expireTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvInstanceSpec {
+    /// Name of the environment this instance runs (AEnvironment's `name`); filterable as label `aenv.env_name`.
+    pub env_name: String,
+    /// Version of the environment (AEnvironment's `version`).
+    #[serde(default)]
+    pub env_version: String,
+    /// Who asked for the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Container image to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// When to pull the image: `IfNotPresent` (default), `Always` or `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Arguments that replace the image's CMD (AEnvironment's `arguments`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables for the container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// CPU and memory limits.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Time to live from creation, in Go duration syntax (`30m`, `1h30m`). Absent: the instance never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// User labels, copied onto the container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// CPU and memory limits, as quantities (`cpu: "1C" | "500m" | "2"`, `memory: "512Mi" | "2G"`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+/// When the engine pulls the image.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Pull on every create.
+    Always,
+    /// Pull only when the image is not on the host.
+    #[default]
+    IfNotPresent,
+    /// Never pull; a missing image fails the instance.
+    Never,
+}
+
+/// The coarse lifecycle of an instance, spelled as AEnvironment spells it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    /// Accepted, nothing created yet.
+    #[default]
+    Pending,
+    /// The engine is creating it (pulling the image, starting the container).
+    Creating,
+    /// The container runs.
+    Running,
+    /// It could not be created, or it stopped by itself.
+    Failed,
+    /// It was deleted, expired, or removed outside the operator.
+    Terminated,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [Phase::Pending, Phase::Creating, Phase::Running, Phase::Failed, Phase::Terminated];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Creating => "Creating",
+            Phase::Running => "Running",
+            Phase::Failed => "Failed",
+            Phase::Terminated => "Terminated",
+        }
+    }
+
+    /// Failed and Terminated instances are left alone until they are deleted or expire.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Failed | Phase::Terminated)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Observed state, written by the reconciler.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvInstanceStatus {
+    pub phase: Phase,
+    /// The instance's address on its network (the bridge IP for Docker, the Pod IP on Kubernetes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Why the instance is in its phase, when that needs saying (a failure, a removal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The engine's id of what it created (a container id). Set once the object exists, so that a later
+    /// disappearance is seen as a removal rather than as work still to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Creation time plus TTL: the instance is removed at this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_time: Option<Time>,
+    /// Finer-grained state with stable reasons, next to the coarse phase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A condition in the Kubernetes style (`type`, `status`, `reason`, `message`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl EnvInstance {
+    /// The TTL, parsed; `None` when the instance never expires.
+    pub fn ttl(&self) -> Result<Option<Duration>, Error> {
+        self.spec.ttl.as_deref().map(parse_go_duration).transpose()
+    }
+
+    /// Creation time plus TTL. `None` without a TTL or a creation timestamp; an unparseable TTL is an error.
+    pub fn expires_at(&self) -> Result<Option<Timestamp>, Error> {
+        let Some(ttl) = self.ttl()? else { return Ok(None) };
+        let Some(created) = self.metadata.creation_timestamp.as_ref() else { return Ok(None) };
+        let ttl = SignedDuration::try_from(ttl).unwrap_or(SignedDuration::MAX);
+        Ok(Some(created.0.checked_add(ttl).unwrap_or(Timestamp::MAX)))
+    }
+
+    /// The phase, `Pending` before the first status is written.
+    pub fn phase(&self) -> Phase {
+        self.status.as_ref().map(|s| s.phase).unwrap_or_default()
+    }
+
+    /// True once deletion was asked for (explicitly or by expiry) and the engine's objects are being removed.
+    pub fn is_deleting(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+}
+
+/// A versioned template that instances are created from.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "aenv.io",
+    version = "v1alpha1",
+    kind = "Environment",
+    namespaced,
+    shortname = "aenv",
+    category = "aenv",
+    printcolumn = r#"{"name":"Env","type":"string","jsonPath":".spec.name"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
+    printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.image"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentSpec {
+    /// The environment's name, as in `name@version`.
+    pub name: String,
+    /// The environment's version, as in `name@version`.
+    pub version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Container image instances run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Default arguments (replace the image's CMD).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Default environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Default limits.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Default TTL (Go duration syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    #[test]
+    fn expiry_is_creation_plus_ttl() {
+        let mut inst = EnvInstance::new("demo-abc123", EnvInstanceSpec { ttl: Some("1h30m".into()), ..Default::default() });
+        assert_eq!(inst.expires_at().unwrap(), None, "no creation time yet");
+        let created: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        inst.metadata.creation_timestamp = Some(Time(created));
+        assert_eq!(inst.expires_at().unwrap(), Some("2026-01-01T01:30:00Z".parse().unwrap()));
+        inst.spec.ttl = Some("soon".into());
+        assert!(inst.expires_at().is_err());
+        inst.spec.ttl = None;
+        assert_eq!(inst.expires_at().unwrap(), None);
+    }
+
+    #[test]
+    fn crd_shape() {
+        let crd = EnvInstance::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("envinstances.aenv.io"));
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["envi".to_string()]));
+        let version = &crd.spec.versions[0];
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        let columns: Vec<_> =
+            version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(columns, ["Env", "Phase", "IP", "Expires", "Age"]);
+    }
+
+    #[test]
+    fn phase_serializes_with_aenvironment_spelling() {
+        for phase in Phase::ALL {
+            assert_eq!(serde_json::to_value(phase).unwrap(), serde_json::json!(phase.as_str()));
+        }
+    }
+}

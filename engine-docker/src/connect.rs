@@ -1,0 +1,90 @@
+//! Connecting to a Docker daemon: unix socket, plain TCP, or TCP with TLS; the API version is negotiated down to
+//! what the daemon speaks (API 1.41 daemons work).
+
+use std::path::{Path, PathBuf};
+
+use bollard::{API_DEFAULT_VERSION, Docker};
+
+use crate::Error;
+
+/// Where the daemon is and how to reach it.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// `unix:///path`, `tcp://host:port`, `http://…`, `https://…`; `None` = the local socket.
+    pub host: Option<String>,
+    /// Directory with `ca.pem`, `cert.pem` and `key.pem` (as `DOCKER_CERT_PATH`).
+    pub cert_path: Option<PathBuf>,
+    /// Use TLS for `tcp://` hosts (as `DOCKER_TLS_VERIFY`).
+    pub tls_verify: bool,
+    /// Timeout of one API call, in seconds.
+    pub timeout_secs: u64,
+}
+
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+impl ConnectOptions {
+    /// The host as it will be shown in messages.
+    pub fn display_host(&self) -> String {
+        self.host.clone().unwrap_or_else(|| format!("unix://{}", local_socket()))
+    }
+}
+
+/// The local socket: `/var/run/docker.sock`, or Docker Desktop's per-user socket when only that one exists.
+fn local_socket() -> String {
+    if Path::new(DEFAULT_SOCKET).exists() {
+        return DEFAULT_SOCKET.to_string();
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let desktop = PathBuf::from(home).join(".docker/run/docker.sock");
+        if desktop.exists() {
+            return desktop.to_string_lossy().into_owned();
+        }
+    }
+    DEFAULT_SOCKET.to_string()
+}
+
+/// Connects, negotiates the API version and checks that the daemon answers.
+pub async fn connect(opts: &ConnectOptions) -> Result<Docker, Error> {
+    let host = opts.display_host();
+    let timeout = if opts.timeout_secs == 0 { 120 } else { opts.timeout_secs };
+    let connect_err = |source| Error::Connect { host: host.clone(), source };
+    let docker = if let Some(path) = host.strip_prefix("unix://") {
+        Docker::connect_with_unix(path, timeout, API_DEFAULT_VERSION).map_err(connect_err)?
+    } else if host.starts_with("tcp://") || host.starts_with("http://") || host.starts_with("https://") {
+        let tls = opts.tls_verify || opts.cert_path.is_some() || host.starts_with("https://");
+        if tls {
+            let dir = opts.cert_path.clone().ok_or_else(|| Error::InvalidHost {
+                host: host.clone(),
+                reason: "TLS needs a certificate directory: set --docker-cert-path or DOCKER_CERT_PATH".into(),
+            })?;
+            for file in ["ca.pem", "cert.pem", "key.pem"] {
+                if !dir.join(file).is_file() {
+                    return Err(Error::InvalidHost {
+                        host: host.clone(),
+                        reason: format!("{} is missing", dir.join(file).display()),
+                    });
+                }
+            }
+            let addr = host.replacen("https://", "tcp://", 1);
+            Docker::connect_with_ssl(
+                &addr,
+                &dir.join("key.pem"),
+                &dir.join("cert.pem"),
+                &dir.join("ca.pem"),
+                timeout,
+                API_DEFAULT_VERSION,
+            )
+            .map_err(connect_err)?
+        } else {
+            Docker::connect_with_http(&host, timeout, API_DEFAULT_VERSION).map_err(connect_err)?
+        }
+    } else {
+        return Err(Error::InvalidHost {
+            host: host.clone(),
+            reason: "use unix:///path/to/docker.sock, tcp://host:port or https://host:port".into(),
+        });
+    };
+    let docker = docker.negotiate_version().await.map_err(|source| Error::Unreachable { host: host.clone(), source })?;
+    docker.ping().await.map_err(|source| Error::Unreachable { host, source })?;
+    Ok(docker)
+}

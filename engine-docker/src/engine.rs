@@ -1,0 +1,344 @@
+use std::{collections::HashMap, time::Duration};
+
+use aenv_core::{
+    Engine, EngineError, EngineEvent, EnvInstance, Observed, OwnedObject, Phase,
+    labels::{self, InstanceLabels},
+    quantity::{parse_cpu_millis, parse_memory_bytes},
+};
+use async_trait::async_trait;
+use bollard::{
+    Docker,
+    models::{
+        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummaryStateEnum,
+        HostConfig, RestartPolicy, RestartPolicyNameEnum,
+    },
+    query_parameters::{
+        CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+        RemoveContainerOptionsBuilder,
+    },
+};
+use futures::{StreamExt, stream::BoxStream};
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::{
+    error::{classify, is_conflict, is_not_found},
+    image::ensure_image,
+};
+
+/// How the engine runs containers.
+#[derive(Clone, Debug)]
+pub struct DockerEngineConfig {
+    /// The operator's stable id, put on every container as `aenv.io/operator-id`.
+    pub operator_id: String,
+    /// Network containers join (`bridge` by default).
+    pub network: String,
+    /// The daemon's address, for messages.
+    pub host_display: String,
+}
+
+/// The Docker engine: one container per instance.
+#[derive(Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    config: DockerEngineConfig,
+}
+
+impl DockerEngine {
+    pub fn new(docker: Docker, config: DockerEngineConfig) -> Self {
+        Self { docker, config }
+    }
+
+    /// The bollard client, for callers that need more than the trait offers.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn owned_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+                format!("{}={}", labels::OPERATOR_ID, self.config.operator_id),
+            ],
+        )])
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerInspectResponse>, EngineError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(classify(&format!("inspecting container {name}"), e)),
+        }
+    }
+
+    /// The container body for an instance. Fails (permanently) on a spec the reconciler cannot run.
+    fn container_body(&self, inst: &EnvInstance) -> Result<ContainerCreateBody, EngineError> {
+        let spec = &inst.spec;
+        let image = spec
+            .image
+            .clone()
+            .filter(|i| !i.trim().is_empty())
+            .ok_or_else(|| EngineError::Permanent("spec.image is empty: the instance has no image to run".into()))?;
+        let nano_cpus = spec
+            .resources
+            .cpu
+            .as_deref()
+            .map(parse_cpu_millis)
+            .transpose()
+            .map_err(|e| EngineError::Permanent(e.to_string()))?
+            .map(|m| m as i64 * 1_000_000);
+        let memory = spec
+            .resources
+            .memory
+            .as_deref()
+            .map(parse_memory_bytes)
+            .transpose()
+            .map_err(|e| EngineError::Permanent(e.to_string()))?
+            .map(|b| b as i64);
+        let expire_at = inst.expires_at().map_err(|e| EngineError::Permanent(e.to_string()))?;
+        let name = inst.metadata.name.clone().unwrap_or_default();
+        let labels = InstanceLabels {
+            operator_id: &self.config.operator_id,
+            namespace: inst.metadata.namespace.as_deref().unwrap_or("default"),
+            instance: &name,
+            env_name: &spec.env_name,
+            env_version: &spec.env_version,
+            owner: spec.owner.as_deref(),
+            expire_at: expire_at.map(|t| t.to_string()),
+        }
+        .render(&spec.labels);
+        Ok(ContainerCreateBody {
+            image: Some(image),
+            cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels.into_iter().collect()),
+            host_config: Some(HostConfig {
+                nano_cpus,
+                memory,
+                // No swap beyond the memory limit: a sandbox that outgrows its limit is OOM-killed, not slowed.
+                memory_swap: memory,
+                network_mode: Some(self.config.network.clone()),
+                restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn create_and_start(&self, inst: &EnvInstance, name: &str) -> Result<(), EngineError> {
+        let body = self.container_body(inst)?;
+        let image = body.image.clone().unwrap_or_default();
+        ensure_image(&self.docker, &image, inst.spec.image_pull_policy.unwrap_or_default()).await?;
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        match self.docker.create_container(Some(options), body).await {
+            Ok(created) => debug!(container = %created.id, "container created"),
+            // An earlier attempt (before a restart) created it: adopt it.
+            Err(e) if is_conflict(&e) => debug!("container exists already, adopting it"),
+            Err(e) => return Err(classify(&format!("creating container {name}"), e)),
+        }
+        self.start(name).await
+    }
+
+    async fn start(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.start_container(name, None).await {
+            Ok(()) => Ok(()),
+            // 304: already started.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(classify(&format!("starting container {name}"), e)),
+        }
+    }
+
+    fn ours(&self, c: &ContainerInspectResponse) -> bool {
+        c.config
+            .as_ref()
+            .and_then(|cfg| cfg.labels.as_ref())
+            .and_then(|l| l.get(labels::OPERATOR_ID))
+            .is_some_and(|id| *id == self.config.operator_id)
+    }
+}
+
+/// Maps an inspected container to the instance's phase, IP and message.
+fn observe(c: &ContainerInspectResponse) -> Observed {
+    let state = c.state.clone().unwrap_or_default();
+    let ip = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .and_then(|nets| {
+            let mut ips: Vec<_> = nets
+                .iter()
+                .filter_map(|(net, ep)| ep.ip_address.clone().filter(|ip| !ip.is_empty()).map(|ip| (net.clone(), ip)))
+                .collect();
+            ips.sort();
+            ips.into_iter().next().map(|(_, ip)| ip)
+        });
+    let exit_message = || {
+        let code = state.exit_code.unwrap_or_default();
+        let mut msg = format!("the container exited by itself with code {code}");
+        if state.oom_killed == Some(true) {
+            msg.push_str(" (killed for exceeding its memory limit)");
+        }
+        if let Some(err) = state.error.as_ref().filter(|e| !e.is_empty()) {
+            msg.push_str(&format!(": {err}"));
+        }
+        msg
+    };
+    let (phase, message) = match state.status {
+        Some(ContainerStateStatusEnum::RUNNING) => (Phase::Running, None),
+        Some(ContainerStateStatusEnum::PAUSED) => (Phase::Running, Some("the container is paused".to_string())),
+        Some(ContainerStateStatusEnum::RESTARTING) => (Phase::Running, Some("the container is restarting".into())),
+        Some(ContainerStateStatusEnum::CREATED) | None | Some(ContainerStateStatusEnum::EMPTY) => (Phase::Creating, None),
+        Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
+            (Phase::Failed, Some(exit_message()))
+        }
+        Some(ContainerStateStatusEnum::REMOVING) | Some(ContainerStateStatusEnum::STOPPING) => {
+            (Phase::Terminated, Some("the container is being removed".into()))
+        }
+    };
+    Observed { phase, ip: if phase == Phase::Running { ip } else { None }, message, container_id: c.id.clone() }
+}
+
+fn summary_phase(state: Option<&ContainerSummaryStateEnum>) -> Phase {
+    match state {
+        Some(ContainerSummaryStateEnum::RUNNING)
+        | Some(ContainerSummaryStateEnum::PAUSED)
+        | Some(ContainerSummaryStateEnum::RESTARTING) => Phase::Running,
+        Some(ContainerSummaryStateEnum::EXITED) | Some(ContainerSummaryStateEnum::DEAD) => Phase::Failed,
+        Some(ContainerSummaryStateEnum::REMOVING) | Some(ContainerSummaryStateEnum::STOPPING) => Phase::Terminated,
+        _ => Phase::Creating,
+    }
+}
+
+#[async_trait]
+impl Engine for DockerEngine {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn apply(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
+        let name = inst.metadata.name.clone().unwrap_or_default();
+        let existing = self.inspect(&name).await?;
+        let container = match existing {
+            Some(c) if !self.ours(&c) => {
+                return Err(EngineError::Permanent(format!(
+                    "a container named {name} exists on the Docker host and was not created by this operator"
+                )));
+            }
+            Some(c) if matches!(c.state.as_ref().and_then(|s| s.status), Some(ContainerStateStatusEnum::CREATED)) => {
+                // Created but never started (the operator stopped in between): start it now.
+                self.start(&name).await?;
+                self.inspect(&name).await?
+            }
+            Some(c) => Some(c),
+            None if inst.status.as_ref().is_some_and(|s| s.container_id.is_some()) => {
+                return Ok(Observed {
+                    phase: Phase::Terminated,
+                    message: Some(format!("container {name} was removed outside the operator")),
+                    ..Default::default()
+                });
+            }
+            None => {
+                self.create_and_start(inst, &name).await?;
+                self.inspect(&name).await?
+            }
+        };
+        match container {
+            Some(c) => Ok(observe(&c)),
+            None => Err(EngineError::Other(format!("container {name} disappeared while it was being started"))),
+        }
+    }
+
+    async fn delete(&self, inst: &EnvInstance) -> Result<(), EngineError> {
+        let name = inst.metadata.name.clone().unwrap_or_default();
+        remove(&self.docker, &name).await
+    }
+
+    async fn delete_owned(&self, object: &OwnedObject) -> Result<(), EngineError> {
+        remove(&self.docker, &object.id).await
+    }
+
+    async fn list_owned(&self) -> Result<Vec<OwnedObject>, EngineError> {
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&self.owned_filter()).build();
+        let containers =
+            self.docker.list_containers(Some(options)).await.map_err(|e| classify("listing containers", e))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.as_ref()?;
+                Some(OwnedObject {
+                    namespace: labels.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into()),
+                    instance: labels.get(labels::INSTANCE)?.clone(),
+                    id: c.id.clone()?,
+                    phase: summary_phase(c.state.as_ref()),
+                    created: c.created.and_then(|s| Timestamp::from_second(s).ok()),
+                })
+            })
+            .collect())
+    }
+
+    fn events(&self) -> BoxStream<'static, EngineEvent> {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(pump_events(self.docker.clone(), self.config.operator_id.clone(), tx));
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.docker.ping().await.map(|_| ()).map_err(|e| classify(&format!("pinging {}", self.config.host_display), e))
+    }
+}
+
+async fn remove(docker: &Docker, name: &str) -> Result<(), EngineError> {
+    // Sandboxes are killed at once (no grace period) and take their anonymous volumes with them.
+    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    match docker.remove_container(name, Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        // 409: removal already in progress.
+        Err(e) if is_conflict(&e) => Ok(()),
+        Err(e) => Err(classify(&format!("removing container {name}"), e)),
+    }
+}
+
+/// Follows the daemon's container events for this operator's containers, reconnecting with backoff, until the
+/// receiving side goes away. After each reconnect it sends `Resync`, since events were missed meanwhile.
+async fn pump_events(docker: Docker, operator_id: String, tx: mpsc::Sender<EngineEvent>) {
+    let filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        ("label".to_string(), vec![format!("{}={operator_id}", labels::OPERATOR_ID)]),
+        ("event".to_string(), ["start", "die", "destroy", "oom", "pause", "unpause"].map(String::from).to_vec()),
+    ]);
+    let mut backoff = Duration::from_millis(200);
+    let mut first = true;
+    loop {
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        let mut stream = docker.events(Some(options));
+        if !first && tx.send(EngineEvent::Resync).await.is_err() {
+            return;
+        }
+        first = false;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(msg) => {
+                    backoff = Duration::from_millis(200);
+                    let attrs = msg.actor.and_then(|a| a.attributes).unwrap_or_default();
+                    let Some(instance) = attrs.get(labels::INSTANCE).cloned() else { continue };
+                    let namespace = attrs.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into());
+                    if tx.send(EngineEvent::Changed { namespace, instance }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "docker event stream broke; reconnecting");
+                    break;
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,47 @@
+use aenv_core::EngineError;
+use thiserror::Error;
+
+/// Failures of the Docker engine that are not about one instance (connecting, configuration).
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("invalid Docker host {host:?}: {reason}")]
+    InvalidHost { host: String, reason: String },
+    #[error("cannot set up a connection to the Docker daemon at {host}: {source}")]
+    Connect {
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error(
+        "the Docker daemon at {host} does not answer: {source} (is dockerd running, and may this user use its socket?)"
+    )]
+    Unreachable {
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// Sorts a bollard error into what the reconciler does with it: retry later, or fail the instance.
+pub(crate) fn classify(context: &str, err: bollard::errors::Error) -> EngineError {
+    use bollard::errors::Error as B;
+    match err {
+        B::DockerResponseServerError { status_code, message } if (400..500).contains(&status_code) => {
+            EngineError::Permanent(format!("{context}: {message}"))
+        }
+        B::DockerResponseServerError { message, .. } => EngineError::Other(format!("{context}: {message}")),
+        B::DockerStreamError { error } => EngineError::Permanent(format!("{context}: {error}")),
+        B::JsonDataError { .. } | B::JsonSerdeError { .. } => EngineError::Other(format!("{context}: {err}")),
+        other => EngineError::Unavailable(format!("{context}: the Docker daemon does not answer: {other}")),
+    }
+}
+
+/// True for the daemon's 404.
+pub(crate) fn is_not_found(err: &bollard::errors::Error) -> bool {
+    matches!(err, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+/// True for the daemon's 409 (a container of that name exists already).
+pub(crate) fn is_conflict(err: &bollard::errors::Error) -> bool {
+    matches!(err, bollard::errors::Error::DockerResponseServerError { status_code: 409, .. })
+}

@@ -1,0 +1,70 @@
+//! Making sure an instance's image is on the host, by its pull policy.
+
+use aenv_core::{EngineError, PullPolicy};
+use bollard::{Docker, query_parameters::CreateImageOptionsBuilder};
+use futures::TryStreamExt;
+
+use crate::error::{classify, is_not_found};
+
+/// Splits `repo[:tag]` (a digest reference is passed whole), defaulting the tag to `latest`, so that a pull
+/// fetches one image rather than every tag of the repository.
+pub(crate) fn split_reference(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    let last_segment_start = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_segment_start..].rfind(':') {
+        Some(i) => (&image[..last_segment_start + i], &image[last_segment_start + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+/// Ensures the image is present, pulling it when the policy says so.
+pub(crate) async fn ensure_image(docker: &Docker, image: &str, policy: PullPolicy) -> Result<(), EngineError> {
+    let present = match docker.inspect_image(image).await {
+        Ok(_) => true,
+        Err(e) if is_not_found(&e) => false,
+        Err(e) => return Err(classify(&format!("inspecting image {image:?}"), e)),
+    };
+    match (policy, present) {
+        (PullPolicy::IfNotPresent, true) | (PullPolicy::Never, true) => return Ok(()),
+        (PullPolicy::Never, false) => {
+            return Err(EngineError::Permanent(format!(
+                "image {image:?} is not on the Docker host and the pull policy is Never (load it with docker load or docker build)"
+            )));
+        }
+        _ => {}
+    }
+    let (from_image, tag) = split_reference(image);
+    let options = CreateImageOptionsBuilder::default().from_image(from_image).tag(tag).build();
+    let pulled = docker.create_image(Some(options), None, None).try_collect::<Vec<_>>().await;
+    match pulled {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let err = classify(&format!("pulling image {image:?}"), e);
+            match err {
+                // A pull that the daemon refused (no such image, no registry) fails the instance, unless the image
+                // was there and only a refresh (Always) failed.
+                EngineError::Permanent(_) | EngineError::Other(_) if present => Ok(()),
+                EngineError::Permanent(msg) | EngineError::Other(msg) => Err(EngineError::Permanent(format!(
+                    "{msg} (the image is not on the Docker host; build or load it there, or make its registry reachable)"
+                ))),
+                unavailable => Err(unavailable),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn references() {
+        assert_eq!(split_reference("alpine"), ("alpine", "latest"));
+        assert_eq!(split_reference("alpine:3.20"), ("alpine", "3.20"));
+        assert_eq!(split_reference("localhost:5000/team/img"), ("localhost:5000/team/img", "latest"));
+        assert_eq!(split_reference("localhost:5000/team/img:v1"), ("localhost:5000/team/img", "v1"));
+        assert_eq!(split_reference("img@sha256:abc"), ("img@sha256:abc", ""));
+    }
+}

@@ -1,0 +1,14 @@
+//! The aenv [`Engine`](aenv_core::Engine) over the Docker Engine API, through bollard.
+//!
+//! One container per instance, named by the instance id and labelled with the schema of
+//! [`aenv_core::labels`], so that a restarted operator finds and adopts what it made, and a sweep can tell its
+//! own orphans from everyone else's containers.
+
+mod connect;
+mod engine;
+mod error;
+mod image;
+
+pub use connect::{ConnectOptions, connect};
+pub use engine::{DockerEngine, DockerEngineConfig};
+pub use error::Error;
