@@ -1,1 +1,84 @@
-pub fn x(){}
+//! aenv-operator: short-lived sandbox environments for AI agents, run on Docker in the style of a Kubernetes
+//! operator, behind the AEnvironment REST API.
+//!
+//! The binary's rooms: [`store`] (the embedded store), [`reconciler`] (the reconcile loop), [`gateway`] (the REST
+//! API), [`metrics`], and [`serve`], which wires them together.
+
+pub mod crds;
+mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod reconciler;
+pub mod store;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use aenv_core::Engine;
+use aenv_engine_docker::{ConnectOptions, DockerEngine, DockerEngineConfig};
+pub use error::Error;
+use futures::FutureExt;
+use tracing::info;
+
+/// Everything `serve` needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    pub docker: ConnectOptions,
+    /// Network containers join.
+    pub docker_network: String,
+    /// TTL for requests that name none (Go duration syntax).
+    pub default_ttl: String,
+    pub resync_interval: Duration,
+    pub max_concurrent_reconciles: u16,
+}
+
+/// Opens the store, connects to Docker, and runs the reconciler and the API until `shutdown` resolves.
+/// Fails fast, with a message that says what to do, when the store or the daemon cannot be had.
+pub async fn serve(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    aenv_core::duration::parse_go_duration(&config.default_ttl)
+        .map_err(|e| Error::Config(format!("--default-ttl: {e}")))?;
+    if config.resync_interval.is_zero() {
+        return Err(Error::Config("--resync-interval must be longer than zero".into()));
+    }
+    let store = store::Store::open(&config.data_dir)?;
+    info!(data_dir = %config.data_dir.display(), instances = store.len(), operator_id = store.operator_id(), "store open");
+
+    let docker = aenv_engine_docker::connect(&config.docker).await?;
+    let engine: Arc<dyn Engine> = Arc::new(DockerEngine::new(
+        docker,
+        DockerEngineConfig {
+            operator_id: store.operator_id().to_string(),
+            network: config.docker_network.clone(),
+            host_display: config.docker.display_host(),
+        },
+    ));
+    info!(host = %config.docker.display_host(), "connected to the Docker daemon");
+
+    let listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .map_err(|source| Error::Listen { addr: config.api_listen.to_string(), source })?;
+    let local = listener.local_addr().map_err(|source| Error::Listen { addr: config.api_listen.to_string(), source })?;
+    info!(addr = %local, "REST API listening");
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    let ctx = reconciler::Context::new(store.clone(), engine, metrics.clone());
+    let gateway = Arc::new(gateway::Gateway { store, metrics, default_ttl: config.default_ttl.clone() });
+
+    let shutdown = shutdown.shared();
+    let api = warp::serve(gateway::routes(gateway)).incoming(listener).graceful(shutdown.clone()).run();
+    let reconcile = reconciler::run(
+        ctx,
+        reconciler::LoopConfig {
+            resync_interval: config.resync_interval,
+            concurrency: config.max_concurrent_reconciles,
+        },
+        shutdown,
+    );
+    tokio::join!(api, reconcile);
+    info!("stopped");
+    Ok(())
+}

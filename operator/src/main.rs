@@ -1,1 +1,144 @@
-fn main(){}
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use aenv_engine_docker::ConnectOptions;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// aenv-operator runs short-lived sandbox environments ("env instances") for AI agents on a Docker host,
+/// behind the AEnvironment REST API: create one with POST /env-instance, read it, list it, delete it; it is
+/// removed by itself when its TTL runs out.
+#[derive(Parser, Debug)]
+#[command(name = "aenv-operator", version, about, long_about = None)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "AENV_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the operator: the embedded store, the reconcile loop over Docker, and the REST API.
+    Serve(ServeArgs),
+    /// Print the EnvInstance and Environment CRDs as YAML (what crds/ holds).
+    Crds,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    aenv_core::duration::parse_go_duration(s).map_err(|e| e.to_string())
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Directory of the embedded store (created if missing). Instances survive restarts through it; one
+    /// operator process at a time may use it.
+    #[arg(long, default_value = "./aenv-data", env = "AENV_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address of the REST API. Keep it on loopback unless a proxy in front adds authentication.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "AENV_API_LISTEN")]
+    api_listen: SocketAddr,
+    /// Docker daemon: unix:///path/to/docker.sock, tcp://host:2375, or tcp://host:2376 with TLS. Default: the
+    /// local socket (/var/run/docker.sock, or Docker Desktop's ~/.docker/run/docker.sock).
+    #[arg(long, env = "DOCKER_HOST")]
+    docker_host: Option<String>,
+    /// Directory holding ca.pem, cert.pem and key.pem for a TLS connection to the daemon.
+    #[arg(long, env = "DOCKER_CERT_PATH")]
+    docker_cert_path: Option<PathBuf>,
+    /// Use TLS for a tcp:// daemon (any non-empty value but 0 or false turns it on, as with the Docker CLI).
+    #[arg(long, env = "DOCKER_TLS_VERIFY", default_value = "")]
+    docker_tls_verify: String,
+    /// Docker network instances join.
+    #[arg(long, default_value = "bridge")]
+    docker_network: String,
+    /// TTL of instances whose request names none, in Go duration syntax (90s, 30m, 1h30m).
+    #[arg(long, default_value = "30m")]
+    default_ttl: String,
+    /// How often the reconciler lists the daemon's containers to catch changes the event stream missed and to
+    /// sweep orphaned containers (one list call per interval).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    resync_interval: Duration,
+    /// How many instances are reconciled at once.
+    #[arg(long, default_value_t = 32)]
+    max_concurrent_reconciles: u16,
+}
+
+fn truthy(s: &str) -> bool {
+    !matches!(s.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    match cli.command {
+        Command::Crds => match aenv_operator::crds::render() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("aenv-operator: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve(args) => {
+            let config = aenv_operator::Config {
+                data_dir: args.data_dir,
+                api_listen: args.api_listen,
+                docker: ConnectOptions {
+                    host: args.docker_host.filter(|h| !h.is_empty()),
+                    cert_path: args.docker_cert_path,
+                    tls_verify: truthy(&args.docker_tls_verify),
+                    timeout_secs: 120,
+                },
+                docker_network: args.docker_network,
+                default_ttl: args.default_ttl,
+                resync_interval: args.resync_interval,
+                max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("aenv-operator: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(aenv_operator::serve(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("aenv-operator: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

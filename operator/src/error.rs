@@ -1,0 +1,37 @@
+use aenv_core::EngineError;
+use thiserror::Error;
+
+/// Failures of the operator process (start-up, store, engine).
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("store: {0}")]
+    Store(String),
+    #[error("{0} exists already")]
+    AlreadyExists(String),
+    #[error(transparent)]
+    Docker(#[from] aenv_engine_docker::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Store(_) => "store",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::Docker(_) => "docker",
+            Error::Engine(e) => e.metric_label(),
+            Error::Config(_) => "config",
+            Error::Listen { .. } => "listen",
+        }
+    }
+}

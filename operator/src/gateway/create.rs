@@ -1,0 +1,409 @@
+//! Validation of `POST /env-instance` bodies. Every refusal names the field and says how to write it.
+//!
+//! Two shapes are accepted. The inline body of the Docker-engine guide:
+//! `{"name","version","owner","artifacts":[{"type":"image","content":IMAGE}],"deployConfig":{...}}`;
+//! and the SDK's `{"envName":"name@version", ...}`, which needs an `Environment` template.
+
+use std::collections::BTreeMap;
+
+use aenv_core::{
+    EnvInstanceSpec, PullPolicy, Resources,
+    duration::parse_go_duration,
+    labels::is_reserved,
+    quantity::{parse_cpu_millis, parse_memory_bytes},
+};
+use serde_json::{Map, Value};
+
+use super::ApiError;
+
+/// deployConfig keys AEnvironment clients send that mean nothing on this engine; accepted and ignored so that
+/// existing payloads keep working.
+const IGNORED_DEPLOY_KEYS: &[&str] = &["podTemplate", "os", "ephemeralStorage", "imagePrefix", "resource", "port"];
+/// deployConfig keys this engine reads.
+const DEPLOY_KEYS: &[&str] = &[
+    "cpu",
+    "memory",
+    "ttl",
+    "owner",
+    "environment_variables",
+    "environmentVariables",
+    "arguments",
+    "labels",
+    "imagePullPolicy",
+];
+
+const MAX_NAME_LEN: usize = 56;
+
+/// What the request asked for, before it becomes an object.
+#[derive(Debug)]
+pub enum CreateRequest {
+    /// A complete inline spec.
+    Inline(EnvInstanceSpec),
+    /// `name@version` of a template, with the SDK's overrides.
+    FromTemplate { name: String, version: String },
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request(msg)
+}
+
+fn describe(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A string field; numbers are taken as their decimal text (`"cpu": 2`). Null or absent is `None`.
+fn string_field(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<String>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(bad(format!("field `{path}` must be a string, not {}", describe(other)))),
+    }
+}
+
+fn string_map(v: &Value, path: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let obj = match v {
+        Value::Null => return Ok(BTreeMap::new()),
+        Value::Object(o) => o,
+        other => {
+            return Err(bad(format!(
+                "field `{path}` must be an object of string values, such as {{\"KEY\": \"value\"}}, not {}",
+                describe(other)
+            )));
+        }
+    };
+    obj.iter()
+        .map(|(k, v)| {
+            let value = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(bad(format!("field `{path}.{k}` must be a string, not {}", describe(other))));
+                }
+            };
+            Ok((k.clone(), value))
+        })
+        .collect()
+}
+
+fn validate_env(env: &BTreeMap<String, String>, path: &str) -> Result<(), ApiError> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(bad(format!(
+                "field `{path}` has an invalid variable name {k:?}: it must be non-empty, without '=' or NUL"
+            )));
+        }
+        if v.contains('\0') {
+            return Err(bad(format!("field `{path}.{k}` contains a NUL character")));
+        }
+    }
+    Ok(())
+}
+
+fn validate_labels(labels: &BTreeMap<String, String>, path: &str) -> Result<(), ApiError> {
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > 253 || k.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(bad(format!("field `{path}` has an invalid label key {k:?}")));
+        }
+        if is_reserved(k) {
+            return Err(bad(format!(
+                "field `{path}` sets the reserved label {k:?}: keys under aenv.io/ and aenv.env_name are the operator's"
+            )));
+        }
+        if v.len() > 1024 || v.chars().any(char::is_control) {
+            return Err(bad(format!("field `{path}.{k}` must be at most 1024 characters without control characters")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks an environment name: it becomes part of the instance id, the container name and a label.
+pub fn validate_env_name(name: &str, path: &str) -> Result<(), ApiError> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ends_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if name.is_empty() || !ok_chars || !ends_ok || name.len() > MAX_NAME_LEN {
+        return Err(bad(format!(
+            "field `{path}` must be 1 to {MAX_NAME_LEN} lowercase letters, digits or '-', starting and ending with a letter or digit (got {name:?})"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_version(version: &str, path: &str) -> Result<(), ApiError> {
+    let ok = version.len() <= 63
+        && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && (version.is_empty()
+            || (version.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && version.ends_with(|c: char| c.is_ascii_alphanumeric())));
+    if !ok {
+        return Err(bad(format!(
+            "field `{path}` must be at most 63 letters, digits, '.', '-' or '_', starting and ending with a letter or digit (got {version:?})"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_owner(owner: &str, path: &str) -> Result<(), ApiError> {
+    if owner.len() > 253 || owner.chars().any(char::is_control) {
+        return Err(bad(format!("field `{path}` must be at most 253 characters without control characters")));
+    }
+    Ok(())
+}
+
+/// Parses and validates a create body. `default_ttl` applies when the request names none.
+pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| bad(format!("the request body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(bad(format!("the request body must be a JSON object, not {}", describe(&value))));
+    };
+
+    if let Some(env_name) = string_field(&obj, "envName", "envName")? {
+        let (name, version) = env_name.split_once('@').ok_or_else(|| {
+            bad(format!("field `envName` must be \"name@version\", such as \"mini-terminal@1.0.1\" (got {env_name:?})"))
+        })?;
+        validate_env_name(name, "envName")?;
+        if version.is_empty() || version.contains('@') {
+            return Err(bad(format!("field `envName` must be \"name@version\" with one '@' (got {env_name:?})")));
+        }
+        validate_version(version, "envName")?;
+        return Ok(CreateRequest::FromTemplate { name: name.to_string(), version: version.to_string() });
+    }
+
+    let name = string_field(&obj, "name", "name")?.ok_or_else(|| {
+        bad("field `name` is required (or send `envName` as \"name@version\" to create from a template)")
+    })?;
+    validate_env_name(&name, "name")?;
+    let version = string_field(&obj, "version", "version")?.unwrap_or_default();
+    validate_version(&version, "version")?;
+
+    let image = image_from_artifacts(obj.get("artifacts"))?;
+
+    let empty = Map::new();
+    let deploy = match obj.get("deployConfig").or_else(|| obj.get("deploy_config")) {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(d)) => d,
+        Some(other) => return Err(bad(format!("field `deployConfig` must be an object, not {}", describe(other)))),
+    };
+    let unknown: Vec<&str> = deploy
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !DEPLOY_KEYS.contains(k) && !IGNORED_DEPLOY_KEYS.contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(bad(format!(
+            "unsupported deployConfig key(s): {}; supported: {}",
+            unknown.join(", "),
+            DEPLOY_KEYS.join(", ")
+        )));
+    }
+
+    let cpu = string_field(deploy, "cpu", "deployConfig.cpu")?.filter(|s| !s.is_empty());
+    if let Some(cpu) = &cpu {
+        parse_cpu_millis(cpu).map_err(|e| bad(format!("field `deployConfig.cpu`: {e}")))?;
+    }
+    let memory = string_field(deploy, "memory", "deployConfig.memory")?.filter(|s| !s.is_empty());
+    if let Some(memory) = &memory {
+        parse_memory_bytes(memory).map_err(|e| bad(format!("field `deployConfig.memory`: {e}")))?;
+    }
+    let ttl = string_field(deploy, "ttl", "deployConfig.ttl")?
+        .or(string_field(&obj, "ttl", "ttl")?)
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| default_ttl.to_string());
+    let parsed_ttl = parse_go_duration(&ttl).map_err(|e| bad(format!("field `deployConfig.ttl`: {e}")))?;
+    if parsed_ttl.is_zero() {
+        return Err(bad("field `deployConfig.ttl` must be longer than zero (such as \"30m\")"));
+    }
+
+    let owner = string_field(&obj, "owner", "owner")?.or(string_field(deploy, "owner", "deployConfig.owner")?);
+    if let Some(owner) = &owner {
+        validate_owner(owner, "owner")?;
+    }
+
+    let mut env = BTreeMap::new();
+    for key in ["environmentVariables", "environment_variables"] {
+        if let Some(v) = deploy.get(key) {
+            let path = format!("deployConfig.{key}");
+            let vars = string_map(v, &path)?;
+            validate_env(&vars, &path)?;
+            env.extend(vars);
+        }
+    }
+
+    let args = match deploy.get("arguments") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(bad(format!("field `deployConfig.arguments[{i}]` must be a string, not {}", describe(other)))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(bad(format!(
+                "field `deployConfig.arguments` must be an array of strings, not {}",
+                describe(other)
+            )));
+        }
+    };
+
+    let mut labels = BTreeMap::new();
+    for (v, path) in [(obj.get("labels"), "labels"), (deploy.get("labels"), "deployConfig.labels")] {
+        if let Some(v) = v {
+            let l = string_map(v, path)?;
+            validate_labels(&l, path)?;
+            labels.extend(l);
+        }
+    }
+
+    let image_pull_policy = match string_field(deploy, "imagePullPolicy", "deployConfig.imagePullPolicy")?.as_deref() {
+        None | Some("") => None,
+        Some("Always") => Some(PullPolicy::Always),
+        Some("IfNotPresent") => Some(PullPolicy::IfNotPresent),
+        Some("Never") => Some(PullPolicy::Never),
+        Some(other) => {
+            return Err(bad(format!(
+                "field `deployConfig.imagePullPolicy` must be Always, IfNotPresent or Never (got {other:?})"
+            )));
+        }
+    };
+
+    Ok(CreateRequest::Inline(EnvInstanceSpec {
+        env_name: name,
+        env_version: version,
+        owner,
+        image: Some(image),
+        image_pull_policy,
+        args,
+        env,
+        resources: Resources { cpu, memory },
+        ttl: Some(ttl),
+        labels,
+    }))
+}
+
+fn image_from_artifacts(artifacts: Option<&Value>) -> Result<String, ApiError> {
+    let items = match artifacts {
+        None | Some(Value::Null) => {
+            return Err(bad(
+                "field `artifacts` is required: add [{\"type\": \"image\", \"content\": \"<image reference>\"}]",
+            ));
+        }
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(bad(format!("field `artifacts` must be an array, not {}", describe(other)))),
+    };
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(a) = item else {
+            return Err(bad(format!("field `artifacts[{i}]` must be an object, not {}", describe(item))));
+        };
+        if string_field(a, "type", &format!("artifacts[{i}].type"))?.as_deref() != Some("image") {
+            continue;
+        }
+        let content = string_field(a, "content", &format!("artifacts[{i}].content"))?.unwrap_or_default();
+        let content = content.trim();
+        if content.is_empty() || content.len() > 512 || content.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad(format!(
+                "field `artifacts[{i}].content` must be an image reference such as \"alpine:3.20\" (got {content:?})"
+            )));
+        }
+        return Ok(content.to_string());
+    }
+    Err(bad("field `artifacts` has no image: add {\"type\": \"image\", \"content\": \"<image reference>\"}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inline(body: &str) -> Result<EnvInstanceSpec, ApiError> {
+        match parse_create(body.as_bytes(), "30m")? {
+            CreateRequest::Inline(spec) => Ok(spec),
+            other => panic!("expected inline, got {other:?}"),
+        }
+    }
+
+    fn refused(body: &str, needle: &str) {
+        let err = parse_create(body.as_bytes(), "30m").expect_err(body);
+        assert_eq!(err.status, 400, "{body}");
+        assert!(err.message.contains(needle), "{body}: {:?} lacks {needle:?}", err.message);
+    }
+
+    #[test]
+    fn the_guide_body() {
+        let spec = inline(
+            r#"{"name":"test-env","version":"1.0.0","owner":"test","artifacts":[{"type":"image","content":"alpine:latest"}],"deployConfig":{"cpu":"1C","memory":"512Mi","ttl":"1h"}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.env_name, "test-env");
+        assert_eq!(spec.env_version, "1.0.0");
+        assert_eq!(spec.owner.as_deref(), Some("test"));
+        assert_eq!(spec.image.as_deref(), Some("alpine:latest"));
+        assert_eq!(spec.resources.cpu.as_deref(), Some("1C"));
+        assert_eq!(spec.resources.memory.as_deref(), Some("512Mi"));
+        assert_eq!(spec.ttl.as_deref(), Some("1h"));
+    }
+
+    #[test]
+    fn both_env_spellings_arguments_labels_and_default_ttl() {
+        let spec = inline(
+            r#"{"name":"e","artifacts":[{"type":"code","content":"x"},{"type":"image","content":"img"}],
+               "labels":{"team":"rl"},
+               "deployConfig":{"environment_variables":{"A":"1","N":2},"environmentVariables":{"B":"2"},
+               "arguments":["sh","-c","sleep 1"],"podTemplate":"singleContainer","memory":"2G"}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(spec.env.get("N").map(String::as_str), Some("2"));
+        assert_eq!(spec.env.get("B").map(String::as_str), Some("2"));
+        assert_eq!(spec.args, ["sh", "-c", "sleep 1"]);
+        assert_eq!(spec.labels.get("team").map(String::as_str), Some("rl"));
+        assert_eq!(spec.ttl.as_deref(), Some("30m"));
+        assert_eq!(spec.image.as_deref(), Some("img"));
+    }
+
+    #[test]
+    fn template_form() {
+        match parse_create(br#"{"envName":"mini-terminal@1.0.1","ttl":"30m"}"#, "30m").unwrap() {
+            CreateRequest::FromTemplate { name, version } => {
+                assert_eq!((name.as_str(), version.as_str()), ("mini-terminal", "1.0.1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        refused(r#"{"envName":"mini-terminal"}"#, "envName");
+        refused(r#"{"envName":"a@b@c"}"#, "envName");
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        refused("{not json", "not valid JSON");
+        refused("[1,2]", "JSON object");
+        refused(r#"{"version":"1"}"#, "`name` is required");
+        refused(r#"{"name":"Bad_Name","artifacts":[{"type":"image","content":"a"}]}"#, "`name`");
+        refused(r#"{"name":"e"}"#, "`artifacts` is required");
+        refused(r#"{"name":"e","artifacts":[{"type":"code","content":"x"}]}"#, "no image");
+        refused(r#"{"name":"e","artifacts":[{"type":"image","content":"  "}]}"#, "artifacts[0].content");
+        let ok = r#""artifacts":[{"type":"image","content":"a"}]"#;
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"ttl":"1d"}}}}"#), "deployConfig.ttl");
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"ttl":"0"}}}}"#), "deployConfig.ttl");
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"cpu":"lots"}}}}"#), "deployConfig.cpu");
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"memory":"512m"}}}}"#), "deployConfig.memory");
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"memroy":"1Gi"}}}}"#), "memroy");
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"arguments":"sh"}}}}"#), "deployConfig.arguments");
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"arguments":[1]}}}}"#), "deployConfig.arguments[0]");
+        refused(
+            &format!(r#"{{"name":"e",{ok},"deployConfig":{{"environment_variables":{{"A":{{}}}}}}}}"#),
+            "deployConfig.environment_variables.A",
+        );
+        refused(&format!(r#"{{"name":"e",{ok},"labels":{{"aenv.io/instance":"x"}}}}"#), "reserved");
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"imagePullPolicy":"Sometimes"}}}}"#), "imagePullPolicy");
+    }
+}

@@ -1,0 +1,133 @@
+//! The AEnvironment wire format: the response envelope and the `EnvInstance` JSON of the api-service
+//! (`id, env, status, created_at, updated_at, ip, ttl, owner`), where `env` is a complete Env.
+
+use aenv_core::EnvInstance;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+/// envhub's Env status `Ready`.
+const ENV_STATUS_READY: i64 = 6;
+
+/// RFC 3339 at second precision in UTC, as AEnvironment writes times.
+pub fn format_time(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// `{"success":true,"code":0,"message":"","data":...}`.
+pub fn ok(data: Value) -> Value {
+    json!({"success": true, "code": 0, "message": "", "data": data})
+}
+
+/// `{"success":false,"code":<status>,"message":...,"data":null}`.
+pub fn error(status: u16, message: &str) -> Value {
+    json!({"success": false, "code": status, "message": message, "data": null})
+}
+
+/// The status string the SDK compares against (`Pending`, `Creating`, `Running`, `Failed`, `Terminated`).
+/// An instance being deleted reads as `Terminated`: it can no longer be used.
+pub fn status_string(inst: &EnvInstance) -> &'static str {
+    if inst.is_deleting() { "Terminated" } else { inst.phase().as_str() }
+}
+
+/// The instance as the api-service renders it.
+pub fn instance(inst: &EnvInstance) -> Value {
+    let created = inst.metadata.creation_timestamp.as_ref().map(|t| format_time(t.0)).unwrap_or_default();
+    let status = inst.status.as_ref();
+    let mut out = json!({
+        "id": inst.metadata.name.clone().unwrap_or_default(),
+        "env": env(inst, &created),
+        "status": status_string(inst),
+        "created_at": created,
+        "updated_at": created,
+        "ip": status.and_then(|s| s.ip.clone()).unwrap_or_default(),
+        "ttl": inst.spec.ttl.clone().unwrap_or_default(),
+        "owner": inst.spec.owner.clone().unwrap_or_default(),
+    });
+    if let Some(obj) = out.as_object_mut() {
+        if !inst.spec.labels.is_empty() {
+            obj.insert("labels".into(), json!(inst.spec.labels));
+        }
+        if let Some(message) = status.and_then(|s| s.message.clone()) {
+            obj.insert("message".into(), json!(message));
+        }
+        if let Some(expire) = status.and_then(|s| s.expire_time.as_ref()) {
+            obj.insert("expire_at".into(), json!(format_time(expire.0)));
+        }
+    }
+    out
+}
+
+/// A complete Env (every key the SDK's pydantic model requires), rebuilt from the instance's spec.
+fn env(inst: &EnvInstance, created: &str) -> Value {
+    let spec = &inst.spec;
+    let mut deploy = serde_json::Map::new();
+    if let Some(cpu) = &spec.resources.cpu {
+        deploy.insert("cpu".into(), json!(cpu));
+    }
+    if let Some(memory) = &spec.resources.memory {
+        deploy.insert("memory".into(), json!(memory));
+    }
+    if let Some(ttl) = &spec.ttl {
+        deploy.insert("ttl".into(), json!(ttl));
+    }
+    if let Some(owner) = &spec.owner {
+        deploy.insert("owner".into(), json!(owner));
+    }
+    deploy.insert("environment_variables".into(), json!(spec.env));
+    deploy.insert("arguments".into(), json!(spec.args));
+    json!({
+        "id": "",
+        "name": spec.env_name,
+        "description": "",
+        "version": spec.env_version,
+        "tags": [],
+        "code_url": "",
+        "status": ENV_STATUS_READY,
+        "artifacts": spec.image.iter().map(|i| json!({"id": "", "type": "image", "content": i})).collect::<Vec<_>>(),
+        "build_config": null,
+        "test_config": null,
+        "deploy_config": deploy,
+        "created_at": created,
+        "updated_at": created,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use aenv_core::{EnvInstanceSpec, EnvInstanceStatus, Phase};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+
+    #[test]
+    fn instance_has_every_key_the_sdk_needs() {
+        let mut inst = EnvInstance::new(
+            "demo-abc123",
+            EnvInstanceSpec {
+                env_name: "demo".into(),
+                env_version: "1.0.0".into(),
+                image: Some("img:1".into()),
+                ttl: Some("30m".into()),
+                owner: Some("alice".into()),
+                ..Default::default()
+            },
+        );
+        inst.metadata.creation_timestamp = Some(Time("2026-01-02T03:04:05.678Z".parse().unwrap()));
+        let v = instance(&inst);
+        assert_eq!(v["id"], "demo-abc123");
+        assert_eq!(v["status"], "Pending");
+        assert_eq!(v["ip"], "");
+        assert_eq!(v["created_at"], "2026-01-02T03:04:05Z");
+        assert_eq!(v["ttl"], "30m");
+        assert_eq!(v["owner"], "alice");
+        for key in ["id", "name", "description", "version", "code_url", "status", "created_at", "updated_at"] {
+            assert!(v["env"].get(key).is_some(), "env.{key} missing");
+        }
+        assert_eq!(v["env"]["artifacts"][0]["content"], "img:1");
+        inst.status = Some(EnvInstanceStatus { phase: Phase::Running, ip: Some("172.17.0.2".into()), ..Default::default() });
+        assert_eq!(instance(&inst)["status"], "Running");
+        assert_eq!(instance(&inst)["ip"], "172.17.0.2");
+        inst.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        assert_eq!(instance(&inst)["status"], "Terminated");
+    }
+}

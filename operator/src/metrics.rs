@@ -1,0 +1,87 @@
+//! Prometheus metrics (OpenMetrics text at `/metrics`).
+
+use std::sync::Mutex;
+
+use aenv_core::Phase;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::store::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Instances accepted through the API.
+    pub created: Counter,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<ReasonLabels, Counter>,
+    /// Live instances by phase, counted from the store at scrape time.
+    pub instances: Family<PhaseLabels, Gauge>,
+    /// Seconds from acceptance to `Running`.
+    pub create_to_running: Histogram,
+    pub expired: Counter,
+    pub orphans_removed: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("aenv")),
+            created: Counter::default(),
+            reconciles: Counter::default(),
+            reconcile_errors: Family::default(),
+            instances: Family::default(),
+            create_to_running: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            expired: Counter::default(),
+            orphans_removed: Counter::default(),
+        };
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
+            r.register("instances_created", "Instances accepted through the API", m.created.clone());
+            r.register("reconciles", "Reconcile runs", m.reconciles.clone());
+            r.register("reconcile_errors", "Reconcile errors by reason", m.reconcile_errors.clone());
+            r.register("instances", "Live instances by phase", m.instances.clone());
+            r.register(
+                "create_to_running_seconds",
+                "Time from acceptance to Running",
+                m.create_to_running.clone(),
+            );
+            r.register("instances_expired", "Instances removed at the end of their TTL", m.expired.clone());
+            r.register("orphans_removed", "Labelled containers removed because no instance owns them", m.orphans_removed.clone());
+        }
+        m
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text, with the phase gauges brought up to date first.
+    pub fn render(&self, store: &Store) -> String {
+        let mut counts = [0i64; Phase::ALL.len()];
+        for inst in store.list() {
+            if let Some(i) = Phase::ALL.iter().position(|p| *p == inst.phase()) {
+                counts[i] += 1;
+            }
+        }
+        for (phase, count) in Phase::ALL.iter().zip(counts) {
+            self.instances.get_or_create(&PhaseLabels { phase: phase.as_str().into() }).set(count);
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}

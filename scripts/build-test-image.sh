@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds the local test environment image without a registry: a busybox-static root filesystem imported with
+# `docker import`. Like AEnvironment images it answers GET /health on port 8081; set AENV_HEALTH_DELAY (seconds)
+# to make it start answering late. Any command given to the container replaces that default.
+#
+#   scripts/build-test-image.sh [tag]     (default tag: aenv-test/sandbox:local)
+set -euo pipefail
+tag="${1:-aenv-test/sandbox:local}"
+busybox="$(command -v busybox || true)"
+if [ -z "$busybox" ] || ! file -L "$busybox" 2>/dev/null | grep -q "statically linked"; then
+  for candidate in /bin/busybox /usr/bin/busybox; do
+    if [ -x "$candidate" ]; then busybox="$candidate"; fi
+  done
+fi
+if [ -z "$busybox" ] || [ ! -x "$busybox" ]; then
+  echo "build-test-image: busybox not found; install it with: apt-get install -y busybox-static" >&2
+  exit 1
+fi
+root="$(mktemp -d)"
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,etc,tmp,www,proc,sys,dev}
+chmod 1777 "$root/tmp"
+cp "$busybox" "$root/bin/busybox"
+for applet in $("$root/bin/busybox" --list); do
+  [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
+printf '{"success":true,"code":0,"data":{"status":"success","message":"MCP server is healthy","details":{"tool_count":0}}}' > "$root/www/health"
+cat > "$root/bin/aenv-entrypoint" <<'SH'
+#!/bin/sh
+# Answer GET /health on 8081, after AENV_HEALTH_DELAY seconds.
+sleep "${AENV_HEALTH_DELAY:-0}"
+exec httpd -f -p 8081 -h /www
+SH
+chmod +x "$root/bin/aenv-entrypoint"
+tar -C "$root" -c . | docker import \
+  -c 'CMD ["/bin/aenv-entrypoint"]' \
+  -c 'ENV PATH=/bin' \
+  -c 'EXPOSE 8081' \
+  - "$tag" >/dev/null
+echo "$tag"
