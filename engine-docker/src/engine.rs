@@ -134,8 +134,13 @@ impl DockerEngine {
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         match self.docker.create_container(Some(options), body).await {
             Ok(created) => debug!(container = %created.id, "container created"),
-            // An earlier attempt (before a restart) created it: adopt it.
-            Err(e) if is_conflict(&e) => debug!("container exists already, adopting it"),
+            // The name is taken but the container was not found a moment ago: a create from before a restart is
+            // still in flight in the daemon (it may yet be rolled back). Try again shortly; then it is adopted.
+            Err(e) if is_conflict(&e) => {
+                return Err(EngineError::Other(format!(
+                    "a container named {name} is still being created by an earlier attempt; retrying"
+                )));
+            }
             Err(e) => return Err(classify(&format!("creating container {name}"), e)),
         }
         self.start(name).await
@@ -146,6 +151,10 @@ impl DockerEngine {
             Ok(()) => Ok(()),
             // 304: already started.
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            // Gone between create and start (an earlier, interrupted create was rolled back): try again.
+            Err(e) if is_not_found(&e) => {
+                Err(EngineError::Other(format!("container {name} disappeared before it started; retrying")))
+            }
             Err(e) => Err(classify(&format!("starting container {name}"), e)),
         }
     }
@@ -159,8 +168,9 @@ impl DockerEngine {
     }
 }
 
-/// Maps an inspected container to the instance's phase, IP and message.
-fn observe(c: &ContainerInspectResponse) -> Observed {
+/// Maps an inspected container to the instance's phase, IP and message. The operator's own deletions never get
+/// here (they do not go through `apply`), so a container on its way out was removed by someone else.
+fn observe(name: &str, c: &ContainerInspectResponse) -> Observed {
     let state = c.state.clone().unwrap_or_default();
     let ip = c
         .network_settings
@@ -176,7 +186,7 @@ fn observe(c: &ContainerInspectResponse) -> Observed {
         });
     let exit_message = || {
         let code = state.exit_code.unwrap_or_default();
-        let mut msg = format!("the container exited by itself with code {code}");
+        let mut msg = format!("the container exited with code {code}");
         if state.oom_killed == Some(true) {
             msg.push_str(" (killed for exceeding its memory limit)");
         }
@@ -194,7 +204,7 @@ fn observe(c: &ContainerInspectResponse) -> Observed {
             (Phase::Failed, Some(exit_message()))
         }
         Some(ContainerStateStatusEnum::REMOVING) | Some(ContainerStateStatusEnum::STOPPING) => {
-            (Phase::Terminated, Some("the container is being removed".into()))
+            (Phase::Terminated, Some(format!("container {name} is being removed outside the operator")))
         }
     };
     Observed { phase, ip: if phase == Phase::Running { ip } else { None }, message, container_id: c.id.clone() }
@@ -245,7 +255,7 @@ impl Engine for DockerEngine {
             }
         };
         match container {
-            Some(c) => Ok(observe(&c)),
+            Some(c) => Ok(observe(&name, &c)),
             None => Err(EngineError::Other(format!("container {name} disappeared while it was being started"))),
         }
     }

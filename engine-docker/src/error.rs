@@ -6,14 +6,16 @@ use thiserror::Error;
 pub enum Error {
     #[error("invalid Docker host {host:?}: {reason}")]
     InvalidHost { host: String, reason: String },
-    #[error("cannot set up a connection to the Docker daemon at {host}: {source}")]
+    #[error(
+        "cannot connect to the Docker daemon at {host}: {source} (is dockerd running? point --docker-host or DOCKER_HOST at it)"
+    )]
     Connect {
         host: String,
         #[source]
         source: bollard::errors::Error,
     },
     #[error(
-        "the Docker daemon at {host} does not answer: {source} (is dockerd running, and may this user use its socket?)"
+        "the Docker daemon at {host} does not answer: {source} (is dockerd running, may this user use its socket, and is --docker-host or DOCKER_HOST right?)"
     )]
     Unreachable {
         host: String,
