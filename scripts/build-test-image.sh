@@ -6,13 +6,11 @@
 #   scripts/build-test-image.sh [tag]     (default tag: aenv-test/sandbox:local)
 set -euo pipefail
 tag="${1:-aenv-test/sandbox:local}"
-busybox="$(command -v busybox || true)"
-if [ -z "$busybox" ] || ! file -L "$busybox" 2>/dev/null | grep -q "statically linked"; then
-  for candidate in /bin/busybox /usr/bin/busybox; do
-    if [ -x "$candidate" ]; then busybox="$candidate"; fi
-  done
-fi
-if [ -z "$busybox" ] || [ ! -x "$busybox" ]; then
+busybox=""
+for candidate in /bin/busybox /usr/bin/busybox "$(command -v busybox || true)"; do
+  if [ -n "$candidate" ] && [ -x "$candidate" ]; then busybox="$candidate"; break; fi
+done
+if [ -z "$busybox" ]; then
   echo "build-test-image: busybox not found; install it with: apt-get install -y busybox-static" >&2
   exit 1
 fi
@@ -39,4 +37,9 @@ tar -C "$root" -c . | docker import \
   -c 'ENV PATH=/bin' \
   -c 'EXPOSE 8081' \
   - "$tag" >/dev/null
+if ! docker run --rm --network none "$tag" true >/dev/null 2>&1; then
+  docker rmi "$tag" >/dev/null 2>&1 || true
+  echo "build-test-image: $busybox does not run in an empty image (not statically linked?); install busybox-static" >&2
+  exit 1
+fi
 echo "$tag"

@@ -27,8 +27,12 @@ enum LogFormat {
 enum Command {
     /// Run the operator: the embedded store, the reconcile loop over Docker, and the REST API.
     Serve(ServeArgs),
-    /// Print the EnvInstance and Environment CRDs as YAML (what crds/ holds).
-    Crds,
+    /// Print the EnvInstance and Environment CRDs as YAML (what crds/ holds), or write one file per CRD.
+    Crds {
+        /// Write `<crd name>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -91,6 +95,18 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+fn print_crds(out_dir: Option<PathBuf>) -> Result<(), String> {
+    let Some(dir) = out_dir else {
+        print!("{}", aenv_operator::crds::render().map_err(|e| e.to_string())?);
+        return Ok(());
+    };
+    for (file, yaml) in aenv_operator::crds::files().map_err(|e| e.to_string())? {
+        let path = dir.join(file);
+        std::fs::write(&path, yaml).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -103,11 +119,8 @@ fn main() -> ExitCode {
         LogFormat::Json => subscriber.json().init(),
     }
     match cli.command {
-        Command::Crds => match aenv_operator::crds::render() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
+        Command::Crds { out_dir } => match print_crds(out_dir) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("aenv-operator: {e}");
                 ExitCode::FAILURE
