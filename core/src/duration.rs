@@ -56,11 +56,8 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, Error> {
         };
         rest = &rest[unit_len..];
         let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-        let int: u128 = if int_part.is_empty() {
-            0
-        } else {
-            int_part.parse().map_err(|_| err(input, "a number is too large"))?
-        };
+        let int: u128 =
+            if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| err(input, "a number is too large"))? };
         let mut part = int.checked_mul(scale).ok_or_else(|| err(input, "it is too large"))?;
         // Fractions are exact to the nanosecond, as in Go; further digits are dropped.
         let mut place = scale;

@@ -234,7 +234,8 @@ mod tests {
 
     #[test]
     fn expiry_is_creation_plus_ttl() {
-        let mut inst = EnvInstance::new("demo-abc123", EnvInstanceSpec { ttl: Some("1h30m".into()), ..Default::default() });
+        let mut inst =
+            EnvInstance::new("demo-abc123", EnvInstanceSpec { ttl: Some("1h30m".into()), ..Default::default() });
         assert_eq!(inst.expires_at().unwrap(), None, "no creation time yet");
         let created: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         inst.metadata.creation_timestamp = Some(Time(created));
@@ -253,8 +254,7 @@ mod tests {
         assert_eq!(crd.spec.names.short_names, Some(vec!["envi".to_string()]));
         let version = &crd.spec.versions[0];
         assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
-        let columns: Vec<_> =
-            version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
         assert_eq!(columns, ["Env", "Phase", "IP", "Expires", "Age"]);
     }
 

@@ -84,7 +84,8 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Docker, Error> {
             reason: "use unix:///path/to/docker.sock, tcp://host:port or https://host:port".into(),
         });
     };
-    let docker = docker.negotiate_version().await.map_err(|source| Error::Unreachable { host: host.clone(), source })?;
+    let docker =
+        docker.negotiate_version().await.map_err(|source| Error::Unreachable { host: host.clone(), source })?;
     docker.ping().await.map_err(|source| Error::Unreachable { host, source })?;
     Ok(docker)
 }

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use bollard::{
     Docker,
     models::{
-        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummaryStateEnum,
-        HostConfig, RestartPolicy, RestartPolicyNameEnum,
+        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig,
+        RestartPolicy, RestartPolicyNameEnum,
     },
     query_parameters::{
         CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -76,11 +76,10 @@ impl DockerEngine {
     /// The container body for an instance. Fails (permanently) on a spec the reconciler cannot run.
     fn container_body(&self, inst: &EnvInstance) -> Result<ContainerCreateBody, EngineError> {
         let spec = &inst.spec;
-        let image = spec
-            .image
-            .clone()
-            .filter(|i| !i.trim().is_empty())
-            .ok_or_else(|| EngineError::Permanent("spec.image is empty: the instance has no image to run".into()))?;
+        let image =
+            spec.image.clone().filter(|i| !i.trim().is_empty()).ok_or_else(|| {
+                EngineError::Permanent("spec.image is empty: the instance has no image to run".into())
+            })?;
         let nano_cpus = spec
             .resources
             .cpu
@@ -120,7 +119,10 @@ impl DockerEngine {
                 // No swap beyond the memory limit: a sandbox that outgrows its limit is OOM-killed, not slowed.
                 memory_swap: memory,
                 network_mode: Some(self.config.network.clone()),
-                restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -172,18 +174,14 @@ impl DockerEngine {
 /// here (they do not go through `apply`), so a container on its way out was removed by someone else.
 fn observe(name: &str, c: &ContainerInspectResponse) -> Observed {
     let state = c.state.clone().unwrap_or_default();
-    let ip = c
-        .network_settings
-        .as_ref()
-        .and_then(|n| n.networks.as_ref())
-        .and_then(|nets| {
-            let mut ips: Vec<_> = nets
-                .iter()
-                .filter_map(|(net, ep)| ep.ip_address.clone().filter(|ip| !ip.is_empty()).map(|ip| (net.clone(), ip)))
-                .collect();
-            ips.sort();
-            ips.into_iter().next().map(|(_, ip)| ip)
-        });
+    let ip = c.network_settings.as_ref().and_then(|n| n.networks.as_ref()).and_then(|nets| {
+        let mut ips: Vec<_> = nets
+            .iter()
+            .filter_map(|(net, ep)| ep.ip_address.clone().filter(|ip| !ip.is_empty()).map(|ip| (net.clone(), ip)))
+            .collect();
+        ips.sort();
+        ips.into_iter().next().map(|(_, ip)| ip)
+    });
     let exit_message = || {
         let code = state.exit_code.unwrap_or_default();
         let mut msg = format!("the container exited with code {code}");
@@ -199,7 +197,9 @@ fn observe(name: &str, c: &ContainerInspectResponse) -> Observed {
         Some(ContainerStateStatusEnum::RUNNING) => (Phase::Running, None),
         Some(ContainerStateStatusEnum::PAUSED) => (Phase::Running, Some("the container is paused".to_string())),
         Some(ContainerStateStatusEnum::RESTARTING) => (Phase::Running, Some("the container is restarting".into())),
-        Some(ContainerStateStatusEnum::CREATED) | None | Some(ContainerStateStatusEnum::EMPTY) => (Phase::Creating, None),
+        Some(ContainerStateStatusEnum::CREATED) | None | Some(ContainerStateStatusEnum::EMPTY) => {
+            (Phase::Creating, None)
+        }
         Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
             (Phase::Failed, Some(exit_message()))
         }

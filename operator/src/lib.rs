@@ -61,7 +61,8 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .map_err(|source| Error::Listen { addr: config.api_listen.to_string(), source })?;
-    let local = listener.local_addr().map_err(|source| Error::Listen { addr: config.api_listen.to_string(), source })?;
+    let local =
+        listener.local_addr().map_err(|source| Error::Listen { addr: config.api_listen.to_string(), source })?;
     info!(addr = %local, "REST API listening");
 
     let metrics = Arc::new(metrics::Metrics::default());

@@ -54,13 +54,13 @@ impl Default for Metrics {
             r.register("reconciles", "Reconcile runs", m.reconciles.clone());
             r.register("reconcile_errors", "Reconcile errors by reason", m.reconcile_errors.clone());
             r.register("instances", "Live instances by phase", m.instances.clone());
-            r.register(
-                "create_to_running_seconds",
-                "Time from acceptance to Running",
-                m.create_to_running.clone(),
-            );
+            r.register("create_to_running_seconds", "Time from acceptance to Running", m.create_to_running.clone());
             r.register("instances_expired", "Instances removed at the end of their TTL", m.expired.clone());
-            r.register("orphans_removed", "Labelled containers removed because no instance owns them", m.orphans_removed.clone());
+            r.register(
+                "orphans_removed",
+                "Labelled containers removed because no instance owns them",
+                m.orphans_removed.clone(),
+            );
         }
         m
     }

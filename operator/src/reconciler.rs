@@ -149,7 +149,10 @@ pub async fn resync(ctx: &Context, trigger: &mpsc::Sender<ObjectRef<EnvInstance>
         let expired = inst.expires_at().ok().flatten().is_some_and(|exp| exp <= now);
         let stale = !inst.phase().is_terminal() && seen.get(&k) != Some(&inst.phase());
         if inst.is_deleting() || expired || stale {
-            let r = object_ref(inst.metadata.namespace.as_deref().unwrap_or_default(), &inst.metadata.name.clone().unwrap_or_default());
+            let r = object_ref(
+                inst.metadata.namespace.as_deref().unwrap_or_default(),
+                &inst.metadata.name.clone().unwrap_or_default(),
+            );
             if trigger.send(r).await.is_err() {
                 break;
             }
@@ -238,7 +241,9 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
     ctx.failures().remove(&key);
     Ok(match expires {
         // Wake at the expiry instant; the TTL is enforced by this timer, not by a sweep.
-        Some(exp) => Action::requeue(Duration::from_millis((exp.as_millisecond() - now.as_millisecond()).max(0) as u64 + 1)),
+        Some(exp) => {
+            Action::requeue(Duration::from_millis((exp.as_millisecond() - now.as_millisecond()).max(0) as u64 + 1))
+        }
         None => Action::await_change(),
     })
 }

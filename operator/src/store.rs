@@ -100,11 +100,8 @@ impl Store {
         let mut index = Index::default();
         let read = db.begin_read().map_err(db_err)?;
         let meta = read.open_table(META).map_err(db_err)?;
-        index.resource_version = meta
-            .get(META_RESOURCE_VERSION)
-            .map_err(db_err)?
-            .and_then(|v| v.value().parse().ok())
-            .unwrap_or(0);
+        index.resource_version =
+            meta.get(META_RESOURCE_VERSION).map_err(db_err)?.and_then(|v| v.value().parse().ok()).unwrap_or(0);
         let table = read.open_table(INSTANCES).map_err(db_err)?;
         for entry in table.iter().map_err(db_err)? {
             let (k, v) = entry.map_err(db_err)?;
@@ -175,11 +172,7 @@ impl Store {
     }
 
     /// Replaces the status of the object at `key`, if it still exists. Returns the stored object.
-    pub async fn update_status(
-        &self,
-        key: &str,
-        status: EnvInstanceStatus,
-    ) -> Result<Option<Arc<EnvInstance>>, Error> {
+    pub async fn update_status(&self, key: &str, status: EnvInstanceStatus) -> Result<Option<Arc<EnvInstance>>, Error> {
         let _w = self.writer.lock().await;
         let Some(current) = self.get(key) else { return Ok(None) };
         let mut obj = (*current).clone();
@@ -377,11 +370,17 @@ mod tests {
         store.create(instance("a-000001"), now).await.unwrap();
         let mut watch = store.watch();
         assert!(matches!(watch.next().await, Some(watcher::Event::Init)));
-        assert!(matches!(watch.next().await, Some(watcher::Event::InitApply(o)) if o.metadata.name.as_deref() == Some("a-000001")));
+        assert!(
+            matches!(watch.next().await, Some(watcher::Event::InitApply(o)) if o.metadata.name.as_deref() == Some("a-000001"))
+        );
         assert!(matches!(watch.next().await, Some(watcher::Event::InitDone)));
         store.create(instance("b-000002"), now).await.unwrap();
-        assert!(matches!(watch.next().await, Some(watcher::Event::Apply(o)) if o.metadata.name.as_deref() == Some("b-000002")));
+        assert!(
+            matches!(watch.next().await, Some(watcher::Event::Apply(o)) if o.metadata.name.as_deref() == Some("b-000002"))
+        );
         store.purge("default/a-000001").await.unwrap();
-        assert!(matches!(watch.next().await, Some(watcher::Event::Delete(o)) if o.metadata.name.as_deref() == Some("a-000001")));
+        assert!(
+            matches!(watch.next().await, Some(watcher::Event::Delete(o)) if o.metadata.name.as_deref() == Some("a-000001"))
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use aenv_testkit::{Operator, TEST_IMAGE, create_body, containers_with_label, docker, docker_ok, inspect, unique_name};
+use aenv_testkit::{Operator, TEST_IMAGE, containers_with_label, create_body, docker, docker_ok, inspect, unique_name};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_aenv-operator");
@@ -25,8 +25,13 @@ async fn create(op: &Operator, name: &str, deploy: Value) -> String {
 async fn create_runs_with_ip_labels_and_limits() {
     let op = Operator::start(BIN, &[]).await;
     let name = unique_name("run");
-    let id = create(&op, &name, json!({"cpu": "1C", "memory": "512Mi", "ttl": "1h",
-        "environment_variables": {"GREETING": "hi"}})).await;
+    let id = create(
+        &op,
+        &name,
+        json!({"cpu": "1C", "memory": "512Mi", "ttl": "1h",
+        "environment_variables": {"GREETING": "hi"}}),
+    )
+    .await;
     let body = op.wait_for(&id, Duration::from_secs(30), is_running).await;
     let ip = body["data"]["ip"].as_str().unwrap_or_default();
     assert!(!ip.is_empty(), "Running carries an IP: {body}");
@@ -160,7 +165,9 @@ async fn container_removed_by_hand_is_reported() {
     op.wait_for(&id, Duration::from_secs(30), is_running).await;
     docker_ok(&["rm", "-f", &id]);
     let body = op
-        .wait_for(&id, Duration::from_secs(3), |v| matches!(v["data"]["status"].as_str(), Some("Terminated" | "Failed")))
+        .wait_for(&id, Duration::from_secs(3), |v| {
+            matches!(v["data"]["status"].as_str(), Some("Terminated" | "Failed"))
+        })
         .await;
     let message = body["data"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("removed outside the operator"), "{body}");
@@ -205,7 +212,10 @@ async fn bad_input_is_refused_with_the_field_and_changes_nothing() {
         (json!({"name": name, "artifacts": [{"type": "code", "content": "x"}]}).to_string(), "artifacts"),
         (json!({"name": name, "artifacts": image, "deployConfig": {"ttl": "soon"}}).to_string(), "deployConfig.ttl"),
         (json!({"name": name, "artifacts": image, "deployConfig": {"cpu": "fast"}}).to_string(), "deployConfig.cpu"),
-        (json!({"name": name, "artifacts": image, "deployConfig": {"memory": "lots"}}).to_string(), "deployConfig.memory"),
+        (
+            json!({"name": name, "artifacts": image, "deployConfig": {"memory": "lots"}}).to_string(),
+            "deployConfig.memory",
+        ),
         (json!({"name": "Not Valid", "artifacts": image}).to_string(), "`name`"),
     ];
     for (body, field) in &cases {
@@ -243,7 +253,14 @@ async fn raw_post_status(port: u16, content_length: usize) -> String {
 async fn unreachable_daemon_at_start_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--api-listen", "127.0.0.1:0", "--docker-host", "unix:///nonexistent/docker.sock", "--data-dir"])
+        .args([
+            "serve",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--docker-host",
+            "unix:///nonexistent/docker.sock",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

@@ -63,7 +63,8 @@ pub fn inspect(name: &str) -> Value {
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{prefix}-{}-{:x}{}", std::process::id() % 100_000, nanos % 0xffff, N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -205,7 +206,11 @@ impl Operator {
             if pred(&body) {
                 return body;
             }
-            assert!(Instant::now() < deadline, "instance {id} did not get there in {timeout:?}; last: {body}\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} did not get there in {timeout:?}; last: {body}\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -128,8 +128,8 @@ fn validate_labels(labels: &BTreeMap<String, String>, path: &str) -> Result<(), 
 /// Checks an environment name: it becomes part of the instance id, the container name and a label.
 pub fn validate_env_name(name: &str, path: &str) -> Result<(), ApiError> {
     let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    let ends_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let ends_ok =
+        name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if name.is_empty() || !ok_chars || !ends_ok || name.len() > MAX_NAME_LEN {
         return Err(bad(format!(
             "field `{path}` must be 1 to {MAX_NAME_LEN} lowercase letters, digits or '-', starting and ending with a letter or digit (got {name:?})"
@@ -161,7 +161,8 @@ fn validate_owner(owner: &str, path: &str) -> Result<(), ApiError> {
 
 /// Parses and validates a create body. `default_ttl` applies when the request names none.
 pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| bad(format!("the request body is not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the request body is not valid JSON: {e}")))?;
     let Value::Object(obj) = value else {
         return Err(bad(format!("the request body must be a JSON object, not {}", describe(&value))));
     };
@@ -245,7 +246,9 @@ pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, Api
             .enumerate()
             .map(|(i, v)| match v {
                 Value::String(s) => Ok(s.clone()),
-                other => Err(bad(format!("field `deployConfig.arguments[{i}]` must be a string, not {}", describe(other)))),
+                other => {
+                    Err(bad(format!("field `deployConfig.arguments[{i}]` must be a string, not {}", describe(other))))
+                }
             })
             .collect::<Result<_, _>>()?,
         Some(other) => {

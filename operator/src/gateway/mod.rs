@@ -9,11 +9,7 @@ use aenv_core::EnvInstance;
 use jiff::Timestamp;
 use serde_json::Value;
 use tracing::{info, warn};
-use warp::{
-    Filter, Rejection, Reply,
-    http::StatusCode,
-    hyper::body::Bytes,
-};
+use warp::{Filter, Rejection, Reply, http::StatusCode, hyper::body::Bytes};
 
 pub use create::{CreateRequest, parse_create};
 
@@ -162,14 +158,27 @@ pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,
         .and(warp::delete())
         .and(with_gw.clone())
         .then(|id: String, gw: Arc<Gateway>| async move { reply(gw.delete(&id).await) });
-    let health = warp::path!("health").and(warp::get()).map(|| warp::reply::json(&serde_json::json!({})).into_response());
+    let health =
+        warp::path!("health").and(warp::get()).map(|| warp::reply::json(&serde_json::json!({})).into_response());
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok".into_response());
     let metrics = warp::path!("metrics").and(warp::get()).and(with_gw).map(|gw: Arc<Gateway>| {
         let body = gw.metrics.render(&gw.store);
         warp::reply::with_header(body, "content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
             .into_response()
     });
-    create.or(list).unify().or(get).unify().or(delete).unify().or(health).unify().or(healthz).unify().or(metrics).unify()
+    create
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(health)
+        .unify()
+        .or(healthz)
+        .unify()
+        .or(metrics)
+        .unify()
         .recover(recover)
         .unify()
 }

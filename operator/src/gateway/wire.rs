@@ -124,7 +124,8 @@ mod tests {
             assert!(v["env"].get(key).is_some(), "env.{key} missing");
         }
         assert_eq!(v["env"]["artifacts"][0]["content"], "img:1");
-        inst.status = Some(EnvInstanceStatus { phase: Phase::Running, ip: Some("172.17.0.2".into()), ..Default::default() });
+        inst.status =
+            Some(EnvInstanceStatus { phase: Phase::Running, ip: Some("172.17.0.2".into()), ..Default::default() });
         assert_eq!(instance(&inst)["status"], "Running");
         assert_eq!(instance(&inst)["ip"], "172.17.0.2");
         inst.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
