@@ -5,7 +5,10 @@ use futures::stream::BoxStream;
 use jiff::Timestamp;
 use thiserror::Error;
 
-use crate::{EnvInstance, Phase};
+use crate::{
+    EnvInstance, EnvInstanceSpec, Phase,
+    types::{PortStatus, ServiceStatus},
+};
 
 /// What the engine sees of one instance after `apply`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -15,6 +18,14 @@ pub struct Observed {
     pub message: Option<String>,
     /// The engine's id for what it runs (a container id, a Pod uid).
     pub container_id: Option<String>,
+    /// Published ports.
+    pub ports: Vec<PortStatus>,
+    /// Each service of a stack.
+    pub services: Vec<ServiceStatus>,
+    /// Whether the readiness probe passed; `None` when the instance has no probe or is not running.
+    pub ready: Option<bool>,
+    /// Why it is not ready.
+    pub ready_message: Option<String>,
 }
 
 /// One object the engine found labelled as belonging to this operator.
@@ -78,6 +89,12 @@ impl EngineError {
 pub trait Engine: Send + Sync + 'static {
     /// A short name for logs and metrics (`docker`, `kubernetes`).
     fn name(&self) -> &'static str;
+
+    /// Checks a spec before it is accepted, for what only this engine can judge (its policy, a compose file).
+    /// The message is for the API user: it names the field and the fix. The default accepts everything.
+    fn validate(&self, _spec: &EnvInstanceSpec) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Makes the instance exist as specified and reports what is observed. Creates what is missing, unless
     /// `instance.status.container_id` says it was created before: then its absence is reported as

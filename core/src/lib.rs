@@ -18,6 +18,6 @@ pub mod types;
 pub use engine::{Engine, EngineError, EngineEvent, Observed, OwnedObject};
 pub use error::Error;
 pub use types::{
-    Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PullPolicy,
-    Resources,
+    Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PortSpec,
+    PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus,
 };

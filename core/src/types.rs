@@ -59,6 +59,70 @@ pub struct EnvInstanceSpec {
     /// User labels, copied onto the container.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// A Compose file (YAML) to run as a stack instead of `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_file: Option<String>,
+    /// Network to join: `bridge` (default), `none`, `host` (if the operator allows it), or the name of a user
+    /// network, created on demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Container ports to publish on the host (on loopback by default), for hosts where container IPs are not
+    /// reachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    /// How to tell that the instance answers. Absent: `GET /health` on port 8081, as AEnvironment images serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ReadinessProbe>,
+}
+
+/// A container port to publish.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortSpec {
+    pub container_port: u16,
+    /// `tcp` (default) or `udp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+/// An HTTP readiness probe.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadinessProbe {
+    /// `false` turns the probe off (for images that serve no health endpoint).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_probe_port")]
+    pub port: u16,
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+    /// Timeout of one probe, in milliseconds.
+    #[serde(default = "default_probe_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_probe_port() -> u16 {
+    8081
+}
+fn default_probe_path() -> String {
+    "/health".into()
+}
+fn default_probe_timeout_ms() -> u64 {
+    1000
+}
+
+impl Default for ReadinessProbe {
+    fn default() -> Self {
+        ReadinessProbe {
+            enabled: true,
+            port: default_probe_port(),
+            path: default_probe_path(),
+            timeout_ms: default_probe_timeout_ms(),
+        }
+    }
 }
 
 /// CPU and memory limits, as quantities (`cpu: "1C" | "500m" | "2"`, `memory: "512Mi" | "2G"`).
@@ -144,6 +208,41 @@ pub struct EnvInstanceStatus {
     /// Finer-grained state with stable reasons, next to the coarse phase.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortStatus>,
+    /// Each service of a stack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceStatus>,
+}
+
+/// A published port: where on the host a container port answers.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortStatus {
+    pub container_port: u16,
+    pub protocol: String,
+    pub host_ip: String,
+    pub host_port: u16,
+    /// The compose service the port belongs to (stacks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// One service of a stack.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    pub name: String,
+    /// Docker's state of the service's container (`running`, `exited`, ...), or `missing`.
+    pub state: String,
+    /// `healthy`, `unhealthy` or `starting` when the service has a healthcheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A condition in the Kubernetes style (`type`, `status`, `reason`, `message`).

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
+    Policy,
     error::{classify, is_conflict, is_not_found},
     image::ensure_image,
 };
@@ -36,6 +37,8 @@ pub struct DockerEngineConfig {
     pub network: String,
     /// The daemon's address, for messages.
     pub host_display: String,
+    /// What requests may ask of the host.
+    pub policy: Policy,
 }
 
 /// The Docker engine: one container per instance.
@@ -207,7 +210,13 @@ fn observe(name: &str, c: &ContainerInspectResponse) -> Observed {
             (Phase::Terminated, Some(format!("container {name} is being removed outside the operator")))
         }
     };
-    Observed { phase, ip: if phase == Phase::Running { ip } else { None }, message, container_id: c.id.clone() }
+    Observed {
+        phase,
+        ip: if phase == Phase::Running { ip } else { None },
+        message,
+        container_id: c.id.clone(),
+        ..Default::default()
+    }
 }
 
 fn summary_phase(state: Option<&ContainerSummaryStateEnum>) -> Phase {

@@ -8,7 +8,9 @@ mod connect;
 mod engine;
 mod error;
 mod image;
+mod policy;
 
 pub use connect::{ConnectOptions, connect};
 pub use engine::{DockerEngine, DockerEngineConfig};
 pub use error::Error;
+pub use policy::{Allowance, Policy};

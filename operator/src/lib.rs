@@ -27,6 +27,8 @@ pub struct Config {
     pub docker: ConnectOptions,
     /// Network containers join.
     pub docker_network: String,
+    /// What requests may ask of the Docker host (host network, privileged, bind mounts, ...).
+    pub docker_policy: aenv_engine_docker::Policy,
     /// TTL for requests that name none (Go duration syntax).
     pub default_ttl: String,
     pub resync_interval: Duration,
@@ -54,6 +56,7 @@ pub async fn serve(
             operator_id: store.operator_id().to_string(),
             network: config.docker_network.clone(),
             host_display: config.docker.display_host(),
+            policy: config.docker_policy.clone(),
         },
     ));
     info!(host = %config.docker.display_host(), "connected to the Docker daemon");
@@ -66,8 +69,8 @@ pub async fn serve(
     info!(addr = %local, "REST API listening");
 
     let metrics = Arc::new(metrics::Metrics::default());
-    let ctx = reconciler::Context::new(store.clone(), engine, metrics.clone());
-    let gateway = Arc::new(gateway::Gateway { store, metrics, default_ttl: config.default_ttl.clone() });
+    let ctx = reconciler::Context::new(store.clone(), engine.clone(), metrics.clone());
+    let gateway = Arc::new(gateway::Gateway { store, engine, metrics, default_ttl: config.default_ttl.clone() });
 
     let shutdown = shutdown.shared();
     let api = warp::serve(gateway::routes(gateway)).incoming(listener).graceful(shutdown.clone()).run();

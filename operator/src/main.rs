@@ -61,6 +61,10 @@ struct ServeArgs {
     /// Docker network instances join.
     #[arg(long, default_value = "bridge")]
     docker_network: String,
+    /// What requests may ask of the Docker host, comma-separated: host-network, privileged, bind-mounts,
+    /// host-namespaces (pid/ipc host), cap-add, devices. Default: none of them (sandboxes run untrusted code).
+    #[arg(long, value_delimiter = ',')]
+    allow: Vec<aenv_engine_docker::Allowance>,
     /// TTL of instances whose request names none, in Go duration syntax (90s, 30m, 1h30m).
     #[arg(long, default_value = "30m")]
     default_ttl: String,
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
                     timeout_secs: 120,
                 },
                 docker_network: args.docker_network,
+                docker_policy: aenv_engine_docker::Policy::allowing(args.allow),
                 default_ttl: args.default_ttl,
                 resync_interval: args.resync_interval,
                 max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),

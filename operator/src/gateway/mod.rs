@@ -5,7 +5,7 @@ pub mod wire;
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc};
 
-use aenv_core::EnvInstance;
+use aenv_core::{Engine, EnvInstance};
 use jiff::Timestamp;
 use serde_json::Value;
 use tracing::{info, warn};
@@ -51,6 +51,8 @@ impl ApiError {
 /// What the gateway needs.
 pub struct Gateway {
     pub store: Arc<Store>,
+    /// Asked to validate specs before they are stored.
+    pub engine: Arc<dyn Engine>,
     pub metrics: Arc<Metrics>,
     /// TTL applied when a request names none (Go duration syntax).
     pub default_ttl: String,
@@ -77,6 +79,7 @@ impl Gateway {
                 )));
             }
         };
+        self.engine.validate(&spec).map_err(ApiError::bad_request)?;
         // The id is `<name>-<6 random [a-z0-9]>`, as AEnvironment names pods; a clash draws again.
         for _ in 0..8 {
             let id = format!("{}-{}", spec.env_name, random_suffix(6));
