@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use aenv_core::{
-    EnvInstanceSpec, PullPolicy, Resources,
+    EnvInstanceSpec, PortSpec, PullPolicy, ReadinessProbe, Resources,
     duration::parse_go_duration,
     labels::is_reserved,
     quantity::{parse_cpu_millis, parse_memory_bytes},
@@ -30,7 +30,14 @@ const DEPLOY_KEYS: &[&str] = &[
     "arguments",
     "labels",
     "imagePullPolicy",
+    "composeFile",
+    "network",
+    "ports",
+    "readiness",
 ];
+
+/// Largest compose file accepted (256 KiB).
+const MAX_COMPOSE_BYTES: usize = 256 * 1024;
 
 const MAX_NAME_LEN: usize = 56;
 
@@ -186,13 +193,22 @@ pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, Api
     let version = string_field(&obj, "version", "version")?.unwrap_or_default();
     validate_version(&version, "version")?;
 
-    let image = image_from_artifacts(obj.get("artifacts"))?;
-
     let empty = Map::new();
     let deploy = match obj.get("deployConfig").or_else(|| obj.get("deploy_config")) {
         None | Some(Value::Null) => &empty,
         Some(Value::Object(d)) => d,
         Some(other) => return Err(bad(format!("field `deployConfig` must be an object, not {}", describe(other)))),
+    };
+    let compose_file =
+        string_field(deploy, "composeFile", "deployConfig.composeFile")?.filter(|s| !s.trim().is_empty());
+    if compose_file.as_ref().is_some_and(|c| c.len() > MAX_COMPOSE_BYTES) {
+        return Err(bad(format!("field `deployConfig.composeFile` is larger than {MAX_COMPOSE_BYTES} bytes")));
+    }
+    // A stack names its images in the compose file; an image artifact is then optional.
+    let image = match image_from_artifacts(obj.get("artifacts")) {
+        Ok(image) => Some(image),
+        Err(_) if compose_file.is_some() && !has_image_artifact(obj.get("artifacts")) => None,
+        Err(e) => return Err(e),
     };
     let unknown: Vec<&str> = deploy
         .keys()
@@ -280,11 +296,22 @@ pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, Api
         }
     };
 
+    let network = string_field(deploy, "network", "deployConfig.network")?.filter(|s| !s.is_empty());
+    if let Some(net) = &network {
+        validate_network(net)?;
+    }
+    let ports = parse_ports(deploy.get("ports"))?;
+    let readiness = parse_readiness(deploy.get("readiness"))?;
+
     Ok(CreateRequest::Inline(EnvInstanceSpec {
         env_name: name,
         env_version: version,
         owner,
-        image: Some(image),
+        image,
+        compose_file,
+        network,
+        ports,
+        readiness,
         image_pull_policy,
         args,
         env,
@@ -292,6 +319,92 @@ pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, Api
         ttl: Some(ttl),
         labels,
     }))
+}
+
+fn has_image_artifact(artifacts: Option<&Value>) -> bool {
+    artifacts
+        .and_then(Value::as_array)
+        .is_some_and(|items| items.iter().any(|a| a.get("type") == Some(&Value::from("image"))))
+}
+
+fn validate_network(net: &str) -> Result<(), ApiError> {
+    let ok = net.len() <= 64
+        && net.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && net.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(bad(format!(
+            "field `deployConfig.network` must be bridge, none, host or a network name of letters, digits, '-', '_' or '.' (got {net:?})"
+        )));
+    }
+    Ok(())
+}
+
+/// `ports`: `[8080, "9000/udp", {"containerPort": 8081, "protocol": "tcp"}]`.
+fn parse_ports(v: Option<&Value>) -> Result<Vec<PortSpec>, ApiError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(bad(format!(
+                "field `deployConfig.ports` must be an array of container ports such as [8080, \"9000/udp\"], not {}",
+                describe(other)
+            )));
+        }
+    };
+    let mut out: Vec<PortSpec> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("deployConfig.ports[{i}]");
+        let (port, protocol) = match item {
+            Value::Number(n) => (n.as_u64(), None),
+            Value::String(s) => match s.split_once('/') {
+                Some((p, proto)) => (p.parse().ok(), Some(proto.to_string())),
+                None => (s.parse().ok(), None),
+            },
+            Value::Object(o) => (
+                o.get("containerPort").and_then(Value::as_u64),
+                string_field(o, "protocol", &format!("{path}.protocol"))?,
+            ),
+            other => return Err(bad(format!("field `{path}` must be a port number, not {}", describe(other)))),
+        };
+        let port = port.filter(|p| (1..=65535).contains(p)).ok_or_else(|| {
+            bad(format!("field `{path}` must be a container port from 1 to 65535, optionally with /tcp or /udp"))
+        })? as u16;
+        if let Some(proto) = &protocol
+            && proto != "tcp"
+            && proto != "udp"
+        {
+            return Err(bad(format!("field `{path}` has protocol {proto:?}; use tcp or udp")));
+        }
+        let spec = PortSpec { container_port: port, protocol: protocol.filter(|p| p != "tcp") };
+        if !out.contains(&spec) {
+            out.push(spec);
+        }
+    }
+    Ok(out)
+}
+
+/// `readiness`: `false` (no probe), or `{"port": 8081, "path": "/health", "timeoutMs": 1000}`.
+fn parse_readiness(v: Option<&Value>) -> Result<Option<ReadinessProbe>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(enabled)) => Ok(Some(ReadinessProbe { enabled: *enabled, ..Default::default() })),
+        Some(Value::Object(_)) => {
+            let probe: ReadinessProbe = serde_json::from_value(v.cloned().unwrap_or_default()).map_err(|e| {
+                bad(format!(
+                    "field `deployConfig.readiness`: {e} (write {{\"port\": 8081, \"path\": \"/health\", \"timeoutMs\": 1000}} or false)"
+                ))
+            })?;
+            if probe.port == 0 || !probe.path.starts_with('/') || probe.timeout_ms == 0 || probe.timeout_ms > 60_000 {
+                return Err(bad(
+                    "field `deployConfig.readiness` needs a port from 1 to 65535, a path starting with '/' and timeoutMs from 1 to 60000",
+                ));
+            }
+            Ok(Some(probe))
+        }
+        Some(other) => {
+            Err(bad(format!("field `deployConfig.readiness` must be an object or false, not {}", describe(other))))
+        }
+    }
 }
 
 fn image_from_artifacts(artifacts: Option<&Value>) -> Result<String, ApiError> {
@@ -371,6 +484,34 @@ mod tests {
         assert_eq!(spec.labels.get("team").map(String::as_str), Some("rl"));
         assert_eq!(spec.ttl.as_deref(), Some("30m"));
         assert_eq!(spec.image.as_deref(), Some("img"));
+    }
+
+    #[test]
+    fn compose_network_ports_readiness() {
+        let spec = inline(
+            r#"{"name":"s","deployConfig":{"composeFile":"services: {}\n","network":"team-net",
+               "ports":[8080,"9000/udp",{"containerPort":8081}],"readiness":{"port":9000,"path":"/ready"}}}"#,
+        )
+        .unwrap();
+        assert!(spec.image.is_none() && spec.compose_file.is_some());
+        assert_eq!(spec.network.as_deref(), Some("team-net"));
+        assert_eq!(spec.ports.len(), 3);
+        assert_eq!(spec.ports[1], PortSpec { container_port: 9000, protocol: Some("udp".into()) });
+        let probe = spec.readiness.unwrap();
+        assert_eq!((probe.port, probe.path.as_str(), probe.timeout_ms), (9000, "/ready", 1000));
+        let spec =
+            inline(r#"{"name":"s","artifacts":[{"type":"image","content":"i"}],"deployConfig":{"readiness":false}}"#)
+                .unwrap();
+        assert_eq!(spec.readiness.map(|p| p.enabled), Some(false));
+        let ok = r#""artifacts":[{"type":"image","content":"a"}]"#;
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"ports":[70000]}}}}"#), "deployConfig.ports[0]");
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"ports":["80/sctp"]}}}}"#), "deployConfig.ports[0]");
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"network":"a b"}}}}"#), "deployConfig.network");
+        refused(
+            &format!(r#"{{"name":"e",{ok},"deployConfig":{{"readiness":{{"path":"x"}}}}}}"#),
+            "deployConfig.readiness",
+        );
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"readiness":"yes"}}}}"#), "deployConfig.readiness");
     }
 
     #[test]
