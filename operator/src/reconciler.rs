@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use aenv_core::{Engine, EnvInstance, EnvInstanceStatus, Phase};
+use aenv_core::{Condition, Engine, EnvInstance, EnvInstanceStatus, Phase};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -216,6 +216,9 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
                 status.phase = observed.phase;
                 status.ip = observed.ip;
                 status.message = observed.message;
+                status.ports = observed.ports;
+                status.services = observed.services;
+                set_ready_condition(&mut status, observed.phase, observed.ready, observed.ready_message);
                 if observed.container_id.is_some() {
                     status.container_id = observed.container_id;
                 }
@@ -225,6 +228,7 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
                 status.phase = Phase::Failed;
                 status.ip = None;
                 status.message = Some(e.to_string());
+                set_ready_condition(&mut status, Phase::Failed, None, None);
             }
             Err(e) => {
                 status.message = Some(format!("waiting for the engine: {e}"));
@@ -246,6 +250,22 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
         }
         None => Action::await_change(),
     })
+}
+
+/// The `Ready` condition: `True` once the readiness probe answers (or, without a probe, once it runs).
+/// Reasons are stable: `Ready`, `NoProbe`, `ProbeFailing`, `NotRunning`.
+fn set_ready_condition(status: &mut EnvInstanceStatus, phase: Phase, ready: Option<bool>, message: Option<String>) {
+    let (value, reason, message) = match (phase, ready) {
+        (Phase::Running, Some(true)) => ("True", "Ready", String::new()),
+        (Phase::Running, None) => ("True", "NoProbe", "the instance has no readiness probe".to_string()),
+        (Phase::Running, Some(false)) => ("False", "ProbeFailing", message.unwrap_or_default()),
+        (phase, _) => ("False", "NotRunning", format!("the instance is {phase}")),
+    };
+    let condition = Condition { type_: "Ready".into(), status: value.into(), reason: reason.into(), message };
+    match status.conditions.iter_mut().find(|c| c.type_ == "Ready") {
+        Some(existing) => *existing = condition,
+        None => status.conditions.push(condition),
+    }
 }
 
 /// Retries with exponential backoff per instance: 200 ms, 400 ms, … up to 30 s.
