@@ -1,7 +1,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use aenv_core::{
-    Engine, EngineError, EngineEvent, EnvInstance, Observed, OwnedObject, Phase,
+    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, Observed, OwnedObject, Phase, PortStatus,
     labels::{self, InstanceLabels},
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
@@ -10,11 +10,11 @@ use bollard::{
     Docker,
     models::{
         ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig,
-        RestartPolicy, RestartPolicyNameEnum,
+        PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
     },
     query_parameters::{
         CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
-        RemoveContainerOptionsBuilder,
+        RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
     },
 };
 use futures::{StreamExt, stream::BoxStream};
@@ -23,9 +23,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
-    Policy,
+    Allowance, Policy,
     error::{classify, is_conflict, is_not_found},
     image::ensure_image,
+    network,
+    probe::Prober,
 };
 
 /// How the engine runs containers.
@@ -39,6 +41,25 @@ pub struct DockerEngineConfig {
     pub host_display: String,
     /// What requests may ask of the host.
     pub policy: Policy,
+    /// Host address published ports bind to (`127.0.0.1` by default).
+    pub publish_host_ip: String,
+    /// Grace period between SIGTERM and SIGKILL when an instance is removed; zero kills at once.
+    pub stop_timeout: Duration,
+}
+
+impl DockerEngineConfig {
+    /// Defaults for everything but the operator id: the `bridge` network, the local socket, nothing allowed,
+    /// ports published on loopback, immediate kill.
+    pub fn new(operator_id: impl Into<String>) -> Self {
+        DockerEngineConfig {
+            operator_id: operator_id.into(),
+            network: "bridge".into(),
+            host_display: "unix:///var/run/docker.sock".into(),
+            policy: Policy::default(),
+            publish_host_ip: "127.0.0.1".into(),
+            stop_timeout: Duration::ZERO,
+        }
+    }
 }
 
 /// The Docker engine: one container per instance.
@@ -46,11 +67,55 @@ pub struct DockerEngineConfig {
 pub struct DockerEngine {
     docker: Docker,
     config: DockerEngineConfig,
+    prober: Prober,
 }
 
 impl DockerEngine {
     pub fn new(docker: Docker, config: DockerEngineConfig) -> Self {
-        Self { docker, config }
+        Self { docker, config, prober: Prober::default() }
+    }
+
+    /// The network an instance joins.
+    fn network_of<'a>(&'a self, spec: &'a EnvInstanceSpec) -> &'a str {
+        spec.network.as_deref().unwrap_or(&self.config.network)
+    }
+
+    /// Creates the instance's user network when it needs one, within the policy.
+    async fn prepare_network(&self, spec: &EnvInstanceSpec) -> Result<(), EngineError> {
+        let name = self.network_of(spec);
+        if network::is_builtin(name) {
+            return Ok(());
+        }
+        if network::is_ours(&self.docker, name, &self.config.operator_id).await? == Some(false) {
+            self.config.policy.check(Allowance::ExternalNetworks, "deployConfig.network").map_err(|msg| {
+                EngineError::Permanent(format!("network {name} exists and was not created by aenv-operator: {msg}"))
+            })?;
+            return Ok(());
+        }
+        network::ensure(&self.docker, name, &self.config.operator_id).await
+    }
+
+    /// Probes a running instance; `None` when it has no probe.
+    async fn readiness(&self, spec: &EnvInstanceSpec, observed: &Observed) -> (Option<bool>, Option<String>) {
+        let probe = spec.readiness.clone().unwrap_or_default();
+        if !probe.enabled || observed.phase != Phase::Running {
+            return (None, None);
+        }
+        // A published probe port is used first (Docker Desktop and remote daemons: container IPs are not
+        // reachable from here); else the container's IP.
+        let published = observed.ports.iter().find(|p| p.container_port == probe.port && p.protocol == "tcp");
+        let addr = match (published, observed.ip.as_deref()) {
+            (Some(p), _) => {
+                let host = if p.host_ip.is_empty() || p.host_ip == "0.0.0.0" { "127.0.0.1" } else { &p.host_ip };
+                format!("{host}:{}", p.host_port)
+            }
+            (None, Some(ip)) => format!("{ip}:{}", probe.port),
+            (None, None) => return (Some(false), Some("the instance has no address to probe".into())),
+        };
+        match self.prober.probe(&addr, &probe.path, Duration::from_millis(probe.timeout_ms)).await {
+            Ok(()) => (Some(true), None),
+            Err(why) => (Some(false), Some(why)),
+        }
     }
 
     /// The bollard client, for callers that need more than the trait offers.
@@ -101,6 +166,14 @@ impl DockerEngine {
             .map(|b| b as i64);
         let expire_at = inst.expires_at().map_err(|e| EngineError::Permanent(e.to_string()))?;
         let name = inst.metadata.name.clone().unwrap_or_default();
+        let port_bindings: PortMap = spec
+            .ports
+            .iter()
+            .map(|p| {
+                let binding = PortBinding { host_ip: Some(self.config.publish_host_ip.clone()), host_port: None };
+                (format!("{}/{}", p.container_port, p.protocol.as_deref().unwrap_or("tcp")), Some(vec![binding]))
+            })
+            .collect();
         let labels = InstanceLabels {
             operator_id: &self.config.operator_id,
             namespace: inst.metadata.namespace.as_deref().unwrap_or("default"),
@@ -121,7 +194,8 @@ impl DockerEngine {
                 memory,
                 // No swap beyond the memory limit: a sandbox that outgrows its limit is OOM-killed, not slowed.
                 memory_swap: memory,
-                network_mode: Some(self.config.network.clone()),
+                network_mode: Some(self.network_of(spec).to_string()),
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
@@ -136,6 +210,7 @@ impl DockerEngine {
         let body = self.container_body(inst)?;
         let image = body.image.clone().unwrap_or_default();
         ensure_image(&self.docker, &image, inst.spec.image_pull_policy.unwrap_or_default()).await?;
+        self.prepare_network(&inst.spec).await?;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         match self.docker.create_container(Some(options), body).await {
             Ok(created) => debug!(container = %created.id, "container created"),
@@ -145,6 +220,10 @@ impl DockerEngine {
                 return Err(EngineError::Other(format!(
                     "a container named {name} is still being created by an earlier attempt; retrying"
                 )));
+            }
+            // The user network went away between prepare and create (its last instance was just removed).
+            Err(e) if is_not_found(&e) && e.to_string().contains("network") => {
+                return Err(EngineError::Other(format!("network of {name} disappeared; retrying")));
             }
             Err(e) => return Err(classify(&format!("creating container {name}"), e)),
         }
@@ -210,11 +289,36 @@ fn observe(name: &str, c: &ContainerInspectResponse) -> Observed {
             (Phase::Terminated, Some(format!("container {name} is being removed outside the operator")))
         }
     };
+    let mut ports: Vec<PortStatus> = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+        .map(|map| {
+            map.iter()
+                .flat_map(|(key, bindings)| {
+                    let (port, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+                    let port: u16 = port.parse().unwrap_or(0);
+                    bindings.iter().flatten().filter_map(move |b| {
+                        Some(PortStatus {
+                            container_port: port,
+                            protocol: protocol.to_string(),
+                            host_ip: b.host_ip.clone().unwrap_or_default(),
+                            host_port: b.host_port.as_deref()?.parse().ok()?,
+                            service: None,
+                        })
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ports.sort_by(|a, b| (a.container_port, &a.protocol, &a.host_ip).cmp(&(b.container_port, &b.protocol, &b.host_ip)));
+    ports.dedup_by(|a, b| a.container_port == b.container_port && a.protocol == b.protocol);
     Observed {
         phase,
         ip: if phase == Phase::Running { ip } else { None },
         message,
         container_id: c.id.clone(),
+        ports: if phase == Phase::Running { ports } else { Vec::new() },
         ..Default::default()
     }
 }
@@ -234,6 +338,19 @@ fn summary_phase(state: Option<&ContainerSummaryStateEnum>) -> Phase {
 impl Engine for DockerEngine {
     fn name(&self) -> &'static str {
         "docker"
+    }
+
+    fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), String> {
+        let network = self.network_of(spec);
+        if network == "host" {
+            self.config.policy.check(Allowance::HostNetwork, "deployConfig.network")?;
+        }
+        if (network == "host" || network == "none") && !spec.ports.is_empty() {
+            return Err(format!(
+                "field `deployConfig.ports` needs a bridge or user network; with network {network:?} nothing can be published"
+            ));
+        }
+        Ok(())
     }
 
     async fn apply(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
@@ -263,15 +380,27 @@ impl Engine for DockerEngine {
                 self.inspect(&name).await?
             }
         };
-        match container {
-            Some(c) => Ok(observe(&name, &c)),
-            None => Err(EngineError::Other(format!("container {name} disappeared while it was being started"))),
-        }
+        let Some(container) = container else {
+            return Err(EngineError::Other(format!("container {name} disappeared while it was being started")));
+        };
+        let mut observed = observe(&name, &container);
+        (observed.ready, observed.ready_message) = self.readiness(&inst.spec, &observed).await;
+        Ok(observed)
     }
 
     async fn delete(&self, inst: &EnvInstance) -> Result<(), EngineError> {
         let name = inst.metadata.name.clone().unwrap_or_default();
-        remove(&self.docker, &name).await
+        if !self.config.stop_timeout.is_zero() {
+            let options = StopContainerOptionsBuilder::default().t(self.config.stop_timeout.as_secs() as i32).build();
+            match self.docker.stop_container(&name, Some(options)).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {}
+                Err(e) => return Err(classify(&format!("stopping container {name}"), e)),
+            }
+        }
+        remove(&self.docker, &name).await?;
+        network::remove_if_unused(&self.docker, self.network_of(&inst.spec), &self.config.operator_id).await
     }
 
     async fn delete_owned(&self, object: &OwnedObject) -> Result<(), EngineError> {

@@ -37,7 +37,8 @@ pub(crate) async fn ensure_image(docker: &Docker, image: &str, policy: PullPolic
     }
     let (from_image, tag) = split_reference(image);
     let options = CreateImageOptionsBuilder::default().from_image(from_image).tag(tag).build();
-    let pulled = docker.create_image(Some(options), None, None).try_collect::<Vec<_>>().await;
+    let credentials = crate::auth::credentials_for(image);
+    let pulled = docker.create_image(Some(options), None, credentials).try_collect::<Vec<_>>().await;
     match pulled {
         Ok(_) => Ok(()),
         Err(e) => {

@@ -4,11 +4,14 @@
 //! [`aenv_core::labels`], so that a restarted operator finds and adopts what it made, and a sweep can tell its
 //! own orphans from everyone else's containers.
 
+mod auth;
 mod connect;
 mod engine;
 mod error;
 mod image;
+mod network;
 mod policy;
+mod probe;
 
 pub use connect::{ConnectOptions, connect};
 pub use engine::{DockerEngine, DockerEngineConfig};

@@ -18,16 +18,19 @@ pub enum Allowance {
     CapAdd,
     /// `devices`.
     Devices,
+    /// Joining a Docker network the operator did not create.
+    ExternalNetworks,
 }
 
 impl Allowance {
-    pub const ALL: [Allowance; 6] = [
+    pub const ALL: [Allowance; 7] = [
         Allowance::HostNetwork,
         Allowance::Privileged,
         Allowance::BindMounts,
         Allowance::HostNamespaces,
         Allowance::CapAdd,
         Allowance::Devices,
+        Allowance::ExternalNetworks,
     ];
 
     /// The name used on the command line.
@@ -39,6 +42,7 @@ impl Allowance {
             Allowance::HostNamespaces => "host-namespaces",
             Allowance::CapAdd => "cap-add",
             Allowance::Devices => "devices",
+            Allowance::ExternalNetworks => "external-networks",
         }
     }
 }

@@ -29,6 +29,12 @@ pub struct Config {
     pub docker_network: String,
     /// What requests may ask of the Docker host (host network, privileged, bind mounts, ...).
     pub docker_policy: aenv_engine_docker::Policy,
+    /// Host address published ports bind to.
+    pub publish_host_ip: String,
+    /// Grace between SIGTERM and SIGKILL on removal; zero kills at once.
+    pub stop_timeout: Duration,
+    /// Labelled containers younger than this are not swept as orphans.
+    pub orphan_grace: Duration,
     /// TTL for requests that name none (Go duration syntax).
     pub default_ttl: String,
     pub resync_interval: Duration,
@@ -53,10 +59,12 @@ pub async fn serve(
     let engine: Arc<dyn Engine> = Arc::new(DockerEngine::new(
         docker,
         DockerEngineConfig {
-            operator_id: store.operator_id().to_string(),
             network: config.docker_network.clone(),
             host_display: config.docker.display_host(),
             policy: config.docker_policy.clone(),
+            publish_host_ip: config.publish_host_ip.clone(),
+            stop_timeout: config.stop_timeout,
+            ..DockerEngineConfig::new(store.operator_id())
         },
     ));
     info!(host = %config.docker.display_host(), "connected to the Docker daemon");
@@ -79,6 +87,7 @@ pub async fn serve(
         reconciler::LoopConfig {
             resync_interval: config.resync_interval,
             concurrency: config.max_concurrent_reconciles,
+            orphan_grace: config.orphan_grace,
         },
         shutdown,
     );

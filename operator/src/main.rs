@@ -62,9 +62,20 @@ struct ServeArgs {
     #[arg(long, default_value = "bridge")]
     docker_network: String,
     /// What requests may ask of the Docker host, comma-separated: host-network, privileged, bind-mounts,
-    /// host-namespaces (pid/ipc host), cap-add, devices. Default: none of them (sandboxes run untrusted code).
+    /// host-namespaces (pid/ipc host), cap-add, devices, external-networks (join a network the operator did not
+    /// create). Default: none of them (sandboxes run untrusted code).
     #[arg(long, value_delimiter = ',')]
     allow: Vec<aenv_engine_docker::Allowance>,
+    /// Host address that published ports (deployConfig.ports) bind to, each on an ephemeral port.
+    #[arg(long, default_value = "127.0.0.1")]
+    publish_host_ip: String,
+    /// Grace period between SIGTERM and SIGKILL when an instance is removed (Go duration); 0 kills at once,
+    /// which suits sandboxes.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    stop_timeout: Duration,
+    /// Labelled containers without an instance are removed by the resync once they are older than this.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    orphan_grace: Duration,
     /// TTL of instances whose request names none, in Go duration syntax (90s, 30m, 1h30m).
     #[arg(long, default_value = "30m")]
     default_ttl: String,
@@ -142,6 +153,9 @@ fn main() -> ExitCode {
                 },
                 docker_network: args.docker_network,
                 docker_policy: aenv_engine_docker::Policy::allowing(args.allow),
+                publish_host_ip: args.publish_host_ip,
+                stop_timeout: args.stop_timeout,
+                orphan_grace: args.orphan_grace,
                 default_ttl: args.default_ttl,
                 resync_interval: args.resync_interval,
                 max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),

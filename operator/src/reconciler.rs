@@ -35,15 +35,26 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per key, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive failed readiness probes per key, for the probe's backoff.
+    probes: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(store: Arc<Store>, engine: Arc<dyn Engine>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Context { store, engine, metrics, failures: Mutex::default() })
+        Arc::new(Context { store, engine, metrics, failures: Mutex::default(), probes: Mutex::default() })
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn probes(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget(&self, key: &str) {
+        self.failures().remove(key);
+        self.probes().remove(key);
     }
 }
 
@@ -52,6 +63,8 @@ impl Context {
 pub struct LoopConfig {
     pub resync_interval: Duration,
     pub concurrency: u16,
+    /// Labelled containers younger than this are not swept as orphans.
+    pub orphan_grace: Duration,
 }
 
 fn object_ref(namespace: &str, name: &str) -> ObjectRef<EnvInstance> {
@@ -104,7 +117,7 @@ pub async fn run(
                     _ = tick.tick() => {}
                     _ = resync_now.notified() => {}
                 }
-                if let Err(e) = resync(&ctx, &trigger_tx).await {
+                if let Err(e) = resync(&ctx, &trigger_tx, config.orphan_grace).await {
                     warn!(error = %e, "resync failed; trying again at the next interval");
                 }
             }
@@ -124,13 +137,24 @@ pub async fn run(
 
 /// One list call: sweeps containers no instance owns, and wakes every instance whose container's state
 /// differs from its status (died, removed by hand, or missing).
-pub async fn resync(ctx: &Context, trigger: &mpsc::Sender<ObjectRef<EnvInstance>>) -> Result<(), Error> {
+pub async fn resync(
+    ctx: &Context,
+    trigger: &mpsc::Sender<ObjectRef<EnvInstance>>,
+    orphan_grace: Duration,
+) -> Result<(), Error> {
     let owned = ctx.engine.list_owned().await?;
     let mut seen = HashMap::with_capacity(owned.len());
+    let now = Timestamp::now();
     for object in &owned {
         let k = key(&object.namespace, &object.instance);
         if ctx.store.get(&k).is_some() {
             seen.insert(k, object.phase);
+            continue;
+        }
+        let young = object.created.is_some_and(|c| {
+            now.as_millisecond() - c.as_millisecond() < orphan_grace.as_millis().min(i64::MAX as u128) as i64
+        });
+        if young {
             continue;
         }
         // Instances are recorded before their containers are made, so a labelled container without a record is
@@ -143,7 +167,6 @@ pub async fn resync(ctx: &Context, trigger: &mpsc::Sender<ObjectRef<EnvInstance>
             Err(e) => warn!(error = %e, "could not remove an orphaned container"),
         }
     }
-    let now = Timestamp::now();
     for inst in ctx.store.list() {
         let k = key_of(&inst);
         let expired = inst.expires_at().ok().flatten().is_some_and(|exp| exp <= now);
@@ -174,7 +197,7 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
     if inst.is_deleting() {
         ctx.engine.delete(&inst).await?;
         ctx.store.purge(&key).await?;
-        ctx.failures().remove(&key);
+        ctx.forget(&key);
         info!("instance deleted");
         return Ok(Action::await_change());
     }
@@ -192,7 +215,7 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
         info!(expired_at = %exp, "TTL reached; removing the instance");
         ctx.engine.delete(&inst).await?;
         ctx.store.purge(&key).await?;
-        ctx.failures().remove(&key);
+        ctx.forget(&key);
         ctx.metrics.expired.inc();
         return Ok(Action::await_change());
     }
@@ -200,6 +223,7 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
     let mut status = inst.status.clone().unwrap_or_default();
     status.expire_time = expires.map(Time);
     let mut failure = None;
+    let mut not_ready = false;
     if !status.phase.is_terminal() {
         match ctx.engine.apply(&inst).await {
             Ok(observed) => {
@@ -218,6 +242,7 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
                 status.message = observed.message;
                 status.ports = observed.ports;
                 status.services = observed.services;
+                not_ready = observed.phase == Phase::Running && observed.ready == Some(false);
                 set_ready_condition(&mut status, observed.phase, observed.ready, observed.ready_message);
                 if observed.container_id.is_some() {
                     status.container_id = observed.container_id;
@@ -243,12 +268,23 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
         return Err(e.into());
     }
     ctx.failures().remove(&key);
-    Ok(match expires {
-        // Wake at the expiry instant; the TTL is enforced by this timer, not by a sweep.
-        Some(exp) => {
-            Action::requeue(Duration::from_millis((exp.as_millisecond() - now.as_millisecond()).max(0) as u64 + 1))
-        }
-        None => Action::await_change(),
+    // Wake at the expiry instant (the TTL is enforced by this timer, not by a sweep), or sooner to probe again
+    // an instance that runs but does not answer yet: 250 ms, 500 ms, ... up to 5 s between probes.
+    let until_expiry =
+        expires.map(|exp| Duration::from_millis((exp.as_millisecond() - now.as_millisecond()).max(0) as u64 + 1));
+    let probe_again = if not_ready {
+        let mut probes = ctx.probes();
+        let n = probes.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        Some(Duration::from_millis(250u64.saturating_mul(1 << (*n - 1).min(5))).min(Duration::from_secs(5)))
+    } else {
+        ctx.probes().remove(&key);
+        None
+    };
+    Ok(match (until_expiry, probe_again) {
+        (Some(a), Some(b)) => Action::requeue(a.min(b)),
+        (Some(d), None) | (None, Some(d)) => Action::requeue(d),
+        (None, None) => Action::await_change(),
     })
 }
 

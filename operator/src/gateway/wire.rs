@@ -53,6 +53,15 @@ pub fn instance(inst: &EnvInstance) -> Value {
         if let Some(expire) = status.and_then(|s| s.expire_time.as_ref()) {
             obj.insert("expire_at".into(), json!(format_time(expire.0)));
         }
+        if let Some(ready) = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")) {
+            obj.insert("ready".into(), json!(ready.status == "True"));
+        }
+        if let Some(ports) = status.map(|s| &s.ports).filter(|p| !p.is_empty()) {
+            obj.insert("ports".into(), json!(ports));
+        }
+        if let Some(services) = status.map(|s| &s.services).filter(|s| !s.is_empty()) {
+            obj.insert("services".into(), json!(services));
+        }
     }
     out
 }
