@@ -1,4 +1,4 @@
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use aenv_core::{
     Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, Observed, OwnedObject, Phase, PortStatus,
@@ -68,11 +68,14 @@ pub struct DockerEngine {
     docker: Docker,
     config: DockerEngineConfig,
     prober: Prober,
+    /// Serialises user-network creation: Docker allows two networks of one name, so two instances creating the
+    /// same network at once would make it ambiguous.
+    network_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DockerEngine {
     pub fn new(docker: Docker, config: DockerEngineConfig) -> Self {
-        Self { docker, config, prober: Prober::default() }
+        Self { docker, config, prober: Prober::default(), network_lock: Arc::default() }
     }
 
     /// The network an instance joins.
@@ -92,6 +95,7 @@ impl DockerEngine {
             })?;
             return Ok(());
         }
+        let _one_at_a_time = self.network_lock.lock().await;
         network::ensure(&self.docker, name, &self.config.operator_id).await
     }
 
@@ -400,6 +404,7 @@ impl Engine for DockerEngine {
             }
         }
         remove(&self.docker, &name).await?;
+        let _one_at_a_time = self.network_lock.lock().await;
         network::remove_if_unused(&self.docker, self.network_of(&inst.spec), &self.config.operator_id).await
     }
 

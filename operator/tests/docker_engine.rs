@@ -1,0 +1,153 @@
+//! The Docker engine's deploy-config keys, networks, ports and readiness, seen in `docker inspect` of the real
+//! daemon.
+
+use std::time::{Duration, Instant};
+
+use aenv_testkit::{Operator, TEST_IMAGE, containers_with_label, create_body, docker, docker_ok, inspect, unique_name};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aenv-operator");
+
+async fn create(op: &Operator, name: &str, deploy: Value) -> String {
+    let (code, body) = op.post_json("/env-instance", &create_body(name, TEST_IMAGE, deploy)).await;
+    assert_eq!(code, 200, "{body}");
+    body["data"]["id"].as_str().expect("id").to_string()
+}
+
+fn running(v: &Value) -> bool {
+    v["data"]["status"] == "Running"
+}
+
+#[tokio::test]
+async fn every_deploy_key_shows_in_docker_inspect() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("keys");
+    let mut body = create_body(
+        &name,
+        TEST_IMAGE,
+        json!({
+            "cpu": "500m",
+            "memory": "2G",
+            "ttl": "45m",
+            "owner": "deploy-owner",
+            "environment_variables": {"SNAKE": "1"},
+            "environmentVariables": {"CAMEL": "2"},
+            "arguments": ["sh", "-c", "echo ok > /www/ok; exec httpd -f -p 8081 -h /www"],
+            "labels": {"team": "rl"},
+            "ports": [8081],
+        }),
+    );
+    body.as_object_mut().unwrap().remove("owner");
+    let (code, created) = op.post_json("/env-instance", &body).await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| running(v) && v["data"]["ready"] == true).await;
+    let c = inspect(&id);
+    let host = &c["HostConfig"];
+    assert_eq!(host["NanoCpus"], 500_000_000i64, "cpu 500m");
+    assert_eq!(host["Memory"], 2_000_000_000i64, "memory 2G is decimal, as Kubernetes reads it");
+    assert_eq!(host["MemorySwap"], 2_000_000_000i64, "no swap beyond the limit");
+    assert_eq!(host["RestartPolicy"]["Name"], "no");
+    assert_eq!(host["PortBindings"]["8081/tcp"][0]["HostIp"], "127.0.0.1");
+    let env: Vec<&str> = c["Config"]["Env"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(env.contains(&"SNAKE=1") && env.contains(&"CAMEL=2"), "{env:?}");
+    assert_eq!(c["Config"]["Cmd"], json!(["sh", "-c", "echo ok > /www/ok; exec httpd -f -p 8081 -h /www"]));
+    let labels = &c["Config"]["Labels"];
+    assert_eq!(labels["team"], "rl");
+    assert_eq!(labels["aenv.io/owner"], "deploy-owner", "deployConfig.owner");
+    assert_eq!(v["data"]["ttl"], "45m");
+
+    // The published port is in status and answers on loopback.
+    let ports = v["data"]["ports"].as_array().expect("ports in status");
+    assert_eq!(ports[0]["containerPort"], 8081);
+    assert_eq!(ports[0]["hostIp"], "127.0.0.1");
+    let host_port = ports[0]["hostPort"].as_u64().unwrap();
+    let text = op.http.get(format!("http://127.0.0.1:{host_port}/ok")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(text.trim(), "ok");
+}
+
+#[tokio::test]
+async fn user_network_is_created_shared_and_removed_with_its_last_instance() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("net");
+    let net = format!("{name}-net");
+    let a = create(&op, &name, json!({"network": net})).await;
+    let b = create(&op, &name, json!({"network": net})).await;
+    let va = op.wait_for(&a, Duration::from_secs(30), running).await;
+    op.wait_for(&b, Duration::from_secs(30), running).await;
+    let n: Value = serde_json::from_str(&docker_ok(&["network", "inspect", &net])).unwrap();
+    assert_eq!(n[0]["Labels"]["aenv.io/network-of"], op.operator_id.as_str());
+    assert_eq!(n[0]["Containers"].as_object().unwrap().len(), 2);
+    assert_eq!(inspect(&a)["NetworkSettings"]["Networks"][&net]["IPAddress"], va["data"]["ip"]);
+    // b reaches a by IP on the shared network.
+    let ip = va["data"]["ip"].as_str().unwrap();
+    let out = docker_ok(&["exec", &b, "wget", "-qO-", &format!("http://{ip}:8081/health")]);
+    assert!(out.contains("healthy"), "{out}");
+
+    op.delete(&format!("/env-instance/{a}")).await;
+    op.wait_for(&a, Duration::from_secs(10), |v| v["code"] == 404).await;
+    assert!(docker(&["network", "inspect", &net]).status.success(), "still used by b");
+    op.delete(&format!("/env-instance/{b}")).await;
+    op.wait_for(&b, Duration::from_secs(10), |v| v["code"] == 404).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while docker(&["network", "inspect", &net]).status.success() {
+        assert!(Instant::now() < deadline, "network {net} outlived its last instance");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn network_none_and_host_follow_the_policy() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("netmode");
+    let id = create(&op, &name, json!({"network": "none", "readiness": false})).await;
+    let v = op.wait_for(&id, Duration::from_secs(30), running).await;
+    assert_eq!(v["data"]["ip"], "", "no network, no IP");
+    assert_eq!(inspect(&id)["HostConfig"]["NetworkMode"], "none");
+
+    let (code, resp) = op.post_json("/env-instance", &create_body(&name, TEST_IMAGE, json!({"network": "host"}))).await;
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp["message"].as_str().unwrap().contains("--allow host-network"), "{resp}");
+    let (code, resp) =
+        op.post_json("/env-instance", &create_body(&name, TEST_IMAGE, json!({"network": "none", "ports": [80]}))).await;
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp["message"].as_str().unwrap().contains("deployConfig.ports"), "{resp}");
+
+    // An existing network the operator did not create needs --allow external-networks.
+    let foreign = format!("{name}-foreign");
+    docker_ok(&["network", "create", &foreign]);
+    let id = create(&op, &name, json!({"network": foreign})).await;
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+    assert!(v["data"]["message"].as_str().unwrap().contains("external-networks"), "{v}");
+    docker(&["network", "rm", &foreign]);
+
+    let op = Operator::start(BIN, &["--allow", "host-network"]).await;
+    let id = create(&op, &name, json!({"network": "host", "readiness": false, "arguments": ["sleep", "600"]})).await;
+    op.wait_for(&id, Duration::from_secs(30), running).await;
+    assert_eq!(inspect(&id)["HostConfig"]["NetworkMode"], "host");
+}
+
+#[tokio::test]
+async fn ready_flips_when_health_starts_answering() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("ready");
+    let id = create(&op, &name, json!({"environment_variables": {"AENV_HEALTH_DELAY": "2"}})).await;
+    let first = op.wait_for(&id, Duration::from_secs(30), running).await;
+    assert_eq!(first["data"]["ready"], false, "running but not answering yet: {first}");
+    let started = Instant::now();
+    let ready = op.wait_for(&id, Duration::from_secs(15), |v| v["data"]["ready"] == true).await;
+    assert!(started.elapsed() >= Duration::from_millis(500), "ready only once /health answers");
+    assert_eq!(ready["data"]["status"], "Running");
+
+    // Without a probe (an image that serves nothing), Running is enough.
+    let id = create(&op, &name, json!({"arguments": ["sleep", "600"], "readiness": false})).await;
+    let v = op.wait_for(&id, Duration::from_secs(30), running).await;
+    assert_eq!(v["data"]["ready"], true, "{v}");
+    // A probe on another path and port that never answers keeps Ready false, with the reason.
+    let id = create(&op, &name, json!({"readiness": {"port": 9999, "path": "/ready", "timeoutMs": 200}})).await;
+    op.wait_for(&id, Duration::from_secs(30), running).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, v) = op.get(&format!("/env-instance/{id}")).await;
+    assert_eq!(v["data"]["ready"], false, "{v}");
+    assert!(containers_with_label(&format!("aenv.env_name={name}")).len() >= 2);
+}
