@@ -48,10 +48,11 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Docker, Error> {
     let host = opts.display_host();
     let timeout = if opts.timeout_secs == 0 { 120 } else { opts.timeout_secs };
     let connect_err = |source| Error::Connect { host: host.clone(), source };
+    let tls =
+        !host.starts_with("unix://") && (opts.tls_verify || opts.cert_path.is_some() || host.starts_with("https://"));
     let docker = if let Some(path) = host.strip_prefix("unix://") {
         Docker::connect_with_unix(path, timeout, API_DEFAULT_VERSION).map_err(connect_err)?
     } else if host.starts_with("tcp://") || host.starts_with("http://") || host.starts_with("https://") {
-        let tls = opts.tls_verify || opts.cert_path.is_some() || host.starts_with("https://");
         if tls {
             let dir = opts.cert_path.clone().ok_or_else(|| Error::InvalidHost {
                 host: host.clone(),
@@ -84,8 +85,19 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Docker, Error> {
             reason: "use unix:///path/to/docker.sock, tcp://host:port or https://host:port".into(),
         });
     };
-    let docker =
-        docker.negotiate_version().await.map_err(|source| Error::Unreachable { host: host.clone(), source })?;
-    docker.ping().await.map_err(|source| Error::Unreachable { host, source })?;
+    let hint = if tls {
+        format!(
+            "with TLS: is the daemon listening with --tlsverify, are cert.pem and key.pem in {} signed by a CA the daemon trusts, and is ca.pem the CA that signed the daemon's certificate?",
+            opts.cert_path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+        )
+    } else if host.starts_with("unix://") {
+        "is dockerd running, and may this user use its socket? Point --docker-host or DOCKER_HOST at the daemon".into()
+    } else {
+        "is dockerd listening there? A daemon on 2376 usually wants TLS: set --docker-tls-verify and --docker-cert-path"
+            .into()
+    };
+    let unreachable = |source| Error::Unreachable { host: host.clone(), source, hint: hint.clone() };
+    let docker = docker.negotiate_version().await.map_err(unreachable)?;
+    docker.ping().await.map_err(unreachable)?;
     Ok(docker)
 }

@@ -14,13 +14,13 @@ pub enum Error {
         #[source]
         source: bollard::errors::Error,
     },
-    #[error(
-        "the Docker daemon at {host} does not answer: {source} (is dockerd running, may this user use its socket, and is --docker-host or DOCKER_HOST right?)"
-    )]
+    #[error("the Docker daemon at {host} does not answer: {source} ({hint})")]
     Unreachable {
         host: String,
         #[source]
         source: bollard::errors::Error,
+        /// What to check, depending on the connection mode.
+        hint: String,
     },
 }
 

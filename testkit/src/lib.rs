@@ -240,3 +240,236 @@ pub fn create_body(name: &str, image: &str, deploy: Value) -> Value {
         "deployConfig": deploy,
     })
 }
+
+/// A second Docker daemon of the test's own (root only): its own data root, socket and, optionally, a TLS
+/// listener on loopback that verifies client certificates. Containers get no network (`--bridge none`), so
+/// operators driving it use `--docker-network none`.
+pub struct PrivateDaemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    args: Vec<String>,
+    /// `unix:///.../docker.sock`
+    pub socket: String,
+    /// `tcp://127.0.0.1:PORT` when TLS is on.
+    pub tls_host: Option<String>,
+}
+
+impl PrivateDaemon {
+    /// Starts the daemon and loads the test image into it. `live_restore` keeps containers running across a
+    /// daemon restart.
+    pub fn start(tls: bool, live_restore: bool) -> PrivateDaemon {
+        ensure_test_image();
+        let dir = tempfile::Builder::new().prefix("aenv-dockerd-").tempdir().expect("temp dir");
+        let root = dir.path().to_path_buf();
+        std::fs::write(root.join("daemon.json"), "{}").expect("daemon.json");
+        let socket = format!("unix://{}", root.join("docker.sock").display());
+        let mut args: Vec<String> = vec![
+            "--config-file".into(),
+            root.join("daemon.json").display().to_string(),
+            "--data-root".into(),
+            root.join("data").display().to_string(),
+            "--exec-root".into(),
+            root.join("exec").display().to_string(),
+            "--pidfile".into(),
+            root.join("docker.pid").display().to_string(),
+            "-H".into(),
+            socket.clone(),
+            "--bridge".into(),
+            "none".into(),
+            "--iptables=false".into(),
+            "--ip-masq=false".into(),
+        ];
+        if live_restore {
+            args.push("--live-restore".into());
+        }
+        let mut tls_host = None;
+        if tls {
+            let certs = make_certs(&root);
+            let port = free_port();
+            tls_host = Some(format!("tcp://127.0.0.1:{port}"));
+            args.extend([
+                "-H".into(),
+                format!("tcp://127.0.0.1:{port}"),
+                "--tlsverify".into(),
+                "--tlscacert".into(),
+                certs.join("ca.pem").display().to_string(),
+                "--tlscert".into(),
+                certs.join("server-cert.pem").display().to_string(),
+                "--tlskey".into(),
+                certs.join("server-key.pem").display().to_string(),
+            ]);
+        }
+        let mut d = PrivateDaemon { dir, child: None, args, socket, tls_host };
+        d.start_again();
+        let save =
+            Command::new("docker").args(["save", TEST_IMAGE]).stdout(Stdio::piped()).spawn().expect("docker save");
+        let load = Command::new("docker")
+            .args(["-H", &d.socket, "load", "-q"])
+            .stdin(save.stdout.expect("save output"))
+            .output()
+            .expect("docker load");
+        assert!(load.status.success(), "loading the test image: {}", String::from_utf8_lossy(&load.stderr));
+        d
+    }
+
+    /// Starts the daemon (again) with the same arguments and waits until it answers.
+    pub fn start_again(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("dockerd.log"))
+            .expect("dockerd log");
+        let child = Command::new("dockerd")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd must be installed (and the tests run as root) for private-daemon tests");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.docker(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "private dockerd did not come up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the daemon (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// `docker -H <socket> ARGS`.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker").args(["-H", &self.socket]).args(args).output().expect("docker CLI")
+    }
+
+    /// The certificate directory a client with a valid certificate uses (ca.pem, cert.pem, key.pem).
+    pub fn client_certs(&self) -> PathBuf {
+        self.dir.path().join("certs/client")
+    }
+
+    /// A client certificate directory whose cert.pem is signed by another CA: the daemon must refuse it.
+    pub fn rogue_certs(&self) -> PathBuf {
+        self.dir.path().join("certs/rogue")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateDaemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let ids = String::from_utf8_lossy(&self.docker(&["ps", "-aq"]).stdout).into_owned();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids);
+                let _ = self.docker(&args);
+            }
+        }
+        self.stop();
+        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("exec")).stderr(Stdio::null()).status();
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and two client certificate directories: `client` (signed by the CA)
+/// and `rogue` (signed by another CA), made with the openssl CLI.
+fn make_certs(root: &Path) -> PathBuf {
+    let certs = root.join("certs");
+    for d in ["client", "rogue"] {
+        std::fs::create_dir_all(certs.join(d)).expect("cert dirs");
+    }
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(&certs).output().expect("openssl CLI");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(
+        certs.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("server.ext");
+    std::fs::write(certs.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("client.ext");
+    let key = ["-newkey", "rsa:2048", "-nodes"];
+    run(&[
+        &["req", "-x509"],
+        &key[..],
+        &["-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2", "-subj", "/CN=aenv-test-ca"],
+    ]
+    .concat());
+    run(&[&["req"], &key[..], &["-keyout", "server-key.pem", "-out", "server.csr", "-subj", "/CN=localhost"]].concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        "server-cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    run(&[&["req"], &key[..], &["-keyout", "client/key.pem", "-out", "client.csr", "-subj", "/CN=aenv-client"]]
+        .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        "client/cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+    ]);
+    run(&[
+        &["req", "-x509"],
+        &key[..],
+        &["-keyout", "rogue-ca-key.pem", "-out", "rogue-ca.pem", "-days", "2", "-subj", "/CN=rogue-ca"],
+    ]
+    .concat());
+    run(&[&["req"], &key[..], &["-keyout", "rogue/key.pem", "-out", "rogue.csr", "-subj", "/CN=rogue-client"]].concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "rogue.csr",
+        "-CA",
+        "rogue-ca.pem",
+        "-CAkey",
+        "rogue-ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        "rogue/cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+    ]);
+    for d in ["client", "rogue"] {
+        std::fs::copy(certs.join("ca.pem"), certs.join(d).join("ca.pem")).expect("ca.pem");
+    }
+    certs
+}

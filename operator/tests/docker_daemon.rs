@@ -1,0 +1,104 @@
+//! Connection modes and daemon outages, against private Docker daemons the tests start (root only): a TLS
+//! endpoint that verifies client certificates, and a daemon restarted under a running operator.
+
+use std::time::Duration;
+
+use aenv_testkit::{Operator, PrivateDaemon, TEST_IMAGE, create_body, unique_name};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aenv-operator");
+
+fn running(v: &Value) -> bool {
+    v["data"]["status"] == "Running"
+}
+
+fn serve_output(args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--api-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates() {
+    let daemon = PrivateDaemon::start(true, false);
+    let host = daemon.tls_host.clone().unwrap();
+    let certs = daemon.client_certs().display().to_string();
+    let op = Operator::start(
+        BIN,
+        &["--docker-host", &host, "--docker-cert-path", &certs, "--docker-tls-verify", "1", "--docker-network", "none"],
+    )
+    .await;
+    let name = unique_name("tls");
+    let (code, body) =
+        op.post_json("/env-instance", &create_body(&name, TEST_IMAGE, json!({"readiness": false}))).await;
+    assert_eq!(code, 200, "{body}");
+    let id = body["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&id, Duration::from_secs(30), running).await;
+    let ps = daemon.docker(&["ps", "--filter", &format!("label=aenv.env_name={name}"), "--format", "{{.Names}}"]);
+    assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), id, "the container runs on the TLS daemon");
+    op.delete(&format!("/env-instance/{id}")).await;
+    op.wait_for(&id, Duration::from_secs(10), |v| v["code"] == 404).await;
+
+    // A client certificate from another CA is refused, and the operator says what to check.
+    let rogue = daemon.rogue_certs().display().to_string();
+    let (ok, stderr) =
+        serve_output(&["--docker-host", &host, "--docker-cert-path", &rogue, "--docker-tls-verify", "1"]);
+    assert!(!ok, "a certificate the daemon does not trust must not connect");
+    assert!(stderr.contains(&host) && stderr.contains("with TLS"), "{stderr}");
+    // So is a client without TLS.
+    let (ok, stderr) = serve_output(&["--docker-host", &host]);
+    assert!(!ok);
+    assert!(stderr.contains("does not answer"), "{stderr}");
+    // And a certificate directory without the files is a clear configuration error.
+    let empty = tempfile::tempdir().unwrap();
+    let (ok, stderr) = serve_output(&[
+        "--docker-host",
+        &host,
+        "--docker-cert-path",
+        &empty.path().display().to_string(),
+        "--docker-tls-verify",
+        "1",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("ca.pem is missing"), "{stderr}");
+}
+
+#[tokio::test]
+async fn operator_converges_after_the_daemon_restarts() {
+    let mut daemon = PrivateDaemon::start(false, true);
+    let socket = daemon.socket.clone();
+    let op =
+        Operator::start(BIN, &["--docker-host", &socket, "--docker-network", "none", "--resync-interval", "1s"]).await;
+    let name = unique_name("restart");
+    let body = create_body(&name, TEST_IMAGE, json!({"readiness": false}));
+    let (_, a) = op.post_json("/env-instance", &body).await;
+    let a = a["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&a, Duration::from_secs(30), running).await;
+
+    daemon.stop();
+    // Reads keep working from the store; a create is accepted and waits for the daemon, saying why.
+    let (code, v) = op.get(&format!("/env-instance/{a}")).await;
+    assert_eq!((code, v["data"]["status"].as_str()), (200, Some("Running")));
+    let (code, b) = op.post_json("/env-instance", &body).await;
+    assert_eq!(code, 200, "{b}");
+    let b = b["data"]["id"].as_str().unwrap().to_string();
+    let waiting = op
+        .wait_for(&b, Duration::from_secs(10), |v| {
+            v["data"]["message"].as_str().is_some_and(|m| m.contains("waiting for the engine"))
+        })
+        .await;
+    assert_eq!(waiting["data"]["status"], "Pending");
+
+    daemon.start_again();
+    op.wait_for(&b, Duration::from_secs(40), running).await;
+    op.wait_for(&a, Duration::from_secs(5), running).await;
+    // The event stream is back: a container removed by hand is noticed.
+    let rm = daemon.docker(&["rm", "-f", &a]);
+    assert!(rm.status.success());
+    op.wait_for(&a, Duration::from_secs(10), |v| v["data"]["status"] == "Terminated").await;
+}
