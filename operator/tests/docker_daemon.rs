@@ -28,17 +28,15 @@ async fn tls_with_client_certificates() {
     let daemon = PrivateDaemon::start(true, false);
     let host = daemon.tls_host.clone().unwrap();
     let certs = daemon.client_certs().display().to_string();
-    let op = Operator::start(
-        BIN,
-        &["--docker-host", &host, "--docker-cert-path", &certs, "--docker-tls-verify", "1", "--docker-network", "none"],
-    )
-    .await;
+    let op =
+        Operator::start(BIN, &["--docker-host", &host, "--docker-cert-path", &certs, "--docker-tls-verify", "1"]).await;
     let name = unique_name("tls");
     let (code, body) =
         op.post_json("/env-instance", &create_body(&name, TEST_IMAGE, json!({"readiness": false}))).await;
     assert_eq!(code, 200, "{body}");
     let id = body["data"]["id"].as_str().unwrap().to_string();
-    op.wait_for(&id, Duration::from_secs(30), running).await;
+    let v = op.wait_for(&id, Duration::from_secs(30), running).await;
+    assert!(v["data"]["ip"].as_str().is_some_and(|ip| ip.starts_with("172.31.")), "on the daemon's own bridge: {v}");
     let ps = daemon.docker(&["ps", "--filter", &format!("label=aenv.env_name={name}"), "--format", "{{.Names}}"]);
     assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), id, "the container runs on the TLS daemon");
     op.delete(&format!("/env-instance/{id}")).await;
@@ -72,8 +70,7 @@ async fn tls_with_client_certificates() {
 async fn operator_converges_after_the_daemon_restarts() {
     let mut daemon = PrivateDaemon::start(false, true);
     let socket = daemon.socket.clone();
-    let op =
-        Operator::start(BIN, &["--docker-host", &socket, "--docker-network", "none", "--resync-interval", "1s"]).await;
+    let op = Operator::start(BIN, &["--docker-host", &socket, "--resync-interval", "1s"]).await;
     let name = unique_name("restart");
     let body = create_body(&name, TEST_IMAGE, json!({"readiness": false}));
     let (_, a) = op.post_json("/env-instance", &body).await;

@@ -275,3 +275,40 @@ fn docker_daemon_is_there() {
     let out = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
     assert!(out.status.success(), "these tests need a Docker daemon: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn orphaned_containers_are_swept_after_the_grace_period_and_others_are_left_alone() {
+    let op = Operator::start(BIN, &["--resync-interval", "1s", "--orphan-grace", "2s"]).await;
+    let name = unique_name("orphan");
+    // A container labelled as this operator's, for an instance it has no record of (as a crash mid-delete of an
+    // older version could leave), and one of another operator's.
+    let orphan = format!("{name}-zzzzzz");
+    let stranger = format!("{name}-yyyyyy");
+    let started = Instant::now();
+    for (container, operator) in [(&orphan, op.operator_id.as_str()), (&stranger, "someone-else")] {
+        docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            container,
+            "--label",
+            "aenv.io/managed-by=aenv-operator",
+            "--label",
+            &format!("aenv.io/operator-id={operator}"),
+            "--label",
+            &format!("aenv.io/instance={container}"),
+            "--label",
+            &format!("aenv.env_name={name}"),
+            TEST_IMAGE,
+        ]);
+    }
+    let deadline = started + Duration::from_secs(10);
+    while containers_with_label(&format!("aenv.env_name={name}")).contains(&orphan) {
+        assert!(Instant::now() < deadline, "orphan {orphan} was not swept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Docker reports creation times to the second, so the 2 s grace is honoured to within a second.
+    assert!(started.elapsed() >= Duration::from_secs(1), "swept within its grace period");
+    assert_eq!(containers_with_label(&format!("aenv.env_name={name}")), vec![stranger.clone()], "not ours: left alone");
+    docker_ok(&["rm", "-f", &stranger]);
+}

@@ -241,13 +241,16 @@ pub fn create_body(name: &str, image: &str, deploy: Value) -> Value {
     })
 }
 
-/// A second Docker daemon of the test's own (root only): its own data root, socket and, optionally, a TLS
-/// listener on loopback that verifies client certificates. Containers get no network (`--bridge none`), so
-/// operators driving it use `--docker-network none`.
+/// A second Docker daemon of the test's own (root only): its own data root, socket, bridge interface and,
+/// optionally, a TLS listener on loopback that verifies client certificates.
+///
+/// It never runs with `--bridge none`: a daemon started that way deletes the host's `docker0`, which belongs to
+/// the main daemon. It gets a bridge interface of its own instead, removed when it is dropped.
 pub struct PrivateDaemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
     args: Vec<String>,
+    bridge: String,
     /// `unix:///.../docker.sock`
     pub socket: String,
     /// `tcp://127.0.0.1:PORT` when TLS is on.
@@ -263,6 +266,7 @@ impl PrivateDaemon {
         let root = dir.path().to_path_buf();
         std::fs::write(root.join("daemon.json"), "{}").expect("daemon.json");
         let socket = format!("unix://{}", root.join("docker.sock").display());
+        let bridge = make_bridge();
         let mut args: Vec<String> = vec![
             "--config-file".into(),
             root.join("daemon.json").display().to_string(),
@@ -275,7 +279,7 @@ impl PrivateDaemon {
             "-H".into(),
             socket.clone(),
             "--bridge".into(),
-            "none".into(),
+            bridge.clone(),
             "--iptables=false".into(),
             "--ip-masq=false".into(),
         ];
@@ -299,7 +303,7 @@ impl PrivateDaemon {
                 certs.join("server-key.pem").display().to_string(),
             ]);
         }
-        let mut d = PrivateDaemon { dir, child: None, args, socket, tls_host };
+        let mut d = PrivateDaemon { dir, child: None, args, bridge, socket, tls_host };
         d.start_again();
         let save =
             Command::new("docker").args(["save", TEST_IMAGE]).stdout(Stdio::piped()).spawn().expect("docker save");
@@ -379,8 +383,41 @@ impl Drop for PrivateDaemon {
             }
         }
         self.stop();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
         let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("exec")).stderr(Stdio::null()).status();
     }
+}
+
+/// A bridge interface for a private daemon, on a /24 of 172.31.0.0/16 that no other interface uses.
+fn make_bridge() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let used =
+        String::from_utf8_lossy(&Command::new("ip").args(["-4", "addr"]).output().expect("ip").stdout).into_owned();
+    let pid = std::process::id();
+    for _ in 0..200 {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let subnet = (pid + n * 7) % 250 + 1;
+        let prefix = format!("172.31.{subnet}.");
+        if used.contains(&prefix) {
+            continue;
+        }
+        let name = format!("aenvt{}x{n}", pid % 100_000);
+        let ok = Command::new("ip")
+            .args(["link", "add", "name", &name, "type", "bridge"])
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("ip")
+                .args(["addr", "add", &format!("{prefix}1/24"), "dev", &name])
+                .status()
+                .is_ok_and(|s| s.success())
+            && Command::new("ip").args(["link", "set", &name, "up"]).status().is_ok_and(|s| s.success());
+        if ok {
+            return name;
+        }
+        let _ = Command::new("ip").args(["link", "del", &name]).status();
+    }
+    panic!("could not make a bridge interface for a private dockerd (the tests must run as root)");
 }
 
 /// A CA, a server certificate for 127.0.0.1 and two client certificate directories: `client` (signed by the CA)
