@@ -26,7 +26,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator: the embedded store, the reconcile loop over Docker, and the REST API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the EnvInstance and Environment CRDs as YAML (what crds/ holds), or write one file per CRD.
     Crds {
         /// Write `<crd name>.yaml` files into this directory instead of printing.

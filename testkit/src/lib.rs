@@ -305,13 +305,14 @@ impl PrivateDaemon {
         }
         let mut d = PrivateDaemon { dir, child: None, args, bridge, socket, tls_host };
         d.start_again();
-        let save =
+        let mut save =
             Command::new("docker").args(["save", TEST_IMAGE]).stdout(Stdio::piped()).spawn().expect("docker save");
         let load = Command::new("docker")
             .args(["-H", &d.socket, "load", "-q"])
-            .stdin(save.stdout.expect("save output"))
+            .stdin(save.stdout.take().expect("save output"))
             .output()
             .expect("docker load");
+        let _ = save.wait();
         assert!(load.status.success(), "loading the test image: {}", String::from_utf8_lossy(&load.stderr));
         d
     }

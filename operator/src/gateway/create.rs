@@ -45,7 +45,7 @@ const MAX_NAME_LEN: usize = 56;
 #[derive(Debug)]
 pub enum CreateRequest {
     /// A complete inline spec.
-    Inline(EnvInstanceSpec),
+    Inline(Box<EnvInstanceSpec>),
     /// `name@version` of a template, with the SDK's overrides.
     FromTemplate { name: String, version: String },
 }
@@ -303,7 +303,7 @@ pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, Api
     let ports = parse_ports(deploy.get("ports"))?;
     let readiness = parse_readiness(deploy.get("readiness"))?;
 
-    Ok(CreateRequest::Inline(EnvInstanceSpec {
+    Ok(CreateRequest::Inline(Box::new(EnvInstanceSpec {
         env_name: name,
         env_version: version,
         owner,
@@ -318,7 +318,7 @@ pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, Api
         resources: Resources { cpu, memory },
         ttl: Some(ttl),
         labels,
-    }))
+    })))
 }
 
 fn has_image_artifact(artifacts: Option<&Value>) -> bool {
@@ -442,7 +442,7 @@ mod tests {
 
     fn inline(body: &str) -> Result<EnvInstanceSpec, ApiError> {
         match parse_create(body.as_bytes(), "30m")? {
-            CreateRequest::Inline(spec) => Ok(spec),
+            CreateRequest::Inline(spec) => Ok(*spec),
             other => panic!("expected inline, got {other:?}"),
         }
     }

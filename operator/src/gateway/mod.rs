@@ -72,7 +72,7 @@ fn reply(result: Result<Value, ApiError>) -> warp::reply::Response {
 impl Gateway {
     async fn create(&self, body: Bytes) -> Result<Value, ApiError> {
         let spec = match parse_create(&body, &self.default_ttl)? {
-            CreateRequest::Inline(spec) => spec,
+            CreateRequest::Inline(spec) => *spec,
             CreateRequest::FromTemplate { name, version } => {
                 return Err(ApiError::not_found(format!(
                     "environment \"{name}@{version}\" not found: no Environment template by that name is registered; send the inline body with name, version and artifacts instead"
