@@ -52,8 +52,10 @@ pub async fn serve(
     if config.resync_interval.is_zero() {
         return Err(Error::Config("--resync-interval must be longer than zero".into()));
     }
-    let store = store::Store::open(&config.data_dir)?;
-    info!(data_dir = %config.data_dir.display(), instances = store.len(), operator_id = store.operator_id(), "store open");
+    let db = store::Embedded::open(&config.data_dir)?;
+    let instances = db.store::<aenv_core::EnvInstance>()?;
+    info!(data_dir = %config.data_dir.display(), instances = instances.len(), operator_id = db.operator_id(), "store open");
+    let store: Arc<dyn store::ObjectStore<aenv_core::EnvInstance>> = instances;
 
     let docker = aenv_engine_docker::connect(&config.docker).await?;
     let engine: Arc<dyn Engine> = Arc::new(DockerEngine::new(
@@ -64,7 +66,7 @@ pub async fn serve(
             policy: config.docker_policy.clone(),
             publish_host_ip: config.publish_host_ip.clone(),
             stop_timeout: config.stop_timeout,
-            ..DockerEngineConfig::new(store.operator_id())
+            ..DockerEngineConfig::new(db.operator_id())
         },
     ));
     info!(host = %config.docker.display_host(), "connected to the Docker daemon");

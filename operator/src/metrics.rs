@@ -9,7 +9,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::store::Store;
+use aenv_core::EnvInstance;
+
+use crate::store::ObjectStore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -68,7 +70,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The OpenMetrics text, with the phase gauges brought up to date first.
-    pub fn render(&self, store: &Store) -> String {
+    pub fn render(&self, store: &dyn ObjectStore<EnvInstance>) -> String {
         let mut counts = [0i64; Phase::ALL.len()];
         for inst in store.list() {
             if let Some(i) = Phase::ALL.iter().position(|p| *p == inst.phase()) {

@@ -25,12 +25,12 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     Error,
     metrics::{Metrics, ReasonLabels},
-    store::{Store, key, key_of},
+    store::{ObjectStore, key, key_of},
 };
 
 /// Shared by every reconcile.
 pub struct Context {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn ObjectStore<EnvInstance>>,
     pub engine: Arc<dyn Engine>,
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per key, for backoff.
@@ -40,7 +40,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(store: Arc<Store>, engine: Arc<dyn Engine>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(store: Arc<dyn ObjectStore<EnvInstance>>, engine: Arc<dyn Engine>, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Context { store, engine, metrics, failures: Mutex::default(), probes: Mutex::default() })
     }
 
@@ -168,7 +168,7 @@ pub async fn resync(
         }
     }
     for inst in ctx.store.list() {
-        let k = key_of(&inst);
+        let k = key_of(inst.as_ref());
         let expired = inst.expires_at().ok().flatten().is_some_and(|exp| exp <= now);
         let stale = !inst.phase().is_terminal() && seen.get(&k) != Some(&inst.phase());
         if inst.is_deleting() || expired || stale {
@@ -186,7 +186,7 @@ pub async fn resync(
 
 async fn reconcile(obj: Arc<EnvInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!("instance", id = %obj.metadata.name.as_deref().unwrap_or_default());
-    reconcile_inner(key_of(&obj), ctx).instrument(span).await
+    reconcile_inner(key_of(obj.as_ref()), ctx).instrument(span).await
 }
 
 async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -206,8 +206,10 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
         Ok(expires) => expires,
         Err(e) => {
             // Only possible for objects written around the API (the API validates TTLs).
-            let status = EnvInstanceStatus { phase: Phase::Failed, message: Some(e.to_string()), ..Default::default() };
-            ctx.store.update_status(&key, status).await?;
+            let mut failed = (*inst).clone();
+            failed.status =
+                Some(EnvInstanceStatus { phase: Phase::Failed, message: Some(e.to_string()), ..Default::default() });
+            ctx.store.write_status(&failed).await?;
             return Ok(Action::await_change());
         }
     };
@@ -262,7 +264,9 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
         }
     }
     if inst.status.as_ref() != Some(&status) {
-        ctx.store.update_status(&key, status).await?;
+        let mut updated = (*inst).clone();
+        updated.status = Some(status);
+        ctx.store.write_status(&updated).await?;
     }
     if let Some(e) = failure {
         return Err(e.into());
@@ -306,7 +310,7 @@ fn set_ready_condition(status: &mut EnvInstanceStatus, phase: Phase, ready: Opti
 
 /// Retries with exponential backoff per instance: 200 ms, 400 ms, … up to 30 s.
 fn error_policy(obj: Arc<EnvInstance>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = key_of(&obj);
+    let key = key_of(obj.as_ref());
     ctx.metrics.reconcile_errors.get_or_create(&ReasonLabels { reason: err.metric_label().into() }).inc();
     let attempt = {
         let mut failures = ctx.failures();

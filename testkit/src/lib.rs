@@ -68,6 +68,7 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{:x}{}", std::process::id() % 100_000, nanos % 0xffff, N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A loopback port free at the moment of asking (for daemons that cannot report the port they bound).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
@@ -103,47 +104,46 @@ impl Operator {
     }
 
     async fn spawn(&mut self, bin: &str) {
-        for _attempt in 0..5 {
-            self.port = free_port();
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
-            let child = Command::new(bin)
-                .arg("serve")
-                .arg("--data-dir")
-                .arg(self.data_dir.path().join("store"))
-                .arg("--api-listen")
-                .arg(format!("127.0.0.1:{}", self.port))
-                .args(&self.extra_args)
-                .env("RUST_LOG", "info,aenv_operator=debug")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn aenv-operator");
-            self.child = Some(child);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                    let log = self.log();
-                    if log.contains("Address already in use") {
-                        break;
-                    }
-                    panic!("aenv-operator exited with {status}:\n{log}");
-                }
+        // The operator binds port 0 and logs the address it got: no two operators can race for one port.
+        let log_start = std::fs::metadata(&self.log_path).map(|m| m.len() as usize).unwrap_or(0);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir.path().join("store"))
+            .arg("--api-listen")
+            .arg("127.0.0.1:0")
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,aenv_operator=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn aenv-operator");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("aenv-operator exited with {status}:\n{}", self.log());
+            }
+            let log = self.log();
+            let this_run = log.get(log_start..).unwrap_or_default();
+            let field = |name: &str| {
+                this_run
+                    .lines()
+                    .find_map(|l| l.split(&format!("{name}=")).nth(1))
+                    .map(|rest| rest.split_whitespace().next().unwrap_or_default().trim_matches('"').to_string())
+            };
+            if let (Some(addr), Some(id)) = (field("addr"), field("operator_id")) {
+                self.port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in the log");
+                self.operator_id = id;
                 if self.http.get(self.url("/healthz")).send().await.is_ok() {
-                    self.operator_id = self
-                        .log()
-                        .split("operator_id=\"")
-                        .nth(1)
-                        .and_then(|rest| rest.split('"').next())
-                        .unwrap_or_default()
-                        .to_string();
-                    assert!(!self.operator_id.is_empty(), "no operator id in the log:\n{}", self.log());
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            self.kill9();
+            assert!(Instant::now() < deadline, "aenv-operator did not come up:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("aenv-operator did not come up:\n{}", self.log());
     }
 
     /// The operator's log so far.

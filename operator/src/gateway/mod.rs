@@ -16,7 +16,7 @@ pub use create::{CreateRequest, parse_create};
 use crate::{
     Error,
     metrics::Metrics,
-    store::{DEFAULT_NAMESPACE, Store, key, random_suffix},
+    store::{DEFAULT_NAMESPACE, ObjectStore, key, random_suffix},
 };
 
 /// Largest request body accepted (1 MiB).
@@ -50,7 +50,7 @@ impl ApiError {
 
 /// What the gateway needs.
 pub struct Gateway {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn ObjectStore<EnvInstance>>,
     /// Asked to validate specs before they are stored.
     pub engine: Arc<dyn Engine>,
     pub metrics: Arc<Metrics>,
@@ -129,7 +129,7 @@ impl Gateway {
             },
             None => (None, None),
         };
-        let items = self.store.list_where(|inst| {
+        let items = self.store.list_where(&|inst: &EnvInstance| {
             name.is_none_or(|n| inst.spec.env_name == n) && version.is_none_or(|v| inst.spec.env_version == v)
         });
         Value::Array(items.iter().map(|i| wire::instance(i)).collect())
@@ -165,7 +165,7 @@ pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,
         warp::path!("health").and(warp::get()).map(|| warp::reply::json(&serde_json::json!({})).into_response());
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok".into_response());
     let metrics = warp::path!("metrics").and(warp::get()).and(with_gw).map(|gw: Arc<Gateway>| {
-        let body = gw.metrics.render(&gw.store);
+        let body = gw.metrics.render(gw.store.as_ref());
         warp::reply::with_header(body, "content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
             .into_response()
     });

@@ -1,0 +1,66 @@
+//! Where `EnvInstance` and `Environment` objects live: the [`ObjectStore`] trait, and its embedded
+//! implementation (redb on local disk). Readers (the gateway, the reconciler) are served from memory; writes go
+//! through the store's home first.
+
+mod embedded;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use jiff::Timestamp;
+use kube::{Resource, runtime::watcher};
+use rand::Rng;
+
+pub use embedded::{Embedded, EmbeddedStore};
+
+use crate::Error;
+
+/// The namespace instances made through the REST API live in, unless configured otherwise.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// `namespace/name`, the key objects are found by.
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The key of an object.
+pub fn key_of<K: Resource + ?Sized>(obj: &K) -> String {
+    let meta = obj.meta();
+    key(meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE), meta.name.as_deref().unwrap_or(""))
+}
+
+/// A home for objects of one kind, in the style of the Kubernetes API: creation fills in uid, resource version
+/// and creation time; deletion is two-step (`request_delete` marks it, `purge` removes it once the engine's
+/// objects are gone, as a finalizer would); reads come from memory; `watch` feeds kube-runtime's reflector.
+#[async_trait]
+pub trait ObjectStore<K>: Send + Sync + 'static {
+    /// Stores a new object; [`Error::AlreadyExists`] when its key is taken. Durable before it returns.
+    async fn create(&self, obj: K, now: Timestamp) -> Result<Arc<K>, Error>;
+    /// The object at `namespace/name`.
+    fn get(&self, key: &str) -> Option<Arc<K>>;
+    /// Every object, in key order.
+    fn list(&self) -> Vec<Arc<K>>;
+    /// Writes the status of `obj` onto the stored object at its key (the rest of `obj` is ignored). `None` when
+    /// the object is gone.
+    async fn write_status(&self, obj: &K) -> Result<Option<Arc<K>>, Error>;
+    /// Marks the object for deletion (`deletionTimestamp`, a new generation). `None` when there is no such object.
+    async fn request_delete(&self, key: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error>;
+    /// Removes the object for good (whether or not deletion was requested first).
+    async fn purge(&self, key: &str) -> Result<(), Error>;
+    /// `Init`, `InitApply` per object, `InitDone`, then `Apply`/`Delete` as objects change; a fresh listing when
+    /// the watcher falls behind.
+    fn watch(&self) -> BoxStream<'static, watcher::Event<K>>;
+
+    /// Objects that match `filter`, in key order.
+    fn list_where(&self, filter: &dyn Fn(&K) -> bool) -> Vec<Arc<K>> {
+        self.list().into_iter().filter(|o| filter(o)).collect()
+    }
+}
+
+/// `n` random characters from `[a-z0-9]`, as AEnvironment's instance-id suffixes.
+pub fn random_suffix(n: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
