@@ -50,6 +50,28 @@ pub enum EngineEvent {
     Resync,
 }
 
+/// Progress of pre-pulling one image ([`Engine::warmup`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullProgress {
+    pub image: String,
+    pub state: PullState,
+    /// What the engine last said (a layer's progress, an error).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// Where one image's pull stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum PullState {
+    Waiting,
+    Pulling,
+    /// It was on the host already.
+    Present,
+    Pulled,
+    Failed,
+}
+
 /// Why an engine call failed. Messages are for users: they say what happened and what can be done.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum EngineError {
@@ -115,4 +137,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Whether the backend answers now (for readiness).
     async fn ping(&self) -> Result<(), EngineError>;
+
+    /// Pre-pulls every image the spec runs (each service of a stack), reporting progress as it goes. The default
+    /// reports nothing (an engine whose nodes pull for themselves).
+    fn warmup(&self, _spec: &EnvInstanceSpec) -> BoxStream<'static, PullProgress> {
+        Box::pin(futures::stream::empty())
+    }
 }

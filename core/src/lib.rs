@@ -15,7 +15,7 @@ pub mod labels;
 pub mod quantity;
 pub mod types;
 
-pub use engine::{Engine, EngineError, EngineEvent, Observed, OwnedObject};
+pub use engine::{Engine, EngineError, EngineEvent, Observed, OwnedObject, PullProgress, PullState};
 pub use error::Error;
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PortSpec,

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, duration::parse_go_duration};
 
+/// Annotation holding an instance's exact expiry (RFC 3339).
+pub const EXPIRE_AT_ANNOTATION: &str = "aenv.io/expire-at";
+
 /// Desired state of one env instance.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -265,12 +268,32 @@ impl EnvInstance {
         self.spec.ttl.as_deref().map(parse_go_duration).transpose()
     }
 
-    /// Creation time plus TTL. `None` without a TTL or a creation timestamp; an unparseable TTL is an error.
+    /// When the instance expires: the annotation `aenv.io/expire-at` when present (stamped at creation, to the
+    /// nanosecond), else creation time plus TTL (creation times keep whole seconds only, as on Kubernetes).
+    /// `None` without a TTL or a creation timestamp; an unparseable TTL is an error.
     pub fn expires_at(&self) -> Result<Option<Timestamp>, Error> {
         let Some(ttl) = self.ttl()? else { return Ok(None) };
+        let stamped = self.metadata.annotations.as_ref().and_then(|a| a.get(EXPIRE_AT_ANNOTATION));
+        if let Some(at) = stamped.and_then(|s| s.parse::<Timestamp>().ok()) {
+            return Ok(Some(at));
+        }
         let Some(created) = self.metadata.creation_timestamp.as_ref() else { return Ok(None) };
         let ttl = SignedDuration::try_from(ttl).unwrap_or(SignedDuration::MAX);
         Ok(Some(created.0.checked_add(ttl).unwrap_or(Timestamp::MAX)))
+    }
+
+    /// Stamps the expiry (`now` + TTL) as the annotation `aenv.io/expire-at`, so that a TTL is honoured to the
+    /// nanosecond rather than from a creation time rounded to the second.
+    pub fn stamp_expiry(&mut self, now: Timestamp) -> Result<(), Error> {
+        if let Some(ttl) = self.ttl()? {
+            let ttl = SignedDuration::try_from(ttl).unwrap_or(SignedDuration::MAX);
+            let at = now.checked_add(ttl).unwrap_or(Timestamp::MAX);
+            self.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(EXPIRE_AT_ANNOTATION.into(), at.to_string());
+        }
+        Ok(())
     }
 
     /// The phase, `Pending` before the first status is written.
@@ -284,7 +307,8 @@ impl EnvInstance {
     }
 }
 
-/// A versioned template that instances are created from.
+/// A versioned template that instances are created from: `POST /env-instance {"envName": "name@version"}` starts
+/// from `template` and applies the request's overrides.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "aenv.io",
@@ -295,7 +319,7 @@ impl EnvInstance {
     category = "aenv",
     printcolumn = r#"{"name":"Env","type":"string","jsonPath":".spec.name"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
-    printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.image"}"#,
+    printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.template.image"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -308,21 +332,25 @@ pub struct EnvironmentSpec {
     pub description: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
-    /// Container image instances run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// Default arguments (replace the image's CMD).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Default environment variables.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    /// Default limits.
+    /// Where the environment's code lives (AEnvironment's `code_url`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub code_url: String,
+    /// What every instance of this environment starts from: image or compose file, resources, environment,
+    /// arguments, TTL, network, ports, readiness.
     #[serde(default)]
-    pub resources: Resources,
-    /// Default TTL (Go duration syntax).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
+    pub template: EnvInstanceSpec,
+}
+
+impl Environment {
+    /// The object name of `name@version`: `name.version`, lowercased, with characters a Kubernetes name cannot
+    /// hold turned into '-'. Names hold no '.', so the form is unambiguous.
+    pub fn object_name(name: &str, version: &str) -> String {
+        let version: String = version
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c.to_ascii_lowercase() } else { '-' })
+            .collect();
+        format!("{name}.{version}")
+    }
 }
 
 #[cfg(test)]
@@ -339,6 +367,9 @@ mod tests {
         let created: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         inst.metadata.creation_timestamp = Some(Time(created));
         assert_eq!(inst.expires_at().unwrap(), Some("2026-01-01T01:30:00Z".parse().unwrap()));
+        let precise: Timestamp = "2026-01-01T00:00:00.750Z".parse().unwrap();
+        inst.stamp_expiry(precise).unwrap();
+        assert_eq!(inst.expires_at().unwrap(), Some("2026-01-01T01:30:00.750Z".parse().unwrap()), "the stamp wins");
         inst.spec.ttl = Some("soon".into());
         assert!(inst.expires_at().is_err());
         inst.spec.ttl = None;

@@ -2,6 +2,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use aenv_core::{
     Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, Observed, OwnedObject, Phase, PortStatus,
+    PullProgress,
     labels::{self, InstanceLabels},
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
@@ -437,9 +438,18 @@ impl Engine for DockerEngine {
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
 
+    fn warmup(&self, spec: &EnvInstanceSpec) -> BoxStream<'static, PullProgress> {
+        crate::image::warmup(self.docker.clone(), images_of(spec))
+    }
+
     async fn ping(&self) -> Result<(), EngineError> {
         self.docker.ping().await.map(|_| ()).map_err(|e| classify(&format!("pinging {}", self.config.host_display), e))
     }
+}
+
+/// Every image a spec runs.
+fn images_of(spec: &EnvInstanceSpec) -> Vec<String> {
+    spec.image.iter().cloned().collect()
 }
 
 async fn remove(docker: &Docker, name: &str) -> Result<(), EngineError> {

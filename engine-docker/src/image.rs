@@ -1,8 +1,8 @@
 //! Making sure an instance's image is on the host, by its pull policy.
 
-use aenv_core::{EngineError, PullPolicy};
+use aenv_core::{EngineError, PullPolicy, PullProgress, PullState};
 use bollard::{Docker, query_parameters::CreateImageOptionsBuilder};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 
 use crate::error::{classify, is_not_found};
 
@@ -68,4 +68,67 @@ mod tests {
         assert_eq!(split_reference("localhost:5000/team/img:v1"), ("localhost:5000/team/img", "v1"));
         assert_eq!(split_reference("img@sha256:abc"), ("img@sha256:abc", ""));
     }
+}
+
+/// Pulls each image in turn, sending progress: `Present` for an image on the host already, `Pulling` with the
+/// daemon's status lines while it pulls, then `Pulled` or `Failed` with the daemon's message.
+pub(crate) fn warmup(docker: Docker, images: Vec<String>) -> BoxStream<'static, PullProgress> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        for image in images {
+            let send = |state, detail: String| {
+                let tx = tx.clone();
+                let image = image.clone();
+                async move { tx.send(PullProgress { image, state, detail }).await.is_ok() }
+            };
+            match docker.inspect_image(&image).await {
+                Ok(_) => {
+                    if !send(PullState::Present, String::new()).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    let _ =
+                        send(PullState::Failed, classify(&format!("inspecting image {image:?}"), e).to_string()).await;
+                    continue;
+                }
+            }
+            if !send(PullState::Pulling, String::new()).await {
+                return;
+            }
+            let (from_image, tag) = split_reference(&image);
+            let options = CreateImageOptionsBuilder::default().from_image(from_image).tag(tag).build();
+            let mut pull = docker.create_image(Some(options), None, crate::auth::credentials_for(&image));
+            let mut failed = None;
+            while let Some(item) = pull.next().await {
+                match item {
+                    Ok(info) => {
+                        let progress = info.progress_detail.and_then(|p| match (p.current, p.total) {
+                            (Some(c), Some(t)) if t > 0 => Some(format!("{c}/{t} bytes")),
+                            _ => None,
+                        });
+                        let detail =
+                            [info.id, info.status, progress].into_iter().flatten().collect::<Vec<_>>().join(" ");
+                        if !send(PullState::Pulling, detail).await {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(classify(&format!("pulling image {image:?}"), e).to_string());
+                        break;
+                    }
+                }
+            }
+            let done = match failed {
+                Some(msg) => send(PullState::Failed, msg).await,
+                None => send(PullState::Pulled, String::new()).await,
+            };
+            if !done {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
 }

@@ -24,6 +24,8 @@ use tracing::info;
 pub struct Config {
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
+    /// Address of the data-plane proxy (`AEnvCore-MCPProxy-URL` routing).
+    pub proxy_listen: SocketAddr,
     pub docker: ConnectOptions,
     /// Network containers join.
     pub docker_network: String,
@@ -56,6 +58,7 @@ pub async fn serve(
     let instances = db.store::<aenv_core::EnvInstance>()?;
     info!(data_dir = %config.data_dir.display(), instances = instances.len(), operator_id = db.operator_id(), "store open");
     let store: Arc<dyn store::ObjectStore<aenv_core::EnvInstance>> = instances;
+    let templates: Arc<dyn store::ObjectStore<aenv_core::Environment>> = db.store::<aenv_core::Environment>()?;
 
     let docker = aenv_engine_docker::connect(&config.docker).await?;
     let engine: Arc<dyn Engine> = Arc::new(DockerEngine::new(
@@ -77,13 +80,30 @@ pub async fn serve(
     let local =
         listener.local_addr().map_err(|source| Error::Listen { addr: config.api_listen.to_string(), source })?;
     info!(addr = %local, "REST API listening");
+    let proxy_listener = tokio::net::TcpListener::bind(config.proxy_listen)
+        .await
+        .map_err(|source| Error::Listen { addr: config.proxy_listen.to_string(), source })?;
+    let proxy_local = proxy_listener
+        .local_addr()
+        .map_err(|source| Error::Listen { addr: config.proxy_listen.to_string(), source })?;
+    info!(proxy_addr = %proxy_local, "data-plane proxy listening");
 
     let metrics = Arc::new(metrics::Metrics::default());
     let ctx = reconciler::Context::new(store.clone(), engine.clone(), metrics.clone());
-    let gateway = Arc::new(gateway::Gateway { store, engine, metrics, default_ttl: config.default_ttl.clone() });
+    let proxy = gateway::proxy::Proxy::new(store.clone());
+    let gateway = Arc::new(gateway::Gateway::new(
+        store,
+        templates,
+        engine,
+        metrics,
+        config.default_ttl.clone(),
+        store::DEFAULT_NAMESPACE.to_string(),
+    ));
 
     let shutdown = shutdown.shared();
     let api = warp::serve(gateway::routes(gateway)).incoming(listener).graceful(shutdown.clone()).run();
+    let data_plane =
+        warp::serve(gateway::proxy::routes(proxy)).incoming(proxy_listener).graceful(shutdown.clone()).run();
     let reconcile = reconciler::run(
         ctx,
         reconciler::LoopConfig {
@@ -93,7 +113,7 @@ pub async fn serve(
         },
         shutdown,
     );
-    tokio::join!(api, reconcile);
+    tokio::join!(api, data_plane, reconcile);
     info!("stopped");
     Ok(())
 }

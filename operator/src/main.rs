@@ -48,6 +48,10 @@ struct ServeArgs {
     /// Address of the REST API. Keep it on loopback unless a proxy in front adds authentication.
     #[arg(long, default_value = "127.0.0.1:8080", env = "AENV_API_LISTEN")]
     api_listen: SocketAddr,
+    /// Address of the data-plane proxy: requests with an AEnvCore-MCPProxy-URL header are forwarded to that
+    /// instance (only to instances this operator runs); the SDK always uses port 8081 of its host.
+    #[arg(long, default_value = "127.0.0.1:8081", env = "AENV_PROXY_LISTEN")]
+    proxy_listen: SocketAddr,
     /// Docker daemon: unix:///path/to/docker.sock, tcp://host:2375, or tcp://host:2376 with TLS. Default: the
     /// local socket (/var/run/docker.sock, or Docker Desktop's ~/.docker/run/docker.sock).
     #[arg(long, env = "DOCKER_HOST")]
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
             let config = aenv_operator::Config {
                 data_dir: args.data_dir,
                 api_listen: args.api_listen,
+                proxy_listen: args.proxy_listen,
                 docker: ConnectOptions {
                     host: args.docker_host.filter(|h| !h.is_empty()),
                     cert_path: args.docker_cert_path,

@@ -15,7 +15,7 @@ fn running(v: &Value) -> bool {
 fn serve_output(args: &[&str]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--api-listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--api-listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(args)
         .output()

@@ -78,6 +78,9 @@ pub struct Operator {
     child: Option<Child>,
     pub data_dir: tempfile::TempDir,
     pub port: u16,
+    api_host: String,
+    /// `host:port` of the data-plane proxy.
+    pub proxy_addr: String,
     pub operator_id: String,
     extra_args: Vec<String>,
     log_path: PathBuf,
@@ -93,6 +96,8 @@ impl Operator {
         let mut op = Operator {
             child: None,
             port: 0,
+            api_host: "127.0.0.1".into(),
+            proxy_addr: String::new(),
             operator_id: String::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log_path,
@@ -107,12 +112,17 @@ impl Operator {
         // The operator binds port 0 and logs the address it got: no two operators can race for one port.
         let log_start = std::fs::metadata(&self.log_path).map(|m| m.len() as usize).unwrap_or(0);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let mut listen = Vec::new();
+        for flag in ["--api-listen", "--proxy-listen"] {
+            if !self.extra_args.iter().any(|a| a == flag) {
+                listen.extend([flag.to_string(), "127.0.0.1:0".to_string()]);
+            }
+        }
         let child = Command::new(bin)
             .arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir.path().join("store"))
-            .arg("--api-listen")
-            .arg("127.0.0.1:0")
+            .args(&listen)
             .args(&self.extra_args)
             .env("RUST_LOG", "info,aenv_operator=debug")
             .env("NO_COLOR", "1")
@@ -134,8 +144,10 @@ impl Operator {
                     .find_map(|l| l.split(&format!("{name}=")).nth(1))
                     .map(|rest| rest.split_whitespace().next().unwrap_or_default().trim_matches('"').to_string())
             };
-            if let (Some(addr), Some(id)) = (field("addr"), field("operator_id")) {
+            if let (Some(addr), Some(proxy), Some(id)) = (field("addr"), field("proxy_addr"), field("operator_id")) {
                 self.port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in the log");
+                self.api_host = addr.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+                self.proxy_addr = proxy;
                 self.operator_id = id;
                 if self.http.get(self.url("/healthz")).send().await.is_ok() {
                     return;
@@ -152,7 +164,12 @@ impl Operator {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.api_host, self.port)
+    }
+
+    /// `http://<proxy address><path>`.
+    pub fn proxy_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy_addr)
     }
 
     /// SIGKILL, no chance to clean up.

@@ -47,7 +47,104 @@ pub enum CreateRequest {
     /// A complete inline spec.
     Inline(Box<EnvInstanceSpec>),
     /// `name@version` of a template, with the SDK's overrides.
-    FromTemplate { name: String, version: String },
+    FromTemplate { name: String, version: String, overrides: Overrides },
+}
+
+/// How strict to be with deployConfig keys this engine does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strictness {
+    /// The public API: an unknown key is a 400 that lists the supported ones (a typo never passes silently).
+    Strict,
+    /// The controller's `/pods`: the api-service forwards whatever deployConfig envhub holds; unknown keys are
+    /// ignored there, as the AEnvironment controller ignores them.
+    Lenient,
+}
+
+/// What an SDK create (`envName`) may change of its template, as the AEnvironment api-service applies it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Overrides {
+    /// The SDK's `datasource`: passed to the instance as `AENV_DATASOURCE`.
+    pub datasource: Option<String>,
+    /// Merged over the template's variables.
+    pub env: BTreeMap<String, String>,
+    /// Replace the template's arguments when not empty.
+    pub args: Vec<String>,
+    pub ttl: Option<String>,
+    pub owner: Option<String>,
+    /// Merged over the template's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Overrides {
+    /// The instance spec: the template with these overrides; `default_ttl` when neither names a TTL.
+    pub fn apply(self, template: &EnvInstanceSpec, name: &str, version: &str, default_ttl: &str) -> EnvInstanceSpec {
+        let mut spec = template.clone();
+        spec.env_name = name.to_string();
+        spec.env_version = version.to_string();
+        spec.env.extend(self.env);
+        if let Some(ds) = self.datasource {
+            spec.env.insert("AENV_DATASOURCE".into(), ds);
+        }
+        if !self.args.is_empty() {
+            spec.args = self.args;
+        }
+        spec.ttl = self.ttl.or(spec.ttl).or_else(|| Some(default_ttl.to_string()));
+        if self.owner.is_some() {
+            spec.owner = self.owner;
+        }
+        spec.labels.extend(self.labels);
+        spec
+    }
+}
+
+fn parse_overrides(obj: &Map<String, Value>) -> Result<Overrides, ApiError> {
+    let mut o = Overrides {
+        datasource: string_field(obj, "datasource", "datasource")?.filter(|s| !s.is_empty()),
+        ttl: string_field(obj, "ttl", "ttl")?.filter(|s| !s.trim().is_empty()),
+        owner: string_field(obj, "owner", "owner")?.filter(|s| !s.is_empty()),
+        ..Default::default()
+    };
+    if let Some(ttl) = &o.ttl {
+        let d = parse_go_duration(ttl).map_err(|e| bad(format!("field `ttl`: {e}")))?;
+        if d.is_zero() {
+            return Err(bad("field `ttl` must be longer than zero (such as \"30m\")"));
+        }
+    }
+    if let Some(owner) = &o.owner {
+        validate_owner(owner, "owner")?;
+    }
+    if let Some(v) = obj.get("environment_variables") {
+        o.env = string_map(v, "environment_variables")?;
+        validate_env(&o.env, "environment_variables")?;
+    }
+    o.args = parse_args(obj.get("arguments"), "arguments")?;
+    if let Some(v) = obj.get("labels") {
+        o.labels = string_map(v, "labels")?;
+        validate_labels(&o.labels, "labels")?;
+    }
+    match obj.get("mount_points") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(_) => {
+            return Err(bad("field `mount_points` is not supported by this operator (no shared storage is mounted)"));
+        }
+    }
+    Ok(o)
+}
+
+fn parse_args(v: Option<&Value>, path: &str) -> Result<Vec<String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(bad(format!("field `{path}[{i}]` must be a string, not {}", describe(other)))),
+            })
+            .collect(),
+        Some(other) => Err(bad(format!("field `{path}` must be an array of strings, not {}", describe(other)))),
+    }
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -166,8 +263,9 @@ fn validate_owner(owner: &str, path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses and validates a create body. `default_ttl` applies when the request names none.
-pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, ApiError> {
+/// Parses and validates a create body. `default_ttl` applies to inline bodies that name no TTL (`None` leaves
+/// it unset, as for templates).
+pub fn parse_create(body: &[u8], default_ttl: Option<&str>, strictness: Strictness) -> Result<CreateRequest, ApiError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("the request body is not valid JSON: {e}")))?;
     let Value::Object(obj) = value else {
@@ -183,7 +281,11 @@ pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, Api
             return Err(bad(format!("field `envName` must be \"name@version\" with one '@' (got {env_name:?})")));
         }
         validate_version(version, "envName")?;
-        return Ok(CreateRequest::FromTemplate { name: name.to_string(), version: version.to_string() });
+        return Ok(CreateRequest::FromTemplate {
+            name: name.to_string(),
+            version: version.to_string(),
+            overrides: parse_overrides(&obj)?,
+        });
     }
 
     let name = string_field(&obj, "name", "name")?.ok_or_else(|| {
@@ -215,7 +317,7 @@ pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, Api
         .map(String::as_str)
         .filter(|k| !DEPLOY_KEYS.contains(k) && !IGNORED_DEPLOY_KEYS.contains(k))
         .collect();
-    if !unknown.is_empty() {
+    if !unknown.is_empty() && strictness == Strictness::Strict {
         return Err(bad(format!(
             "unsupported deployConfig key(s): {}; supported: {}",
             unknown.join(", "),
@@ -234,10 +336,12 @@ pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, Api
     let ttl = string_field(deploy, "ttl", "deployConfig.ttl")?
         .or(string_field(&obj, "ttl", "ttl")?)
         .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| default_ttl.to_string());
-    let parsed_ttl = parse_go_duration(&ttl).map_err(|e| bad(format!("field `deployConfig.ttl`: {e}")))?;
-    if parsed_ttl.is_zero() {
-        return Err(bad("field `deployConfig.ttl` must be longer than zero (such as \"30m\")"));
+        .or_else(|| default_ttl.map(str::to_string));
+    if let Some(ttl) = &ttl {
+        let parsed = parse_go_duration(ttl).map_err(|e| bad(format!("field `deployConfig.ttl`: {e}")))?;
+        if parsed.is_zero() {
+            return Err(bad("field `deployConfig.ttl` must be longer than zero (such as \"30m\")"));
+        }
     }
 
     let owner = string_field(&obj, "owner", "owner")?.or(string_field(deploy, "owner", "deployConfig.owner")?);
@@ -255,25 +359,7 @@ pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, Api
         }
     }
 
-    let args = match deploy.get("arguments") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(s.clone()),
-                other => {
-                    Err(bad(format!("field `deployConfig.arguments[{i}]` must be a string, not {}", describe(other))))
-                }
-            })
-            .collect::<Result<_, _>>()?,
-        Some(other) => {
-            return Err(bad(format!(
-                "field `deployConfig.arguments` must be an array of strings, not {}",
-                describe(other)
-            )));
-        }
-    };
+    let args = parse_args(deploy.get("arguments"), "deployConfig.arguments")?;
 
     let mut labels = BTreeMap::new();
     for (v, path) in [(obj.get("labels"), "labels"), (deploy.get("labels"), "deployConfig.labels")] {
@@ -316,7 +402,7 @@ pub fn parse_create(body: &[u8], default_ttl: &str) -> Result<CreateRequest, Api
         args,
         env,
         resources: Resources { cpu, memory },
-        ttl: Some(ttl),
+        ttl,
         labels,
     })))
 }
@@ -441,14 +527,14 @@ mod tests {
     use super::*;
 
     fn inline(body: &str) -> Result<EnvInstanceSpec, ApiError> {
-        match parse_create(body.as_bytes(), "30m")? {
+        match parse_create(body.as_bytes(), Some("30m"), Strictness::Strict)? {
             CreateRequest::Inline(spec) => Ok(*spec),
             other => panic!("expected inline, got {other:?}"),
         }
     }
 
     fn refused(body: &str, needle: &str) {
-        let err = parse_create(body.as_bytes(), "30m").expect_err(body);
+        let err = parse_create(body.as_bytes(), Some("30m"), Strictness::Strict).expect_err(body);
         assert_eq!(err.status, 400, "{body}");
         assert!(err.message.contains(needle), "{body}: {:?} lacks {needle:?}", err.message);
     }
@@ -487,6 +573,17 @@ mod tests {
     }
 
     #[test]
+    fn lenient_mode_ignores_unknown_deploy_keys() {
+        let body = br#"{"name":"e","artifacts":[{"type":"image","content":"i"}],"deployConfig":{"secondImageName":"x","dataSource":"d"}}"#;
+        assert!(parse_create(body, Some("30m"), Strictness::Strict).is_err());
+        assert!(matches!(parse_create(body, Some("30m"), Strictness::Lenient), Ok(CreateRequest::Inline(_))));
+        match parse_create(br#"{"name":"e","artifacts":[{"type":"image","content":"i"}]}"#, None, Strictness::Strict) {
+            Ok(CreateRequest::Inline(spec)) => assert_eq!(spec.ttl, None, "templates keep no TTL unless given"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn compose_network_ports_readiness() {
         let spec = inline(
             r#"{"name":"s","deployConfig":{"composeFile":"services: {}\n","network":"team-net",
@@ -516,12 +613,30 @@ mod tests {
 
     #[test]
     fn template_form() {
-        match parse_create(br#"{"envName":"mini-terminal@1.0.1","ttl":"30m"}"#, "30m").unwrap() {
-            CreateRequest::FromTemplate { name, version } => {
+        let body = br#"{"envName":"mini-terminal@1.0.1","datasource":"","ttl":"45m","environment_variables":{"A":"1"},
+            "arguments":[],"owner":"alice","labels":{"exp":"e1"}}"#;
+        match parse_create(body, Some("30m"), Strictness::Strict).unwrap() {
+            CreateRequest::FromTemplate { name, version, overrides } => {
                 assert_eq!((name.as_str(), version.as_str()), ("mini-terminal", "1.0.1"));
+                let template = EnvInstanceSpec {
+                    image: Some("img".into()),
+                    args: vec!["serve".into()],
+                    env: BTreeMap::from([("B".to_string(), "2".to_string())]),
+                    ..Default::default()
+                };
+                let spec = overrides.apply(&template, &name, &version, "30m");
+                assert_eq!(spec.env_name, "mini-terminal");
+                assert_eq!(spec.image.as_deref(), Some("img"));
+                assert_eq!(spec.args, ["serve"], "an empty arguments list keeps the template's");
+                assert_eq!(spec.env.len(), 2, "variables are merged: {:?}", spec.env);
+                assert_eq!(spec.ttl.as_deref(), Some("45m"));
+                assert_eq!(spec.owner.as_deref(), Some("alice"));
+                assert_eq!(spec.labels.get("exp").map(String::as_str), Some("e1"));
             }
             other => panic!("{other:?}"),
         }
+        refused(r#"{"envName":"a@1","ttl":"forever"}"#, "`ttl`");
+        refused(r#"{"envName":"a@1","mount_points":[{"src":"/"}]}"#, "mount_points");
         refused(r#"{"envName":"mini-terminal"}"#, "envName");
         refused(r#"{"envName":"a@b@c"}"#, "envName");
     }

@@ -1,26 +1,37 @@
-//! The REST gateway (warp): the AEnvironment `/env-instance` API, answered from the store's in-memory index.
+//! The REST gateway (warp), answered from the stores' in-memory indexes:
+//! - `/env-instance`: the AEnvironment api-service API the SDK uses ([`instances`]);
+//! - `/env`: Environment templates, as envhub serves them, with image warmup ([`templates`]);
+//! - `/pods`: the AEnvironment controller's API, for an api-service pointed at this operator ([`controller`]);
+//! - the data-plane proxy on its own listener ([`proxy`]).
 
+mod controller;
 mod create;
+mod instances;
+pub mod proxy;
+mod templates;
 pub mod wire;
 
-use std::{collections::HashMap, convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc};
 
-use aenv_core::{Engine, EnvInstance};
+use aenv_core::{Engine, EnvInstance, EnvInstanceSpec, Environment};
 use jiff::Timestamp;
 use serde_json::Value;
 use tracing::{info, warn};
-use warp::{Filter, Rejection, Reply, http::StatusCode, hyper::body::Bytes};
+use warp::{Filter, Rejection, Reply, http::StatusCode};
 
-pub use create::{CreateRequest, parse_create};
+pub use create::{CreateRequest, Overrides, Strictness, parse_create};
 
 use crate::{
     Error,
     metrics::Metrics,
-    store::{DEFAULT_NAMESPACE, ObjectStore, key, random_suffix},
+    store::{ObjectStore, random_suffix},
 };
 
 /// Largest request body accepted (1 MiB).
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+
+/// The OpenAPI document of the REST API (also at docs/openapi.json).
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
 /// An error answer: the HTTP status doubles as the envelope's `code`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,24 +49,113 @@ impl ApiError {
         Self { status: 404, message: message.into() }
     }
 
-    fn unavailable(message: impl Into<String>) -> Self {
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self { status: 409, message: message.into() }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
         Self { status: 503, message: message.into() }
     }
 
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
     fn into_reply(self) -> warp::reply::Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = self.status_code();
         warp::reply::with_status(warp::reply::json(&wire::error(self.status, &self.message)), status).into_response()
     }
 }
 
 /// What the gateway needs.
 pub struct Gateway {
-    pub store: Arc<dyn ObjectStore<EnvInstance>>,
-    /// Asked to validate specs before they are stored.
+    pub instances: Arc<dyn ObjectStore<EnvInstance>>,
+    pub templates: Arc<dyn ObjectStore<Environment>>,
+    /// Asked to validate specs before they are stored, and to pre-pull images.
     pub engine: Arc<dyn Engine>,
     pub metrics: Arc<Metrics>,
     /// TTL applied when a request names none (Go duration syntax).
     pub default_ttl: String,
+    /// Namespace of the objects the REST API makes.
+    pub namespace: String,
+    /// Image warmups, by `name@version`.
+    pub warmups: templates::Warmups,
+}
+
+impl Gateway {
+    pub fn new(
+        instances: Arc<dyn ObjectStore<EnvInstance>>,
+        templates: Arc<dyn ObjectStore<Environment>>,
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        default_ttl: String,
+        namespace: String,
+    ) -> Self {
+        Gateway { instances, templates, engine, metrics, default_ttl, namespace, warmups: Default::default() }
+    }
+
+    fn key(&self, name: &str) -> String {
+        crate::store::key(&self.namespace, name)
+    }
+
+    /// Turns a create body into a spec: inline, or a template with the SDK's overrides.
+    fn resolve(&self, body: &[u8], strictness: Strictness) -> Result<EnvInstanceSpec, ApiError> {
+        let spec = match parse_create(body, Some(&self.default_ttl), strictness)? {
+            CreateRequest::Inline(spec) => *spec,
+            CreateRequest::FromTemplate { name, version, overrides } => {
+                let template = self.find_template(&name, &version).ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "environment \"{name}@{version}\" not found: register it with POST /env, or send the inline body with name, version and artifacts"
+                    ))
+                })?;
+                overrides.apply(&template.spec.template, &name, &version, &self.default_ttl)
+            }
+        };
+        self.engine.validate(&spec).map_err(ApiError::bad_request)?;
+        Ok(spec)
+    }
+
+    fn find_template(&self, name: &str, version: &str) -> Option<Arc<Environment>> {
+        self.templates
+            .get(&self.key(&Environment::object_name(name, version)))
+            .filter(|t| t.spec.name == name && t.spec.version == version && t.metadata.deletion_timestamp.is_none())
+    }
+
+    /// Records a new instance of `spec`; its id is `<name>-<6 random [a-z0-9]>`, as AEnvironment names pods.
+    async fn create_instance(&self, spec: EnvInstanceSpec) -> Result<Arc<EnvInstance>, ApiError> {
+        for _ in 0..8 {
+            let id = format!("{}-{}", spec.env_name, random_suffix(6));
+            let mut obj = EnvInstance::new(&id, spec.clone());
+            obj.metadata.namespace = Some(self.namespace.clone());
+            let now = Timestamp::now();
+            obj.stamp_expiry(now).map_err(|e| ApiError::bad_request(format!("field `deployConfig.ttl`: {e}")))?;
+            match self.instances.create(obj, now).await {
+                Ok(stored) => {
+                    info!(instance = %id, env = %spec.env_name, "instance accepted");
+                    self.metrics.created.inc();
+                    return Ok(stored);
+                }
+                Err(Error::AlreadyExists(_)) => continue,
+                Err(e) => {
+                    warn!(error = %e, "could not record an instance");
+                    return Err(ApiError::unavailable(format!("the instance could not be recorded: {e}")));
+                }
+            }
+        }
+        Err(ApiError::unavailable("could not draw a free instance id; try again"))
+    }
+
+    /// Asks for an instance's deletion; `None` when there is no such instance.
+    async fn delete_instance(&self, id: &str) -> Result<Option<()>, ApiError> {
+        match self.instances.request_delete(&self.key(id), Timestamp::now()).await {
+            Ok(Some(_)) => {
+                info!(instance = %id, "deletion requested");
+                Ok(Some(()))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(ApiError::unavailable(format!("the deletion could not be recorded: {e}"))),
+        }
+    }
 }
 
 fn ok_reply(data: Value) -> warp::reply::Response {
@@ -69,116 +169,33 @@ fn reply(result: Result<Value, ApiError>) -> warp::reply::Response {
     }
 }
 
-impl Gateway {
-    async fn create(&self, body: Bytes) -> Result<Value, ApiError> {
-        let spec = match parse_create(&body, &self.default_ttl)? {
-            CreateRequest::Inline(spec) => *spec,
-            CreateRequest::FromTemplate { name, version } => {
-                return Err(ApiError::not_found(format!(
-                    "environment \"{name}@{version}\" not found: no Environment template by that name is registered; send the inline body with name, version and artifacts instead"
-                )));
-            }
-        };
-        self.engine.validate(&spec).map_err(ApiError::bad_request)?;
-        // The id is `<name>-<6 random [a-z0-9]>`, as AEnvironment names pods; a clash draws again.
-        for _ in 0..8 {
-            let id = format!("{}-{}", spec.env_name, random_suffix(6));
-            let mut obj = EnvInstance::new(&id, spec.clone());
-            obj.metadata.namespace = Some(DEFAULT_NAMESPACE.to_string());
-            match self.store.create(obj, Timestamp::now()).await {
-                Ok(stored) => {
-                    info!(instance = %id, env = %spec.env_name, "instance accepted");
-                    self.metrics.created.inc();
-                    return Ok(wire::instance(&stored));
-                }
-                Err(Error::AlreadyExists(_)) => continue,
-                Err(e) => {
-                    warn!(error = %e, "could not record an instance");
-                    return Err(ApiError::unavailable(format!("the instance could not be recorded: {e}")));
-                }
-            }
-        }
-        Err(ApiError::unavailable("could not draw a free instance id; try again"))
-    }
-
-    fn get(&self, id: &str) -> Result<Value, ApiError> {
-        self.store
-            .get(&key(DEFAULT_NAMESPACE, id))
-            .map(|inst| wire::instance(&inst))
-            .ok_or_else(|| ApiError::not_found(format!("env instance \"{id}\" not found")))
-    }
-
-    async fn delete(&self, id: &str) -> Result<Value, ApiError> {
-        match self.store.request_delete(&key(DEFAULT_NAMESPACE, id), Timestamp::now()).await {
-            Ok(Some(_)) => {
-                info!(instance = %id, "deletion requested");
-                Ok(Value::from("Deleted successfully"))
-            }
-            Ok(None) => Err(ApiError::not_found(format!("env instance \"{id}\" not found"))),
-            Err(e) => Err(ApiError::unavailable(format!("the deletion could not be recorded: {e}"))),
-        }
-    }
-
-    /// `?envName=name` or `?envName=name@version`; no filter lists everything.
-    fn list(&self, query: &HashMap<String, String>) -> Value {
-        let filter = query.get("envName").filter(|s| !s.is_empty() && s.as_str() != "*");
-        let (name, version) = match filter {
-            Some(f) => match f.split_once('@') {
-                Some((n, v)) => (Some(n), Some(v)),
-                None => (Some(f.as_str()), None),
-            },
-            None => (None, None),
-        };
-        let items = self.store.list_where(&|inst: &EnvInstance| {
-            name.is_none_or(|n| inst.spec.env_name == n) && version.is_none_or(|v| inst.spec.env_version == v)
-        });
-        Value::Array(items.iter().map(|i| wire::instance(i)).collect())
-    }
+fn with_gateway(gw: Arc<Gateway>) -> impl Filter<Extract = (Arc<Gateway>,), Error = Infallible> + Clone {
+    warp::any().map(move || gw.clone())
 }
 
-/// All routes.
+/// Every route of the API listener.
 pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
-    let with_gw = {
-        let gw = gw.clone();
-        warp::any().map(move || gw.clone())
-    };
-    let create = warp::path!("env-instance")
-        .and(warp::post())
-        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
-        .and(warp::body::bytes())
-        .and(with_gw.clone())
-        .then(|body: Bytes, gw: Arc<Gateway>| async move { reply(gw.create(body).await) });
-    let list = warp::path!("env-instance")
-        .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
-        .and(with_gw.clone())
-        .map(|q: HashMap<String, String>, gw: Arc<Gateway>| ok_reply(gw.list(&q)));
-    let get = warp::path!("env-instance" / String)
-        .and(warp::get())
-        .and(with_gw.clone())
-        .map(|id: String, gw: Arc<Gateway>| reply(gw.get(&id)));
-    let delete = warp::path!("env-instance" / String)
-        .and(warp::delete())
-        .and(with_gw.clone())
-        .then(|id: String, gw: Arc<Gateway>| async move { reply(gw.delete(&id).await) });
     let health =
         warp::path!("health").and(warp::get()).map(|| warp::reply::json(&serde_json::json!({})).into_response());
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok".into_response());
-    let metrics = warp::path!("metrics").and(warp::get()).and(with_gw).map(|gw: Arc<Gateway>| {
-        let body = gw.metrics.render(gw.store.as_ref());
+    let openapi = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response());
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_gateway(gw.clone())).map(|gw: Arc<Gateway>| {
+        let body = gw.metrics.render(gw.instances.as_ref());
         warp::reply::with_header(body, "content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
             .into_response()
     });
-    create
-        .or(list)
+    instances::routes(gw.clone())
+        .or(templates::routes(gw.clone()))
         .unify()
-        .or(get)
-        .unify()
-        .or(delete)
+        .or(controller::routes(gw))
         .unify()
         .or(health)
         .unify()
         .or(healthz)
+        .unify()
+        .or(openapi)
         .unify()
         .or(metrics)
         .unify()
@@ -189,13 +206,15 @@ pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,
 /// Turns warp's rejections into the envelope, with the status they stand for.
 async fn recover(rej: Rejection) -> Result<warp::reply::Response, Infallible> {
     let err = if rej.is_not_found() {
-        ApiError::not_found("no such route; see the REST API in the README")
+        ApiError::not_found("no such route; see /openapi.json")
     } else if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError { status: 413, message: format!("the request body is larger than {MAX_BODY_BYTES} bytes") }
     } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError { status: 405, message: "method not allowed on this route".into() }
     } else if rej.find::<warp::reject::InvalidQuery>().is_some() {
         ApiError::bad_request("the query string is not valid")
+    } else if rej.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError { status: 411, message: "a Content-Length header is required".into() }
     } else {
         ApiError::bad_request(format!("bad request: {rej:?}"))
     };

@@ -1,7 +1,7 @@
 //! The AEnvironment wire format: the response envelope and the `EnvInstance` JSON of the api-service
 //! (`id, env, status, created_at, updated_at, ip, ttl, owner`), where `env` is a complete Env.
 
-use aenv_core::EnvInstance;
+use aenv_core::{EnvInstance, EnvInstanceSpec, Environment};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -68,7 +68,38 @@ pub fn instance(inst: &EnvInstance) -> Value {
 
 /// A complete Env (every key the SDK's pydantic model requires), rebuilt from the instance's spec.
 fn env(inst: &EnvInstance, created: &str) -> Value {
-    let spec = &inst.spec;
+    env_json(&inst.spec, EnvMeta { created, ..Default::default() })
+}
+
+/// What an Env carries beyond the spec.
+#[derive(Default)]
+pub struct EnvMeta<'a> {
+    pub id: &'a str,
+    pub description: &'a str,
+    pub tags: &'a [String],
+    pub code_url: &'a str,
+    pub created: &'a str,
+}
+
+/// An Environment template as envhub renders an Env.
+pub fn template(t: &Environment) -> Value {
+    let created = t.metadata.creation_timestamp.as_ref().map(|t| format_time(t.0)).unwrap_or_default();
+    let mut spec = t.spec.template.clone();
+    spec.env_name = t.spec.name.clone();
+    spec.env_version = t.spec.version.clone();
+    env_json(
+        &spec,
+        EnvMeta {
+            id: t.metadata.uid.as_deref().unwrap_or_default(),
+            description: &t.spec.description,
+            tags: &t.spec.tags,
+            code_url: &t.spec.code_url,
+            created: &created,
+        },
+    )
+}
+
+fn env_json(spec: &EnvInstanceSpec, meta: EnvMeta<'_>) -> Value {
     let mut deploy = serde_json::Map::new();
     if let Some(cpu) = &spec.resources.cpu {
         deploy.insert("cpu".into(), json!(cpu));
@@ -84,20 +115,35 @@ fn env(inst: &EnvInstance, created: &str) -> Value {
     }
     deploy.insert("environment_variables".into(), json!(spec.env));
     deploy.insert("arguments".into(), json!(spec.args));
+    if let Some(compose) = &spec.compose_file {
+        deploy.insert("composeFile".into(), json!(compose));
+    }
+    if let Some(network) = &spec.network {
+        deploy.insert("network".into(), json!(network));
+    }
+    if !spec.ports.is_empty() {
+        deploy.insert("ports".into(), json!(spec.ports));
+    }
+    if let Some(readiness) = &spec.readiness {
+        deploy.insert("readiness".into(), json!(readiness));
+    }
+    if !spec.labels.is_empty() {
+        deploy.insert("labels".into(), json!(spec.labels));
+    }
     json!({
-        "id": "",
+        "id": meta.id,
         "name": spec.env_name,
-        "description": "",
+        "description": meta.description,
         "version": spec.env_version,
-        "tags": [],
-        "code_url": "",
+        "tags": meta.tags,
+        "code_url": meta.code_url,
         "status": ENV_STATUS_READY,
         "artifacts": spec.image.iter().map(|i| json!({"id": "", "type": "image", "content": i})).collect::<Vec<_>>(),
         "build_config": null,
         "test_config": null,
         "deploy_config": deploy,
-        "created_at": created,
-        "updated_at": created,
+        "created_at": meta.created,
+        "updated_at": meta.created,
     })
 }
 

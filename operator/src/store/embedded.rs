@@ -224,7 +224,8 @@ where
         let meta = obj.meta_mut();
         meta.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
         meta.uid = Some(uuid_like());
-        meta.creation_timestamp = Some(Time(now));
+        // Whole seconds, as Kubernetes keeps them (and as the record serialises them).
+        meta.creation_timestamp = Some(Time(Timestamp::from_second(now.as_second()).unwrap_or(now)));
         meta.generation = Some(1);
         self.commit(key, Some(obj), Durability::Immediate)
             .await?

@@ -1,0 +1,177 @@
+//! `/pods`: the AEnvironment controller's API (§1 of the wire contract), so that an AEnvironment api-service can
+//! point `--schedule-addr` at this operator instead of its controller. Bodies are what the Go controller writes:
+//! JSON with a trailing newline, fields in its order, and plain-text errors (`http.Error`).
+
+use std::{collections::HashMap, sync::Arc};
+
+use aenv_core::{EnvInstance, Phase};
+use jiff::Timestamp;
+use serde::Serialize;
+use warp::{
+    Filter, Reply,
+    http::{StatusCode, header::CONTENT_TYPE},
+    hyper::body::Bytes,
+};
+
+use super::{ApiError, Gateway, MAX_BODY_BYTES, Strictness, wire, with_gateway};
+
+#[derive(Serialize)]
+struct Envelope<T> {
+    success: bool,
+    code: i32,
+    data: T,
+}
+
+/// `POST /pods` and `GET /pods/{id}`.
+#[derive(Serialize)]
+struct Pod {
+    id: String,
+    status: String,
+    ip: String,
+    ttl: String,
+    owner: String,
+}
+
+/// An item of `GET /pods`.
+#[derive(Serialize)]
+struct PodItem {
+    id: String,
+    status: String,
+    ttl: String,
+    created_at: String,
+    envname: String,
+    version: String,
+    ip: String,
+    owner: String,
+}
+
+fn json_line<T: Serialize>(status: StatusCode, data: T) -> warp::reply::Response {
+    let mut body = serde_json::to_string(&Envelope { success: true, code: 0, data }).unwrap_or_default();
+    body.push('\n');
+    warp::reply::with_status(warp::reply::with_header(body, CONTENT_TYPE, "application/json"), status).into_response()
+}
+
+fn text_error(status: u16, message: &str) -> warp::reply::Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    warp::reply::with_status(
+        warp::reply::with_header(format!("{message}\n"), CONTENT_TYPE, "text/plain; charset=utf-8"),
+        status,
+    )
+    .into_response()
+}
+
+/// A Pod's phase: there is no `Creating` on Kubernetes.
+fn pod_status(inst: &EnvInstance) -> String {
+    match inst.phase() {
+        Phase::Creating => Phase::Pending.as_str().to_string(),
+        phase => phase.as_str().to_string(),
+    }
+}
+
+fn pod(inst: &EnvInstance) -> Pod {
+    Pod {
+        id: inst.metadata.name.clone().unwrap_or_default(),
+        status: pod_status(inst),
+        ip: inst.status.as_ref().and_then(|s| s.ip.clone()).unwrap_or_default(),
+        ttl: inst.spec.ttl.clone().unwrap_or_default(),
+        owner: inst.spec.owner.clone().unwrap_or_default(),
+    }
+}
+
+fn item(inst: &EnvInstance) -> PodItem {
+    let p = pod(inst);
+    PodItem {
+        id: p.id,
+        status: p.status,
+        ttl: p.ttl,
+        created_at: inst.metadata.creation_timestamp.as_ref().map(|t| wire::format_time(t.0)).unwrap_or_default(),
+        envname: inst.spec.env_name.clone(),
+        version: inst.spec.env_version.clone(),
+        ip: p.ip,
+        owner: p.owner,
+    }
+}
+
+/// Expired as the controller judges it: `now - created > ttl`, strictly; no TTL never expires.
+fn expired(inst: &EnvInstance, now: Timestamp) -> bool {
+    inst.expires_at().ok().flatten().is_some_and(|exp| now > exp)
+}
+
+impl Gateway {
+    async fn create_pod(&self, body: Bytes) -> warp::reply::Response {
+        let spec = match self.resolve(&body, Strictness::Lenient) {
+            Ok(spec) => spec,
+            Err(e) if e.status == 400 => return text_error(400, &format!("Invalid request body: {}", e.message)),
+            Err(e) => return text_error(e.status, &format!("failed to create pod failed: err is {}", e.message)),
+        };
+        match self.create_instance(spec).await {
+            Ok(inst) => {
+                // The controller answers with the Pod as created: Pending, no IP, and no TTL filled in.
+                let mut p = pod(&inst);
+                p.ttl = String::new();
+                json_line(StatusCode::CREATED, p)
+            }
+            Err(e) => text_error(e.status, &format!("failed to create pod failed: err is {}", e.message)),
+        }
+    }
+
+    fn get_pod(&self, id: &str) -> warp::reply::Response {
+        match self.instances.get(&self.key(id)) {
+            Some(inst) => json_line(StatusCode::OK, pod(&inst)),
+            None => text_error(404, &format!("failed to get pod failed: err is pods \"{id}\" not found")),
+        }
+    }
+
+    async fn delete_pod(&self, id: &str) -> warp::reply::Response {
+        match self.delete_instance(id).await {
+            Ok(Some(())) => json_line(StatusCode::OK, true),
+            Ok(None) => text_error(404, &format!("failed to delete Pod failed: err is pods \"{id}\" not found")),
+            Err(ApiError { status, message }) => {
+                text_error(status, &format!("failed to delete Pod failed: err is {message}"))
+            }
+        }
+    }
+
+    fn list_pods(&self, query: &HashMap<String, String>) -> warp::reply::Response {
+        let now = Timestamp::now();
+        let only_expired = query.get("filter").is_some_and(|f| f == "expired");
+        let env_name = query.get("envName").filter(|n| !n.is_empty());
+        let items: Vec<PodItem> = self
+            .matching(None, None)
+            .iter()
+            .filter(|i| env_name.is_none_or(|n| &i.spec.env_name == n))
+            .filter(|i| !only_expired || expired(i, now))
+            .map(|i| item(i))
+            .collect();
+        // The Go controller encodes an empty list as null.
+        if items.is_empty() { json_line(StatusCode::OK, Option::<()>::None) } else { json_line(StatusCode::OK, items) }
+    }
+}
+
+/// The `/pods` routes.
+pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let create = warp::path!("pods")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(with_gateway(gw.clone()))
+        .then(|body: Bytes, gw: Arc<Gateway>| async move { gw.create_pod(body).await });
+    let list = warp::path!("pods")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_gateway(gw.clone()))
+        .map(|q: HashMap<String, String>, gw: Arc<Gateway>| gw.list_pods(&q));
+    // `GET /pods/` is getPod("") upstream.
+    let missing = warp::get().and(warp::path::full()).and_then(|p: warp::path::FullPath| async move {
+        if p.as_str() == "/pods/" { Ok(text_error(400, "missing pod name")) } else { Err(warp::reject::not_found()) }
+    });
+    let get = warp::path!("pods" / String)
+        .and(warp::get())
+        .and(with_gateway(gw.clone()))
+        .map(|id: String, gw: Arc<Gateway>| gw.get_pod(&id));
+    let delete = warp::path!("pods" / String)
+        .and(warp::delete())
+        .and(with_gateway(gw))
+        .then(|id: String, gw: Arc<Gateway>| async move { gw.delete_pod(&id).await });
+    create.or(list).unify().or(missing).unify().or(get).unify().or(delete).unify()
+}
