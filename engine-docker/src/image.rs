@@ -56,20 +56,6 @@ pub(crate) async fn ensure_image(docker: &Docker, image: &str, policy: PullPolic
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::split_reference;
-
-    #[test]
-    fn references() {
-        assert_eq!(split_reference("alpine"), ("alpine", "latest"));
-        assert_eq!(split_reference("alpine:3.20"), ("alpine", "3.20"));
-        assert_eq!(split_reference("localhost:5000/team/img"), ("localhost:5000/team/img", "latest"));
-        assert_eq!(split_reference("localhost:5000/team/img:v1"), ("localhost:5000/team/img", "v1"));
-        assert_eq!(split_reference("img@sha256:abc"), ("img@sha256:abc", ""));
-    }
-}
-
 /// Pulls each image in turn, sending progress: `Present` for an image on the host already, `Pulling` with the
 /// daemon's status lines while it pulls, then `Pulled` or `Failed` with the daemon's message.
 pub(crate) fn warmup(docker: Docker, images: Vec<String>) -> BoxStream<'static, PullProgress> {
@@ -131,4 +117,18 @@ pub(crate) fn warmup(docker: Docker, images: Vec<String>) -> BoxStream<'static, 
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn references() {
+        assert_eq!(split_reference("alpine"), ("alpine", "latest"));
+        assert_eq!(split_reference("alpine:3.20"), ("alpine", "3.20"));
+        assert_eq!(split_reference("localhost:5000/team/img"), ("localhost:5000/team/img", "latest"));
+        assert_eq!(split_reference("localhost:5000/team/img:v1"), ("localhost:5000/team/img", "v1"));
+        assert_eq!(split_reference("img@sha256:abc"), ("img@sha256:abc", ""));
+    }
 }

@@ -61,7 +61,7 @@ pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,
         .and(with_gateway(gw.clone()))
         .then(|body: Bytes, gw: Arc<Gateway>| async move { reply(gw.create(body).await) });
     // `GET /env-instance?envName=` (the Docker-engine guide): an array.
-    let list = warp::path!("env-instance").and(warp::get()).and(query.clone()).and(with_gateway(gw.clone())).map(
+    let list = warp::path!("env-instance").and(warp::get()).and(query).and(with_gateway(gw.clone())).map(
         |q: HashMap<String, String>, gw: Arc<Gateway>| {
             reply(Ok(Value::Array(
                 gw.rendered(q.get("envName").map(String::as_str), q.get("status").map(String::as_str)),
@@ -71,7 +71,7 @@ pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,
     // `GET /env-instance/list`: `{"items": [...]}`, which the SDK's list_env_instances() reads (upstream answers
     // 500 there).
     let list_items =
-        warp::path!("env-instance" / "list").and(warp::get()).and(query.clone()).and(with_gateway(gw.clone())).map(
+        warp::path!("env-instance" / "list").and(warp::get()).and(query).and(with_gateway(gw.clone())).map(
             |q: HashMap<String, String>, gw: Arc<Gateway>| {
                 let items = gw.rendered(q.get("envName").map(String::as_str), q.get("status").map(String::as_str));
                 reply(Ok(json!({"items": items})))
