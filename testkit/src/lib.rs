@@ -528,3 +528,66 @@ fn make_certs(root: &Path) -> PathBuf {
     }
     certs
 }
+
+/// A Docker registry of the test's own on a loopback port (Debian's `docker-registry`, i.e. distribution), for
+/// real pulls without the internet. Docker treats 127.0.0.0/8 registries as insecure, so plain HTTP works.
+pub struct LocalRegistry {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+}
+
+impl LocalRegistry {
+    pub fn start() -> LocalRegistry {
+        let dir = tempfile::Builder::new().prefix("aenv-registry-").tempdir().expect("temp dir");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry must be installed (apt-get install docker-registry; scripts/test does it)");
+        let reg = LocalRegistry { dir, child: Some(child), port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the local registry did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reg
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Pushes a local image as `repo_tag` and removes the local tag, so that using it needs a pull. Returns the
+    /// full reference.
+    pub fn push(&self, image: &str, repo_tag: &str) -> String {
+        let reference = format!("{}/{repo_tag}", self.host());
+        docker_ok(&["tag", image, &reference]);
+        docker_ok(&["push", &reference]);
+        docker_ok(&["rmi", &reference]);
+        reference
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = &self.dir;
+    }
+}

@@ -173,5 +173,5 @@ pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,
         .and(warp::delete())
         .and(with_gateway(gw))
         .then(|id: String, gw: Arc<Gateway>| async move { gw.delete_pod(&id).await });
-    create.or(list).unify().or(missing).unify().or(get).unify().or(delete).unify()
+    missing.or(create).unify().or(list).unify().or(get).unify().or(delete).unify()
 }
