@@ -138,6 +138,17 @@ pub trait Engine: Send + Sync + 'static {
     /// Whether the backend answers now (for readiness).
     async fn ping(&self) -> Result<(), EngineError>;
 
+    /// The instance's output (stdout and stderr, interleaved as written): the last `tail` lines (all when
+    /// `None`), then, with `follow`, what it writes until it stops or the stream is dropped.
+    fn logs(
+        &self,
+        _instance: &EnvInstance,
+        _follow: bool,
+        _tail: Option<u64>,
+    ) -> BoxStream<'static, Result<Vec<u8>, EngineError>> {
+        Box::pin(futures::stream::once(async { Err(EngineError::Permanent("this engine does not serve logs".into())) }))
+    }
+
     /// Pre-pulls every image the spec runs (each service of a stack), reporting progress as it goes. The default
     /// reports nothing (an engine whose nodes pull for themselves).
     fn warmup(&self, _spec: &EnvInstanceSpec) -> BoxStream<'static, PullProgress> {

@@ -2,7 +2,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use aenv_core::{
     Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, Observed, OwnedObject, Phase, PortStatus,
-    PullProgress,
+    PullPolicy, PullProgress,
     labels::{self, InstanceLabels},
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
@@ -14,7 +14,7 @@ use bollard::{
         PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
     },
     query_parameters::{
-        CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+        CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
         RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
     },
 };
@@ -46,6 +46,54 @@ pub struct DockerEngineConfig {
     pub publish_host_ip: String,
     /// Grace period between SIGTERM and SIGKILL when an instance is removed; zero kills at once.
     pub stop_timeout: Duration,
+    /// Safe defaults every container gets (requests cannot change them).
+    pub hardening: Hardening,
+    /// Never pull: images must be on the host (an offline or air-gapped host).
+    pub no_pull: bool,
+}
+
+/// The defaults that make a container fit for untrusted code. The operator's flags may change them; a request
+/// may not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hardening {
+    /// Most processes a container may run (fork bombs stop there). 0 = no limit.
+    pub pids_limit: i64,
+    /// Memory limit for requests that name none, in bytes. 0 = none.
+    pub default_memory: i64,
+    /// Capabilities kept after dropping all; see [`DEFAULT_CAPABILITIES`].
+    pub capabilities: Vec<String>,
+}
+
+/// The capabilities sandboxes keep: Docker's default set without `NET_RAW` (raw sockets, packet spoofing),
+/// `MKNOD` (device nodes), `AUDIT_WRITE`, `SETFCAP` and `SYS_CHROOT`.
+pub const DEFAULT_CAPABILITIES: &[&str] =
+    &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "NET_BIND_SERVICE"];
+
+impl Default for Hardening {
+    fn default() -> Self {
+        Hardening {
+            pids_limit: 1024,
+            default_memory: 2 << 30,
+            capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+}
+
+impl Hardening {
+    /// Applies the defaults to a container's host config.
+    pub fn apply(&self, host: &mut HostConfig) {
+        host.privileged = Some(false);
+        host.security_opt = Some(vec!["no-new-privileges:true".into()]);
+        host.cap_drop = Some(vec!["ALL".into()]);
+        host.cap_add = Some(self.capabilities.clone());
+        if self.pids_limit > 0 {
+            host.pids_limit = Some(self.pids_limit);
+        }
+        if host.memory.is_none() && self.default_memory > 0 {
+            host.memory = Some(self.default_memory);
+            host.memory_swap = Some(self.default_memory);
+        }
+    }
 }
 
 impl DockerEngineConfig {
@@ -59,6 +107,8 @@ impl DockerEngineConfig {
             policy: Policy::default(),
             publish_host_ip: "127.0.0.1".into(),
             stop_timeout: Duration::ZERO,
+            hardening: Hardening::default(),
+            no_pull: false,
         }
     }
 }
@@ -189,24 +239,23 @@ impl DockerEngine {
             expire_at: expire_at.map(|t| t.to_string()),
         }
         .render(&spec.labels);
+        let mut host_config = HostConfig {
+            nano_cpus,
+            memory,
+            // No swap beyond the memory limit: a sandbox that outgrows its limit is OOM-killed, not slowed.
+            memory_swap: memory,
+            network_mode: Some(self.network_of(spec).to_string()),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+            ..Default::default()
+        };
+        self.config.hardening.apply(&mut host_config);
         Ok(ContainerCreateBody {
             image: Some(image),
             cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels.into_iter().collect()),
-            host_config: Some(HostConfig {
-                nano_cpus,
-                memory,
-                // No swap beyond the memory limit: a sandbox that outgrows its limit is OOM-killed, not slowed.
-                memory_swap: memory,
-                network_mode: Some(self.network_of(spec).to_string()),
-                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::NO),
-                    maximum_retry_count: None,
-                }),
-                ..Default::default()
-            }),
+            host_config: Some(host_config),
             ..Default::default()
         })
     }
@@ -214,7 +263,14 @@ impl DockerEngine {
     async fn create_and_start(&self, inst: &EnvInstance, name: &str) -> Result<(), EngineError> {
         let body = self.container_body(inst)?;
         let image = body.image.clone().unwrap_or_default();
-        ensure_image(&self.docker, &image, inst.spec.image_pull_policy.unwrap_or_default()).await?;
+        let policy =
+            if self.config.no_pull { PullPolicy::Never } else { inst.spec.image_pull_policy.unwrap_or_default() };
+        ensure_image(&self.docker, &image, policy).await.map_err(|e| match e {
+            EngineError::Permanent(msg) if self.config.no_pull => {
+                EngineError::Permanent(format!("{msg}; this operator runs with --no-pull"))
+            }
+            other => other,
+        })?;
         self.prepare_network(&inst.spec).await?;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         match self.docker.create_container(Some(options), body).await {
@@ -438,8 +494,26 @@ impl Engine for DockerEngine {
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
 
+    fn logs(
+        &self,
+        inst: &EnvInstance,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> BoxStream<'static, Result<Vec<u8>, EngineError>> {
+        let name = inst.metadata.name.clone().unwrap_or_default();
+        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let options = LogsOptionsBuilder::default().follow(follow).stdout(true).stderr(true).tail(&tail).build();
+        self.docker
+            .logs(&name, Some(options))
+            .map(move |item| {
+                item.map(|out| out.into_bytes().to_vec())
+                    .map_err(|e| classify(&format!("reading the logs of {name}"), e))
+            })
+            .boxed()
+    }
+
     fn warmup(&self, spec: &EnvInstanceSpec) -> BoxStream<'static, PullProgress> {
-        crate::image::warmup(self.docker.clone(), images_of(spec))
+        crate::image::warmup(self.docker.clone(), images_of(spec), self.config.no_pull)
     }
 
     async fn ping(&self) -> Result<(), EngineError> {

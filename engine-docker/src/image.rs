@@ -58,7 +58,7 @@ pub(crate) async fn ensure_image(docker: &Docker, image: &str, policy: PullPolic
 
 /// Pulls each image in turn, sending progress: `Present` for an image on the host already, `Pulling` with the
 /// daemon's status lines while it pulls, then `Pulled` or `Failed` with the daemon's message.
-pub(crate) fn warmup(docker: Docker, images: Vec<String>) -> BoxStream<'static, PullProgress> {
+pub(crate) fn warmup(docker: Docker, images: Vec<String>, no_pull: bool) -> BoxStream<'static, PullProgress> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         for image in images {
@@ -80,6 +80,10 @@ pub(crate) fn warmup(docker: Docker, images: Vec<String>) -> BoxStream<'static, 
                         send(PullState::Failed, classify(&format!("inspecting image {image:?}"), e).to_string()).await;
                     continue;
                 }
+            }
+            if no_pull {
+                let _ = send(PullState::Failed, "not on the host, and this operator runs with --no-pull".into()).await;
+                continue;
             }
             if !send(PullState::Pulling, String::new()).await {
                 return;

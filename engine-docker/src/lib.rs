@@ -14,6 +14,6 @@ mod policy;
 mod probe;
 
 pub use connect::{ConnectOptions, connect};
-pub use engine::{DockerEngine, DockerEngineConfig};
+pub use engine::{DEFAULT_CAPABILITIES, DockerEngine, DockerEngineConfig, Hardening};
 pub use error::Error;
 pub use policy::{Allowance, Policy};

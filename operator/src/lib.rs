@@ -37,6 +37,16 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// Labelled containers younger than this are not swept as orphans.
     pub orphan_grace: Duration,
+    /// Safe container defaults (pids limit, default memory, capabilities).
+    pub hardening: aenv_engine_docker::Hardening,
+    /// Never pull images (an offline host).
+    pub no_pull: bool,
+    /// Bearer tokens (token → owner, instance cap); `None` = no authentication.
+    pub tokens_file: Option<PathBuf>,
+    /// Allow a non-loopback API without tokens.
+    pub insecure: bool,
+    /// Caps and the create rate limit.
+    pub limits: gateway::guard::Limits,
     /// TTL for requests that name none (Go duration syntax).
     pub default_ttl: String,
     pub resync_interval: Duration,
@@ -54,6 +64,14 @@ pub async fn serve(
     if config.resync_interval.is_zero() {
         return Err(Error::Config("--resync-interval must be longer than zero".into()));
     }
+    let tokens = config.tokens_file.as_deref().map(gateway::guard::load_tokens).transpose()?;
+    if tokens.is_none() && !config.api_listen.ip().is_loopback() && !config.insecure {
+        return Err(Error::Config(format!(
+            "--api-listen {} is reachable from other hosts but no --tokens-file is given: anyone could start containers on this host. Give --tokens-file, listen on loopback, or pass --insecure if something in front authenticates",
+            config.api_listen
+        )));
+    }
+    let guard = gateway::guard::Guard::new(tokens, config.limits.clone());
     let db = store::Embedded::open(&config.data_dir)?;
     let instances = db.store::<aenv_core::EnvInstance>()?;
     info!(data_dir = %config.data_dir.display(), instances = instances.len(), operator_id = db.operator_id(), "store open");
@@ -69,6 +87,8 @@ pub async fn serve(
             policy: config.docker_policy.clone(),
             publish_host_ip: config.publish_host_ip.clone(),
             stop_timeout: config.stop_timeout,
+            hardening: config.hardening.clone(),
+            no_pull: config.no_pull,
             ..DockerEngineConfig::new(db.operator_id())
         },
     ));
@@ -98,6 +118,7 @@ pub async fn serve(
         metrics,
         config.default_ttl.clone(),
         store::DEFAULT_NAMESPACE.to_string(),
+        guard,
     ));
 
     let shutdown = shutdown.shared();

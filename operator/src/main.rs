@@ -80,6 +80,35 @@ struct ServeArgs {
     /// Labelled containers without an instance are removed by the resync once they are older than this.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     orphan_grace: Duration,
+    /// Most processes one container may run (a fork bomb stops there); 0 = no limit.
+    #[arg(long, default_value_t = 1024)]
+    pids_limit: i64,
+    /// Memory limit of instances whose request names none (512Mi, 2Gi, ...); 0 = none.
+    #[arg(long, default_value = "2Gi")]
+    default_memory: String,
+    /// Capabilities containers keep after all are dropped, comma-separated (default: Docker's set without
+    /// NET_RAW, MKNOD, AUDIT_WRITE, SETFCAP and SYS_CHROOT).
+    #[arg(long, value_delimiter = ',')]
+    capabilities: Option<Vec<String>>,
+    /// Never pull images: they must be on the Docker host already (an offline or air-gapped host).
+    #[arg(long)]
+    no_pull: bool,
+    /// Bearer tokens, as JSON: {"tokens": [{"token": "...", "owner": "alice", "maxInstances": 20}]}. Requests
+    /// then need `Authorization: Bearer <token>`; each caller sees and deletes only its own instances.
+    #[arg(long, env = "AENV_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Serve a non-loopback --api-listen without --tokens-file (only behind something that authenticates).
+    #[arg(long)]
+    insecure: bool,
+    /// Most live instances in all; creates beyond it get 403.
+    #[arg(long)]
+    max_instances: Option<usize>,
+    /// Most creates per second (429 with Retry-After beyond it); unset = no limit.
+    #[arg(long)]
+    create_rate: Option<u32>,
+    /// Creates allowed in one burst above --create-rate.
+    #[arg(long, default_value_t = 50)]
+    create_burst: u32,
     /// TTL of instances whose request names none, in Go duration syntax (90s, 30m, 1h30m).
     #[arg(long, default_value = "30m")]
     default_ttl: String,
@@ -146,6 +175,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => {
+            let default_memory = match args.default_memory.trim() {
+                "0" | "" => 0,
+                m => match aenv_core::quantity::parse_memory_bytes(m) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        eprintln!("aenv-operator: --default-memory: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
             let config = aenv_operator::Config {
                 data_dir: args.data_dir,
                 api_listen: args.api_listen,
@@ -161,6 +200,21 @@ fn main() -> ExitCode {
                 publish_host_ip: args.publish_host_ip,
                 stop_timeout: args.stop_timeout,
                 orphan_grace: args.orphan_grace,
+                hardening: aenv_engine_docker::Hardening {
+                    pids_limit: args.pids_limit,
+                    default_memory: default_memory as i64,
+                    capabilities: args.capabilities.unwrap_or_else(|| {
+                        aenv_engine_docker::DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect()
+                    }),
+                },
+                no_pull: args.no_pull,
+                tokens_file: args.tokens_file,
+                insecure: args.insecure,
+                limits: aenv_operator::gateway::guard::Limits {
+                    max_instances: args.max_instances,
+                    create_rate: args.create_rate,
+                    create_burst: args.create_burst,
+                },
                 default_ttl: args.default_ttl,
                 resync_interval: args.resync_interval,
                 max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),

@@ -19,6 +19,11 @@ pub struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -36,6 +41,12 @@ pub struct Metrics {
     pub create_to_running: Histogram,
     pub expired: Counter,
     pub orphans_removed: Counter,
+    /// Seconds per engine call, by operation (apply, delete, list).
+    pub engine_calls: Family<OpLabels, Histogram, fn() -> Histogram>,
+}
+
+fn engine_call_histogram() -> Histogram {
+    Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
 }
 
 impl Default for Metrics {
@@ -49,6 +60,7 @@ impl Default for Metrics {
             create_to_running: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
             expired: Counter::default(),
             orphans_removed: Counter::default(),
+            engine_calls: Family::new_with_constructor(engine_call_histogram),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -69,6 +81,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Times an engine call.
+    pub async fn time<T>(&self, op: &str, call: impl std::future::Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = call.await;
+        self.engine_calls.get_or_create(&OpLabels { op: op.into() }).observe(started.elapsed().as_secs_f64());
+        out
+    }
+
     /// The OpenMetrics text, with the phase gauges brought up to date first.
     pub fn render(&self, store: &dyn ObjectStore<EnvInstance>) -> String {
         let mut counts = [0i64; Phase::ALL.len()];

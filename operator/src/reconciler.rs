@@ -142,7 +142,7 @@ pub async fn resync(
     trigger: &mpsc::Sender<ObjectRef<EnvInstance>>,
     orphan_grace: Duration,
 ) -> Result<(), Error> {
-    let owned = ctx.engine.list_owned().await?;
+    let owned = ctx.metrics.time("list", ctx.engine.list_owned()).await?;
     let mut seen = HashMap::with_capacity(owned.len());
     let now = Timestamp::now();
     for object in &owned {
@@ -195,7 +195,7 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
     let now = Timestamp::now();
 
     if inst.is_deleting() {
-        ctx.engine.delete(&inst).await?;
+        ctx.metrics.time("delete", ctx.engine.delete(&inst)).await?;
         ctx.store.purge(&key).await?;
         ctx.forget(&key);
         info!("instance deleted");
@@ -215,7 +215,7 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
     };
     if let Some(exp) = expires.filter(|exp| *exp <= now) {
         info!(expired_at = %exp, "TTL reached; removing the instance");
-        ctx.engine.delete(&inst).await?;
+        ctx.metrics.time("delete", ctx.engine.delete(&inst)).await?;
         ctx.store.purge(&key).await?;
         ctx.forget(&key);
         ctx.metrics.expired.inc();
@@ -227,7 +227,7 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
     let mut failure = None;
     let mut not_ready = false;
     if !status.phase.is_terminal() {
-        match ctx.engine.apply(&inst).await {
+        match ctx.metrics.time("apply", ctx.engine.apply(&inst)).await {
             Ok(observed) => {
                 if observed.phase == Phase::Running && status.phase != Phase::Running {
                     if let Some(created) = &inst.metadata.creation_timestamp {

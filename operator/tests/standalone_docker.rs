@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use aenv_testkit::{Operator, TEST_IMAGE, containers_with_label, create_body, docker, docker_ok, inspect, unique_name};
+use aenv_testkit::{
+    LocalRegistry, Operator, TEST_IMAGE, containers_with_label, create_body, docker, docker_ok, inspect, unique_name,
+};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_aenv-operator");
@@ -193,12 +195,28 @@ async fn missing_image_fails_with_the_daemons_message() {
     let failed = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
     assert!(failed["data"]["message"].as_str().unwrap_or_default().contains("not on the Docker host"), "{failed}");
 
-    // IfNotPresent pulls; no registry answers here, so the pull fails and says why.
-    let body = create_body(&name, "registry.invalid/aenv/none:1", json!({}));
+    // IfNotPresent pulls: from a registry on loopback that lacks the image, the pull fails and says why; one
+    // that has it serves it and the instance runs.
+    let registry = LocalRegistry::start();
+    let body = create_body(&name, &format!("{}/aenv/none:1", registry.host()), json!({}));
     let (_, created) = op.post_json("/env-instance", &body).await;
     let id = created["data"]["id"].as_str().unwrap().to_string();
     let failed = op.wait_for(&id, Duration::from_secs(60), |v| v["data"]["status"] == "Failed").await;
     assert!(failed["data"]["message"].as_str().unwrap_or_default().contains("pulling image"), "{failed}");
+    let image = registry.push(TEST_IMAGE, &format!("aenv/{name}:1"));
+    let (_, created) = op.post_json("/env-instance", &create_body(&name, &image, json!({"readiness": false}))).await;
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&id, Duration::from_secs(60), is_running).await;
+    assert_eq!(inspect(&id)["Config"]["Image"], image.as_str());
+    // --no-pull (an offline host): a missing image fails at once, without asking any registry.
+    let offline = Operator::start(BIN, &["--no-pull"]).await;
+    let (_, created) = offline
+        .post_json("/env-instance", &create_body(&name, &format!("{}/aenv/other:1", registry.host()), json!({})))
+        .await;
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    let failed = offline.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+    assert!(failed["data"]["message"].as_str().unwrap_or_default().contains("--no-pull"), "{failed}");
+    docker(&["rmi", &image]);
 }
 
 #[tokio::test]

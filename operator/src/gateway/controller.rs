@@ -13,7 +13,11 @@ use warp::{
     hyper::body::Bytes,
 };
 
-use super::{ApiError, Gateway, MAX_BODY_BYTES, Strictness, wire, with_gateway};
+use super::{
+    ApiError, Gateway, MAX_BODY_BYTES, Strictness,
+    guard::{Principal, caller},
+    wire, with_gateway,
+};
 
 #[derive(Serialize)]
 struct Envelope<T> {
@@ -98,13 +102,13 @@ fn expired(inst: &EnvInstance, now: Timestamp) -> bool {
 }
 
 impl Gateway {
-    async fn create_pod(&self, body: Bytes) -> warp::reply::Response {
+    async fn create_pod(&self, body: Bytes, caller: Option<Principal>) -> warp::reply::Response {
         let spec = match self.resolve(&body, Strictness::Lenient) {
             Ok(spec) => spec,
             Err(e) if e.status == 400 => return text_error(400, &format!("Invalid request body: {}", e.message)),
             Err(e) => return text_error(e.status, &format!("failed to create pod failed: err is {}", e.message)),
         };
-        match self.create_instance(spec).await {
+        match self.create_instance(spec, caller.as_ref()).await {
             Ok(inst) => {
                 // The controller answers with the Pod as created: Pending, no IP, and no TTL filled in.
                 let mut p = pod(&inst);
@@ -115,15 +119,15 @@ impl Gateway {
         }
     }
 
-    fn get_pod(&self, id: &str) -> warp::reply::Response {
-        match self.instances.get(&self.key(id)) {
+    fn get_pod(&self, id: &str, caller: Option<Principal>) -> warp::reply::Response {
+        match self.instances.get(&self.key(id)).filter(|i| Self::visible(i, caller.as_ref())) {
             Some(inst) => json_line(StatusCode::OK, pod(&inst)),
             None => text_error(404, &format!("failed to get pod failed: err is pods \"{id}\" not found")),
         }
     }
 
-    async fn delete_pod(&self, id: &str) -> warp::reply::Response {
-        match self.delete_instance(id).await {
+    async fn delete_pod(&self, id: &str, caller: Option<Principal>) -> warp::reply::Response {
+        match self.delete_instance(id, caller.as_ref()).await {
             Ok(Some(())) => json_line(StatusCode::OK, true),
             Ok(None) => text_error(404, &format!("failed to delete Pod failed: err is pods \"{id}\" not found")),
             Err(ApiError { status, message }) => {
@@ -132,12 +136,12 @@ impl Gateway {
         }
     }
 
-    fn list_pods(&self, query: &HashMap<String, String>) -> warp::reply::Response {
+    fn list_pods(&self, query: &HashMap<String, String>, caller: Option<Principal>) -> warp::reply::Response {
         let now = Timestamp::now();
         let only_expired = query.get("filter").is_some_and(|f| f == "expired");
         let env_name = query.get("envName").filter(|n| !n.is_empty());
         let items: Vec<PodItem> = self
-            .matching(None, None)
+            .matching(None, None, caller.as_ref())
             .iter()
             .filter(|i| env_name.is_none_or(|n| &i.spec.env_name == n))
             .filter(|i| !only_expired || expired(i, now))
@@ -150,28 +154,33 @@ impl Gateway {
 
 /// The `/pods` routes.
 pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let who = caller(gw.guard.clone());
     let create = warp::path!("pods")
         .and(warp::post())
+        .and(who.clone())
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
         .and(with_gateway(gw.clone()))
-        .then(|body: Bytes, gw: Arc<Gateway>| async move { gw.create_pod(body).await });
+        .then(|c: Option<Principal>, body: Bytes, gw: Arc<Gateway>| async move { gw.create_pod(body, c).await });
     let list = warp::path!("pods")
         .and(warp::get())
+        .and(who.clone())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_gateway(gw.clone()))
-        .map(|q: HashMap<String, String>, gw: Arc<Gateway>| gw.list_pods(&q));
+        .map(|c: Option<Principal>, q: HashMap<String, String>, gw: Arc<Gateway>| gw.list_pods(&q, c));
     // `GET /pods/` is getPod("") upstream.
     let missing = warp::get().and(warp::path::full()).and_then(|p: warp::path::FullPath| async move {
         if p.as_str() == "/pods/" { Ok(text_error(400, "missing pod name")) } else { Err(warp::reject::not_found()) }
     });
     let get = warp::path!("pods" / String)
         .and(warp::get())
+        .and(who.clone())
         .and(with_gateway(gw.clone()))
-        .map(|id: String, gw: Arc<Gateway>| gw.get_pod(&id));
+        .map(|id: String, c: Option<Principal>, gw: Arc<Gateway>| gw.get_pod(&id, c));
     let delete = warp::path!("pods" / String)
         .and(warp::delete())
+        .and(who)
         .and(with_gateway(gw))
-        .then(|id: String, gw: Arc<Gateway>| async move { gw.delete_pod(&id).await });
+        .then(|id: String, c: Option<Principal>, gw: Arc<Gateway>| async move { gw.delete_pod(&id, c).await });
     missing.or(create).unify().or(list).unify().or(get).unify().or(delete).unify()
 }

@@ -6,6 +6,7 @@
 
 mod controller;
 mod create;
+pub mod guard;
 mod instances;
 pub mod proxy;
 mod templates;
@@ -49,6 +50,10 @@ impl ApiError {
         Self { status: 404, message: message.into() }
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self { status: 403, message: message.into() }
+    }
+
     pub fn conflict(message: impl Into<String>) -> Self {
         Self { status: 409, message: message.into() }
     }
@@ -63,7 +68,14 @@ impl ApiError {
 
     fn into_reply(self) -> warp::reply::Response {
         let status = self.status_code();
-        warp::reply::with_status(warp::reply::json(&wire::error(self.status, &self.message)), status).into_response()
+        let mut reply = warp::reply::with_status(warp::reply::json(&wire::error(self.status, &self.message)), status)
+            .into_response();
+        if self.status == 429
+            && let Some(after) = guard::retry_after(&self.message)
+        {
+            reply.headers_mut().insert(warp::http::header::RETRY_AFTER, after);
+        }
+        reply
     }
 }
 
@@ -80,6 +92,10 @@ pub struct Gateway {
     pub namespace: String,
     /// Image warmups, by `name@version`.
     pub warmups: templates::Warmups,
+    /// Authentication and limits.
+    pub guard: Arc<guard::Guard>,
+    /// Held from the quota check to the record, so that concurrent creates cannot overshoot a cap.
+    quota: tokio::sync::Mutex<()>,
 }
 
 impl Gateway {
@@ -90,8 +106,24 @@ impl Gateway {
         metrics: Arc<Metrics>,
         default_ttl: String,
         namespace: String,
+        guard: Arc<guard::Guard>,
     ) -> Self {
-        Gateway { instances, templates, engine, metrics, default_ttl, namespace, warmups: Default::default() }
+        Gateway {
+            instances,
+            templates,
+            engine,
+            metrics,
+            default_ttl,
+            namespace,
+            warmups: Default::default(),
+            guard,
+            quota: Default::default(),
+        }
+    }
+
+    /// Whether `caller` may see `inst`: everyone when auth is off; the owner otherwise.
+    fn visible(inst: &EnvInstance, caller: Option<&guard::Principal>) -> bool {
+        caller.is_none_or(|p| inst.spec.owner.as_deref() == Some(p.owner.as_str()))
     }
 
     fn key(&self, name: &str) -> String {
@@ -121,8 +153,36 @@ impl Gateway {
             .filter(|t| t.spec.name == name && t.spec.version == version && t.metadata.deletion_timestamp.is_none())
     }
 
-    /// Records a new instance of `spec`; its id is `<name>-<6 random [a-z0-9]>`, as AEnvironment names pods.
-    async fn create_instance(&self, spec: EnvInstanceSpec) -> Result<Arc<EnvInstance>, ApiError> {
+    /// Records a new instance of `spec` for `caller` (whose name becomes the owner), within the rate limit and the
+    /// caps; its id is `<name>-<6 random [a-z0-9]>`, as AEnvironment names pods.
+    async fn create_instance(
+        &self,
+        mut spec: EnvInstanceSpec,
+        caller: Option<&guard::Principal>,
+    ) -> Result<Arc<EnvInstance>, ApiError> {
+        self.guard.take_create()?;
+        let _one_at_a_time = self.quota.lock().await;
+        if let Some(p) = caller {
+            spec.owner = Some(p.owner.clone());
+            if let Some(max) = p.max_instances {
+                let held =
+                    self.instances.list_where(&|i: &EnvInstance| !i.is_deleting() && Self::visible(i, caller)).len();
+                if held >= max {
+                    return Err(ApiError::forbidden(format!(
+                        "Instance count exceeds limit: {max} (owner {} holds {held}; delete one first)",
+                        p.owner
+                    )));
+                }
+            }
+        }
+        if let Some(max) = self.guard.limits.max_instances {
+            let live = self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len();
+            if live >= max {
+                return Err(ApiError::forbidden(format!(
+                    "the operator holds its limit of {max} live instances; try again when some are gone"
+                )));
+            }
+        }
         for _ in 0..8 {
             let id = format!("{}-{}", spec.env_name, random_suffix(6));
             let mut obj = EnvInstance::new(&id, spec.clone());
@@ -145,8 +205,11 @@ impl Gateway {
         Err(ApiError::unavailable("could not draw a free instance id; try again"))
     }
 
-    /// Asks for an instance's deletion; `None` when there is no such instance.
-    async fn delete_instance(&self, id: &str) -> Result<Option<()>, ApiError> {
+    /// Asks for an instance's deletion; `None` when there is no such instance (or `caller` may not see it).
+    async fn delete_instance(&self, id: &str, caller: Option<&guard::Principal>) -> Result<Option<()>, ApiError> {
+        if self.instances.get(&self.key(id)).is_none_or(|i| !Self::visible(&i, caller)) {
+            return Ok(None);
+        }
         match self.instances.request_delete(&self.key(id), Timestamp::now()).await {
             Ok(Some(_)) => {
                 info!(instance = %id, "deletion requested");
@@ -178,6 +241,17 @@ pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,
     let health =
         warp::path!("health").and(warp::get()).map(|| warp::reply::json(&serde_json::json!({})).into_response());
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok".into_response());
+    // Ready when the store is open (it is, while this serves) and the engine answers.
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_gateway(gw.clone())).then(|gw: Arc<Gateway>| async move {
+        match gw.engine.ping().await {
+            Ok(()) => warp::reply::json(&serde_json::json!({"status": "ready", "engine": gw.engine.name()})).into_response(),
+            Err(e) => warp::reply::with_status(
+                warp::reply::json(&serde_json::json!({"status": "not ready", "engine": gw.engine.name(), "reason": e.to_string()})),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .into_response(),
+        }
+    });
     let openapi = warp::path!("openapi.json")
         .and(warp::get())
         .map(|| warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response());
@@ -195,6 +269,8 @@ pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,
         .unify()
         .or(healthz)
         .unify()
+        .or(readyz)
+        .unify()
         .or(openapi)
         .unify()
         .or(metrics)
@@ -205,7 +281,9 @@ pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,
 
 /// Turns warp's rejections into the envelope, with the status they stand for.
 async fn recover(rej: Rejection) -> Result<warp::reply::Response, Infallible> {
-    let err = if rej.is_not_found() {
+    let err = if let Some(guard::Refused(e)) = rej.find::<guard::Refused>() {
+        e.clone()
+    } else if rej.is_not_found() {
         ApiError::not_found("no such route; see /openapi.json")
     } else if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError { status: 413, message: format!("the request body is larger than {MAX_BODY_BYTES} bytes") }

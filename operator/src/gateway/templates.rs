@@ -15,7 +15,11 @@ use serde_json::Value;
 use tracing::info;
 use warp::{Filter, hyper::body::Bytes};
 
-use super::{ApiError, CreateRequest, Gateway, MAX_BODY_BYTES, Strictness, parse_create, reply, wire, with_gateway};
+use super::{
+    ApiError, CreateRequest, Gateway, MAX_BODY_BYTES, Strictness,
+    guard::{Principal, caller},
+    parse_create, reply, wire, with_gateway,
+};
 use crate::Error;
 
 /// Warmups by `name@version`.
@@ -150,16 +154,19 @@ impl Gateway {
     }
 }
 
-/// The `/env` routes.
+/// The `/env` routes (templates are shared by every authenticated caller).
 pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let who = caller(gw.guard.clone()).map(|_: Option<Principal>| ()).untuple_one();
     let create = warp::path!("env")
         .and(warp::post())
+        .and(who.clone())
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
         .and(with_gateway(gw.clone()))
         .then(|body: Bytes, gw: Arc<Gateway>| async move { reply(gw.create_template(body).await) });
     let list = warp::path!("env")
         .and(warp::get())
+        .and(who.clone())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_gateway(gw.clone()))
         .map(|q: HashMap<String, String>, gw: Arc<Gateway>| {
@@ -167,24 +174,29 @@ pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,
         });
     let get = warp::path!("env" / String / String)
         .and(warp::get())
+        .and(who.clone())
         .and(with_gateway(gw.clone()))
         .map(|n: String, v: String, gw: Arc<Gateway>| reply(gw.get_template(&n, &v).map(|t| wire::template(&t))));
     let delete = warp::path!("env" / String / String)
         .and(warp::delete())
+        .and(who.clone())
         .and(with_gateway(gw.clone()))
         .then(|n: String, v: String, gw: Arc<Gateway>| async move { reply(gw.delete_template(&n, &v).await) });
-    let warmup = warp::path!("env" / String / String / "warmup").and(warp::post()).and(with_gateway(gw.clone())).map(
-        |n: String, v: String, gw: Arc<Gateway>| {
+    let warmup = warp::path!("env" / String / String / "warmup")
+        .and(warp::post())
+        .and(who.clone())
+        .and(with_gateway(gw.clone()))
+        .map(|n: String, v: String, gw: Arc<Gateway>| {
             let r = reply(gw.start_warmup(&n, &v));
             if r.status().is_success() {
                 warp::reply::with_status(r, warp::http::StatusCode::ACCEPTED).into_response()
             } else {
                 r
             }
-        },
-    );
+        });
     let warmup_state = warp::path!("env" / String / String / "warmup")
         .and(warp::get())
+        .and(who)
         .and(with_gateway(gw))
         .map(|n: String, v: String, gw: Arc<Gateway>| reply(gw.warmup_state(&n, &v)));
     create.or(list).unify().or(get).unify().or(delete).unify().or(warmup).unify().or(warmup_state).unify()
