@@ -211,10 +211,8 @@ fn join(path: &str, key: &str) -> String {
 /// Interpolates every string value (never keys), naming the key on error.
 fn interpolate_value(v: &mut Value, vars: &BTreeMap<String, String>, path: &str) -> Result<(), String> {
     match v {
-        Value::String(s) => {
-            if s.contains('$') {
-                *s = interpolate(s, vars).map_err(|e| format!("`{path}`: {e}"))?;
-            }
+        Value::String(s) if s.contains('$') => {
+            *s = interpolate(s, vars).map_err(|e| format!("`{path}`: {e}"))?;
         }
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -368,23 +366,17 @@ fn check_and_normalize(root: &mut Mapping, policy: &Policy) -> Result<Extras, St
                         ));
                     }
                 },
-                "cap_add" => {
-                    if v.as_sequence().is_some_and(|s| !s.is_empty()) {
-                        policy.check(Allowance::CapAdd, &path)?;
-                    }
+                "cap_add" if v.as_sequence().is_some_and(|s| !s.is_empty()) => {
+                    policy.check(Allowance::CapAdd, &path)?;
                 }
-                "devices" => {
-                    if v.as_sequence().is_some_and(|s| !s.is_empty()) {
-                        policy.check(Allowance::Devices, &path)?;
-                    }
+                "devices" if v.as_sequence().is_some_and(|s| !s.is_empty()) => {
+                    policy.check(Allowance::Devices, &path)?;
                 }
                 "read_only" | "init" => boolify(v),
-                "restart" => {
-                    if v.as_str() != Some("no") {
-                        return Err(format!(
-                            "`{path}`: only \"no\" is supported (a sandbox's services are not restarted; a service that fails fails the instance)"
-                        ));
-                    }
+                "restart" if v.as_str() != Some("no") => {
+                    return Err(format!(
+                        "`{path}`: only \"no\" is supported (a sandbox's services are not restarted; a service that fails fails the instance)"
+                    ));
                 }
                 "cpus" => {
                     let text = scalar_text(v).ok_or_else(|| format!("`{path}` must be a number such as 0.5"))?;

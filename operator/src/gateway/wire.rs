@@ -53,6 +53,10 @@ pub fn instance(inst: &EnvInstance) -> Value {
         if let Some(expire) = status.and_then(|s| s.expire_time.as_ref()) {
             obj.insert("expire_at".into(), json!(format_time(expire.0)));
         }
+        // A compose stack's services, each with its state (`running`, `exited`, `missing`), health and IP.
+        if let Some(services) = status.map(|s| &s.services).filter(|s| !s.is_empty()) {
+            obj.insert("services".into(), json!(services));
+        }
     }
     out
 }
