@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
-    Allowance, Policy,
+    Allowance, Policy, compose,
     error::{classify, is_conflict, is_not_found},
     image::ensure_image,
     network,
@@ -402,6 +402,9 @@ impl Engine for DockerEngine {
     }
 
     fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), String> {
+        if let Some(file) = &spec.compose_file {
+            return compose::validate(spec, file, &self.config.policy);
+        }
         let network = self.network_of(spec);
         if network == "host" {
             self.config.policy.check(Allowance::HostNetwork, "deployConfig.network")?;
@@ -415,6 +418,9 @@ impl Engine for DockerEngine {
     }
 
     async fn apply(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
+        if let Some(file) = &inst.spec.compose_file {
+            return compose::run::apply(&self.docker, &self.config, inst, file).await;
+        }
         let name = inst.metadata.name.clone().unwrap_or_default();
         let existing = self.inspect(&name).await?;
         let container = match existing {
@@ -451,6 +457,9 @@ impl Engine for DockerEngine {
 
     async fn delete(&self, inst: &EnvInstance) -> Result<(), EngineError> {
         let name = inst.metadata.name.clone().unwrap_or_default();
+        if inst.spec.compose_file.is_some() {
+            return compose::run::delete(&self.docker, &self.config.operator_id, &name).await;
+        }
         if !self.config.stop_timeout.is_zero() {
             let options = StopContainerOptionsBuilder::default().t(self.config.stop_timeout.as_secs() as i32).build();
             match self.docker.stop_container(&name, Some(options)).await {
@@ -466,6 +475,12 @@ impl Engine for DockerEngine {
     }
 
     async fn delete_owned(&self, object: &OwnedObject) -> Result<(), EngineError> {
+        if let Some(id) = object.id.strip_prefix(compose::NETWORK_ID_PREFIX) {
+            return compose::run::remove_network(&self.docker, id).await;
+        }
+        if let Some(name) = object.id.strip_prefix(compose::VOLUME_ID_PREFIX) {
+            return compose::run::remove_volume(&self.docker, name).await;
+        }
         remove(&self.docker, &object.id).await
     }
 
@@ -473,19 +488,31 @@ impl Engine for DockerEngine {
         let options = ListContainersOptionsBuilder::default().all(true).filters(&self.owned_filter()).build();
         let containers =
             self.docker.list_containers(Some(options)).await.map_err(|e| classify("listing containers", e))?;
-        Ok(containers
+        // A stack's objects all carry the stack's phase (judged by its main service), so that a resync compares
+        // the instance with its stack rather than with whichever of its containers is listed last.
+        let stacks = compose::status::stack_phases(&containers);
+        let mut owned: Vec<OwnedObject> = containers
             .into_iter()
             .filter_map(|c| {
                 let labels = c.labels.as_ref()?;
+                let namespace = labels.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into());
+                let instance = labels.get(labels::INSTANCE)?.clone();
+                let phase = stacks
+                    .get(&(namespace.clone(), instance.clone()))
+                    .copied()
+                    .unwrap_or_else(|| summary_phase(c.state.as_ref()));
                 Some(OwnedObject {
-                    namespace: labels.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into()),
-                    instance: labels.get(labels::INSTANCE)?.clone(),
+                    namespace,
+                    instance,
                     id: c.id.clone()?,
-                    phase: summary_phase(c.state.as_ref()),
+                    phase,
                     created: c.created.and_then(|s| Timestamp::from_second(s).ok()),
                 })
             })
-            .collect())
+            .collect();
+        // Stack networks and volumes come after the containers, so an orphan sweep removes those first.
+        owned.extend(compose::status::owned_networks_and_volumes(&self.docker, &self.owned_filter(), &stacks).await?);
+        Ok(owned)
     }
 
     fn events(&self) -> BoxStream<'static, EngineEvent> {

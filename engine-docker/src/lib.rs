@@ -2,9 +2,11 @@
 //!
 //! One container per instance, named by the instance id and labelled with the schema of
 //! [`aenv_core::labels`], so that a restarted operator finds and adopts what it made, and a sweep can tell its
-//! own orphans from everyone else's containers.
+//! own orphans from everyone else's containers. An instance with a compose file is a stack of containers on its
+//! own network, run natively through the API ([`compose`]).
 
 mod auth;
+mod compose;
 mod connect;
 mod engine;
 mod error;

@@ -59,6 +59,7 @@ pub fn instance(inst: &EnvInstance) -> Value {
         if let Some(ports) = status.map(|s| &s.ports).filter(|p| !p.is_empty()) {
             obj.insert("ports".into(), json!(ports));
         }
+        // A compose stack's services, each with its state (`running`, `exited`, `missing`), health and IP.
         if let Some(services) = status.map(|s| &s.services).filter(|s| !s.is_empty()) {
             obj.insert("services".into(), json!(services));
         }

@@ -1,0 +1,75 @@
+//! An operator to benchmark: one started on a temporary data dir and a free port, or one already running.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+pub struct Operator {
+    pub api: String,
+    child: Option<Child>,
+    _data: Option<tempfile::TempDir>,
+}
+
+impl Operator {
+    /// Takes the operator at `api`, or starts `bin` (default: `aenv-operator` next to this binary).
+    pub async fn start_or_attach(
+        api: Option<String>,
+        bin: Option<PathBuf>,
+        http: &reqwest::Client,
+    ) -> anyhow::Result<Self> {
+        if let Some(api) = api {
+            let api = api.trim_end_matches('/').to_string();
+            http.get(format!("{api}/healthz")).send().await.with_context(|| format!("no operator answers at {api}"))?;
+            return Ok(Operator { api, child: None, _data: None });
+        }
+        let bin = match bin {
+            Some(b) => b,
+            None => std::env::current_exe()?.with_file_name("aenv-operator"),
+        };
+        if !bin.is_file() {
+            bail!(
+                "{} not found: build it (cargo build --release -p aenv-operator) or pass --operator-bin or --api",
+                bin.display()
+            );
+        }
+        let data = tempfile::tempdir()?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = std::fs::File::create(data.path().join("operator.log"))?;
+        let child = Command::new(&bin)
+            .args(["serve", "--api-listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data.path().join("store"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let api = format!("http://127.0.0.1:{port}");
+        let mut op = Operator { api, child: Some(child), _data: Some(data) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if http.get(format!("{}/healthz", op.api)).send().await.is_ok() {
+                return Ok(op);
+            }
+            if let Some(status) = op.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("the operator exited with {status} before its API answered");
+            }
+            if Instant::now() > deadline {
+                bail!("the operator's API did not answer within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
