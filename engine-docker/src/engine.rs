@@ -540,7 +540,7 @@ impl Engine for DockerEngine {
     }
 
     fn warmup(&self, spec: &EnvInstanceSpec) -> BoxStream<'static, PullProgress> {
-        crate::image::warmup(self.docker.clone(), images_of(spec), self.config.no_pull)
+        crate::image::warmup(self.docker.clone(), images_of(spec, &self.config.policy), self.config.no_pull)
     }
 
     async fn ping(&self) -> Result<(), EngineError> {
@@ -548,9 +548,22 @@ impl Engine for DockerEngine {
     }
 }
 
-/// Every image a spec runs.
-fn images_of(spec: &EnvInstanceSpec) -> Vec<String> {
-    spec.image.iter().cloned().collect()
+/// Every image a spec runs: its image, or each service's of its stack (in file order, once each).
+fn images_of(spec: &EnvInstanceSpec, policy: &Policy) -> Vec<String> {
+    match &spec.compose_file {
+        Some(file) => {
+            let mut images: Vec<String> = Vec::new();
+            if let Ok(stack) = compose::plan(spec, file, policy) {
+                for svc in stack.services {
+                    if !images.contains(&svc.image) {
+                        images.push(svc.image);
+                    }
+                }
+            }
+            images
+        }
+        None => spec.image.iter().cloned().collect(),
+    }
 }
 
 async fn remove(docker: &Docker, name: &str) -> Result<(), EngineError> {

@@ -304,3 +304,42 @@ async fn openapi_document_is_served_and_every_path_exists() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_template_can_hold_a_compose_stack_and_warmup_pulls_each_service() {
+    let registry = LocalRegistry::start();
+    let side_image = registry.push(TEST_IMAGE, "aenv/side:1");
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("stacktmpl");
+    let compose = format!(
+        "services:\n  main:\n    image: {TEST_IMAGE}\n    labels: [aenv.main=true]\n    depends_on: [side]\n  side:\n    image: {side_image}\n"
+    );
+    let (code, resp) =
+        op.post_json("/env", &json!({"name": name, "version": "2", "deployConfig": {"composeFile": compose}})).await;
+    assert_eq!(code, 200, "{resp}");
+    op.post_json(&format!("/env/{name}/2/warmup"), &json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let state = loop {
+        let (_, state) = op.get(&format!("/env/{name}/2/warmup")).await;
+        if state["data"]["done"] == true {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "{state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let images = state["data"]["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "one entry per service image: {state}");
+    assert_eq!((images[0]["image"].as_str(), images[0]["state"].as_str()), (Some(TEST_IMAGE), Some("Present")));
+    assert_eq!((images[1]["image"].as_str(), images[1]["state"].as_str()), (Some(side_image.as_str()), Some("Pulled")));
+
+    let (code, created) = op.post_json("/env-instance", &json!({"envName": format!("{name}@2")})).await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    let v = op.wait_for(&id, Duration::from_secs(60), running).await;
+    let services: Vec<&str> =
+        v["data"]["services"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(services, ["main", "side"], "{v}");
+    op.delete(&format!("/env-instance/{id}")).await;
+    op.wait_for(&id, Duration::from_secs(20), |v| v["code"] == 404).await;
+    docker(&["rmi", &side_image]);
+}
