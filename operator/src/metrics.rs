@@ -70,6 +70,7 @@ impl Default for Metrics {
             r.register("instances", "Live instances by phase", m.instances.clone());
             r.register("create_to_running_seconds", "Time from acceptance to Running", m.create_to_running.clone());
             r.register("instances_expired", "Instances removed at the end of their TTL", m.expired.clone());
+            r.register("engine_call_seconds", "Engine call latency by operation", m.engine_calls.clone());
             r.register(
                 "orphans_removed",
                 "Labelled containers removed because no instance owns them",

@@ -78,6 +78,11 @@ async fn operator_converges_after_the_daemon_restarts() {
     op.wait_for(&a, Duration::from_secs(30), running).await;
 
     daemon.stop();
+    // Not ready while the engine does not answer, and says why.
+    let resp = op.http.get(op.url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let ready: Value = resp.json().await.unwrap();
+    assert_eq!(ready["status"], "not ready");
     // Reads keep working from the store; a create is accepted and waits for the daemon, saying why.
     let (code, v) = op.get(&format!("/env-instance/{a}")).await;
     assert_eq!((code, v["data"]["status"].as_str()), (200, Some("Running")));
@@ -93,6 +98,7 @@ async fn operator_converges_after_the_daemon_restarts() {
 
     daemon.start_again();
     op.wait_for(&b, Duration::from_secs(40), running).await;
+    assert_eq!(op.http.get(op.url("/readyz")).send().await.unwrap().status().as_u16(), 200);
     op.wait_for(&a, Duration::from_secs(5), running).await;
     // The event stream is back: a container removed by hand is noticed.
     let rm = daemon.docker(&["rm", "-f", &a]);
