@@ -136,3 +136,33 @@ mod tests {
         assert_eq!(format_go_duration(Duration::ZERO), "0s");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any input: an answer, never a panic.
+        #[test]
+        fn never_panics(s in "\\PC{0,40}") {
+            let _ = parse_go_duration(&s);
+        }
+
+        /// Near-valid input (digits, dots, units) exercises the parser's corners.
+        #[test]
+        fn near_valid_never_panics(s in "[0-9.]{0,25}(ns|us|µs|ms|s|m|h|d|x)?([0-9.]{0,5}(s|m|h))?") {
+            let _ = parse_go_duration(&s);
+        }
+
+        /// What is formatted parses back to the same duration.
+        #[test]
+        fn format_then_parse_round_trips(secs in 0u64..10_000_000, nanos in 0u32..1_000_000_000) {
+            let d = Duration::new(secs, nanos);
+            prop_assert_eq!(parse_go_duration(&format_go_duration(d)).unwrap(), d);
+        }
+    }
+}

@@ -142,3 +142,39 @@ mod tests {
         assert!(parse_memory_bytes("1Mi").unwrap_err().to_string().contains("6Mi"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn never_panics(s in "\\PC{0,40}") {
+            let _ = parse_cpu_millis(&s);
+            let _ = parse_memory_bytes(&s);
+        }
+
+        #[test]
+        fn near_valid_never_panics(s in "-?[0-9.]{0,30}(m|C|c|Ki|Mi|Gi|Ti|Pi|k|K|M|G|T|P|E|e3)?") {
+            let _ = parse_cpu_millis(&s);
+            let _ = parse_memory_bytes(&s);
+        }
+
+        /// Accepted values are in range.
+        #[test]
+        fn accepted_values_are_in_range(n in 0u64..5_000_000, unit in prop::sample::select(vec!["", "m", "C"])) {
+            if let Ok(m) = parse_cpu_millis(&format!("{n}{unit}")) {
+                prop_assert!(m > 0 && m <= MAX_CPU_MILLIS);
+            }
+        }
+
+        #[test]
+        fn mebibytes_are_exact(n in 6u64..1_000_000) {
+            prop_assert_eq!(parse_memory_bytes(&format!("{n}Mi")).unwrap(), n << 20);
+        }
+    }
+}

@@ -88,7 +88,8 @@ fn expand(body: &str, vars: &BTreeMap<String, String>, whole: &str) -> Result<St
     } else if op.is_empty() {
         ("", "")
     } else {
-        (&op[..1], &op[1..])
+        // One character (not one byte: the text may be anything) is the operator.
+        op.split_at(op.char_indices().nth(1).map_or(op.len(), |(i, _)| i))
     };
     match operator {
         "" => Ok(value.cloned().unwrap_or_default()),
@@ -117,6 +118,12 @@ mod tests {
 
     fn vars() -> BTreeMap<String, String> {
         BTreeMap::from([("A".into(), "1".into()), ("EMPTY".into(), String::new()), ("B_2".into(), "two".into())])
+    }
+
+    #[test]
+    fn a_multibyte_operator_is_an_error_not_a_panic() {
+        // Found by the fuzz test: the operator was cut at a byte, inside a character.
+        assert!(interpolate("${A\u{FFFD}x}", &vars()).unwrap_err().contains("unknown operator"));
     }
 
     #[test]

@@ -1377,3 +1377,77 @@ x-note: ignored by design
         assert!(short_port("0", "k").is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// YAML fragments that look like compose files, stitched together at random.
+    fn compose_like() -> impl Strategy<Value = String> {
+        let line = prop::sample::select(vec![
+            "services:",
+            "  web:",
+            "  db:",
+            "    image: ${IMAGE:-busybox}",
+            "    image: img",
+            "    command: [sh, -c, x]",
+            "    command: \"sh -c 'a b'\"",
+            "    entrypoint: sh",
+            "    environment: [A=1, B]",
+            "    environment: {A: 1}",
+            "    labels: [aenv.main=true]",
+            "    labels: {a: b}",
+            "    ports: [\"8080\", \"127.0.0.1:9000:9000/udp\"]",
+            "    expose: [80]",
+            "    depends_on: [db]",
+            "    depends_on: {db: {condition: service_healthy}}",
+            "    depends_on: {web: {condition: service_started}}",
+            "    healthcheck: {test: [CMD, true], interval: 1s}",
+            "    volumes: [data:/data]",
+            "    volumes: [/etc:/host]",
+            "    tmpfs: [/tmp]",
+            "    cpus: 0.5",
+            "    mem_limit: 64m",
+            "    deploy: {resources: {limits: {cpus: '1', memory: 1G}}}",
+            "    privileged: true",
+            "    network_mode: host",
+            "    pid: host",
+            "    cap_add: [ALL]",
+            "    devices: [/dev/null]",
+            "    user: 1000",
+            "    working_dir: /w",
+            "volumes:",
+            "  data: {}",
+            "networks: {}",
+            "x-ext: 1",
+            "  - item",
+            "{",
+            "]",
+            "\t",
+            "    image: ${",
+            "    image: $$x",
+            ":",
+            "- -",
+            "    build: .",
+        ]);
+        prop::collection::vec(line, 0..14).prop_map(|lines| lines.join("\n"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn compose_like_files_never_panic(yaml in compose_like()) {
+            let vars = BTreeMap::from([("IMAGE".to_string(), "img".to_string())]);
+            let _ = parse(&yaml, &vars, &Policy::default());
+            let _ = parse(&yaml, &vars, &Policy::allowing(crate::Allowance::ALL));
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(yaml in "\\PC{0,200}") {
+            let _ = parse(&yaml, &BTreeMap::new(), &Policy::default());
+        }
+    }
+}

@@ -666,3 +666,98 @@ mod tests {
         refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"imagePullPolicy":"Sometimes"}}}}"#), "imagePullPolicy");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Arbitrary JSON values, nested a few levels.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+            "\\PC{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map("\\PC{0,12}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Bodies shaped like real requests, with arbitrary values in every known field.
+    fn request_like() -> impl Strategy<Value = Value> {
+        let keys = prop::sample::select(vec![
+            "cpu",
+            "memory",
+            "ttl",
+            "owner",
+            "environment_variables",
+            "environmentVariables",
+            "arguments",
+            "labels",
+            "imagePullPolicy",
+            "composeFile",
+            "network",
+            "ports",
+            "readiness",
+            "podTemplate",
+        ]);
+        (
+            json_value(),
+            json_value(),
+            json_value(),
+            prop::collection::btree_map(keys, json_value(), 0..6),
+            prop::option::of("[a-z0-9-]{0,10}(@[0-9.]{0,5})?"),
+        )
+            .prop_map(|(name, version, artifacts, deploy, env_name)| {
+                let mut body =
+                    json!({"name": name, "version": version, "artifacts": artifacts, "deployConfig": deploy});
+                if let Some(e) = env_name {
+                    body["envName"] = json!(e);
+                }
+                body
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Any bytes: an answer, a 4xx at worst, never a panic.
+        #[test]
+        fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            if let Err(e) = parse_create(&bytes, Some("30m"), Strictness::Strict) {
+                prop_assert!(e.status == 400, "{e:?}");
+            }
+        }
+
+        /// Request-shaped bodies with arbitrary values: refused with a message naming a field, or accepted with a
+        /// spec whose quantities and TTL parse.
+        #[test]
+        fn request_shaped(body in request_like()) {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            for strictness in [Strictness::Strict, Strictness::Lenient] {
+                match parse_create(&bytes, Some("30m"), strictness) {
+                    Err(e) => {
+                        prop_assert_eq!(e.status, 400);
+                        prop_assert!(!e.message.is_empty());
+                    }
+                    Ok(CreateRequest::Inline(spec)) => {
+                        if let Some(cpu) = &spec.resources.cpu { prop_assert!(parse_cpu_millis(cpu).is_ok()); }
+                        if let Some(m) = &spec.resources.memory { prop_assert!(parse_memory_bytes(m).is_ok()); }
+                        if let Some(t) = &spec.ttl { prop_assert!(parse_go_duration(t).is_ok()); }
+                        prop_assert!(spec.image.is_some() || spec.compose_file.is_some());
+                    }
+                    Ok(CreateRequest::FromTemplate { .. }) => {}
+                }
+            }
+        }
+    }
+}
