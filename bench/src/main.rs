@@ -1,9 +1,14 @@
 //! `aenv-bench`: benchmarks of aenv-operator against the real Docker daemon. Each subcommand measures one thing
 //! side by side with what it compares to, interleaved in one run so both sides see the same host.
 //!
+//!   aenv-bench create --rounds 20       # one instance to Running vs `docker run -d`
+//!   aenv-bench burst --count 100        # 100 creates at concurrency 8 vs `docker run -d` the same
+//!   aenv-bench reads --instances 1000   # GET and list rates with 1,000 live instances (wrk), memory, resync
+//!   aenv-bench delete --rounds 20       # DELETE answer and removal vs `docker rm -f`
 //!   aenv-bench compose --rounds 10      # a stack to Running: aenv-operator vs `docker compose up -d`
 
 mod compose;
+mod containers;
 mod operator;
 mod stats;
 
@@ -21,11 +26,23 @@ enum Command {
     /// A compose stack from create to Running: through the operator's REST API against `docker compose up -d`
     /// of the same file (then polling until the main container runs), interleaved round by round.
     Compose(compose::Args),
+    /// One instance from create to Running, against `docker run -d`, interleaved.
+    Create(containers::CreateArgs),
+    /// A burst of creates at a fixed concurrency until all run, against `docker run -d` at the same concurrency.
+    Burst(containers::BurstArgs),
+    /// GET and list throughput and latency with many live instances (wrk), resident memory, resync cost.
+    Reads(containers::ReadsArgs),
+    /// DELETE latency and time until the container is gone, against `docker rm -f`.
+    Delete(containers::DeleteArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Compose(args) => compose::run(args).await,
+        Command::Create(args) => containers::create(args).await,
+        Command::Burst(args) => containers::burst(args).await,
+        Command::Reads(args) => containers::reads(args).await,
+        Command::Delete(args) => containers::delete(args).await,
     }
 }

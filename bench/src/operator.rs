@@ -41,7 +41,7 @@ impl Operator {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::fs::File::create(data.path().join("operator.log"))?;
         let child = Command::new(&bin)
-            .args(["serve", "--api-listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args(["serve", "--api-listen", &format!("127.0.0.1:{port}"), "--proxy-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path().join("store"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -62,6 +62,13 @@ impl Operator {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl Operator {
+    /// The process id of an operator this benchmark started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 }
 

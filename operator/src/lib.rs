@@ -4,6 +4,8 @@
 //! The binary's rooms: [`store`] (the embedded store), [`reconciler`] (the reconcile loop), [`gateway`] (the REST
 //! API), [`metrics`], and [`serve`], which wires them together.
 
+#![recursion_limit = "256"]
+
 pub mod crds;
 mod error;
 pub mod gateway;

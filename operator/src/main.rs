@@ -1,3 +1,5 @@
+#![recursion_limit = "256"]
+
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use aenv_engine_docker::ConnectOptions;
