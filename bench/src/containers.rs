@@ -57,7 +57,8 @@ struct Api {
 
 impl Api {
     async fn create(&self, name: &str) -> anyhow::Result<String> {
-        let v: Value = self.http.post(format!("{}/env-instance", self.base)).json(&body(name)).send().await?.json().await?;
+        let v: Value =
+            self.http.post(format!("{}/env-instance", self.base)).json(&body(name)).send().await?.json().await?;
         v["data"]["id"].as_str().map(str::to_string).with_context(|| format!("create refused: {v}"))
     }
 
@@ -207,7 +208,12 @@ pub async fn burst(args: BurstArgs) -> anyhow::Result<()> {
         }
         let elapsed = started.elapsed();
         let rate = args.count as f64 / elapsed.as_secs_f64();
-        println!("burst of {} at concurrency {}: {side}: all running after {}, {rate:.1}/s", args.count, args.concurrency, ms(elapsed));
+        println!(
+            "burst of {} at concurrency {}: {side}: all running after {}, {rate:.1}/s",
+            args.count,
+            args.concurrency,
+            ms(elapsed)
+        );
         results.push(rate);
         for id in &ids {
             if side == "aenv-operator" {
@@ -257,13 +263,17 @@ fn wrk(url: &str, seconds: u64, connections: usize) -> anyhow::Result<(f64, Stri
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))?;
-    let p99 = text.lines().find(|l| l.trim_start().starts_with("99%")).map(|l| l.trim().to_string()).unwrap_or_default();
+    let p99 =
+        text.lines().find(|l| l.trim_start().starts_with("99%")).map(|l| l.trim().to_string()).unwrap_or_default();
     Ok((rps, p99))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Reads with many live instances, memory, and the resync's list call.
@@ -292,7 +302,12 @@ pub async fn reads(args: ReadsArgs) -> anyhow::Result<()> {
     }
     println!("{} instances running after {}", ids.len(), ms(started.elapsed()));
     if let (Some(before), Some(after)) = (rss_empty, op.pid().and_then(rss_kib)) {
-        println!("operator resident memory: {} MiB empty, {} MiB with {} live instances", before / 1024, after / 1024, ids.len());
+        println!(
+            "operator resident memory: {} MiB empty, {} MiB with {} live instances",
+            before / 1024,
+            after / 1024,
+            ids.len()
+        );
     }
     let (get_rps, get_p99) = wrk(&format!("{}/env-instance/{}", api.base, ids[0]), args.seconds, args.connections)?;
     println!("GET /env-instance/{{id}}: {get_rps:.0} requests/s, latency {get_p99}");
@@ -311,7 +326,10 @@ pub async fn reads(args: ReadsArgs) -> anyhow::Result<()> {
         println!("resync cost: one list call over {} containers, median {}", ids.len(), ms(s.median));
     }
     let metrics = api.http.get(format!("{}/metrics", api.base)).send().await?.text().await?;
-    for line in metrics.lines().filter(|l| l.starts_with("aenv_engine_call_seconds_sum{op=\"list\"}") || l.starts_with("aenv_engine_call_seconds_count{op=\"list\"}")) {
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("aenv_engine_call_seconds_sum{op=\"list\"}")
+            || l.starts_with("aenv_engine_call_seconds_count{op=\"list\"}")
+    }) {
         println!("  {line}");
     }
     let started = Instant::now();

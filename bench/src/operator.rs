@@ -41,7 +41,14 @@ impl Operator {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::fs::File::create(data.path().join("operator.log"))?;
         let child = Command::new(&bin)
-            .args(["serve", "--api-listen", &format!("127.0.0.1:{port}"), "--proxy-listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--api-listen",
+                &format!("127.0.0.1:{port}"),
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data.path().join("store"))
             .stdout(Stdio::null())
             .stderr(log)
