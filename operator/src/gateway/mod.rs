@@ -16,7 +16,7 @@ pub use create::{CreateRequest, parse_create};
 use crate::{
     Error,
     metrics::Metrics,
-    store::{DEFAULT_NAMESPACE, ObjectStore, key, random_suffix},
+    store::{ObjectStore, key, random_suffix},
 };
 
 /// Largest request body accepted (1 MiB).
@@ -56,6 +56,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// TTL applied when a request names none (Go duration syntax).
     pub default_ttl: String,
+    /// Namespace instances made through the API live in (`default` in the embedded store).
+    pub namespace: String,
 }
 
 fn ok_reply(data: Value) -> warp::reply::Response {
@@ -84,7 +86,7 @@ impl Gateway {
         for _ in 0..8 {
             let id = format!("{}-{}", spec.env_name, random_suffix(6));
             let mut obj = EnvInstance::new(&id, spec.clone());
-            obj.metadata.namespace = Some(DEFAULT_NAMESPACE.to_string());
+            obj.metadata.namespace = Some(self.namespace.clone());
             match self.store.create(obj, Timestamp::now()).await {
                 Ok(stored) => {
                     info!(instance = %id, env = %spec.env_name, "instance accepted");
@@ -103,13 +105,13 @@ impl Gateway {
 
     fn get(&self, id: &str) -> Result<Value, ApiError> {
         self.store
-            .get(&key(DEFAULT_NAMESPACE, id))
+            .get(&key(&self.namespace, id))
             .map(|inst| wire::instance(&inst))
             .ok_or_else(|| ApiError::not_found(format!("env instance \"{id}\" not found")))
     }
 
     async fn delete(&self, id: &str) -> Result<Value, ApiError> {
-        match self.store.request_delete(&key(DEFAULT_NAMESPACE, id), Timestamp::now()).await {
+        match self.store.request_delete(&key(&self.namespace, id), Timestamp::now()).await {
             Ok(Some(_)) => {
                 info!(instance = %id, "deletion requested");
                 Ok(Value::from("Deleted successfully"))
