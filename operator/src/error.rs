@@ -12,6 +12,14 @@ pub enum Error {
     Docker(#[from] aenv_engine_docker::Error),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error("Kubernetes API: {context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    KubeEngine(#[from] aenv_engine_k8s::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -30,6 +38,8 @@ impl Error {
             Error::AlreadyExists(_) => "already_exists",
             Error::Docker(_) => "docker",
             Error::Engine(e) => e.metric_label(),
+            Error::Kube { .. } => "kubernetes",
+            Error::KubeEngine(_) => "kubernetes",
             Error::Config(_) => "config",
             Error::Listen { .. } => "listen",
         }

@@ -6,8 +6,8 @@ use aenv_engine_docker::ConnectOptions;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-/// aenv-operator runs short-lived sandbox environments ("env instances") for AI agents on a Docker host,
-/// behind the AEnvironment REST API: create one with POST /env-instance, read it, list it, delete it; it is
+/// aenv-operator runs short-lived sandbox environments ("env instances") for AI agents on a Docker host or a
+/// Kubernetes cluster, behind the AEnvironment REST API: create one with POST /env-instance, read it, list it, delete it; it is
 /// removed by itself when its TTL runs out.
 #[derive(Parser, Debug)]
 #[command(name = "aenv-operator", version, about, long_about = None)]
@@ -27,7 +27,8 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the operator: the embedded store, the reconcile loop over Docker, and the REST API.
+    /// Run the operator: the store (embedded or Kubernetes), the reconcile loop over the engine (Docker or
+    /// Kubernetes), and the REST API.
     Serve(Box<ServeArgs>),
     /// Print the EnvInstance and Environment CRDs as YAML (what crds/ holds), or write one file per CRD.
     Crds {
@@ -121,6 +122,77 @@ struct ServeArgs {
     /// How many instances are reconciled at once.
     #[arg(long, default_value_t = 32)]
     max_concurrent_reconciles: u16,
+    /// Where EnvInstance objects live: `embedded` (redb in --data-dir, one host) or `kubernetes` (custom
+    /// resources in the cluster; `kubectl apply -f instance.yaml` works; install the CRDs first).
+    #[arg(long, value_enum, default_value_t = StoreArg::Embedded, env = "AENV_STORE")]
+    store: StoreArg,
+    /// What runs instances: `docker` (containers on a Docker host, see --docker-host) or `kubernetes` (one Pod
+    /// per instance in --sandbox-namespace).
+    #[arg(long, value_enum, default_value_t = EngineArg::Docker, env = "AENV_ENGINE")]
+    engine: EngineArg,
+    /// Namespace the REST API creates EnvInstances in (--store kubernetes), and the one watched unless
+    /// --all-namespaces.
+    #[arg(long, default_value = "default", env = "AENV_NAMESPACE")]
+    namespace: String,
+    /// Watch EnvInstances in every namespace (needs a ClusterRole) rather than in --namespace only.
+    #[arg(long)]
+    all_namespaces: bool,
+    /// Namespace of the instances' Pods (--engine kubernetes). Default: --namespace. Pods carry an owner
+    /// reference to their EnvInstance only when both share a namespace.
+    #[arg(long, env = "AENV_SANDBOX_NAMESPACE")]
+    sandbox_namespace: Option<String>,
+    /// A kubeconfig file. Default: the in-cluster service account, else $KUBECONFIG or ~/.kube/config.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Talk to the API server at this URL, without credentials (`kubectl proxy`, test servers). Overrides
+    /// --kubeconfig.
+    #[arg(long)]
+    kube_api_url: Option<String>,
+    /// The id put on every container or Pod as aenv.io/operator-id (--store kubernetes; the embedded store keeps
+    /// its own). Default: aenv-operator.<namespace>. Replicas of one deployment share it; two deployments that
+    /// share a Docker host or a sandbox namespace must not.
+    #[arg(long, env = "AENV_OPERATOR_ID")]
+    operator_id: Option<String>,
+    /// Elect a leader through a coordination.k8s.io Lease, so that of several replicas only one reconciles
+    /// (all serve the REST API). Needs --store kubernetes.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "aenv-operator")]
+    leader_elect_lease_name: String,
+    /// Namespace of the Lease. Default: --namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_elect_namespace: Option<String>,
+    /// This replica's identity in the Lease. Default: $POD_NAME or $HOSTNAME, with a random suffix.
+    #[arg(long)]
+    leader_elect_identity: Option<String>,
+    /// How long the Lease stays valid after its last renewal (whole seconds); a new leader takes over at most
+    /// this long after the old one vanished.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long before expiry the leader renews (whole seconds); also the clock skew tolerated between nodes.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    leader_elect_renew_grace: Duration,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum StoreArg {
+    Embedded,
+    Kubernetes,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum EngineArg {
+    Docker,
+    Kubernetes,
+}
+
+fn leader_identity(explicit: Option<String>) -> String {
+    explicit.unwrap_or_else(|| {
+        let host =
+            std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "aenv-operator".into());
+        format!("{host}-{}", aenv_operator::store::random_suffix(5))
+    })
 }
 
 fn truthy(s: &str) -> bool {
@@ -177,6 +249,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => {
+            let args = *args;
             let default_memory = match args.default_memory.trim() {
                 "0" | "" => 0,
                 m => match aenv_core::quantity::parse_memory_bytes(m) {
@@ -220,6 +293,29 @@ fn main() -> ExitCode {
                 default_ttl: args.default_ttl,
                 resync_interval: args.resync_interval,
                 max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),
+                store: match args.store {
+                    StoreArg::Embedded => aenv_operator::StoreKind::Embedded,
+                    StoreArg::Kubernetes => aenv_operator::StoreKind::Kubernetes,
+                },
+                engine: match args.engine {
+                    EngineArg::Docker => aenv_operator::EngineKind::Docker,
+                    EngineArg::Kubernetes => aenv_operator::EngineKind::Kubernetes,
+                },
+                kube: aenv_operator::KubeOptions {
+                    api_url: args.kube_api_url.filter(|u| !u.is_empty()),
+                    kubeconfig: args.kubeconfig,
+                    leader_election: args.leader_elect.then(|| aenv_operator::leader::LeaderElection {
+                        lease_name: args.leader_elect_lease_name,
+                        namespace: args.leader_elect_namespace.clone().unwrap_or_else(|| args.namespace.clone()),
+                        identity: leader_identity(args.leader_elect_identity),
+                        lease_duration: args.leader_elect_lease_duration,
+                        renew_grace: args.leader_elect_renew_grace,
+                    }),
+                    namespace: args.namespace,
+                    all_namespaces: args.all_namespaces,
+                    sandbox_namespace: args.sandbox_namespace.filter(|n| !n.is_empty()),
+                    operator_id: args.operator_id.filter(|i| !i.is_empty()),
+                },
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

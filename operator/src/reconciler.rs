@@ -227,6 +227,7 @@ async fn reconcile_inner(key: String, ctx: Arc<Context>) -> Result<Action, Error
     let mut failure = None;
     let mut not_ready = false;
     if !status.phase.is_terminal() {
+        ctx.store.hold(&inst).await?;
         match ctx.metrics.time("apply", ctx.engine.apply(&inst)).await {
             Ok(observed) => {
                 if observed.phase == Phase::Running && status.phase != Phase::Running {

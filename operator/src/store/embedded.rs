@@ -257,7 +257,10 @@ where
                 None => fields.remove("status"),
             };
         }
-        let merged: K = serde_json::from_value(merged).map_err(|e| Error::Store(e.to_string()))?;
+        let mut merged: K = serde_json::from_value(merged).map_err(|e| Error::Store(e.to_string()))?;
+        // The JSON round trip cuts timestamps to whole seconds (creationTimestamp would move up to 1 s back, and
+        // the TTL would fire that much early): the metadata stays exactly as stored.
+        *merged.meta_mut() = current.meta().clone();
         self.commit(key, Some(merged), Durability::None).await
     }
 

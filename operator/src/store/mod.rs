@@ -1,8 +1,9 @@
-//! Where `EnvInstance` and `Environment` objects live: the [`ObjectStore`] trait, and its embedded
-//! implementation (redb on local disk). Readers (the gateway, the reconciler) are served from memory; writes go
-//! through the store's home first.
+//! Where `EnvInstance` and `Environment` objects live: the [`ObjectStore`] trait, its embedded implementation
+//! (redb on local disk) and its Kubernetes implementation (custom resources in an API server). Readers (the
+//! gateway, the reconciler) are served from memory; writes go through the store's home first.
 
 mod embedded;
+mod kubernetes;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use kube::{Resource, runtime::watcher};
 use rand::Rng;
 
 pub use embedded::{Embedded, EmbeddedStore};
+pub use kubernetes::{FIELD_MANAGER, FINALIZER, KubeStore, KubeStoreConfig};
 
 use crate::Error;
 
@@ -51,6 +53,13 @@ pub trait ObjectStore<K>: Send + Sync + 'static {
     /// `Init`, `InitApply` per object, `InitDone`, then `Apply`/`Delete` as objects change; a fresh listing when
     /// the watcher falls behind.
     fn watch(&self) -> BoxStream<'static, watcher::Event<K>>;
+
+    /// Makes sure the object stays until [`ObjectStore::purge`], before the engine makes anything for it. The
+    /// embedded store always keeps objects until purged; the Kubernetes store adds its finalizer to objects made
+    /// around the operator (`kubectl apply`).
+    async fn hold(&self, _obj: &K) -> Result<(), Error> {
+        Ok(())
+    }
 
     /// Objects that match `filter`, in key order.
     fn list_where(&self, filter: &dyn Fn(&K) -> bool) -> Vec<Arc<K>> {

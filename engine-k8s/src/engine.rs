@@ -1,0 +1,256 @@
+use aenv_core::{Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, Observed, OwnedObject, Phase, labels};
+use async_trait::async_trait;
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::{
+    Error,
+    error::{api_code, classify},
+    pod::{observe, pod_for},
+};
+
+/// How the engine runs Pods.
+#[derive(Clone, Debug)]
+pub struct KubeEngineConfig {
+    /// The operator's stable id, put on every Pod as `aenv.io/operator-id`.
+    pub operator_id: String,
+    /// The namespace Pods are made in (AEnvironment's `aenv-sandbox`).
+    pub namespace: String,
+    /// Whether instances live in the same API server (the Kubernetes store): then a Pod in the instance's own
+    /// namespace carries an owner reference to its EnvInstance.
+    pub owner_references: bool,
+    /// `terminationGracePeriodSeconds` of the Pods, and the grace of deletions; 0 kills at once, which suits
+    /// sandboxes.
+    pub grace_period_seconds: i64,
+}
+
+impl KubeEngineConfig {
+    pub fn new(operator_id: impl Into<String>, namespace: impl Into<String>) -> Self {
+        KubeEngineConfig {
+            operator_id: operator_id.into(),
+            namespace: namespace.into(),
+            owner_references: true,
+            grace_period_seconds: 0,
+        }
+    }
+}
+
+/// The Kubernetes engine: one Pod per instance.
+#[derive(Clone)]
+pub struct KubeEngine {
+    pods: Api<Pod>,
+    config: KubeEngineConfig,
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl KubeEngine {
+    pub fn new(client: Client, config: KubeEngineConfig) -> Result<Self, Error> {
+        if !is_dns_label(&config.namespace) {
+            return Err(Error::InvalidNamespace(config.namespace));
+        }
+        Ok(KubeEngine { pods: Api::namespaced(client, &config.namespace), config })
+    }
+
+    /// Checks at start-up that Pods in the sandbox namespace can be listed (namespace there, RBAC granted).
+    pub async fn check(&self) -> Result<(), Error> {
+        self.pods
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Check { namespace: self.config.namespace.clone(), source })
+    }
+
+    pub fn config(&self) -> &KubeEngineConfig {
+        &self.config
+    }
+
+    /// `aenv.io/managed-by=aenv-operator,aenv.io/operator-id=<id>`: the Pods this operator made.
+    pub fn owned_selector(&self) -> String {
+        format!(
+            "{}={},{}={}",
+            labels::MANAGED_BY,
+            labels::MANAGED_BY_VALUE,
+            labels::OPERATOR_ID,
+            self.config.operator_id
+        )
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Pod>, EngineError> {
+        match self.pods.get_opt(name).await {
+            Ok(pod) => Ok(pod),
+            // kube's get_opt only maps a 404 with reason NotFound; some servers spell the reason otherwise.
+            Err(e) if api_code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(classify(&format!("reading Pod {name}"), e)),
+        }
+    }
+
+    fn ours(&self, pod: &Pod) -> bool {
+        pod.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::OPERATOR_ID))
+            .is_some_and(|id| *id == self.config.operator_id)
+    }
+
+    async fn delete_pod(&self, name: &str) -> Result<(), EngineError> {
+        let params = DeleteParams {
+            grace_period_seconds: Some(self.config.grace_period_seconds.max(0) as u32),
+            ..Default::default()
+        };
+        match self.pods.delete(name, &params).await {
+            Ok(_) => Ok(()),
+            Err(e) if api_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(classify(&format!("deleting Pod {name}"), e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for KubeEngine {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), String> {
+        if spec.compose_file.is_some() {
+            return Err("field `deployConfig.composeFile`: compose stacks run on the Docker engine only; this operator runs instances as Kubernetes Pods".into());
+        }
+        if let Some(network) = spec.network.as_deref().filter(|n| !n.is_empty() && *n != "bridge") {
+            return Err(format!(
+                "field `deployConfig.network`: {network:?} cannot be chosen for a Pod; Pods join the cluster's Pod network (leave the field out)"
+            ));
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
+        let name = inst.metadata.name.clone().unwrap_or_default();
+        let probe = inst.spec.readiness.clone().unwrap_or_default().enabled;
+        let pod = match self.get(&name).await? {
+            Some(pod) if !self.ours(&pod) => {
+                return Err(EngineError::Permanent(format!(
+                    "a Pod named {name} exists in namespace {} and was not created by this operator",
+                    self.config.namespace
+                )));
+            }
+            Some(pod) => pod,
+            None if inst.status.as_ref().is_some_and(|s| s.container_id.is_some()) => {
+                return Ok(Observed {
+                    phase: Phase::Terminated,
+                    message: Some(format!("Pod {name} was removed outside the operator")),
+                    ..Default::default()
+                });
+            }
+            None => {
+                let pod = pod_for(inst, &self.config)?;
+                match self.pods.create(&PostParams::default(), &pod).await {
+                    Ok(created) => {
+                        debug!(pod = %name, namespace = %self.config.namespace, "Pod created");
+                        created
+                    }
+                    // Made by an earlier attempt a moment ago (the read came from before it): observe it.
+                    Err(e) if api_code(&e) == Some(409) => self.get(&name).await?.ok_or_else(|| {
+                        EngineError::Other(format!("Pod {name} exists and vanished at once; retrying"))
+                    })?,
+                    Err(e) => return Err(classify(&format!("creating Pod {name}"), e)),
+                }
+            }
+        };
+        Ok(observe(&pod, probe))
+    }
+
+    async fn delete(&self, inst: &EnvInstance) -> Result<(), EngineError> {
+        let name = inst.metadata.name.clone().unwrap_or_default();
+        self.delete_pod(&name).await
+    }
+
+    async fn delete_owned(&self, object: &OwnedObject) -> Result<(), EngineError> {
+        self.delete_pod(&object.id).await
+    }
+
+    async fn list_owned(&self) -> Result<Vec<OwnedObject>, EngineError> {
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&self.owned_selector()))
+            .await
+            .map_err(|e| classify("listing Pods", e))?;
+        Ok(pods
+            .items
+            .into_iter()
+            .filter_map(|pod| {
+                let labels = pod.metadata.labels.as_ref()?;
+                let observed = observe(&pod, false);
+                Some(OwnedObject {
+                    namespace: labels.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into()),
+                    instance: labels.get(labels::INSTANCE)?.clone(),
+                    id: pod.metadata.name.clone()?,
+                    phase: observed.phase,
+                    created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                })
+            })
+            .collect())
+    }
+
+    fn events(&self) -> BoxStream<'static, EngineEvent> {
+        let (tx, rx) = mpsc::channel(1024);
+        let stream =
+            watcher(self.pods.clone(), watcher::Config::default().labels(&self.owned_selector())).default_backoff();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut listed_once = false;
+            while let Some(item) = stream.next().await {
+                let event = match item {
+                    Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod)) => changed(&pod),
+                    // A fresh listing after the first: events were missed meanwhile.
+                    Ok(watcher::Event::Init) if listed_once => Some(EngineEvent::Resync),
+                    Ok(watcher::Event::InitDone) => {
+                        listed_once = true;
+                        None
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        warn!(error = %e, "Pod watch broke; reconnecting");
+                        None
+                    }
+                };
+                if let Some(event) = event
+                    && tx.send(event).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.pods
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("listing Pods", e))
+    }
+}
+
+/// The instance a Pod event is about.
+fn changed(pod: &Pod) -> Option<EngineEvent> {
+    let labels = pod.metadata.labels.as_ref()?;
+    Some(EngineEvent::Changed {
+        namespace: labels.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into()),
+        instance: labels.get(labels::INSTANCE)?.clone(),
+    })
+}
