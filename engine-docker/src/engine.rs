@@ -50,6 +50,8 @@ pub struct DockerEngineConfig {
     pub hardening: Hardening,
     /// Never pull: images must be on the host (an offline or air-gapped host).
     pub no_pull: bool,
+    /// Whether compose stacks (`composeFile`) may run.
+    pub compose: bool,
 }
 
 /// The defaults that make a container fit for untrusted code. The operator's flags may change them; a request
@@ -109,6 +111,7 @@ impl DockerEngineConfig {
             stop_timeout: Duration::ZERO,
             hardening: Hardening::default(),
             no_pull: false,
+            compose: true,
         }
     }
 }
@@ -445,6 +448,9 @@ impl Engine for DockerEngine {
 
     fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), String> {
         if let Some(file) = &spec.compose_file {
+            if !self.config.compose {
+                return Err("field `deployConfig.composeFile`: compose stacks are turned off on this operator (--disable-compose)".into());
+            }
             return compose::validate(spec, file, &self.config.policy);
         }
         let network = self.network_of(spec);

@@ -86,6 +86,8 @@ pub struct Config {
     pub hardening: aenv_engine_docker::Hardening,
     /// Never pull images (an offline host).
     pub no_pull: bool,
+    /// Refuse compose stacks.
+    pub disable_compose: bool,
     /// Bearer tokens (token → owner, instance cap); `None` = no authentication.
     pub tokens_file: Option<PathBuf>,
     /// Allow a non-loopback API without tokens.
@@ -210,6 +212,7 @@ pub async fn open_engine(
                     stop_timeout: config.stop_timeout,
                     hardening: config.hardening.clone(),
                     no_pull: config.no_pull,
+                    compose: !config.disable_compose,
                     ..DockerEngineConfig::new(operator_id)
                 },
             );

@@ -96,6 +96,9 @@ struct ServeArgs {
     /// Never pull images: they must be on the Docker host already (an offline or air-gapped host).
     #[arg(long)]
     no_pull: bool,
+    /// Refuse compose stacks (deployConfig.composeFile) with a 400.
+    #[arg(long)]
+    disable_compose: bool,
     /// Bearer tokens, as JSON: {"tokens": [{"token": "...", "owner": "alice", "maxInstances": 20}]}. Requests
     /// then need `Authorization: Bearer <token>`; each caller sees and deletes only its own instances.
     #[arg(long, env = "AENV_TOKENS_FILE")]
@@ -283,6 +286,7 @@ fn main() -> ExitCode {
                     }),
                 },
                 no_pull: args.no_pull,
+                disable_compose: args.disable_compose,
                 tokens_file: args.tokens_file,
                 insecure: args.insecure,
                 limits: aenv_operator::gateway::guard::Limits {

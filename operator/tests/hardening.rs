@@ -226,3 +226,12 @@ async fn logs_metrics_and_readiness_endpoints() {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn compose_stacks_can_be_turned_off() {
+    let op = Operator::start(BIN, &["--disable-compose"]).await;
+    let body = json!({"name": unique_name("nocompose"), "deployConfig": {"composeFile": format!("services:\n  a:\n    image: {TEST_IMAGE}\n")}});
+    let (code, resp) = op.post_json("/env-instance", &body).await;
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp["message"].as_str().unwrap().contains("--disable-compose"), "{resp}");
+}

@@ -155,3 +155,35 @@ def test_every_value_is_commented():
         if not previous.startswith('#'):
             uncommented.append(key)
     assert uncommented == [], f'values without a comment: {uncommented}'
+
+
+def test_gateway_auth_mounts_the_tokens_file_and_without_it_the_operator_is_told_it_is_insecure():
+    c = operator_container(render({}))
+    assert '--insecure' in c['args'] and not any(a.startswith('--tokens-file') for a in c['args'])
+    assert '--proxy-listen=0.0.0.0:8081' in c['args'] and '--api-listen=0.0.0.0:8080' in c['args']
+    docs = render({'gateway': {'auth': {'enabled': True, 'secretName': 'aenv-tokens'}}})
+    c = operator_container(docs)
+    assert '--tokens-file=/etc/aenv/tokens/tokens.json' in c['args'] and '--insecure' not in c['args']
+    assert {'name': 'tokens', 'mountPath': '/etc/aenv/tokens', 'readOnly': True} in c['volumeMounts']
+    volumes = one(docs, 'Deployment')['spec']['template']['spec']['volumes']
+    tokens = [v for v in volumes if v['name'] == 'tokens'][0]
+    assert tokens['secret'] == {'secretName': 'aenv-tokens', 'items': [{'key': 'tokens.json', 'path': 'tokens.json'}]}
+    # Auth works with the Pod engine too (no Docker volumes then).
+    c = operator_container(render({'docker': {'enabled': False}, 'gateway': {'auth': {'enabled': True, 'secretName': 't'}}}))
+    assert [m['name'] for m in c['volumeMounts']] == ['tokens']
+
+
+def test_compose_is_opt_in_with_the_docker_engine():
+    args = operator_container(render({'docker': {'enabled': True}}))['args']
+    assert '--disable-compose' in args, 'docker.compose.enabled defaults to false: stacks are refused with a 400'
+    args = operator_container(render({'docker': {'enabled': True, 'compose': {'enabled': True}}}))['args']
+    assert '--disable-compose' not in args
+
+
+def test_every_flag_the_chart_passes_is_one_the_binary_knows():
+    help_text = subprocess.run([str(operator_binary()), 'serve', '--help'], capture_output=True, text=True, check=True).stdout
+    for values in ({}, {'docker': {'enabled': False}}, {'gateway': {'auth': {'enabled': True, 'secretName': 't'}}},
+                   {'docker': {'enabled': True}}, {'docker': {'enabled': True, 'compose': {'enabled': True}}}):
+        for arg in operator_container(render(values))['args']:
+            flag = arg.split('=')[0]
+            assert f'{flag} ' in help_text or f'{flag}\n' in help_text or f'{flag} <' in help_text, f'{flag} is not a flag of serve'
