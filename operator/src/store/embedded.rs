@@ -17,15 +17,14 @@ use async_trait::async_trait;
 use futures::{StreamExt, stream::BoxStream};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{Resource, runtime::watcher};
+use kube::runtime::watcher;
 use rand::Rng;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::warn;
 
-use super::{DEFAULT_NAMESPACE, ObjectStore, key_of, random_suffix};
+use super::{DEFAULT_NAMESPACE, Kind, ObjectStore, key_of, random_suffix};
 use crate::Error;
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -79,7 +78,7 @@ impl Embedded {
     /// The store of kind `K` (its own table), loaded into memory.
     pub fn store<K>(&self) -> Result<Arc<EmbeddedStore<K>>, Error>
     where
-        K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+        K: Kind,
     {
         EmbeddedStore::load(self.db.clone(), K::plural(&()).into_owned())
     }
@@ -110,7 +109,7 @@ pub struct EmbeddedStore<K> {
 
 impl<K> EmbeddedStore<K>
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: Kind,
 {
     fn load(db: Arc<Database>, table: String) -> Result<Arc<Self>, Error> {
         let rv_key = format!("resource_version/{table}");
@@ -213,7 +212,7 @@ where
 #[async_trait]
 impl<K> ObjectStore<K> for EmbeddedStore<K>
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: Kind,
 {
     async fn create(&self, mut obj: K, now: Timestamp) -> Result<Arc<K>, Error> {
         let _w = self.writer.lock().await;

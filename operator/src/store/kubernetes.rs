@@ -30,13 +30,12 @@ use kube::{
         watcher,
     },
 };
-use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
-use super::{ObjectStore, key_of};
+use super::{Kind, ObjectStore, key_of};
 use crate::Error;
 
 /// The finalizer that holds an EnvInstance until the engine removed what it made.
@@ -130,14 +129,7 @@ fn kube_err(context: String) -> impl FnOnce(kube::Error) -> Error {
 
 impl<K> KubeStore<K>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Kind + Resource<Scope = NamespaceResourceScope>,
 {
     /// Checks that the kind is served (its CRD is installed and readable), starts the watch, and waits until the
     /// cache holds the first listing.
@@ -282,14 +274,7 @@ fn phase_of(status: &Value) -> Option<&str> {
 #[async_trait]
 impl<K> ObjectStore<K> for KubeStore<K>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Kind + Resource<Scope = NamespaceResourceScope>,
 {
     async fn create(&self, mut obj: K, now: Timestamp) -> Result<Arc<K>, Error> {
         let meta = obj.meta_mut();

@@ -5,18 +5,30 @@
 mod embedded;
 mod kubernetes;
 
-use std::sync::Arc;
+use std::{fmt::Debug, sync::Arc};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
 use kube::{Resource, runtime::watcher};
 use rand::Rng;
+use serde::{Serialize, de::DeserializeOwned};
 
 pub use embedded::{Embedded, EmbeddedStore};
 pub use kubernetes::{FIELD_MANAGER, FINALIZER, KubeStore, KubeStoreConfig};
 
 use crate::Error;
+
+/// What a store can hold: a Kubernetes-style object that serialises, in either store.
+pub trait Kind:
+    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<K> Kind for K where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
 
 /// The namespace instances made through the REST API live in, unless configured otherwise.
 pub const DEFAULT_NAMESPACE: &str = "default";
