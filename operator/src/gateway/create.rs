@@ -694,22 +694,8 @@ mod fuzz {
 
     /// Bodies shaped like real requests, with arbitrary values in every known field.
     fn request_like() -> impl Strategy<Value = Value> {
-        let keys = prop::sample::select(vec![
-            "cpu",
-            "memory",
-            "ttl",
-            "owner",
-            "environment_variables",
-            "environmentVariables",
-            "arguments",
-            "labels",
-            "imagePullPolicy",
-            "composeFile",
-            "network",
-            "ports",
-            "readiness",
-            "podTemplate",
-        ]);
+        // Every key the parser reads, and the ones it accepts and ignores.
+        let keys = prop::sample::select([DEPLOY_KEYS, IGNORED_DEPLOY_KEYS].concat());
         (
             json_value(),
             json_value(),
