@@ -237,11 +237,18 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill9();
         if !self.operator_id.is_empty() {
-            let names = self.containers();
-            if !names.is_empty() {
-                let mut args = vec!["rm", "-f", "-v"];
-                args.extend(names.iter().map(String::as_str));
-                let _ = docker(&args);
+            // Twice: a create the killed operator had sent may still complete in the daemon just after the first
+            // listing.
+            for pass in 0..2 {
+                if pass == 1 {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                let names = self.containers();
+                if !names.is_empty() {
+                    let mut args = vec!["rm", "-f", "-v"];
+                    args.extend(names.iter().map(String::as_str));
+                    let _ = docker(&args);
+                }
             }
         }
     }
