@@ -229,6 +229,19 @@ async fn data_plane_proxy_forwards_to_our_instances_only_and_streams() {
     assert_eq!(resp.status().as_u16(), 403);
 }
 
+/// Polls `GET /env/{env}/warmup` until the warmup is done; returns its last state.
+async fn warmup_done(op: &Operator, env: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, state) = op.get(&format!("/env/{env}/warmup")).await;
+        if state["data"]["done"] == true {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "warmup of {env} not done in {timeout:?}: {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn warmup_pre_pulls_a_templates_images_with_progress() {
     let registry = LocalRegistry::start();
@@ -241,46 +254,22 @@ async fn warmup_pre_pulls_a_templates_images_with_progress() {
     assert!(!docker(&["image", "inspect", &image]).status.success(), "not on the host before the warmup");
     let (code, started) = op.post_json(&format!("/env/{name}/1/warmup"), &json!({})).await;
     assert_eq!(code, 202, "{started}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let (_, state) = op.get(&format!("/env/{name}/1/warmup")).await;
-        if state["data"]["done"] == true {
-            break state;
-        }
-        assert!(Instant::now() < deadline, "{state}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let done = warmup_done(&op, &format!("{name}/1"), Duration::from_secs(60)).await;
     assert_eq!(done["data"]["images"][0]["image"], image.as_str());
     assert_eq!(done["data"]["images"][0]["state"], "Pulled", "{done}");
     assert!(docker(&["image", "inspect", &image]).status.success(), "on the host after the warmup");
-    // A second warmup finds it present; an instance of it starts without a pull.
+    // A second warmup finds it present.
     op.post_json(&format!("/env/{name}/1/warmup"), &json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, state) = op.get(&format!("/env/{name}/1/warmup")).await;
-        if state["data"]["done"] == true {
-            assert_eq!(state["data"]["images"][0]["state"], "Present", "{state}");
-            break;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let state = warmup_done(&op, &format!("{name}/1"), Duration::from_secs(10)).await;
+    assert_eq!(state["data"]["images"][0]["state"], "Present", "{state}");
     // A template whose image cannot be had reports the daemon's reason.
     let bad = format!("{name}-bad");
     let body = json!({"name": bad, "version": "1", "artifacts": [{"type": "image", "content": format!("{}/aenv/missing:1", registry.host())}]});
     op.post_json("/env", &body).await;
     op.post_json(&format!("/env/{bad}/1/warmup"), &json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, state) = op.get(&format!("/env/{bad}/1/warmup")).await;
-        if state["data"]["done"] == true {
-            assert_eq!(state["data"]["images"][0]["state"], "Failed", "{state}");
-            assert!(!state["data"]["images"][0]["detail"].as_str().unwrap_or_default().is_empty());
-            break;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let state = warmup_done(&op, &format!("{bad}/1"), Duration::from_secs(60)).await;
+    assert_eq!(state["data"]["images"][0]["state"], "Failed", "{state}");
+    assert!(!state["data"]["images"][0]["detail"].as_str().unwrap_or_default().is_empty());
     let (code, _) = op.get("/env/nothing/1/warmup").await;
     assert_eq!(code, 404);
     docker(&["rmi", &image]);
@@ -319,15 +308,7 @@ async fn a_template_can_hold_a_compose_stack_and_warmup_pulls_each_service() {
         op.post_json("/env", &json!({"name": name, "version": "2", "deployConfig": {"composeFile": compose}})).await;
     assert_eq!(code, 200, "{resp}");
     op.post_json(&format!("/env/{name}/2/warmup"), &json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let state = loop {
-        let (_, state) = op.get(&format!("/env/{name}/2/warmup")).await;
-        if state["data"]["done"] == true {
-            break state;
-        }
-        assert!(Instant::now() < deadline, "{state}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let state = warmup_done(&op, &format!("{name}/2"), Duration::from_secs(60)).await;
     let images = state["data"]["images"].as_array().unwrap();
     assert_eq!(images.len(), 2, "one entry per service image: {state}");
     assert_eq!((images[0]["image"].as_str(), images[0]["state"].as_str()), (Some(TEST_IMAGE), Some("Present")));
