@@ -462,74 +462,41 @@ fn make_certs(root: &Path) -> PathBuf {
     )
     .expect("server.ext");
     std::fs::write(certs.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("client.ext");
-    let key = ["-newkey", "rsa:2048", "-nodes"];
-    run(&[
-        &["req", "-x509"],
-        &key[..],
-        &["-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2", "-subj", "/CN=aenv-test-ca"],
-    ]
-    .concat());
-    run(&[&["req"], &key[..], &["-keyout", "server-key.pem", "-out", "server.csr", "-subj", "/CN=localhost"]].concat());
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca-key.pem",
-        "-CAcreateserial",
-        "-out",
-        "server-cert.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ]);
-    run(&[&["req"], &key[..], &["-keyout", "client/key.pem", "-out", "client.csr", "-subj", "/CN=aenv-client"]]
-        .concat());
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca-key.pem",
-        "-CAcreateserial",
-        "-out",
-        "client/cert.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-    ]);
-    run(&[
-        &["req", "-x509"],
-        &key[..],
-        &["-keyout", "rogue-ca-key.pem", "-out", "rogue-ca.pem", "-days", "2", "-subj", "/CN=rogue-ca"],
-    ]
-    .concat());
-    run(&[&["req"], &key[..], &["-keyout", "rogue/key.pem", "-out", "rogue.csr", "-subj", "/CN=rogue-client"]].concat());
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "rogue.csr",
-        "-CA",
-        "rogue-ca.pem",
-        "-CAkey",
-        "rogue-ca-key.pem",
-        "-CAcreateserial",
-        "-out",
-        "rogue/cert.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-    ]);
+    // A self-signed CA: `<name>.pem` and `<name>-key.pem`.
+    let new_ca = |name: &str, cn: &str| {
+        let (cert, key) = (format!("{name}.pem"), format!("{name}-key.pem"));
+        run(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &cert, "-days", "2", "-subj", cn,
+        ]);
+    };
+    // A key and a certificate for `cn`, signed by the CA `ca` with the extensions file `ext`.
+    let issue = |key: &str, cert: &str, cn: &str, ca: &str, ext: &str| {
+        let csr = format!("{cert}.csr");
+        run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", &csr, "-subj", cn]);
+        let (ca_cert, ca_key) = (format!("{ca}.pem"), format!("{ca}-key.pem"));
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_cert,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ]);
+    };
+    new_ca("ca", "/CN=aenv-test-ca");
+    issue("server-key.pem", "server-cert.pem", "/CN=localhost", "ca", "server.ext");
+    issue("client/key.pem", "client/cert.pem", "/CN=aenv-client", "ca", "client.ext");
+    new_ca("rogue-ca", "/CN=rogue-ca");
+    issue("rogue/key.pem", "rogue/cert.pem", "/CN=rogue-client", "rogue-ca", "client.ext");
     for d in ["client", "rogue"] {
         std::fs::copy(certs.join("ca.pem"), certs.join(d).join("ca.pem")).expect("ca.pem");
     }
