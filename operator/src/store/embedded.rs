@@ -14,17 +14,16 @@ use std::{
 };
 
 use async_trait::async_trait;
-use futures::{StreamExt, stream::BoxStream};
+use futures::stream::BoxStream;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::watcher;
 use rand::Rng;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{Mutex, broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{Mutex, broadcast};
 use tracing::warn;
 
-use super::{DEFAULT_NAMESPACE, Kind, ObjectStore, key_of, random_suffix};
+use super::{DEFAULT_NAMESPACE, Kind, ObjectStore, key_of, random_suffix, relisting_watch};
 use crate::Error;
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -286,41 +285,18 @@ where
     }
 
     fn watch(&self) -> BoxStream<'static, watcher::Event<K>> {
-        let (tx, rx) = mpsc::channel(1024);
         let (index, changes) = (self.index.clone(), self.changes.clone());
-        tokio::spawn(async move {
-            loop {
-                let (mut feed, snapshot) = {
-                    // Subscribing under the index lock means no change falls between the snapshot and the feed.
-                    let index = index.read().unwrap_or_else(|p| p.into_inner());
-                    (changes.subscribe(), index.objects.values().cloned().collect::<Vec<_>>())
-                };
-                if tx.send(watcher::Event::Init).await.is_err() {
-                    return;
-                }
-                for obj in snapshot {
-                    if tx.send(watcher::Event::InitApply((*obj).clone())).await.is_err() {
-                        return;
-                    }
-                }
-                if tx.send(watcher::Event::InitDone).await.is_err() {
-                    return;
-                }
-                loop {
-                    let event = match feed.recv().await {
-                        Ok(Change::Applied(o)) => watcher::Event::Apply((*o).clone()),
-                        Ok(Change::Deleted(o)) => watcher::Event::Delete((*o).clone()),
-                        // Fell behind: list again.
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    };
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        ReceiverStream::new(rx).boxed()
+        relisting_watch(
+            move || {
+                // Subscribing under the index lock means no change falls between the snapshot and the feed.
+                let index = index.read().unwrap_or_else(|p| p.into_inner());
+                (changes.subscribe(), index.objects.values().cloned().collect())
+            },
+            |change| match change {
+                Change::Applied(o) => watcher::Event::Apply((*o).clone()),
+                Change::Deleted(o) => watcher::Event::Delete((*o).clone()),
+            },
+        )
     }
 }
 
@@ -334,6 +310,7 @@ fn uuid_like() -> String {
 #[cfg(test)]
 mod tests {
     use aenv_core::{EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase};
+    use futures::StreamExt;
 
     use super::*;
 

@@ -31,11 +31,10 @@ use kube::{
     },
 };
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
-use super::{Kind, ObjectStore, key_of};
+use super::{Kind, ObjectStore, key_of, relisting_watch};
 use crate::Error;
 
 /// The finalizer that holds an EnvInstance until the engine removed what it made.
@@ -424,38 +423,19 @@ where
     }
 
     fn watch(&self) -> BoxStream<'static, watcher::Event<K>> {
-        let (tx, rx) = mpsc::channel(1024);
         let (shared, reader) = (self.shared.clone(), self.reader.clone());
-        tokio::spawn(async move {
-            loop {
-                let (mut feed, snapshot) = {
-                    let _g = shared.gate();
-                    (shared.changes.subscribe(), reader.state())
-                };
-                let mut out = vec![watcher::Event::Init];
-                out.extend(snapshot.iter().map(|o| watcher::Event::InitApply((**o).clone())));
-                out.push(watcher::Event::InitDone);
-                for event in out {
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
-                loop {
-                    let event = match feed.recv().await {
-                        Ok(Msg::Init) => watcher::Event::Init,
-                        Ok(Msg::InitApply(o)) => watcher::Event::InitApply((*o).clone()),
-                        Ok(Msg::InitDone) => watcher::Event::InitDone,
-                        Ok(Msg::Apply(o)) => watcher::Event::Apply((*o).clone()),
-                        Ok(Msg::Delete(o)) => watcher::Event::Delete((*o).clone()),
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    };
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        ReceiverStream::new(rx).boxed()
+        relisting_watch(
+            move || {
+                let _g = shared.gate();
+                (shared.changes.subscribe(), reader.state())
+            },
+            |msg| match msg {
+                Msg::Init => watcher::Event::Init,
+                Msg::InitApply(o) => watcher::Event::InitApply((*o).clone()),
+                Msg::InitDone => watcher::Event::InitDone,
+                Msg::Apply(o) => watcher::Event::Apply((*o).clone()),
+                Msg::Delete(o) => watcher::Event::Delete((*o).clone()),
+            },
+        )
     }
 }

@@ -85,3 +85,46 @@ pub fn random_suffix(n: usize) -> String {
     let mut rng = rand::rng();
     (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
+
+/// The watch both stores serve: `Init`, one `InitApply` per object of a snapshot, `InitDone`, then the events of a
+/// broadcast feed; a watcher that falls behind gets a fresh listing. `subscribe` must take the snapshot and the
+/// feed together (under the store's lock), so that no change falls between them; `event` turns a feed message
+/// into a watch event.
+pub(crate) fn relisting_watch<K, M>(
+    subscribe: impl Fn() -> (tokio::sync::broadcast::Receiver<M>, Vec<Arc<K>>) + Send + 'static,
+    event: fn(M) -> watcher::Event<K>,
+) -> BoxStream<'static, watcher::Event<K>>
+where
+    K: Clone + Send + Sync + 'static,
+    M: Clone + Send + 'static,
+{
+    use futures::StreamExt;
+    use tokio::sync::broadcast::error::RecvError;
+
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(async move {
+        loop {
+            let (mut feed, snapshot) = subscribe();
+            let listing = std::iter::once(watcher::Event::Init)
+                .chain(snapshot.iter().map(|o| watcher::Event::InitApply((**o).clone())))
+                .chain(std::iter::once(watcher::Event::InitDone));
+            for e in listing {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let e = match feed.recv().await {
+                    Ok(msg) => event(msg),
+                    // Fell behind: list again.
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                };
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
