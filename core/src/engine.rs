@@ -1,5 +1,7 @@
 //! The contract between the reconciler and a backend that runs instances (Docker, Kubernetes).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
@@ -28,13 +30,25 @@ pub struct Observed {
     pub ready_message: Option<String>,
 }
 
+/// What kind of thing an [`OwnedObject`] is, so that removing it needs no guess from its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OwnedKind {
+    /// A container (or a Pod): its id is the engine's id.
+    Container,
+    /// A network a stack made: its id is the network's name.
+    Network,
+    /// A volume a stack made: its id is the volume's name.
+    Volume,
+}
+
 /// One object the engine found labelled as belonging to this operator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedObject {
     /// Namespace and name of the instance the object belongs to.
     pub namespace: String,
     pub instance: String,
-    /// The engine's id of the object (a container id).
+    pub kind: OwnedKind,
+    /// The engine's id of the object (see [`OwnedKind`]).
     pub id: String,
     /// The phase the object's state maps to, as far as a list call tells.
     pub phase: Phase,
@@ -72,34 +86,125 @@ pub enum PullState {
     Failed,
 }
 
-/// Why an engine call failed. Messages are for users: they say what happened and what can be done.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum EngineError {
+/// What the reconciler (and the API) does with an engine failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
     /// The backend does not answer (daemon down, API server unreachable). Retried with backoff.
-    #[error("{0}")]
-    Unavailable(String),
+    Unavailable,
     /// The request cannot succeed as written (image missing and not pullable, bad spec). Not retried: the
-    /// instance goes to `Failed` with this message.
-    #[error("{0}")]
-    Permanent(String),
-    /// Anything else the backend reported; retried with backoff.
-    #[error("{0}")]
-    Other(String),
+    /// instance goes to `Failed` with the message.
+    Permanent,
+    /// Anything else the backend reported (a race with another writer, a busy backend); retried with backoff.
+    Transient,
+    /// This engine cannot do that at all (an operation it does not offer).
+    Unsupported,
+}
+
+/// Why an engine call failed: a [`kind`](EngineError::kind) that callers decide on, a message for users (what
+/// happened and what can be done), and the backend's own error as the source.
+#[derive(Debug, Clone, Error)]
+#[error("{message}")]
+pub struct EngineError {
+    kind: ErrorKind,
+    message: String,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl EngineError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        EngineError { kind, message: message.into(), source: None }
+    }
+
+    /// See [`ErrorKind::Unavailable`].
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+
+    /// See [`ErrorKind::Permanent`].
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Permanent, message)
+    }
+
+    /// See [`ErrorKind::Transient`].
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, message)
+    }
+
+    /// See [`ErrorKind::Unsupported`].
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unsupported, message)
+    }
+
+    /// Keeps the backend's error as the source.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// The same failure with its message rewritten by `f` (the kind and the source stay).
+    pub fn reworded(mut self, f: impl FnOnce(&str) -> String) -> Self {
+        self.message = f(&self.message);
+        self
+    }
+
+    /// The same failure taken as another kind (a refusal that is only a race, retried).
+    pub fn as_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message for users (the same text as `Display`).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// Whether trying again later may help.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, EngineError::Permanent(_))
+        matches!(self.kind, ErrorKind::Unavailable | ErrorKind::Transient)
     }
 
     /// A short, stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
-        match self {
-            EngineError::Unavailable(_) => "unavailable",
-            EngineError::Permanent(_) => "permanent",
-            EngineError::Other(_) => "other",
+        match self.kind {
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Transient => "other",
+            ErrorKind::Unsupported => "unsupported",
         }
+    }
+}
+
+impl PartialEq for EngineError {
+    /// Equal when kind and message are (sources are not comparable).
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+/// A spec an engine will not run: which field, and a message for the API user that names it and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct InvalidSpec {
+    /// The request field at fault, as the API spells it (`deployConfig.network`).
+    pub field: String,
+    pub message: String,
+}
+
+impl InvalidSpec {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        InvalidSpec { field: field.into(), message: message.into() }
+    }
+}
+
+impl From<InvalidSpec> for EngineError {
+    /// A spec refused at apply time fails the instance.
+    fn from(e: InvalidSpec) -> Self {
+        EngineError::permanent(e.message.clone()).with_source(e)
     }
 }
 
@@ -114,7 +219,7 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Checks a spec before it is accepted, for what only this engine can judge (its policy, a compose file).
     /// The message is for the API user: it names the field and the fix. The default accepts everything.
-    fn validate(&self, _spec: &EnvInstanceSpec) -> Result<(), String> {
+    fn validate(&self, _spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
         Ok(())
     }
 
@@ -146,7 +251,7 @@ pub trait Engine: Send + Sync + 'static {
         _follow: bool,
         _tail: Option<u64>,
     ) -> BoxStream<'static, Result<Vec<u8>, EngineError>> {
-        Box::pin(futures::stream::once(async { Err(EngineError::Permanent("this engine does not serve logs".into())) }))
+        Box::pin(futures::stream::once(async { Err(EngineError::unsupported("this engine does not serve logs")) }))
     }
 
     /// Pre-pulls every image the spec runs (each service of a stack), reporting progress as it goes. The default

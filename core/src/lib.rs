@@ -15,9 +15,11 @@ pub mod labels;
 pub mod quantity;
 pub mod types;
 
-pub use engine::{Engine, EngineError, EngineEvent, Observed, OwnedObject, PullProgress, PullState};
+pub use engine::{
+    Engine, EngineError, EngineEvent, ErrorKind, InvalidSpec, Observed, OwnedKind, OwnedObject, PullProgress, PullState,
+};
 pub use error::Error;
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PortSpec,
-    PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus,
+    PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus, Workload,
 };

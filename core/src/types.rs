@@ -12,8 +12,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, duration::parse_go_duration};
 
-/// Annotation holding an instance's exact expiry (RFC 3339).
-pub const EXPIRE_AT_ANNOTATION: &str = "aenv.io/expire-at";
+/// Annotation holding an instance's exact expiry (RFC 3339): the same key as the label engines put on what they
+/// make.
+pub const EXPIRE_AT_ANNOTATION: &str = crate::labels::EXPIRE_AT;
+
+/// What an instance runs, resolved once from its spec: engines match on this rather than asking the spec's
+/// fields again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload<'a> {
+    /// One container of an image (`None`: the spec names none, which the engine refuses).
+    Container { image: Option<&'a str> },
+    /// A compose stack.
+    Stack { compose_file: &'a str },
+}
 
 /// Desired state of one env instance.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -260,6 +271,16 @@ pub struct Condition {
     pub reason: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+impl EnvInstanceSpec {
+    /// A stack when the spec carries a compose file, else one container.
+    pub fn workload(&self) -> Workload<'_> {
+        match self.compose_file.as_deref() {
+            Some(compose_file) => Workload::Stack { compose_file },
+            None => Workload::Container { image: self.image.as_deref().filter(|i| !i.trim().is_empty()) },
+        }
+    }
 }
 
 impl EnvInstance {

@@ -1,8 +1,8 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use aenv_core::{
-    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, Observed, OwnedObject, Phase, PortStatus,
-    PullPolicy, PullProgress,
+    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ErrorKind, InvalidSpec, Observed, OwnedKind,
+    OwnedObject, Phase, PortStatus, PullPolicy, PullProgress, Workload,
     labels::{self, InstanceLabels},
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
@@ -15,7 +15,7 @@ use bollard::{
     },
     query_parameters::{
         CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-        RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+        StopContainerOptionsBuilder,
     },
 };
 use futures::{StreamExt, stream::BoxStream};
@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
-    Allowance, Policy, compose,
+    Allowance, Policy, compose, containers,
     error::{classify, is_conflict, is_not_found},
     image::ensure_image,
     network,
@@ -144,8 +144,9 @@ impl DockerEngine {
             return Ok(());
         }
         if network::is_ours(&self.docker, name, &self.config.operator_id).await? == Some(false) {
-            self.config.policy.check(Allowance::ExternalNetworks, "deployConfig.network").map_err(|msg| {
-                EngineError::Permanent(format!("network {name} exists and was not created by aenv-operator: {msg}"))
+            self.config.policy.check(Allowance::ExternalNetworks, "deployConfig.network").map_err(|e| {
+                let msg = format!("network {name} exists and was not created by aenv-operator: {}", e.message);
+                EngineError::permanent(msg).with_source(e)
             })?;
             return Ok(());
         }
@@ -176,11 +177,6 @@ impl DockerEngine {
         }
     }
 
-    /// The bollard client, for callers that need more than the trait offers.
-    pub fn docker(&self) -> &Docker {
-        &self.docker
-    }
-
     fn owned_filter(&self) -> HashMap<String, Vec<String>> {
         HashMap::from([(
             "label".to_string(),
@@ -192,27 +188,23 @@ impl DockerEngine {
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<ContainerInspectResponse>, EngineError> {
-        match self.docker.inspect_container(name, None).await {
-            Ok(c) => Ok(Some(c)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(classify(&format!("inspecting container {name}"), e)),
-        }
+        containers::inspect(&self.docker, name).await
     }
 
     /// The container body for an instance. Fails (permanently) on a spec the reconciler cannot run.
     fn container_body(&self, inst: &EnvInstance) -> Result<ContainerCreateBody, EngineError> {
         let spec = &inst.spec;
-        let image =
-            spec.image.clone().filter(|i| !i.trim().is_empty()).ok_or_else(|| {
-                EngineError::Permanent("spec.image is empty: the instance has no image to run".into())
-            })?;
+        let Workload::Container { image: Some(image) } = spec.workload() else {
+            return Err(EngineError::permanent("spec.image is empty: the instance has no image to run"));
+        };
+        let image = image.to_string();
         let nano_cpus = spec
             .resources
             .cpu
             .as_deref()
             .map(parse_cpu_millis)
             .transpose()
-            .map_err(|e| EngineError::Permanent(e.to_string()))?
+            .map_err(|e| EngineError::permanent(e.to_string()))?
             .map(|m| m as i64 * 1_000_000);
         let memory = spec
             .resources
@@ -220,9 +212,9 @@ impl DockerEngine {
             .as_deref()
             .map(parse_memory_bytes)
             .transpose()
-            .map_err(|e| EngineError::Permanent(e.to_string()))?
+            .map_err(|e| EngineError::permanent(e.to_string()))?
             .map(|b| b as i64);
-        let expire_at = inst.expires_at().map_err(|e| EngineError::Permanent(e.to_string()))?;
+        let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
         let name = inst.metadata.name.clone().unwrap_or_default();
         let port_bindings: PortMap = spec
             .ports
@@ -272,11 +264,12 @@ impl DockerEngine {
         let policy =
             if self.config.no_pull { PullPolicy::Never } else { inst.spec.image_pull_policy.unwrap_or_default() };
         let ensure = || async {
-            ensure_image(&self.docker, &image, policy).await.map_err(|e| match e {
-                EngineError::Permanent(msg) if self.config.no_pull => {
-                    EngineError::Permanent(format!("{msg}; this operator runs with --no-pull"))
+            ensure_image(&self.docker, &image, policy).await.map_err(|e| {
+                if self.config.no_pull && e.kind() == ErrorKind::Permanent {
+                    e.reworded(|msg| format!("{msg}; this operator runs with --no-pull"))
+                } else {
+                    e
                 }
-                other => other,
             })
         };
         if policy == PullPolicy::Always {
@@ -292,15 +285,22 @@ impl DockerEngine {
                     break;
                 }
                 Err(e) if is_conflict(&e) => return Ok(Made::NameTaken),
-                // The image is not on the host: pull it by the policy (or fail saying so), then create again.
-                Err(e) if is_not_found(&e) && e.to_string().contains("image") && !pulled => {
-                    ensure().await?;
-                    pulled = true;
-                }
-                // The user network went away between prepare and create (its last instance was just removed).
-                Err(e) if is_not_found(&e) && e.to_string().contains("network") => {
-                    return Err(EngineError::Other(format!("network of {name} disappeared; retrying")));
-                }
+                // A 404 names a missing image or a missing network; asking for the image tells which.
+                Err(e) if is_not_found(&e) => match self.docker.inspect_image(&image).await {
+                    // The image is not on the host: pull it by the policy (or fail saying so), then create again.
+                    Err(ie) if is_not_found(&ie) && !pulled => {
+                        ensure().await?;
+                        pulled = true;
+                    }
+                    // The image is there: the user network went away between prepare and create (its last instance
+                    // was just removed). Try again.
+                    Ok(_) => {
+                        return Err(
+                            EngineError::transient(format!("network of {name} disappeared; retrying")).with_source(e)
+                        );
+                    }
+                    Err(_) => return Err(classify(&format!("creating container {name}"), e)),
+                },
                 Err(e) => return Err(classify(&format!("creating container {name}"), e)),
             }
         }
@@ -315,7 +315,7 @@ impl DockerEngine {
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
             // Gone between create and start (an earlier, interrupted create was rolled back): try again.
             Err(e) if is_not_found(&e) => {
-                Err(EngineError::Other(format!("container {name} disappeared before it started; retrying")))
+                Err(EngineError::transient(format!("container {name} disappeared before it started; retrying")))
             }
             Err(e) => Err(classify(&format!("starting container {name}"), e)),
         }
@@ -325,7 +325,7 @@ impl DockerEngine {
     async fn observe_running(&self, spec: &EnvInstanceSpec, name: &str) -> Result<Observed, EngineError> {
         match self.inspect(name).await? {
             Some(c) => self.observed(spec, name, &c).await,
-            None => Err(EngineError::Other(format!("container {name} disappeared while it was being started"))),
+            None => Err(EngineError::transient(format!("container {name} disappeared while it was being started"))),
         }
     }
 
@@ -446,28 +446,34 @@ impl Engine for DockerEngine {
         "docker"
     }
 
-    fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), String> {
-        if let Some(file) = &spec.compose_file {
+    fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+        if let Workload::Stack { compose_file } = spec.workload() {
             if !self.config.compose {
-                return Err("field `deployConfig.composeFile`: compose stacks are turned off on this operator (--disable-compose)".into());
+                return Err(InvalidSpec::new(
+                    "deployConfig.composeFile",
+                    "field `deployConfig.composeFile`: compose stacks are turned off on this operator (--disable-compose)",
+                ));
             }
-            return compose::validate(spec, file, &self.config.policy);
+            return compose::plan(spec, compose_file, &self.config.policy).map(|_| ());
         }
         let network = self.network_of(spec);
         if network == "host" {
             self.config.policy.check(Allowance::HostNetwork, "deployConfig.network")?;
         }
         if (network == "host" || network == "none") && !spec.ports.is_empty() {
-            return Err(format!(
-                "field `deployConfig.ports` needs a bridge or user network; with network {network:?} nothing can be published"
+            return Err(InvalidSpec::new(
+                "deployConfig.ports",
+                format!(
+                    "field `deployConfig.ports` needs a bridge or user network; with network {network:?} nothing can be published"
+                ),
             ));
         }
         Ok(())
     }
 
     async fn apply(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
-        if let Some(file) = &inst.spec.compose_file {
-            return compose::run::apply(&self.docker, &self.config, inst, file).await;
+        if let Workload::Stack { compose_file } = inst.spec.workload() {
+            return compose::run::apply(&self.docker, &self.config, inst, compose_file).await;
         }
         let name = inst.metadata.name.clone().unwrap_or_default();
         // A new instance (no container recorded yet) is created straight away: one call fewer on the hot path.
@@ -480,7 +486,7 @@ impl Engine for DockerEngine {
         let existing = self.inspect(&name).await?;
         let container = match existing {
             Some(c) if !self.ours(&c) => {
-                return Err(EngineError::Permanent(format!(
+                return Err(EngineError::permanent(format!(
                     "a container named {name} exists on the Docker host and was not created by this operator"
                 )));
             }
@@ -502,21 +508,21 @@ impl Engine for DockerEngine {
                 // The name is taken but the container was not found a moment ago: a create from before a restart
                 // is still in flight in the daemon (it may yet be rolled back). Try again shortly.
                 Made::NameTaken => {
-                    return Err(EngineError::Other(format!(
+                    return Err(EngineError::transient(format!(
                         "a container named {name} is still being created by an earlier attempt; retrying"
                     )));
                 }
             },
         };
         let Some(container) = container else {
-            return Err(EngineError::Other(format!("container {name} disappeared while it was being started")));
+            return Err(EngineError::transient(format!("container {name} disappeared while it was being started")));
         };
         self.observed(&inst.spec, &name, &container).await
     }
 
     async fn delete(&self, inst: &EnvInstance) -> Result<(), EngineError> {
         let name = inst.metadata.name.clone().unwrap_or_default();
-        if inst.spec.compose_file.is_some() {
+        if let Workload::Stack { .. } = inst.spec.workload() {
             return compose::run::delete(&self.docker, &self.config.operator_id, &name).await;
         }
         if !self.config.stop_timeout.is_zero() {
@@ -528,19 +534,17 @@ impl Engine for DockerEngine {
                 Err(e) => return Err(classify(&format!("stopping container {name}"), e)),
             }
         }
-        remove(&self.docker, &name).await?;
+        remove_container(&self.docker, &name).await?;
         let _one_at_a_time = self.network_lock.lock().await;
         network::remove_if_unused(&self.docker, self.network_of(&inst.spec), &self.config.operator_id).await
     }
 
     async fn delete_owned(&self, object: &OwnedObject) -> Result<(), EngineError> {
-        if let Some(id) = object.id.strip_prefix(compose::NETWORK_ID_PREFIX) {
-            return compose::run::remove_network(&self.docker, id).await;
+        match object.kind {
+            OwnedKind::Network => compose::run::remove_network(&self.docker, &object.id).await,
+            OwnedKind::Volume => compose::run::remove_volume(&self.docker, &object.id).await,
+            OwnedKind::Container => remove_container(&self.docker, &object.id).await,
         }
-        if let Some(name) = object.id.strip_prefix(compose::VOLUME_ID_PREFIX) {
-            return compose::run::remove_volume(&self.docker, name).await;
-        }
-        remove(&self.docker, &object.id).await
     }
 
     async fn list_owned(&self) -> Result<Vec<OwnedObject>, EngineError> {
@@ -563,6 +567,7 @@ impl Engine for DockerEngine {
                 Some(OwnedObject {
                     namespace,
                     instance,
+                    kind: OwnedKind::Container,
                     id: c.id.clone()?,
                     phase,
                     created: c.created.and_then(|s| Timestamp::from_second(s).ok()),
@@ -609,10 +614,10 @@ impl Engine for DockerEngine {
 
 /// Every image a spec runs: its image, or each service's of its stack (in file order, once each).
 fn images_of(spec: &EnvInstanceSpec, policy: &Policy) -> Vec<String> {
-    match &spec.compose_file {
-        Some(file) => {
+    match spec.workload() {
+        Workload::Stack { compose_file } => {
             let mut images: Vec<String> = Vec::new();
-            if let Ok(stack) = compose::plan(spec, file, policy) {
+            if let Ok(stack) = compose::plan(spec, compose_file, policy) {
                 for svc in stack.services {
                     if !images.contains(&svc.image) {
                         images.push(svc.image);
@@ -621,20 +626,13 @@ fn images_of(spec: &EnvInstanceSpec, policy: &Policy) -> Vec<String> {
             }
             images
         }
-        None => spec.image.iter().cloned().collect(),
+        Workload::Container { image } => image.iter().map(|i| i.to_string()).collect(),
     }
 }
 
-async fn remove(docker: &Docker, name: &str) -> Result<(), EngineError> {
-    // Sandboxes are killed at once (no grace period) and take their anonymous volumes with them.
-    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
-    match docker.remove_container(name, Some(options)).await {
-        Ok(()) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        // 409: removal already in progress.
-        Err(e) if is_conflict(&e) => Ok(()),
-        Err(e) => Err(classify(&format!("removing container {name}"), e)),
-    }
+/// Removes a container; one the daemon is removing already counts as removed.
+async fn remove_container(docker: &Docker, name: &str) -> Result<(), EngineError> {
+    containers::remove(docker, name).await.map(|_| ())
 }
 
 /// Follows the daemon's container events for this operator's containers, reconnecting with backoff, until the

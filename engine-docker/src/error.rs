@@ -24,18 +24,20 @@ pub enum Error {
     },
 }
 
-/// Sorts a bollard error into what the reconciler does with it: retry later, or fail the instance.
+/// Sorts a bollard error into what the reconciler does with it: retry later, or fail the instance. The bollard
+/// error stays as the source.
 pub(crate) fn classify(context: &str, err: bollard::errors::Error) -> EngineError {
     use bollard::errors::Error as B;
-    match err {
-        B::DockerResponseServerError { status_code, message } if (400..500).contains(&status_code) => {
-            EngineError::Permanent(format!("{context}: {message}"))
+    let sorted = match &err {
+        B::DockerResponseServerError { status_code, message } if (400..500).contains(status_code) => {
+            EngineError::permanent(format!("{context}: {message}"))
         }
-        B::DockerResponseServerError { message, .. } => EngineError::Other(format!("{context}: {message}")),
-        B::DockerStreamError { error } => EngineError::Permanent(format!("{context}: {error}")),
-        B::JsonDataError { .. } | B::JsonSerdeError { .. } => EngineError::Other(format!("{context}: {err}")),
-        other => EngineError::Unavailable(format!("{context}: the Docker daemon does not answer: {other}")),
-    }
+        B::DockerResponseServerError { message, .. } => EngineError::transient(format!("{context}: {message}")),
+        B::DockerStreamError { error } => EngineError::permanent(format!("{context}: {error}")),
+        B::JsonDataError { .. } | B::JsonSerdeError { .. } => EngineError::transient(format!("{context}: {err}")),
+        other => EngineError::unavailable(format!("{context}: the Docker daemon does not answer: {other}")),
+    };
+    sorted.with_source(err)
 }
 
 /// True for the daemon's 404.

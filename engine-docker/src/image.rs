@@ -1,6 +1,6 @@
 //! Making sure an instance's image is on the host, by its pull policy.
 
-use aenv_core::{EngineError, PullPolicy, PullProgress, PullState};
+use aenv_core::{EngineError, ErrorKind, PullPolicy, PullProgress, PullState};
 use bollard::{Docker, query_parameters::CreateImageOptionsBuilder};
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 
@@ -29,7 +29,7 @@ pub(crate) async fn ensure_image(docker: &Docker, image: &str, policy: PullPolic
     match (policy, present) {
         (PullPolicy::IfNotPresent, true) | (PullPolicy::Never, true) => return Ok(()),
         (PullPolicy::Never, false) => {
-            return Err(EngineError::Permanent(format!(
+            return Err(EngineError::permanent(format!(
                 "image {image:?} is not on the Docker host and the pull policy is Never (load it with docker load or docker build)"
             )));
         }
@@ -43,14 +43,17 @@ pub(crate) async fn ensure_image(docker: &Docker, image: &str, policy: PullPolic
         Ok(_) => Ok(()),
         Err(e) => {
             let err = classify(&format!("pulling image {image:?}"), e);
-            match err {
+            match err.kind() {
+                // A daemon that does not answer: retried.
+                ErrorKind::Unavailable => Err(err),
                 // A pull that the daemon refused (no such image, no registry) fails the instance, unless the image
                 // was there and only a refresh (Always) failed.
-                EngineError::Permanent(_) | EngineError::Other(_) if present => Ok(()),
-                EngineError::Permanent(msg) | EngineError::Other(msg) => Err(EngineError::Permanent(format!(
-                    "{msg} (the image is not on the Docker host; build or load it there, or make its registry reachable)"
-                ))),
-                unavailable => Err(unavailable),
+                _ if present => Ok(()),
+                _ => Err(err.as_kind(ErrorKind::Permanent).reworded(|msg| {
+                    format!(
+                        "{msg} (the image is not on the Docker host; build or load it there, or make its registry reachable)"
+                    )
+                })),
             }
         }
     }

@@ -8,6 +8,7 @@
 mod auth;
 mod compose;
 mod connect;
+mod containers;
 mod engine;
 mod error;
 mod image;

@@ -1,6 +1,8 @@
 //! What a request may ask of the Docker host beyond a plain sandbox. Everything is refused unless the operator's
 //! policy allows it (`aenv-operator serve --allow host-network,privileged,...`): agents run untrusted code.
 
+use aenv_core::InvalidSpec;
+
 use std::str::FromStr;
 
 /// One thing the policy can allow.
@@ -76,13 +78,16 @@ impl Policy {
     }
 
     /// `Ok` when allowed; otherwise the API message, naming the request key and the flag that allows it.
-    pub fn check(&self, a: Allowance, key: &str) -> Result<(), String> {
+    pub fn check(&self, a: Allowance, key: &str) -> Result<(), InvalidSpec> {
         if self.allows(a) {
             Ok(())
         } else {
-            Err(format!(
-                "`{key}` is not allowed by this operator's policy (an operator started with --allow {} permits it)",
-                a.as_str()
+            Err(InvalidSpec::new(
+                key,
+                format!(
+                    "`{key}` is not allowed by this operator's policy (an operator started with --allow {} permits it)",
+                    a.as_str()
+                ),
             ))
         }
     }
@@ -96,6 +101,8 @@ mod tests {
     fn default_refuses_and_names_the_flag() {
         let p = Policy::default();
         let err = p.check(Allowance::HostNetwork, "deployConfig.network").unwrap_err();
+        assert_eq!(err.field, "deployConfig.network");
+        let err = err.message;
         assert!(err.contains("deployConfig.network") && err.contains("--allow host-network"), "{err}");
         let p = Policy::allowing([Allowance::HostNetwork]);
         assert!(p.check(Allowance::HostNetwork, "x").is_ok());

@@ -1,4 +1,7 @@
-use aenv_core::{Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, Observed, OwnedObject, Phase, labels};
+use aenv_core::{
+    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, InvalidSpec, Observed, OwnedKind, OwnedObject,
+    Phase, Workload, labels,
+};
 use async_trait::async_trait;
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::Pod;
@@ -125,13 +128,19 @@ impl Engine for KubeEngine {
         "kubernetes"
     }
 
-    fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), String> {
-        if spec.compose_file.is_some() {
-            return Err("field `deployConfig.composeFile`: compose stacks run on the Docker engine only; this operator runs instances as Kubernetes Pods".into());
+    fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+        if let Workload::Stack { .. } = spec.workload() {
+            return Err(InvalidSpec::new(
+                "deployConfig.composeFile",
+                "field `deployConfig.composeFile`: compose stacks run on the Docker engine only; this operator runs instances as Kubernetes Pods",
+            ));
         }
         if let Some(network) = spec.network.as_deref().filter(|n| !n.is_empty() && *n != "bridge") {
-            return Err(format!(
-                "field `deployConfig.network`: {network:?} cannot be chosen for a Pod; Pods join the cluster's Pod network (leave the field out)"
+            return Err(InvalidSpec::new(
+                "deployConfig.network",
+                format!(
+                    "field `deployConfig.network`: {network:?} cannot be chosen for a Pod; Pods join the cluster's Pod network (leave the field out)"
+                ),
             ));
         }
         Ok(())
@@ -142,7 +151,7 @@ impl Engine for KubeEngine {
         let probe = inst.spec.readiness.clone().unwrap_or_default().enabled;
         let pod = match self.get(&name).await? {
             Some(pod) if !self.ours(&pod) => {
-                return Err(EngineError::Permanent(format!(
+                return Err(EngineError::permanent(format!(
                     "a Pod named {name} exists in namespace {} and was not created by this operator",
                     self.config.namespace
                 )));
@@ -164,7 +173,7 @@ impl Engine for KubeEngine {
                     }
                     // Made by an earlier attempt a moment ago (the read came from before it): observe it.
                     Err(e) if api_code(&e) == Some(409) => self.get(&name).await?.ok_or_else(|| {
-                        EngineError::Other(format!("Pod {name} exists and vanished at once; retrying"))
+                        EngineError::transient(format!("Pod {name} exists and vanished at once; retrying"))
                     })?,
                     Err(e) => return Err(classify(&format!("creating Pod {name}"), e)),
                 }
@@ -195,6 +204,7 @@ impl Engine for KubeEngine {
                 let labels = pod.metadata.labels.as_ref()?;
                 let observed = observe(&pod, false);
                 Some(OwnedObject {
+                    kind: OwnedKind::Container,
                     namespace: labels.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into()),
                     instance: labels.get(labels::INSTANCE)?.clone(),
                     id: pod.metadata.name.clone()?,

@@ -26,22 +26,23 @@ pub(crate) fn api_code(err: &kube::Error) -> Option<u16> {
 
 /// Sorts a kube error into what the reconciler does with it: retry later, or fail the instance.
 pub(crate) fn classify(context: &str, err: kube::Error) -> EngineError {
-    match &err {
+    let sorted = match &err {
         kube::Error::Api(status) => match status.code {
             // The object as written cannot exist (an invalid label value, a bad quantity, a quota's refusal).
-            400 | 422 => EngineError::Permanent(format!("{context}: {}", status.message)),
-            403 => EngineError::Other(format!(
+            400 | 422 => EngineError::permanent(format!("{context}: {}", status.message)),
+            403 => EngineError::transient(format!(
                 "{context}: forbidden: {} (the operator's service account needs Pod permissions in the sandbox namespace)",
                 status.message
             )),
             429 | 500 | 502 | 503 | 504 => {
-                EngineError::Unavailable(format!("{context}: the API server is busy or failing: {}", status.message))
+                EngineError::unavailable(format!("{context}: the API server is busy or failing: {}", status.message))
             }
-            _ => EngineError::Other(format!("{context}: {}", status.message)),
+            _ => EngineError::transient(format!("{context}: {}", status.message)),
         },
         kube::Error::HyperError(_) | kube::Error::Service(_) => {
-            EngineError::Unavailable(format!("{context}: the API server does not answer: {err}"))
+            EngineError::unavailable(format!("{context}: the API server does not answer: {err}"))
         }
-        _ => EngineError::Other(format!("{context}: {err}")),
-    }
+        _ => EngineError::transient(format!("{context}: {err}")),
+    };
+    sorted.with_source(err)
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use aenv_core::{
-    EngineError, EnvInstance, Observed, Phase, PullPolicy,
+    EngineError, EnvInstance, Observed, Phase, PullPolicy, Workload,
     labels::InstanceLabels,
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
@@ -26,7 +26,7 @@ pub const AENV_VERSION_LABEL: &str = "business/aenv-version";
 pub const AENV_TTL_LABEL: &str = "business/aenv-ttl";
 pub const AENV_OWNER_LABEL: &str = "business/aenv-owner";
 /// Expiry as RFC 3339: an annotation, since `:` is not allowed in label values.
-pub const EXPIRE_AT_ANNOTATION: &str = "aenv.io/expire-at";
+pub use aenv_core::types::EXPIRE_AT_ANNOTATION;
 /// The owner as given, also when it is not a valid label value.
 pub const OWNER_ANNOTATION: &str = "aenv.io/owner";
 /// The one container of an instance's Pod.
@@ -77,18 +77,18 @@ pub fn memory_quantity(input: &str) -> Result<Quantity, aenv_core::Error> {
 pub fn pod_for(inst: &EnvInstance, config: &KubeEngineConfig) -> Result<Pod, EngineError> {
     let spec = &inst.spec;
     let name = inst.metadata.name.clone().unwrap_or_default();
-    let permanent = |e: aenv_core::Error| EngineError::Permanent(e.to_string());
-    let image = spec
-        .image
-        .clone()
-        .filter(|i| !i.trim().is_empty())
-        .ok_or_else(|| EngineError::Permanent("spec.image is empty: the instance has no image to run".into()))?;
-    if spec.compose_file.is_some() {
-        return Err(EngineError::Permanent(
-            "spec.composeFile: compose stacks run on the Docker engine only (start the operator with --engine docker)"
-                .into(),
-        ));
-    }
+    let permanent = |e: aenv_core::Error| EngineError::permanent(e.to_string());
+    let image = match spec.workload() {
+        Workload::Container { image: Some(image) } => image.to_string(),
+        Workload::Container { image: None } => {
+            return Err(EngineError::permanent("spec.image is empty: the instance has no image to run"));
+        }
+        Workload::Stack { .. } => {
+            return Err(EngineError::permanent(
+                "spec.composeFile: compose stacks run on the Docker engine only (start the operator with --engine docker)",
+            ));
+        }
+    };
     let mut quantities = BTreeMap::new();
     if let Some(cpu) = spec.resources.cpu.as_deref() {
         quantities.insert("cpu".to_string(), cpu_quantity(cpu).map_err(permanent)?);

@@ -4,7 +4,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use aenv_core::{
-    Engine, EngineError, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, OwnedObject, Phase, ReadinessProbe, Resources,
+    Engine, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, ErrorKind, OwnedKind, OwnedObject, Phase, ReadinessProbe,
+    Resources,
 };
 use aenv_engine_k8s::{KubeEngine, KubeEngineConfig, observe};
 use http::{Request, Response, StatusCode};
@@ -224,7 +225,7 @@ async fn a_pod_of_someone_else_is_not_adopted() {
     });
     let err = engine.apply(&inst).await.unwrap_err();
     server.await.unwrap();
-    assert!(matches!(&err, EngineError::Permanent(m) if m.contains("not created by this operator")), "{err}");
+    assert!(err.kind() == ErrorKind::Permanent && err.message().contains("not created by this operator"), "{err}");
 }
 
 #[tokio::test]
@@ -250,7 +251,7 @@ async fn an_invalid_pod_is_a_permanent_failure_and_an_unreachable_server_is_retr
         );
     });
     let err = engine.apply(&inst).await.unwrap_err();
-    assert!(matches!(&err, EngineError::Permanent(m) if m.contains("is invalid")), "{err}");
+    assert!(err.kind() == ErrorKind::Permanent && err.message().contains("is invalid"), "{err}");
     let err = engine.apply(&inst).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
     server.await.unwrap();
@@ -291,6 +292,7 @@ async fn list_owned_is_one_call_with_the_operator_selector() {
     assert_eq!(
         owned,
         vec![OwnedObject {
+            kind: OwnedKind::Container,
             namespace: "aenv-sandbox".into(),
             instance: "demo-abc123".into(),
             id: "demo-abc123".into(),
@@ -306,9 +308,9 @@ async fn validate_refuses_what_a_pod_cannot_do() {
     let engine =
         KubeEngine::new(Client::new(service, "default"), KubeEngineConfig::new("op-1", "aenv-sandbox")).unwrap();
     let compose = EnvInstanceSpec { compose_file: Some("services: {}".into()), ..Default::default() };
-    assert!(engine.validate(&compose).unwrap_err().contains("deployConfig.composeFile"));
+    assert_eq!(engine.validate(&compose).unwrap_err().field, "deployConfig.composeFile");
     let host = EnvInstanceSpec { network: Some("host".into()), ..Default::default() };
-    assert!(engine.validate(&host).unwrap_err().contains("deployConfig.network"));
+    assert_eq!(engine.validate(&host).unwrap_err().field, "deployConfig.network");
     assert!(engine.validate(&EnvInstanceSpec::default()).is_ok());
     let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     assert!(KubeEngine::new(Client::new(service, "default"), KubeEngineConfig::new("op-1", "Bad_NS")).is_err());

@@ -15,7 +15,7 @@ pub(crate) mod parse;
 pub(crate) mod run;
 pub(crate) mod status;
 
-use aenv_core::{EngineError, EnvInstanceSpec};
+use aenv_core::{EnvInstanceSpec, InvalidSpec};
 
 use crate::Policy;
 
@@ -35,11 +35,6 @@ pub(crate) mod compose_labels {
 /// On every object of a stack: the name of its main service, so that a list call can judge the stack by it.
 pub(crate) const MAIN_SERVICE_LABEL: &str = "aenv.io/main-service";
 
-/// Ids of non-container objects in [`aenv_core::OwnedObject::id`], so that `delete_owned` can tell them apart
-/// from container ids (hex, never containing ':').
-pub(crate) const NETWORK_ID_PREFIX: &str = "network:";
-pub(crate) const VOLUME_ID_PREFIX: &str = "volume:";
-
 pub(crate) fn container_name(instance: &str, service: &str) -> String {
     format!("{instance}-{service}-1")
 }
@@ -53,7 +48,7 @@ pub(crate) fn volume_name(instance: &str, volume: &str) -> String {
 }
 
 /// deployConfig keys that describe a single container and mean nothing for a stack: refused rather than ignored.
-fn refuse_single_container_keys(spec: &EnvInstanceSpec) -> Result<(), String> {
+fn refuse_single_container_keys(spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
     let mut keys = Vec::new();
     if !spec.args.is_empty() {
         keys.push("deployConfig.arguments");
@@ -67,29 +62,26 @@ fn refuse_single_container_keys(spec: &EnvInstanceSpec) -> Result<(), String> {
     if spec.readiness.is_some() {
         keys.push("deployConfig.readiness");
     }
-    if keys.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} do(es) not apply to a compose stack: set command, ports and healthcheck on a service in deployConfig.composeFile",
-            keys.join(", ")
-        ))
+    match keys.first() {
+        None => Ok(()),
+        Some(first) => Err(InvalidSpec::new(
+            *first,
+            format!(
+                "{} do(es) not apply to a compose stack: set command, ports and healthcheck on a service in deployConfig.composeFile",
+                keys.join(", ")
+            ),
+        )),
     }
 }
 
-/// The check the API runs before it stores a stack instance: the file parses, every key is supported, the host
-/// policy allows what it asks for.
-pub(crate) fn validate(spec: &EnvInstanceSpec, compose_file: &str, policy: &Policy) -> Result<(), String> {
-    refuse_single_container_keys(spec)?;
-    parse::parse(compose_file, &spec.env, policy).map(|_| ())
-}
-
-/// The same check at apply time (the policy may have changed since): a refusal fails the instance.
+/// The check the API runs before it stores a stack instance, and again at apply time (the policy may have changed
+/// since; a refusal then fails the instance): the file parses, every key is supported, the host policy allows
+/// what it asks for.
 pub(crate) fn plan(
     spec: &EnvInstanceSpec,
     compose_file: &str,
     policy: &Policy,
-) -> Result<parse::StackSpec, EngineError> {
-    refuse_single_container_keys(spec).map_err(EngineError::Permanent)?;
-    parse::parse(compose_file, &spec.env, policy).map_err(EngineError::Permanent)
+) -> Result<parse::StackSpec, InvalidSpec> {
+    refuse_single_container_keys(spec)?;
+    parse::parse(compose_file, &spec.env, policy).map_err(|m| InvalidSpec::new("deployConfig.composeFile", m))
 }

@@ -347,11 +347,11 @@ fn check_and_normalize(root: &mut Mapping, policy: &Policy) -> Result<Extras, St
                 "privileged" => {
                     boolify(v);
                     if is_true(Some(v)) {
-                        policy.check(Allowance::Privileged, &path)?;
+                        policy.check(Allowance::Privileged, &path).map_err(|e| e.message)?;
                     }
                 }
                 "network_mode" => match v.as_str() {
-                    Some("host") => policy.check(Allowance::HostNetwork, &path)?,
+                    Some("host") => policy.check(Allowance::HostNetwork, &path).map_err(|e| e.message)?,
                     other => {
                         return Err(format!(
                             "`{path}`: {other:?} is not supported; a stack's services share its own network (only `host` may be asked for, when the policy allows it)"
@@ -359,7 +359,7 @@ fn check_and_normalize(root: &mut Mapping, policy: &Policy) -> Result<Extras, St
                     }
                 },
                 "pid" | "ipc" => match v.as_str() {
-                    Some("host") => policy.check(Allowance::HostNamespaces, &path)?,
+                    Some("host") => policy.check(Allowance::HostNamespaces, &path).map_err(|e| e.message)?,
                     other => {
                         return Err(format!(
                             "`{path}`: {other:?} is not supported (only `host`, when the policy allows it)"
@@ -367,10 +367,10 @@ fn check_and_normalize(root: &mut Mapping, policy: &Policy) -> Result<Extras, St
                     }
                 },
                 "cap_add" if v.as_sequence().is_some_and(|s| !s.is_empty()) => {
-                    policy.check(Allowance::CapAdd, &path)?;
+                    policy.check(Allowance::CapAdd, &path).map_err(|e| e.message)?;
                 }
                 "devices" if v.as_sequence().is_some_and(|s| !s.is_empty()) => {
-                    policy.check(Allowance::Devices, &path)?;
+                    policy.check(Allowance::Devices, &path).map_err(|e| e.message)?;
                 }
                 "read_only" | "init" => boolify(v),
                 "restart" if v.as_str() != Some("no") => {
@@ -417,7 +417,7 @@ fn check_and_normalize(root: &mut Mapping, policy: &Policy) -> Result<Extras, St
                             match item {
                                 Value::String(s) => {
                                     if short_volume_is_bind(s) {
-                                        policy.check(Allowance::BindMounts, &ipath)?;
+                                        policy.check(Allowance::BindMounts, &ipath).map_err(|e| e.message)?;
                                     }
                                 }
                                 Value::Mapping(m) => {
@@ -448,7 +448,7 @@ fn check_and_normalize(root: &mut Mapping, policy: &Policy) -> Result<Extras, St
                                         }
                                     }
                                     if m.get("type").and_then(Value::as_str) == Some("bind") {
-                                        policy.check(Allowance::BindMounts, &ipath)?;
+                                        policy.check(Allowance::BindMounts, &ipath).map_err(|e| e.message)?;
                                     }
                                 }
                                 _ => return Err(format!("`{ipath}` must be a string or a mapping")),

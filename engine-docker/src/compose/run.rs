@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aenv_core::{EngineError, EnvInstance, Observed, labels::InstanceLabels};
+use aenv_core::{EngineError, EnvInstance, ErrorKind, Observed, labels::InstanceLabels};
 use bollard::{
     Docker,
     models::{
@@ -24,7 +24,7 @@ use bollard::{
     },
     query_parameters::{
         CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-        ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+        ListVolumesOptionsBuilder, RemoveVolumeOptionsBuilder,
     },
 };
 use futures::future::{join_all, try_join_all};
@@ -38,6 +38,7 @@ use super::{
 };
 use crate::{
     DockerEngineConfig,
+    containers::{self, Removal},
     error::{classify, is_conflict, is_not_found},
     image::ensure_image,
 };
@@ -73,7 +74,7 @@ pub(crate) async fn apply(
     let id = inst.metadata.name.clone().unwrap_or_default();
     let mut stack = plan(&inst.spec, compose_file, &config.policy)?;
     apply_instance_limits(inst, &mut stack)?;
-    let expire_at = inst.expires_at().map_err(|e| EngineError::Permanent(e.to_string()))?;
+    let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
     let mut base_labels = InstanceLabels {
         operator_id: &config.operator_id,
         namespace: inst.metadata.namespace.as_deref().unwrap_or("default"),
@@ -101,7 +102,7 @@ pub(crate) async fn apply(
     let existing = ctx.inspect_all().await?;
     for c in existing.values().flatten() {
         if !ctx.ours(c) {
-            return Err(EngineError::Permanent(format!(
+            return Err(EngineError::permanent(format!(
                 "a container named {} exists on the Docker host and was not created by this operator",
                 c.name.as_deref().unwrap_or_default().trim_start_matches('/')
             )));
@@ -127,13 +128,13 @@ fn apply_instance_limits(inst: &EnvInstance, stack: &mut StackSpec) -> Result<()
     if svc.nano_cpus.is_none()
         && let Some(cpu) = res.cpu.as_deref()
     {
-        let millis = aenv_core::quantity::parse_cpu_millis(cpu).map_err(|e| EngineError::Permanent(e.to_string()))?;
+        let millis = aenv_core::quantity::parse_cpu_millis(cpu).map_err(|e| EngineError::permanent(e.to_string()))?;
         svc.nano_cpus = Some(millis as i64 * 1_000_000);
     }
     if svc.memory.is_none()
         && let Some(mem) = res.memory.as_deref()
     {
-        let bytes = aenv_core::quantity::parse_memory_bytes(mem).map_err(|e| EngineError::Permanent(e.to_string()))?;
+        let bytes = aenv_core::quantity::parse_memory_bytes(mem).map_err(|e| EngineError::permanent(e.to_string()))?;
         svc.memory = Some(bytes as i64);
     }
     Ok(())
@@ -149,7 +150,7 @@ impl Ctx<'_> {
     }
 
     async fn inspect(&self, service: &str) -> Result<Option<ContainerInspectResponse>, EngineError> {
-        inspect_container(self.docker, &container_name(&self.id, service)).await
+        containers::inspect(self.docker, &container_name(&self.id, service)).await
     }
 
     async fn inspect_all(&self) -> Result<HashMap<String, Option<ContainerInspectResponse>>, EngineError> {
@@ -175,7 +176,7 @@ impl Ctx<'_> {
                 return if ours {
                     Ok(())
                 } else {
-                    Err(EngineError::Permanent(format!(
+                    Err(EngineError::permanent(format!(
                         "a network named {name} exists on the Docker host and was not created by this operator"
                     )))
                 };
@@ -198,7 +199,7 @@ impl Ctx<'_> {
             }
             // Created meanwhile (a concurrent attempt): adopted on the next apply.
             Err(e) if is_conflict(&e) => {
-                Err(EngineError::Other(format!("network {name} is being created by an earlier attempt; retrying")))
+                Err(EngineError::transient(format!("network {name} is being created by an earlier attempt; retrying")))
             }
             Err(e) => Err(classify(&format!("creating network {name}"), e)),
         }
@@ -225,7 +226,7 @@ impl Ctx<'_> {
             let ours =
                 created.labels.get(aenv_core::labels::OPERATOR_ID).is_some_and(|id| *id == self.config.operator_id);
             if !ours {
-                return Err(EngineError::Permanent(format!(
+                return Err(EngineError::permanent(format!(
                     "a volume named {name} exists on the Docker host and was not created by this operator"
                 )));
             }
@@ -240,10 +241,9 @@ impl Ctx<'_> {
                 continue;
             }
             seen.push(svc.image.clone());
-            ensure_image(self.docker, &svc.image, self.pull_policy).await.map_err(|e| match e {
-                EngineError::Permanent(m) => EngineError::Permanent(format!("service {}: {m}", svc.name)),
-                other => other,
-            })?;
+            ensure_image(self.docker, &svc.image, self.pull_policy)
+                .await
+                .map_err(|e| in_service(e, |m| format!("service {}: {m}", svc.name)))?;
         }
         Ok(())
     }
@@ -272,15 +272,13 @@ impl Ctx<'_> {
             match self.docker.create_container(Some(options), body).await {
                 Ok(created) => debug!(container = %created.id, service = %svc.name, "stack container created"),
                 Err(e) if is_conflict(&e) => {
-                    return Err(EngineError::Other(format!(
+                    return Err(EngineError::transient(format!(
                         "a container named {name} is still being created by an earlier attempt; retrying"
                     )));
                 }
                 Err(e) => {
-                    return Err(match classify(&format!("creating container {name}"), e) {
-                        EngineError::Permanent(m) => EngineError::Permanent(format!("service {}: {m}", svc.name)),
-                        other => other,
-                    });
+                    let e = classify(&format!("creating container {name}"), e);
+                    return Err(in_service(e, |m| format!("service {}: {m}", svc.name)));
                 }
             }
         }
@@ -288,14 +286,11 @@ impl Ctx<'_> {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
             Err(e) if is_not_found(&e) => {
-                Err(EngineError::Other(format!("container {name} disappeared before it started; retrying")))
+                Err(EngineError::transient(format!("container {name} disappeared before it started; retrying")))
             }
-            Err(e) => Err(match classify(&format!("starting container {name}"), e) {
-                EngineError::Permanent(m) => {
-                    EngineError::Permanent(format!("service {} could not start: {m}", svc.name))
-                }
-                other => other,
-            }),
+            Err(e) => Err(in_service(classify(&format!("starting container {name}"), e), |m| {
+                format!("service {} could not start: {m}", svc.name)
+            })),
         }
     }
 
@@ -319,7 +314,7 @@ impl Ctx<'_> {
                         dep.service
                     );
                     if dep.required {
-                        return Err(EngineError::Permanent(msg));
+                        return Err(EngineError::permanent(msg));
                     }
                     warn!(instance = %self.id, "{msg}; starting {} anyway (required: false)", svc.name);
                     return Ok(());
@@ -331,7 +326,7 @@ impl Ctx<'_> {
                 .map(|t| Duration::from_millis((Timestamp::now().as_millisecond() - t.as_millisecond()).max(0) as u64))
                 .unwrap_or_else(|| self.started.elapsed());
             if since_creation >= DEPENDENCY_TIMEOUT {
-                return Err(EngineError::Permanent(format!(
+                return Err(EngineError::permanent(format!(
                     "service {} waited {} s for service {} {what} ({}); giving up",
                     svc.name,
                     DEPENDENCY_TIMEOUT.as_secs(),
@@ -340,7 +335,7 @@ impl Ctx<'_> {
                 )));
             }
             if self.started.elapsed() >= WAIT_SLICE {
-                return Err(EngineError::Other(format!(
+                return Err(EngineError::transient(format!(
                     "service {} is waiting for service {} {what}",
                     svc.name, dep.service
                 )));
@@ -502,14 +497,6 @@ fn last_probe(state: &bollard::models::ContainerState) -> String {
     }
 }
 
-async fn inspect_container(docker: &Docker, name: &str) -> Result<Option<ContainerInspectResponse>, EngineError> {
-    match docker.inspect_container(name, None).await {
-        Ok(c) => Ok(Some(c)),
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(classify(&format!("inspecting container {name}"), e)),
-    }
-}
-
 fn instance_filter(operator_id: &str, instance: &str) -> HashMap<String, Vec<String>> {
     HashMap::from([(
         "label".to_string(),
@@ -545,15 +532,13 @@ pub(crate) async fn delete(docker: &Docker, operator_id: &str, instance: &str) -
     Ok(())
 }
 
-pub(crate) async fn remove_container(docker: &Docker, id: &str) -> Result<(), EngineError> {
-    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
-    match docker.remove_container(id, Some(options)).await {
-        Ok(()) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) if is_conflict(&e) => {
-            Err(EngineError::Other(format!("container {id} is already being removed; checking again")))
+/// Removes a stack's container; one still being removed is waited for (its network cannot go before it).
+async fn remove_container(docker: &Docker, id: &str) -> Result<(), EngineError> {
+    match containers::remove(docker, id).await? {
+        Removal::Gone => Ok(()),
+        Removal::InProgress => {
+            Err(EngineError::transient(format!("container {id} is already being removed; checking again")))
         }
-        Err(e) => Err(classify(&format!("removing container {id}"), e)),
     }
 }
 
@@ -562,10 +547,7 @@ pub(crate) async fn remove_network(docker: &Docker, id: &str) -> Result<(), Engi
         Ok(()) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         // Endpoints still attached (a container removal in flight): try again.
-        Err(e) => Err(match classify(&format!("removing network {id}"), e) {
-            EngineError::Permanent(m) => EngineError::Other(m),
-            other => other,
-        }),
+        Err(e) => Err(retried(classify(&format!("removing network {id}"), e))),
     }
 }
 
@@ -575,11 +557,18 @@ pub(crate) async fn remove_volume(docker: &Docker, name: &str) -> Result<(), Eng
         Ok(()) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         // In use by a container being removed: try again.
-        Err(e) => Err(match classify(&format!("removing volume {name}"), e) {
-            EngineError::Permanent(m) => EngineError::Other(m),
-            other => other,
-        }),
+        Err(e) => Err(retried(classify(&format!("removing volume {name}"), e))),
     }
+}
+
+/// A permanent failure of one service, reworded to name it (others pass as they are).
+fn in_service(e: EngineError, reword: impl FnOnce(&str) -> String) -> EngineError {
+    if e.kind() == ErrorKind::Permanent { e.reworded(reword) } else { e }
+}
+
+/// A refusal that is only a race with a removal in flight: retried rather than failed.
+fn retried(e: EngineError) -> EngineError {
+    if e.kind() == ErrorKind::Permanent { e.as_kind(ErrorKind::Transient) } else { e }
 }
 
 fn kept_contains(kept: &[String], cap: &str) -> bool {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use aenv_core::{Observed, OwnedObject, Phase, PortStatus, ServiceStatus, labels};
+use aenv_core::{Observed, OwnedKind, OwnedObject, Phase, PortStatus, ServiceStatus, labels};
 use bollard::{
     Docker,
     models::{ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum},
@@ -16,10 +16,7 @@ use bollard::{
 };
 use jiff::Timestamp;
 
-use super::{
-    MAIN_SERVICE_LABEL, NETWORK_ID_PREFIX, VOLUME_ID_PREFIX, compose_labels as cl, container_name, network_name,
-    parse::StackSpec,
-};
+use super::{MAIN_SERVICE_LABEL, compose_labels as cl, container_name, network_name, parse::StackSpec};
 use crate::error::classify;
 
 /// Why a service's container is not fine, if it is not: `Some((terminal phase, message))`.
@@ -226,32 +223,31 @@ pub(crate) fn stack_phases(containers: &[ContainerSummary]) -> HashMap<(String, 
     out
 }
 
-/// Networks and volumes labelled as this operator's, as owned objects (their ids prefixed so `delete_owned` can
-/// tell them apart). Their phase is their stack's, or `Creating` when the stack has no container (yet).
+/// Networks and volumes labelled as this operator's, as owned objects. Their phase is their stack's, or `Creating` when the stack has no container (yet).
 pub(crate) async fn owned_networks_and_volumes(
     docker: &Docker,
     filters: &HashMap<String, Vec<String>>,
     phases: &HashMap<(String, String), Phase>,
 ) -> Result<Vec<OwnedObject>, aenv_core::EngineError> {
     let mut out = Vec::new();
-    let object = |l: &HashMap<String, String>, id: String, created: Option<Timestamp>| {
+    let object = |l: &HashMap<String, String>, kind: OwnedKind, id: String, created: Option<Timestamp>| {
         let instance = l.get(labels::INSTANCE)?.clone();
         let namespace = l.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into());
         let phase = phases.get(&(namespace.clone(), instance.clone())).copied().unwrap_or(Phase::Creating);
-        Some(OwnedObject { namespace, instance, id, phase, created })
+        Some(OwnedObject { namespace, instance, kind, id, phase, created })
     };
     let options = ListNetworksOptionsBuilder::default().filters(filters).build();
     let networks = docker.list_networks(Some(options)).await.map_err(|e| classify("listing networks", e))?;
     for n in networks {
         let (Some(l), Some(id)) = (n.labels.as_ref(), n.id.clone()) else { continue };
         let created = n.created.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
-        out.extend(object(l, format!("{NETWORK_ID_PREFIX}{id}"), created));
+        out.extend(object(l, OwnedKind::Network, id, created));
     }
     let options = ListVolumesOptionsBuilder::default().filters(filters).build();
     let volumes = docker.list_volumes(Some(options)).await.map_err(|e| classify("listing volumes", e))?;
     for v in volumes.volumes.unwrap_or_default() {
         let created = v.created_at.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
-        out.extend(object(&v.labels, format!("{VOLUME_ID_PREFIX}{}", v.name), created));
+        out.extend(object(&v.labels, OwnedKind::Volume, v.name, created));
     }
     Ok(out)
 }

@@ -143,7 +143,7 @@ impl Gateway {
                 overrides.apply(&template.spec.template, &name, &version, &self.default_ttl)
             }
         };
-        self.engine.validate(&spec).map_err(ApiError::bad_request)?;
+        self.engine.validate(&spec).map_err(|e| ApiError::bad_request(e.message))?;
         Ok(spec)
     }
 

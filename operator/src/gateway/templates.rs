@@ -60,7 +60,7 @@ impl Gateway {
         if spec.env_version.is_empty() {
             return Err(ApiError::bad_request("field `version` is required for an Environment"));
         }
-        self.engine.validate(&spec).map_err(ApiError::bad_request)?;
+        self.engine.validate(&spec).map_err(|e| ApiError::bad_request(e.message))?;
         // parse_create has validated the body as JSON already.
         let raw: Value = serde_json::from_slice(&body).unwrap_or_default();
         let text = |key: &str| raw.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
