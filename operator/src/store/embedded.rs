@@ -23,7 +23,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::{Mutex, broadcast};
 use tracing::warn;
 
-use super::{DEFAULT_NAMESPACE, Kind, ObjectStore, key_of, random_suffix, relisting_watch};
+use super::{DEFAULT_NAMESPACE, Kind, ObjectStore, key_of, random_suffix, relisting_watch, with_status_of};
 use crate::Error;
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -247,18 +247,7 @@ where
         let key = key_of(obj);
         let Some(current) = self.get(&key) else { return Ok(None) };
         // Only the status moves: everything else stays as stored.
-        let mut merged = serde_json::to_value(&*current).map_err(|e| Error::Store(e.to_string()))?;
-        let status = serde_json::to_value(obj).map_err(|e| Error::Store(e.to_string()))?.get("status").cloned();
-        if let Some(fields) = merged.as_object_mut() {
-            match status {
-                Some(s) => fields.insert("status".into(), s),
-                None => fields.remove("status"),
-            };
-        }
-        let mut merged: K = serde_json::from_value(merged).map_err(|e| Error::Store(e.to_string()))?;
-        // The JSON round trip cuts timestamps to whole seconds (creationTimestamp would move up to 1 s back, and
-        // the TTL would fire that much early): the metadata stays exactly as stored.
-        *merged.meta_mut() = current.meta().clone();
+        let merged = with_status_of(current.as_ref(), obj)?;
         self.commit(key, Some(merged), Durability::None).await
     }
 

@@ -1,9 +1,11 @@
 //! Where `EnvInstance` and `Environment` objects live: the [`ObjectStore`] trait, its embedded implementation
-//! (redb on local disk) and its Kubernetes implementation (custom resources in an API server). Readers (the
-//! gateway, the reconciler) are served from memory; writes go through the store's home first.
+//! (redb on local disk), its Kubernetes implementation (custom resources in an API server) and an in-memory one
+//! for tests. Readers (the HTTP layer, the controller) are served from memory; writes go through the store's home
+//! first.
 
 mod embedded;
 mod kubernetes;
+mod memory;
 
 use std::{fmt::Debug, sync::Arc};
 
@@ -16,6 +18,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 pub use embedded::{Embedded, EmbeddedStore};
 pub use kubernetes::{FIELD_MANAGER, FINALIZER, KubeStore, KubeStoreConfig};
+pub use memory::MemoryStore;
 
 use crate::Error;
 
@@ -77,6 +80,22 @@ pub trait ObjectStore<K>: Send + Sync + 'static {
     fn list_where(&self, filter: &dyn Fn(&K) -> bool) -> Vec<Arc<K>> {
         self.list().into_iter().filter(|o| filter(o)).collect()
     }
+}
+
+/// `current` with the status of `obj` (the rest of `obj` is ignored): what a status write stores. The metadata
+/// stays exactly as stored (a JSON round trip would cut timestamps to whole seconds).
+pub(crate) fn with_status_of<K: Kind>(current: &K, obj: &K) -> Result<K, Error> {
+    let mut merged = serde_json::to_value(current).map_err(|e| Error::Store(e.to_string()))?;
+    let status = serde_json::to_value(obj).map_err(|e| Error::Store(e.to_string()))?.get("status").cloned();
+    if let Some(fields) = merged.as_object_mut() {
+        match status {
+            Some(s) => fields.insert("status".into(), s),
+            None => fields.remove("status"),
+        };
+    }
+    let mut merged: K = serde_json::from_value(merged).map_err(|e| Error::Store(e.to_string()))?;
+    *merged.meta_mut() = current.meta().clone();
+    Ok(merged)
 }
 
 /// `n` random characters from `[a-z0-9]`, as AEnvironment's instance-id suffixes.

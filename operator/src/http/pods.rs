@@ -14,10 +14,11 @@ use warp::{
 };
 
 use super::{
-    ApiError, Gateway, MAX_BODY_BYTES, Strictness,
-    guard::{Principal, caller},
-    wire, with_gateway,
+    ApiError, Caller, MAX_BODY_BYTES,
+    request::{Strictness, parse_create},
+    wire, with_services,
 };
+use crate::service::{Principal, Services};
 
 #[derive(Serialize)]
 struct Envelope<T> {
@@ -101,73 +102,85 @@ fn expired(inst: &EnvInstance, now: Timestamp) -> bool {
     inst.expires_at().ok().flatten().is_some_and(|exp| now > exp)
 }
 
-impl Gateway {
-    async fn create_pod(&self, body: Bytes, caller: Option<Principal>) -> warp::reply::Response {
-        let spec = match self.resolve(&body, Strictness::Lenient) {
-            Ok(spec) => spec,
-            Err(e) if e.status == 400 => return text_error(400, &format!("Invalid request body: {}", e.message)),
-            Err(e) => return text_error(e.status, &format!("failed to create pod failed: err is {}", e.message)),
-        };
-        match self.create_instance(spec, caller.as_ref()).await {
-            Ok(inst) => {
-                // The controller answers with the Pod as created: Pending, no IP, and no TTL filled in.
-                let mut p = pod(&inst);
-                p.ttl = String::new();
-                json_line(StatusCode::CREATED, p)
-            }
-            Err(e) => text_error(e.status, &format!("failed to create pod failed: err is {}", e.message)),
-        }
-    }
-
-    fn get_pod(&self, id: &str, caller: Option<Principal>) -> warp::reply::Response {
-        match self.instances.get(&self.key(id)).filter(|i| Self::visible(i, caller.as_ref())) {
-            Some(inst) => json_line(StatusCode::OK, pod(&inst)),
-            None => text_error(404, &format!("failed to get pod failed: err is pods \"{id}\" not found")),
-        }
-    }
-
-    async fn delete_pod(&self, id: &str, caller: Option<Principal>) -> warp::reply::Response {
-        match self.delete_instance(id, caller.as_ref()).await {
-            Ok(Some(())) => json_line(StatusCode::OK, true),
-            Ok(None) => text_error(404, &format!("failed to delete Pod failed: err is pods \"{id}\" not found")),
-            Err(ApiError { status, message }) => {
-                text_error(status, &format!("failed to delete Pod failed: err is {message}"))
-            }
-        }
-    }
-
-    fn list_pods(&self, query: &HashMap<String, String>, caller: Option<Principal>) -> warp::reply::Response {
-        let now = Timestamp::now();
-        let only_expired = query.get("filter").is_some_and(|f| f == "expired");
-        let env_name = query.get("envName").filter(|n| !n.is_empty());
-        let items: Vec<PodItem> = self
-            .matching(None, None, caller.as_ref())
-            .iter()
-            .filter(|i| env_name.is_none_or(|n| &i.spec.env_name == n))
-            .filter(|i| !only_expired || expired(i, now))
-            .map(|i| item(i))
-            .collect();
-        // The Go controller encodes an empty list as null.
-        if items.is_empty() { json_line(StatusCode::OK, Option::<()>::None) } else { json_line(StatusCode::OK, items) }
+/// Turns a refusal into the controller's plain-text error: `Invalid request body` for a 400, as the controller
+/// words a body it cannot decode, else `failed to create pod failed`.
+fn create_error(e: ApiError) -> warp::reply::Response {
+    if e.status == 400 {
+        text_error(400, &format!("Invalid request body: {}", e.message))
+    } else {
+        text_error(e.status, &format!("failed to create pod failed: err is {}", e.message))
     }
 }
 
+async fn create_pod(svc: &Services, body: &[u8], caller: Option<Principal>) -> warp::reply::Response {
+    let spec = match parse_create(body, Strictness::Lenient)
+        .and_then(|(request, _)| svc.resolve(request).map_err(ApiError::from))
+    {
+        Ok(spec) => spec,
+        Err(e) => return create_error(e),
+    };
+    match svc.create(spec, caller.as_ref()).await {
+        Ok(inst) => {
+            // The controller answers with the Pod as created: Pending, no IP, and no TTL filled in.
+            let mut p = pod(&inst);
+            p.ttl = String::new();
+            json_line(StatusCode::CREATED, p)
+        }
+        Err(e) => {
+            let e = ApiError::from(e);
+            text_error(e.status, &format!("failed to create pod failed: err is {}", e.message))
+        }
+    }
+}
+
+fn get_pod(svc: &Services, id: &str, caller: Option<Principal>) -> warp::reply::Response {
+    match svc.instance(id, caller.as_ref()) {
+        Some(inst) => json_line(StatusCode::OK, pod(&inst)),
+        None => text_error(404, &format!("failed to get pod failed: err is pods \"{id}\" not found")),
+    }
+}
+
+async fn delete_pod(svc: &Services, id: &str, caller: Option<Principal>) -> warp::reply::Response {
+    match svc.delete(id, caller.as_ref()).await.map_err(ApiError::from) {
+        Ok(Some(())) => json_line(StatusCode::OK, true),
+        Ok(None) => text_error(404, &format!("failed to delete Pod failed: err is pods \"{id}\" not found")),
+        Err(e) => text_error(e.status, &format!("failed to delete Pod failed: err is {}", e.message)),
+    }
+}
+
+fn list_pods(svc: &Services, query: &HashMap<String, String>, caller: Option<Principal>) -> warp::reply::Response {
+    let now = Timestamp::now();
+    let only_expired = query.get("filter").is_some_and(|f| f == "expired");
+    let env_name = query.get("envName").filter(|n| !n.is_empty());
+    let items: Vec<PodItem> = svc
+        .matching(None, None, caller.as_ref())
+        .iter()
+        .filter(|i| env_name.is_none_or(|n| &i.spec.env_name == n))
+        .filter(|i| !only_expired || expired(i, now))
+        .map(|i| item(i))
+        .collect();
+    // The Go controller encodes an empty list as null.
+    if items.is_empty() { json_line(StatusCode::OK, Option::<()>::None) } else { json_line(StatusCode::OK, items) }
+}
+
 /// The `/pods` routes.
-pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    let who = caller(gw.guard.clone());
+pub fn routes(
+    svc: Arc<Services>,
+    who: Caller,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let create = warp::path!("pods")
         .and(warp::post())
         .and(who.clone())
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
-        .and(with_gateway(gw.clone()))
-        .then(|c: Option<Principal>, body: Bytes, gw: Arc<Gateway>| async move { gw.create_pod(body, c).await });
+        .and(with_services(svc.clone()))
+        .then(|c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move { create_pod(&svc, &body, c).await });
     let list = warp::path!("pods")
         .and(warp::get())
         .and(who.clone())
         .and(warp::query::<HashMap<String, String>>())
-        .and(with_gateway(gw.clone()))
-        .map(|c: Option<Principal>, q: HashMap<String, String>, gw: Arc<Gateway>| gw.list_pods(&q, c));
+        .and(with_services(svc.clone()))
+        .map(|c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| list_pods(&svc, &q, c));
     // `GET /pods/` is getPod("") upstream.
     let missing = warp::get().and(warp::path::full()).and_then(|p: warp::path::FullPath| async move {
         if p.as_str() == "/pods/" { Ok(text_error(400, "missing pod name")) } else { Err(warp::reject::not_found()) }
@@ -175,12 +188,12 @@ pub fn routes(gw: Arc<Gateway>) -> impl Filter<Extract = (warp::reply::Response,
     let get = warp::path!("pods" / String)
         .and(warp::get())
         .and(who.clone())
-        .and(with_gateway(gw.clone()))
-        .map(|id: String, c: Option<Principal>, gw: Arc<Gateway>| gw.get_pod(&id, c));
+        .and(with_services(svc.clone()))
+        .map(|id: String, c: Option<Principal>, svc: Arc<Services>| get_pod(&svc, &id, c));
     let delete = warp::path!("pods" / String)
         .and(warp::delete())
         .and(who)
-        .and(with_gateway(gw))
-        .then(|id: String, c: Option<Principal>, gw: Arc<Gateway>| async move { gw.delete_pod(&id, c).await });
+        .and(with_services(svc))
+        .then(|id: String, c: Option<Principal>, svc: Arc<Services>| async move { delete_pod(&svc, &id, c).await });
     missing.or(create).unify().or(list).unify().or(get).unify().or(delete).unify()
 }

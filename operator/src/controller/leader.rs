@@ -9,7 +9,8 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 
-use crate::{Error, reconciler};
+use super::{Context, LoopConfig, run};
+use crate::Error;
 
 /// How the Lease is held.
 #[derive(Clone, Debug)]
@@ -26,13 +27,34 @@ pub struct LeaderElection {
     pub renew_grace: Duration,
 }
 
+impl LeaderElection {
+    /// The election the command line asks for: the Lease in --leader-elect-namespace (else --namespace), this
+    /// replica named by --leader-elect-identity (else $POD_NAME or $HOSTNAME with a random suffix).
+    pub fn from_args(kube: &crate::app::KubeArgs) -> Self {
+        let args = &kube.leader;
+        let identity = args.leader_elect_identity.clone().unwrap_or_else(|| {
+            let host = std::env::var("POD_NAME")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| "aenv-operator".into());
+            format!("{host}-{}", crate::store::random_suffix(5))
+        });
+        LeaderElection {
+            lease_name: args.leader_elect_lease_name.clone(),
+            namespace: args.leader_elect_namespace.clone().unwrap_or_else(|| kube.namespace.clone()),
+            identity,
+            lease_duration: args.leader_elect_lease_duration,
+            renew_grace: args.leader_elect_renew_grace,
+        }
+    }
+}
+
 /// Runs the reconciler whenever this replica holds the Lease, until `shutdown` resolves; then gives the Lease up
 /// so that another replica takes over at once.
 pub async fn run_when_leader(
     client: Client,
     election: LeaderElection,
-    ctx: Arc<reconciler::Context>,
-    config: reconciler::LoopConfig,
+    ctx: Arc<Context>,
+    config: LoopConfig,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) -> Result<(), Error> {
     let duration = election.lease_duration.as_secs().max(2);
@@ -70,7 +92,7 @@ pub async fn run_when_leader(
                 }
             }
         };
-        reconciler::run(ctx.clone(), config.clone(), stop).await;
+        run(ctx.clone(), config.clone(), stop).await;
         if shutdown_done.as_mut().now_or_never().is_some() {
             break;
         }

@@ -1,6 +1,8 @@
 //! The AEnvironment wire format: the response envelope and the `EnvInstance` JSON of the api-service
 //! (`id, env, status, created_at, updated_at, ip, ttl, owner`), where `env` is a complete Env.
 
+use crate::service::WarmupState;
+use crate::service::status_string;
 use aenv_core::{EnvInstance, EnvInstanceSpec, Environment};
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -23,10 +25,18 @@ pub fn error(status: u16, message: &str) -> Value {
     json!({"success": false, "code": status, "message": message, "data": null})
 }
 
-/// The status string the SDK compares against (`Pending`, `Creating`, `Running`, `Failed`, `Terminated`).
-/// An instance being deleted reads as `Terminated`: it can no longer be used.
-pub fn status_string(inst: &EnvInstance) -> &'static str {
-    if inst.is_deleting() { "Terminated" } else { inst.phase().as_str() }
+/// Where an image warmup stands: `{"env", "startedAt", "finishedAt"?, "done", "images": [...]}`.
+pub fn warmup(state: &WarmupState) -> Value {
+    let mut out = json!({
+        "env": state.env,
+        "startedAt": format_time(state.started_at),
+        "done": state.done,
+        "images": state.images,
+    });
+    if let (Some(obj), Some(finished)) = (out.as_object_mut(), state.finished_at) {
+        obj.insert("finishedAt".into(), json!(format_time(finished)));
+    }
+    out
 }
 
 /// The instance as the api-service renders it.

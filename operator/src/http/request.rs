@@ -15,6 +15,7 @@ use aenv_core::{
 use serde_json::{Map, Value};
 
 use super::ApiError;
+pub use crate::service::{CreateRequest, Overrides, TemplateMeta};
 
 /// deployConfig keys AEnvironment clients send that mean nothing on this engine; accepted and ignored so that
 /// existing payloads keep working.
@@ -41,15 +42,6 @@ const MAX_COMPOSE_BYTES: usize = 256 * 1024;
 
 const MAX_NAME_LEN: usize = 56;
 
-/// What the request asked for, before it becomes an object.
-#[derive(Debug)]
-pub enum CreateRequest {
-    /// A complete inline spec.
-    Inline(Box<EnvInstanceSpec>),
-    /// `name@version` of a template, with the SDK's overrides.
-    FromTemplate { name: String, version: String, overrides: Overrides },
-}
-
 /// How strict to be with deployConfig keys this engine does not know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strictness {
@@ -58,43 +50,6 @@ pub enum Strictness {
     /// The controller's `/pods`: the api-service forwards whatever deployConfig envhub holds; unknown keys are
     /// ignored there, as the AEnvironment controller ignores them.
     Lenient,
-}
-
-/// What an SDK create (`envName`) may change of its template, as the AEnvironment api-service applies it.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Overrides {
-    /// The SDK's `datasource`: passed to the instance as `AENV_DATASOURCE`.
-    pub datasource: Option<String>,
-    /// Merged over the template's variables.
-    pub env: BTreeMap<String, String>,
-    /// Replace the template's arguments when not empty.
-    pub args: Vec<String>,
-    pub ttl: Option<String>,
-    pub owner: Option<String>,
-    /// Merged over the template's labels.
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Overrides {
-    /// The instance spec: the template with these overrides; `default_ttl` when neither names a TTL.
-    pub fn apply(self, template: &EnvInstanceSpec, name: &str, version: &str, default_ttl: &str) -> EnvInstanceSpec {
-        let mut spec = template.clone();
-        spec.env_name = name.to_string();
-        spec.env_version = version.to_string();
-        spec.env.extend(self.env);
-        if let Some(ds) = self.datasource {
-            spec.env.insert("AENV_DATASOURCE".into(), ds);
-        }
-        if !self.args.is_empty() {
-            spec.args = self.args;
-        }
-        spec.ttl = self.ttl.or(spec.ttl).or_else(|| Some(default_ttl.to_string()));
-        if self.owner.is_some() {
-            spec.owner = self.owner;
-        }
-        spec.labels.extend(self.labels);
-        spec
-    }
 }
 
 fn parse_overrides(obj: &Map<String, Value>) -> Result<Overrides, ApiError> {
@@ -263,16 +218,29 @@ fn validate_owner(owner: &str, path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses and validates a create body. `default_ttl` applies to inline bodies that name no TTL (`None` leaves
-/// it unset, as for templates).
-pub fn parse_create(body: &[u8], default_ttl: Option<&str>, strictness: Strictness) -> Result<CreateRequest, ApiError> {
+/// Parses and validates a create body (`POST /env-instance`, `POST /pods`, `POST /env`): the request, and what a
+/// template registered from it carries beside its spec. A TTL is left unset when the body names none.
+pub fn parse_create(body: &[u8], strictness: Strictness) -> Result<(CreateRequest, TemplateMeta), ApiError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("the request body is not valid JSON: {e}")))?;
     let Value::Object(obj) = value else {
         return Err(bad(format!("the request body must be a JSON object, not {}", describe(&value))));
     };
+    let text = |key: &str| obj.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+    let meta = TemplateMeta {
+        description: text("description"),
+        tags: obj
+            .get("tags")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+        code_url: text("code_url"),
+    };
+    Ok((parse_request(&obj, strictness)?, meta))
+}
 
-    if let Some(env_name) = string_field(&obj, "envName", "envName")? {
+fn parse_request(obj: &Map<String, Value>, strictness: Strictness) -> Result<CreateRequest, ApiError> {
+    if let Some(env_name) = string_field(obj, "envName", "envName")? {
         let (name, version) = env_name.split_once('@').ok_or_else(|| {
             bad(format!("field `envName` must be \"name@version\", such as \"mini-terminal@1.0.1\" (got {env_name:?})"))
         })?;
@@ -284,15 +252,15 @@ pub fn parse_create(body: &[u8], default_ttl: Option<&str>, strictness: Strictne
         return Ok(CreateRequest::FromTemplate {
             name: name.to_string(),
             version: version.to_string(),
-            overrides: parse_overrides(&obj)?,
+            overrides: parse_overrides(obj)?,
         });
     }
 
-    let name = string_field(&obj, "name", "name")?.ok_or_else(|| {
+    let name = string_field(obj, "name", "name")?.ok_or_else(|| {
         bad("field `name` is required (or send `envName` as \"name@version\" to create from a template)")
     })?;
     validate_env_name(&name, "name")?;
-    let version = string_field(&obj, "version", "version")?.unwrap_or_default();
+    let version = string_field(obj, "version", "version")?.unwrap_or_default();
     validate_version(&version, "version")?;
 
     let empty = Map::new();
@@ -334,9 +302,8 @@ pub fn parse_create(body: &[u8], default_ttl: Option<&str>, strictness: Strictne
         parse_memory_bytes(memory).map_err(|e| bad(format!("field `deployConfig.memory`: {e}")))?;
     }
     let ttl = string_field(deploy, "ttl", "deployConfig.ttl")?
-        .or(string_field(&obj, "ttl", "ttl")?)
-        .filter(|s| !s.trim().is_empty())
-        .or_else(|| default_ttl.map(str::to_string));
+        .or(string_field(obj, "ttl", "ttl")?)
+        .filter(|s| !s.trim().is_empty());
     if let Some(ttl) = &ttl {
         let parsed = parse_go_duration(ttl).map_err(|e| bad(format!("field `deployConfig.ttl`: {e}")))?;
         if parsed.is_zero() {
@@ -344,7 +311,7 @@ pub fn parse_create(body: &[u8], default_ttl: Option<&str>, strictness: Strictne
         }
     }
 
-    let owner = string_field(&obj, "owner", "owner")?.or(string_field(deploy, "owner", "deployConfig.owner")?);
+    let owner = string_field(obj, "owner", "owner")?.or(string_field(deploy, "owner", "deployConfig.owner")?);
     if let Some(owner) = &owner {
         validate_owner(owner, "owner")?;
     }
@@ -527,14 +494,14 @@ mod tests {
     use super::*;
 
     fn inline(body: &str) -> Result<EnvInstanceSpec, ApiError> {
-        match parse_create(body.as_bytes(), Some("30m"), Strictness::Strict)? {
+        match parse_create(body.as_bytes(), Strictness::Strict)?.0 {
             CreateRequest::Inline(spec) => Ok(*spec),
             other => panic!("expected inline, got {other:?}"),
         }
     }
 
     fn refused(body: &str, needle: &str) {
-        let err = parse_create(body.as_bytes(), Some("30m"), Strictness::Strict).expect_err(body);
+        let err = parse_create(body.as_bytes(), Strictness::Strict).expect_err(body);
         assert_eq!(err.status, 400, "{body}");
         assert!(err.message.contains(needle), "{body}: {:?} lacks {needle:?}", err.message);
     }
@@ -555,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn both_env_spellings_arguments_labels_and_default_ttl() {
+    fn both_env_spellings_arguments_labels_and_no_default_ttl() {
         let spec = inline(
             r#"{"name":"e","artifacts":[{"type":"code","content":"x"},{"type":"image","content":"img"}],
                "labels":{"team":"rl"},
@@ -568,17 +535,17 @@ mod tests {
         assert_eq!(spec.env.get("B").map(String::as_str), Some("2"));
         assert_eq!(spec.args, ["sh", "-c", "sleep 1"]);
         assert_eq!(spec.labels.get("team").map(String::as_str), Some("rl"));
-        assert_eq!(spec.ttl.as_deref(), Some("30m"));
+        assert_eq!(spec.ttl, None, "the default TTL is the service's to add");
         assert_eq!(spec.image.as_deref(), Some("img"));
     }
 
     #[test]
     fn lenient_mode_ignores_unknown_deploy_keys() {
         let body = br#"{"name":"e","artifacts":[{"type":"image","content":"i"}],"deployConfig":{"secondImageName":"x","dataSource":"d"}}"#;
-        assert!(parse_create(body, Some("30m"), Strictness::Strict).is_err());
-        assert!(matches!(parse_create(body, Some("30m"), Strictness::Lenient), Ok(CreateRequest::Inline(_))));
-        match parse_create(br#"{"name":"e","artifacts":[{"type":"image","content":"i"}]}"#, None, Strictness::Strict) {
-            Ok(CreateRequest::Inline(spec)) => assert_eq!(spec.ttl, None, "templates keep no TTL unless given"),
+        assert!(parse_create(body, Strictness::Strict).is_err());
+        assert!(matches!(parse_create(body, Strictness::Lenient), Ok((CreateRequest::Inline(_), _))));
+        match parse_create(br#"{"name":"e","artifacts":[{"type":"image","content":"i"}]}"#, Strictness::Strict) {
+            Ok((CreateRequest::Inline(spec), _)) => assert_eq!(spec.ttl, None, "templates keep no TTL unless given"),
             other => panic!("{other:?}"),
         }
     }
@@ -615,7 +582,7 @@ mod tests {
     fn template_form() {
         let body = br#"{"envName":"mini-terminal@1.0.1","datasource":"","ttl":"45m","environment_variables":{"A":"1"},
             "arguments":[],"owner":"alice","labels":{"exp":"e1"}}"#;
-        match parse_create(body, Some("30m"), Strictness::Strict).unwrap() {
+        match parse_create(body, Strictness::Strict).unwrap().0 {
             CreateRequest::FromTemplate { name, version, overrides } => {
                 assert_eq!((name.as_str(), version.as_str()), ("mini-terminal", "1.0.1"));
                 let template = EnvInstanceSpec {
@@ -624,7 +591,7 @@ mod tests {
                     env: BTreeMap::from([("B".to_string(), "2".to_string())]),
                     ..Default::default()
                 };
-                let spec = overrides.apply(&template, &name, &version, "30m");
+                let spec = overrides.apply(&template, &name, &version);
                 assert_eq!(spec.env_name, "mini-terminal");
                 assert_eq!(spec.image.as_deref(), Some("img"));
                 assert_eq!(spec.args, ["serve"], "an empty arguments list keeps the template's");
@@ -719,7 +686,7 @@ mod fuzz {
         /// Any bytes: an answer, a 4xx at worst, never a panic.
         #[test]
         fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-            if let Err(e) = parse_create(&bytes, Some("30m"), Strictness::Strict) {
+            if let Err(e) = parse_create(&bytes, Strictness::Strict) {
                 prop_assert!(e.status == 400, "{e:?}");
             }
         }
@@ -730,7 +697,7 @@ mod fuzz {
         fn request_shaped(body in request_like()) {
             let bytes = serde_json::to_vec(&body).unwrap();
             for strictness in [Strictness::Strict, Strictness::Lenient] {
-                match parse_create(&bytes, Some("30m"), strictness) {
+                match parse_create(&bytes, strictness).map(|(request, _)| request) {
                     Err(e) => {
                         prop_assert_eq!(e.status, 400);
                         prop_assert!(!e.message.is_empty());

@@ -1,0 +1,299 @@
+//! The configuration of `aenv-operator serve`: argument groups (API, Docker, Kubernetes, limits, loop) that clap
+//! fills from flags and environment variables, and that the rest of the process reads as they are. Durations and
+//! quantities are parsed once, here.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use aenv_engine_docker::{Allowance, ConnectOptions, DockerEngineConfig, Hardening, Policy};
+use clap::{Args, ValueEnum};
+
+use crate::{controller::LoopConfig, service::DefaultTtl, service::Limits};
+
+/// Everything `serve` needs.
+#[derive(Args, Clone, Debug)]
+pub struct Config {
+    /// Directory of the embedded store (created if missing). Instances survive restarts through it; one
+    /// operator process at a time may use it.
+    #[arg(long, default_value = "./aenv-data", env = "AENV_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Where EnvInstance objects live: `embedded` (redb in --data-dir, one host) or `kubernetes` (custom
+    /// resources in the cluster; `kubectl apply -f instance.yaml` works; install the CRDs first).
+    #[arg(long, value_enum, default_value_t = StoreKind::Embedded, env = "AENV_STORE")]
+    pub store: StoreKind,
+    /// What runs instances: `docker` (containers on a Docker host, see --docker-host) or `kubernetes` (one Pod
+    /// per instance in --sandbox-namespace).
+    #[arg(long, value_enum, default_value_t = EngineKind::Docker, env = "AENV_ENGINE")]
+    pub engine: EngineKind,
+    #[command(flatten, next_help_heading = "REST API")]
+    pub api: ApiArgs,
+    #[command(flatten, next_help_heading = "Docker engine")]
+    pub docker: DockerArgs,
+    #[command(flatten, next_help_heading = "Kubernetes")]
+    pub kube: KubeArgs,
+    #[command(flatten, next_help_heading = "Limits")]
+    pub limits: Limits,
+    #[command(flatten, next_help_heading = "Reconcile loop")]
+    pub reconcile: LoopConfig,
+}
+
+/// Where objects live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// redb on local disk (`--data-dir`): one host, no Kubernetes.
+    #[default]
+    Embedded,
+    /// Custom resources in a Kubernetes API server.
+    Kubernetes,
+}
+
+/// What runs instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    /// Containers on a Docker host.
+    #[default]
+    Docker,
+    /// Pods in a sandbox namespace.
+    Kubernetes,
+}
+
+/// The REST API and the data-plane proxy.
+#[derive(Args, Clone, Debug)]
+pub struct ApiArgs {
+    /// Address of the REST API. Keep it on loopback unless a proxy in front adds authentication.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "AENV_API_LISTEN")]
+    pub api_listen: SocketAddr,
+    /// Address of the data-plane proxy: requests with an AEnvCore-MCPProxy-URL header are forwarded to that
+    /// instance (only to instances this operator runs); the SDK always uses port 8081 of its host.
+    #[arg(long, default_value = "127.0.0.1:8081", env = "AENV_PROXY_LISTEN")]
+    pub proxy_listen: SocketAddr,
+    /// Bearer tokens, as JSON: {"tokens": [{"token": "...", "owner": "alice", "maxInstances": 20}]}. Requests
+    /// then need `Authorization: Bearer <token>`; each caller sees and deletes only its own instances.
+    #[arg(long, env = "AENV_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve a non-loopback --api-listen without --tokens-file (only behind something that authenticates).
+    #[arg(long)]
+    pub insecure: bool,
+    /// TTL of instances whose request names none, in Go duration syntax (90s, 30m, 1h30m).
+    #[arg(long, default_value = "30m")]
+    pub default_ttl: DefaultTtl,
+}
+
+/// The Docker engine: the daemon, the network, what requests may ask of the host, and the sandbox defaults.
+#[derive(Args, Clone, Debug)]
+pub struct DockerArgs {
+    /// Docker daemon: unix:///path/to/docker.sock, tcp://host:2375, or tcp://host:2376 with TLS. Default: the
+    /// local socket (/var/run/docker.sock, or Docker Desktop's ~/.docker/run/docker.sock).
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// Directory holding ca.pem, cert.pem and key.pem for a TLS connection to the daemon.
+    #[arg(long, env = "DOCKER_CERT_PATH")]
+    pub docker_cert_path: Option<PathBuf>,
+    /// Use TLS for a tcp:// daemon (any non-empty value but 0 or false turns it on, as with the Docker CLI).
+    #[arg(long, env = "DOCKER_TLS_VERIFY", default_value = "", value_parser = parse_truthy, action = clap::ArgAction::Set)]
+    pub docker_tls_verify: bool,
+    /// Docker network instances join.
+    #[arg(long, default_value = "bridge")]
+    pub docker_network: String,
+    /// What requests may ask of the Docker host, comma-separated: host-network, privileged, bind-mounts,
+    /// host-namespaces (pid/ipc host), cap-add, devices, external-networks (join a network the operator did not
+    /// create). Default: none of them (sandboxes run untrusted code).
+    #[arg(long, value_delimiter = ',')]
+    pub allow: Vec<Allowance>,
+    /// Host address that published ports (deployConfig.ports) bind to, each on an ephemeral port.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub publish_host_ip: String,
+    /// Grace period between SIGTERM and SIGKILL when an instance is removed (Go duration; also the Pods' grace
+    /// period on Kubernetes); 0 kills at once, which suits sandboxes.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+    /// Most processes one container may run (a fork bomb stops there); 0 = no limit.
+    #[arg(long, default_value_t = 1024)]
+    pub pids_limit: i64,
+    /// Memory limit of instances whose request names none (512Mi, 2Gi, ...); 0 = none.
+    #[arg(long, default_value = "2Gi", value_parser = parse_memory)]
+    pub default_memory: u64,
+    /// Capabilities containers keep after all are dropped, comma-separated (default: Docker's set without
+    /// NET_RAW, MKNOD, AUDIT_WRITE, SETFCAP and SYS_CHROOT).
+    #[arg(long, value_delimiter = ',')]
+    pub capabilities: Option<Vec<String>>,
+    /// Never pull images: they must be on the Docker host already (an offline or air-gapped host).
+    #[arg(long)]
+    pub no_pull: bool,
+    /// Refuse compose stacks (deployConfig.composeFile) with a 400.
+    #[arg(long)]
+    pub disable_compose: bool,
+}
+
+impl DockerArgs {
+    /// How to reach the daemon.
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            host: self.docker_host.clone().filter(|h| !h.is_empty()),
+            cert_path: self.docker_cert_path.clone(),
+            tls_verify: self.docker_tls_verify,
+            timeout_secs: 120,
+        }
+    }
+
+    /// The engine's configuration for the operator `operator_id`.
+    pub fn engine_config(&self, operator_id: &str) -> DockerEngineConfig {
+        let defaults = Hardening::default();
+        DockerEngineConfig {
+            network: self.docker_network.clone(),
+            host_display: self.connect_options().display_host(),
+            policy: Policy::allowing(self.allow.iter().copied()),
+            publish_host_ip: self.publish_host_ip.clone(),
+            stop_timeout: self.stop_timeout,
+            hardening: Hardening {
+                pids_limit: self.pids_limit,
+                default_memory: i64::try_from(self.default_memory).unwrap_or(i64::MAX),
+                capabilities: self.capabilities.clone().unwrap_or(defaults.capabilities),
+            },
+            no_pull: self.no_pull,
+            compose: !self.disable_compose,
+            ..DockerEngineConfig::new(operator_id)
+        }
+    }
+}
+
+/// The Kubernetes side (used when the store or the engine is `kubernetes`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct KubeArgs {
+    /// Namespace the REST API creates EnvInstances in (--store kubernetes), and the one watched unless
+    /// --all-namespaces.
+    #[arg(long, default_value = "default", env = "AENV_NAMESPACE")]
+    pub namespace: String,
+    /// Watch EnvInstances in every namespace (needs a ClusterRole) rather than in --namespace only.
+    #[arg(long)]
+    pub all_namespaces: bool,
+    /// Namespace of the instances' Pods (--engine kubernetes). Default: --namespace. Pods carry an owner
+    /// reference to their EnvInstance only when both share a namespace.
+    #[arg(long, env = "AENV_SANDBOX_NAMESPACE")]
+    pub sandbox_namespace: Option<String>,
+    /// A kubeconfig file. Default: the in-cluster service account, else $KUBECONFIG or ~/.kube/config.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Talk to the API server at this URL, without credentials (`kubectl proxy`, test servers). Overrides
+    /// --kubeconfig.
+    #[arg(long)]
+    pub kube_api_url: Option<String>,
+    /// The id put on every container or Pod as aenv.io/operator-id (--store kubernetes; the embedded store keeps
+    /// its own). Default: aenv-operator.<namespace>. Replicas of one deployment share it; two deployments that
+    /// share a Docker host or a sandbox namespace must not.
+    #[arg(long, env = "AENV_OPERATOR_ID")]
+    pub operator_id: Option<String>,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+}
+
+impl KubeArgs {
+    /// The namespace of the Pods: --sandbox-namespace, else --namespace.
+    pub fn sandbox_namespace(&self) -> &str {
+        self.sandbox_namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(&self.namespace)
+    }
+
+    /// The API server URL given on the command line, if any.
+    pub fn api_url(&self) -> Option<&str> {
+        self.kube_api_url.as_deref().filter(|u| !u.is_empty())
+    }
+}
+
+/// Leader election among replicas (--store kubernetes).
+#[derive(Args, Clone, Debug, Default)]
+pub struct LeaderArgs {
+    /// Elect a leader through a coordination.k8s.io Lease, so that of several replicas only one reconciles
+    /// (all serve the REST API). Needs --store kubernetes.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "aenv-operator")]
+    pub leader_elect_lease_name: String,
+    /// Namespace of the Lease. Default: --namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_elect_namespace: Option<String>,
+    /// This replica's identity in the Lease. Default: $POD_NAME or $HOSTNAME, with a random suffix.
+    #[arg(long)]
+    pub leader_elect_identity: Option<String>,
+    /// How long the Lease stays valid after its last renewal (whole seconds); a new leader takes over at most
+    /// this long after the old one vanished.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// How long before expiry the leader renews (whole seconds); also the clock skew tolerated between nodes.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub leader_elect_renew_grace: Duration,
+}
+
+/// A Go duration (`90s`, `30m`, `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    aenv_core::duration::parse_go_duration(s).map_err(|e| e.to_string())
+}
+
+/// A memory quantity in bytes; `0` or nothing is none.
+fn parse_memory(s: &str) -> Result<u64, String> {
+    match s.trim() {
+        "0" | "" => Ok(0),
+        m => aenv_core::quantity::parse_memory_bytes(m).map_err(|e| e.to_string()),
+    }
+}
+
+/// As the Docker CLI reads DOCKER_TLS_VERIFY: anything but empty, 0, false or no is on.
+fn parse_truthy(s: &str) -> Result<bool, String> {
+    Ok(!matches!(s.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn flags_land_in_their_groups_parsed_once() {
+        let cli = Cli::try_parse_from([
+            "aenv-operator",
+            "--default-ttl",
+            "1h30m",
+            "--docker-network",
+            "sandboxes",
+            "--default-memory",
+            "512Mi",
+            "--allow",
+            "host-network,privileged",
+            "--create-rate",
+            "5",
+            "--resync-interval",
+            "2s",
+            "--leader-elect",
+        ])
+        .unwrap();
+        let c = cli.config;
+        assert_eq!(c.api.default_ttl.length(), Duration::from_secs(5400));
+        assert_eq!(c.api.default_ttl.as_str(), "1h30m");
+        assert_eq!(c.docker.default_memory, 512 << 20);
+        assert_eq!(c.docker.engine_config("op").network, "sandboxes");
+        assert!(c.docker.engine_config("op").policy.allows(Allowance::Privileged));
+        assert_eq!(c.limits.create_rate, Some(5));
+        assert_eq!(c.limits.create_burst, 50);
+        assert_eq!(c.reconcile.resync_interval, Duration::from_secs(2));
+        assert_eq!(c.reconcile.max_concurrent_reconciles, 32);
+        assert!(c.kube.leader.leader_elect);
+        assert_eq!(c.kube.sandbox_namespace(), "default");
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_flag() {
+        for (flag, value) in [("--default-ttl", "forever"), ("--default-ttl", "0s"), ("--default-memory", "512m")] {
+            let err = Cli::try_parse_from(["aenv-operator", flag, value]).err().expect(value);
+            assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
+        }
+        let tls = |v: &str| Cli::try_parse_from(["aenv-operator", "--docker-tls-verify", v]).unwrap().config;
+        assert!(tls("1").docker.docker_tls_verify && !tls("0").docker.docker_tls_verify);
+        assert!(!tls("").docker.docker_tls_verify && !tls("false").docker.docker_tls_verify);
+    }
+}

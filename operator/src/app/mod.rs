@@ -1,0 +1,216 @@
+//! The process: configuration, the store and the engine it picks, and [`serve`], which runs the REST API, the
+//! data-plane proxy and the controller together.
+
+pub mod config;
+
+use std::sync::Arc;
+
+use aenv_core::{Engine, EnvInstance, Environment};
+use aenv_engine_docker::DockerEngine;
+use aenv_engine_k8s::{KubeEngine, KubeEngineConfig};
+pub use config::{ApiArgs, Config, DockerArgs, EngineKind, KubeArgs, LeaderArgs, StoreKind};
+use futures::FutureExt;
+use tracing::info;
+
+use crate::{
+    Error,
+    controller::{self, leader},
+    http, metrics,
+    service::Services,
+    store::{self, ObjectStore},
+};
+
+/// A Kubernetes client from `--kube-api-url`, `--kubeconfig`, or the environment (in-cluster service account,
+/// `$KUBECONFIG`, `~/.kube/config`).
+pub async fn kube_client(opts: &KubeArgs) -> Result<kube::Client, Error> {
+    let config = if let Some(url) = opts.api_url() {
+        let uri = url.parse().map_err(|e| Error::Config(format!("--kube-api-url {url:?}: {e}")))?;
+        kube::Config::new(uri)
+    } else if let Some(path) = &opts.kubeconfig {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?;
+        kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?
+    } else {
+        kube::Config::infer().await.map_err(|e| {
+            Error::Config(format!(
+                "no Kubernetes configuration found ({e}): run in a cluster, or pass --kubeconfig or --kube-api-url"
+            ))
+        })?
+    };
+    kube::Client::try_from(config).map_err(|e| Error::Config(format!("cannot make a Kubernetes client: {e}")))
+}
+
+/// A label value made of `s`: at most 63 characters of `[A-Za-z0-9._-]`, alphanumeric at both ends.
+fn label_value(s: &str) -> String {
+    let cleaned: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
+    let cleaned: String = cleaned.chars().take(63).collect();
+    cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+}
+
+/// The operator id in Kubernetes mode: `--operator-id`, else `aenv-operator.<namespace>` (stable across restarts
+/// and shared by the replicas of one deployment).
+pub fn kube_operator_id(opts: &KubeArgs) -> String {
+    let id = opts
+        .operator_id
+        .clone()
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| format!("aenv-operator.{}", opts.namespace));
+    label_value(&id)
+}
+
+/// Where instances and templates live, and the operator id that goes with them.
+pub struct Stores {
+    pub instances: Arc<dyn ObjectStore<EnvInstance>>,
+    pub templates: Arc<dyn ObjectStore<Environment>>,
+    pub operator_id: String,
+}
+
+/// The instance and template stores, and the operator id that goes with them.
+pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Result<Stores, Error> {
+    match (config.store, client) {
+        (StoreKind::Kubernetes, Some(client)) => {
+            let operator_id = kube_operator_id(&config.kube);
+            let reporter = kube::runtime::events::Reporter {
+                controller: "aenv-operator".into(),
+                instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
+            };
+            let store = store::KubeStore::<EnvInstance>::start(
+                client.clone(),
+                store::KubeStoreConfig {
+                    default_namespace: config.kube.namespace.clone(),
+                    watch_namespace: (!config.kube.all_namespaces).then(|| config.kube.namespace.clone()),
+                    finalizer: Some(store::FINALIZER.into()),
+                    reporter: Some(reporter),
+                },
+            )
+            .await?;
+            let templates = store::KubeStore::<Environment>::start(
+                client.clone(),
+                store::KubeStoreConfig {
+                    default_namespace: config.kube.namespace.clone(),
+                    watch_namespace: (!config.kube.all_namespaces).then(|| config.kube.namespace.clone()),
+                    finalizer: None,
+                    reporter: None,
+                },
+            )
+            .await?;
+            info!(namespace = %config.kube.namespace, all_namespaces = config.kube.all_namespaces, instances = store.list().len(), operator_id = %operator_id, "store open (Kubernetes)");
+            Ok(Stores { instances: store, templates, operator_id })
+        }
+        (StoreKind::Kubernetes, None) => Err(Error::Config("the Kubernetes store needs a Kubernetes client".into())),
+        (StoreKind::Embedded, _) => {
+            let db = store::Embedded::open(&config.data_dir)?;
+            let instances = db.store::<EnvInstance>()?;
+            info!(data_dir = %config.data_dir.display(), instances = instances.len(), operator_id = db.operator_id(), "store open");
+            Ok(Stores { instances, templates: db.store::<Environment>()?, operator_id: db.operator_id().to_string() })
+        }
+    }
+}
+
+/// The engine instances run on.
+pub async fn open_engine(
+    config: &Config,
+    operator_id: &str,
+    client: Option<&kube::Client>,
+) -> Result<Arc<dyn Engine>, Error> {
+    match (config.engine, client) {
+        (EngineKind::Docker, _) => {
+            let connect = config.docker.connect_options();
+            let docker = aenv_engine_docker::connect(&connect).await?;
+            let engine = DockerEngine::new(docker, config.docker.engine_config(operator_id));
+            info!(host = %connect.display_host(), "connected to the Docker daemon");
+            Ok(Arc::new(engine))
+        }
+        (EngineKind::Kubernetes, Some(client)) => {
+            let namespace = config.kube.sandbox_namespace().to_string();
+            let engine = KubeEngine::new(
+                client.clone(),
+                KubeEngineConfig {
+                    owner_references: config.store == StoreKind::Kubernetes,
+                    grace_period_seconds: config.docker.stop_timeout.as_secs().min(i64::MAX as u64) as i64,
+                    ..KubeEngineConfig::new(operator_id, &namespace)
+                },
+            )?;
+            engine.check().await?;
+            info!(namespace = %namespace, "Kubernetes engine ready: instances run as Pods");
+            Ok(Arc::new(engine))
+        }
+        (EngineKind::Kubernetes, None) => Err(Error::Config("the Kubernetes engine needs a Kubernetes client".into())),
+    }
+}
+
+/// Opens the store, connects to the engine, and runs the controller (on the leader only, with leader election)
+/// and the API until `shutdown` resolves. Fails fast, with a message that says what to do, when the store or the
+/// engine cannot be had.
+pub async fn serve(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    if config.kube.leader.leader_elect && config.store != StoreKind::Kubernetes {
+        return Err(Error::Config(
+            "--leader-elect needs --store kubernetes (replicas share their instances there)".into(),
+        ));
+    }
+    if config.reconcile.resync_interval.is_zero() {
+        return Err(Error::Config("--resync-interval must be longer than zero".into()));
+    }
+    let api = &config.api;
+    let tokens = api.tokens_file.as_deref().map(http::auth::load_tokens).transpose()?;
+    if tokens.is_none() && !api.api_listen.ip().is_loopback() && !api.insecure {
+        return Err(Error::Config(format!(
+            "--api-listen {} is reachable from other hosts but no --tokens-file is given: anyone could start containers on this host. Give --tokens-file, listen on loopback, or pass --insecure if something in front authenticates",
+            api.api_listen
+        )));
+    }
+    let auth = http::auth::Auth::new(tokens);
+    let uses_kube = config.store == StoreKind::Kubernetes || config.engine == EngineKind::Kubernetes;
+    let client = if uses_kube { Some(kube_client(&config.kube).await?) } else { None };
+    let Stores { instances, templates, operator_id } = open_store(&config, client.as_ref()).await?;
+    let engine = open_engine(&config, &operator_id, client.as_ref()).await?;
+
+    let listener = bind(api.api_listen).await?;
+    info!(addr = %local_addr(&listener, api.api_listen)?, "REST API listening");
+    let proxy_listener = bind(api.proxy_listen).await?;
+    info!(proxy_addr = %local_addr(&proxy_listener, api.proxy_listen)?, "data-plane proxy listening");
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    let ctx = controller::Context::new(instances.clone(), engine.clone(), metrics.clone());
+    let proxy = http::proxy::Proxy::new(instances.clone());
+    let namespace = match config.store {
+        StoreKind::Kubernetes => config.kube.namespace.clone(),
+        StoreKind::Embedded => store::DEFAULT_NAMESPACE.to_string(),
+    };
+    let services =
+        Services::new(instances, templates, engine, metrics, namespace, api.default_ttl.clone(), config.limits.clone());
+
+    let shutdown = shutdown.shared();
+    let api = warp::serve(http::routes(services, auth)).incoming(listener).graceful(shutdown.clone()).run();
+    let data_plane = warp::serve(http::proxy::routes(proxy)).incoming(proxy_listener).graceful(shutdown.clone()).run();
+    let election = config.kube.leader.leader_elect.then(|| leader::LeaderElection::from_args(&config.kube));
+    let loop_config = config.reconcile.clone();
+    let reconcile = async move {
+        match (election, client) {
+            (Some(election), Some(client)) => {
+                leader::run_when_leader(client, election, ctx, loop_config, shutdown).await
+            }
+            _ => {
+                controller::run(ctx, loop_config, shutdown).await;
+                Ok(())
+            }
+        }
+    };
+    let ((), (), reconciled) = tokio::join!(api, data_plane, reconcile);
+    info!("stopped");
+    reconciled
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Listen { addr: addr.to_string(), source })
+}
+
+fn local_addr(listener: &tokio::net::TcpListener, addr: std::net::SocketAddr) -> Result<std::net::SocketAddr, Error> {
+    listener.local_addr().map_err(|source| Error::Listen { addr: addr.to_string(), source })
+}

@@ -1,0 +1,133 @@
+//! What to do with one instance, decided without I/O: [`next_step`] reads the object and the clock, [`decide`]
+//! reads what the engine reported and says which status to write and when to look again. The acting code
+//! ([`super::reconcile`]) only carries these out.
+
+use std::time::Duration;
+
+use aenv_core::{Condition, EngineError, EnvInstance, EnvInstanceStatus, Observed, Phase};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// The first thing to do with an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Remove what the engine runs for it, then its record: deletion was asked for, or its TTL ran out.
+    Remove { expired: bool },
+    /// Its TTL cannot be read (only for objects written around the API): fail it with this message.
+    Fail(String),
+    /// Ask the engine to make it exist and report what it sees.
+    Apply,
+    /// It ended (`Failed`, `Terminated`): nothing to run; keep the status and wait for the expiry.
+    Keep,
+}
+
+/// Deletion first, then expiry (at the instant, not after a sweep), then the phase.
+pub fn next_step(inst: &EnvInstance, now: Timestamp) -> Step {
+    if inst.is_deleting() {
+        return Step::Remove { expired: false };
+    }
+    match inst.expires_at() {
+        Err(e) => Step::Fail(e.to_string()),
+        Ok(Some(exp)) if exp <= now => Step::Remove { expired: true },
+        Ok(_) if inst.phase().is_terminal() => Step::Keep,
+        Ok(_) => Step::Apply,
+    }
+}
+
+/// The status to write for an instance whose TTL cannot be read.
+pub fn failed_status(message: String) -> EnvInstanceStatus {
+    EnvInstanceStatus { phase: Phase::Failed, message: Some(message), ..Default::default() }
+}
+
+/// What the acting code does after an [`Step::Apply`] (or [`Step::Keep`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The status the instance should have (written only when it differs from the stored one).
+    pub status: EnvInstanceStatus,
+    /// The engine failed in a way that may pass: the status says so, and the key is retried with backoff.
+    pub retry: Option<EngineError>,
+    /// The readiness probe ran and failed: probe again after `requeue`.
+    pub probe_failed: bool,
+    /// When to look again (`None`: when something changes). The earlier of the expiry instant and the next
+    /// probe.
+    pub requeue: Option<Duration>,
+    /// It reached `Running` now.
+    pub became_running: bool,
+}
+
+/// Decides from the engine's report (`None` after [`Step::Keep`]) what the status becomes and when to look again.
+/// `failed_probes` counts the probes that failed in a row before this one: the next probe waits 250 ms, 500 ms,
+/// … up to 5 s.
+pub fn decide(
+    inst: &EnvInstance,
+    observed: Option<Result<Observed, EngineError>>,
+    now: Timestamp,
+    failed_probes: u32,
+) -> Decision {
+    let expires = inst.expires_at().ok().flatten();
+    let mut status = inst.status.clone().unwrap_or_default();
+    status.expire_time = expires.map(Time);
+    let mut retry = None;
+    let mut probe_failed = false;
+    let mut became_running = false;
+    match observed {
+        None => {}
+        Some(Ok(observed)) => {
+            became_running = observed.phase == Phase::Running && status.phase != Phase::Running;
+            probe_failed = observed.phase == Phase::Running && observed.ready == Some(false);
+            set_ready_condition(&mut status, observed.phase, observed.ready, observed.ready_message);
+            status.phase = observed.phase;
+            status.ip = observed.ip;
+            status.message = observed.message;
+            status.ports = observed.ports;
+            status.services = observed.services;
+            if observed.container_id.is_some() {
+                status.container_id = observed.container_id;
+            }
+        }
+        Some(Err(e)) if !e.is_retryable() => {
+            status.phase = Phase::Failed;
+            status.ip = None;
+            status.message = Some(e.to_string());
+            set_ready_condition(&mut status, Phase::Failed, None, None);
+        }
+        Some(Err(e)) => {
+            status.message = Some(format!("waiting for the engine: {e}"));
+            retry = Some(e);
+        }
+    }
+    let until_expiry =
+        expires.map(|exp| Duration::from_millis((exp.as_millisecond() - now.as_millisecond()).max(0) as u64 + 1));
+    let probe_again = probe_failed.then(|| probe_backoff(failed_probes.saturating_add(1)));
+    let requeue = match (until_expiry, probe_again) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Decision { status, retry, probe_failed, requeue, became_running }
+}
+
+/// The wait before probe number `n` (from 1) of a run of failures: 250 ms, 500 ms, … up to 5 s.
+pub fn probe_backoff(n: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << n.saturating_sub(1).min(5))).min(Duration::from_secs(5))
+}
+
+/// The wait before retry number `n` (from 1) of a key whose reconcile failed: 400 ms, 800 ms, … up to 30 s.
+pub fn error_backoff(n: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << n.min(8))).min(Duration::from_secs(30))
+}
+
+/// The `Ready` condition: `True` once the readiness probe answers (or, without a probe, once it runs).
+/// Reasons are stable: `Ready`, `NoProbe`, `ProbeFailing`, `NotRunning`.
+fn set_ready_condition(status: &mut EnvInstanceStatus, phase: Phase, ready: Option<bool>, message: Option<String>) {
+    let (value, reason, message) = match (phase, ready) {
+        (Phase::Running, Some(true)) => ("True", "Ready", String::new()),
+        (Phase::Running, None) => ("True", "NoProbe", "the instance has no readiness probe".to_string()),
+        (Phase::Running, Some(false)) => ("False", "ProbeFailing", message.unwrap_or_default()),
+        (phase, _) => ("False", "NotRunning", format!("the instance is {phase}")),
+    };
+    let condition = Condition { type_: "Ready".into(), status: value.into(), reason: reason.into(), message };
+    match status.conditions.iter_mut().find(|c| c.type_ == "Ready") {
+        Some(existing) => *existing = condition,
+        None => status.conditions.push(condition),
+    }
+}

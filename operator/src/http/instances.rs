@@ -1,0 +1,156 @@
+//! `/env-instance`: the AEnvironment api-service API that the Python SDK and CLI use.
+
+use std::{collections::HashMap, sync::Arc};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use warp::{Filter, Reply, hyper::body::Bytes};
+
+use super::{
+    ApiError, Caller, MAX_BODY_BYTES, reply,
+    request::{Strictness, parse_create},
+    wire, with_services,
+};
+use crate::service::{Principal, Services};
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("env instance \"{id}\" not found"))
+}
+
+async fn create(svc: &Services, body: &[u8], caller: Option<Principal>) -> Result<Value, ApiError> {
+    let (request, _) = parse_create(body, Strictness::Strict)?;
+    let spec = svc.resolve(request)?;
+    Ok(wire::instance(&*svc.create(spec, caller.as_ref()).await?))
+}
+
+async fn delete(svc: &Services, id: &str, caller: Option<Principal>) -> Result<Value, ApiError> {
+    match svc.delete(id, caller.as_ref()).await? {
+        Some(()) => Ok(Value::from("Deleted successfully")),
+        None => Err(not_found(id)),
+    }
+}
+
+/// Instances matching `pattern` and the `status` query, rendered.
+fn rendered(
+    svc: &Services,
+    pattern: Option<&str>,
+    q: &HashMap<String, String>,
+    caller: Option<Principal>,
+) -> Vec<Value> {
+    let status = q.get("status").map(String::as_str);
+    svc.matching(pattern, status, caller.as_ref()).iter().map(|i| wire::instance(i)).collect()
+}
+
+/// The `/env-instance` routes.
+pub fn routes(
+    svc: Arc<Services>,
+    who: Caller,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let query = warp::query::<HashMap<String, String>>();
+    let create = warp::path!("env-instance")
+        .and(warp::post())
+        .and(who.clone())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(with_services(svc.clone()))
+        .then(
+            |c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move { reply(create(&svc, &body, c).await) },
+        );
+    // `GET /env-instance?envName=` (the Docker-engine guide): an array.
+    let list =
+        warp::path!("env-instance").and(warp::get()).and(who.clone()).and(query).and(with_services(svc.clone())).map(
+            |c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+                reply::<ApiError>(Ok(Value::Array(rendered(&svc, q.get("envName").map(String::as_str), &q, c))))
+            },
+        );
+    // `GET /env-instance/list`: `{"items": [...]}`, which the SDK's list_env_instances() reads (upstream answers
+    // 500 there).
+    let list_items = warp::path!("env-instance" / "list")
+        .and(warp::get())
+        .and(who.clone())
+        .and(query)
+        .and(with_services(svc.clone()))
+        .map(|c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+            let items = rendered(&svc, q.get("envName").map(String::as_str), &q, c);
+            reply::<ApiError>(Ok(json!({"items": items})))
+        });
+    // `GET /env-instance/{*|name|name@version}/list`: an array, as the api-service and the CLI have it.
+    let list_of = warp::path!("env-instance" / String / "list")
+        .and(warp::get())
+        .and(who.clone())
+        .and(query)
+        .and(with_services(svc.clone()))
+        .map(|pattern: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+            let pattern = if pattern == "*" { q.get("envName").cloned().unwrap_or(pattern) } else { pattern };
+            reply::<ApiError>(Ok(Value::Array(rendered(&svc, Some(&pattern), &q, c))))
+        });
+    let get =
+        warp::path!("env-instance" / String).and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
+            |id: String, c: Option<Principal>, svc: Arc<Services>| {
+                reply(svc.instance(&id, c.as_ref()).map(|i| wire::instance(&i)).ok_or_else(|| not_found(&id)))
+            },
+        );
+    let delete =
+        warp::path!("env-instance" / String).and(warp::delete()).and(who.clone()).and(with_services(svc.clone())).then(
+            |id: String, c: Option<Principal>, svc: Arc<Services>| async move { reply(delete(&svc, &id, c).await) },
+        );
+    let logs =
+        warp::path!("env-instance" / String / "logs").and(warp::get()).and(who).and(query).and(with_services(svc)).map(
+            |id: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+                logs(&svc, &id, c, &q).unwrap_or_else(ApiError::into_reply)
+            },
+        );
+    create
+        .or(list_items)
+        .unify()
+        .or(list_of)
+        .unify()
+        .or(logs)
+        .unify()
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(delete)
+        .unify()
+}
+
+/// `GET /env-instance/{id}/logs?follow=true&tail=N`: the container's output as plain text, streamed.
+fn logs(
+    svc: &Services,
+    id: &str,
+    caller: Option<Principal>,
+    q: &HashMap<String, String>,
+) -> Result<warp::reply::Response, ApiError> {
+    let inst = svc.instance(id, caller.as_ref()).ok_or_else(|| not_found(id))?;
+    let follow = match q.get("follow").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("query `follow` must be true or false (got {other:?})")));
+        }
+    };
+    let tail = match q.get("tail").map(|t| t.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return Err(ApiError::bad_request("query `tail` must be a number of lines")),
+    };
+    let stream = svc.engine.logs(&inst, follow, tail).map(|chunk| {
+        // An error ends the stream, saying why, in the text itself.
+        Ok::<_, std::convert::Infallible>(match chunk {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) => Bytes::from(format!("\n[aenv-operator: {e}]\n")),
+        })
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut stream = stream;
+        while let Some(item) = stream.next().await {
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = warp::reply::stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(warp::reply::with_header(body, "content-type", "text/plain; charset=utf-8").into_response())
+}

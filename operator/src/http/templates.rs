@@ -1,0 +1,81 @@
+//! `/env`: Environment templates, as AEnvironment's envhub serves them (`GET /env/{name}/{version}`), and image
+//! warmup, which AEnvironment has only as an unrouted handler: `POST /env/{name}/{version}/warmup` pre-pulls
+//! every image the template runs, `GET` on the same path shows the progress. Templates are shared by every
+//! authenticated caller.
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde_json::Value;
+use warp::{Filter, Reply, hyper::body::Bytes};
+
+use super::{
+    ApiError, Caller, MAX_BODY_BYTES, reply,
+    request::{CreateRequest, Strictness, parse_create},
+    wire, with_services,
+};
+use crate::service::{Principal, Services};
+
+async fn register(svc: &Services, body: &[u8]) -> Result<Value, ApiError> {
+    let spec = match parse_create(body, Strictness::Strict)? {
+        (CreateRequest::Inline(spec), meta) => svc.register_template(*spec, meta).await?,
+        (CreateRequest::FromTemplate { .. }, _) => {
+            return Err(ApiError::bad_request(
+                "an Environment is registered with name, version and artifacts (or deployConfig.composeFile), not envName",
+            ));
+        }
+    };
+    Ok(wire::template(&spec))
+}
+
+/// The `/env` routes.
+pub fn routes(
+    svc: Arc<Services>,
+    who: Caller,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let who = who.map(|_: Option<Principal>| ()).untuple_one();
+    let create = warp::path!("env")
+        .and(warp::post())
+        .and(who.clone())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(with_services(svc.clone()))
+        .then(|body: Bytes, svc: Arc<Services>| async move { reply(register(&svc, &body).await) });
+    let list = warp::path!("env")
+        .and(warp::get())
+        .and(who.clone())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_services(svc.clone()))
+        .map(|q: HashMap<String, String>, svc: Arc<Services>| {
+            let items = svc.list_templates(q.get("name").map(String::as_str));
+            reply::<ApiError>(Ok(Value::Array(items.iter().map(|t| wire::template(t)).collect())))
+        });
+    let get = warp::path!("env" / String / String)
+        .and(warp::get())
+        .and(who.clone())
+        .and(with_services(svc.clone()))
+        .map(|n: String, v: String, svc: Arc<Services>| reply(svc.template(&n, &v).map(|t| wire::template(&t))));
+    let delete =
+        warp::path!("env" / String / String).and(warp::delete()).and(who.clone()).and(with_services(svc.clone())).then(
+            |n: String, v: String, svc: Arc<Services>| async move {
+                reply(svc.delete_template(&n, &v).await.map(|()| Value::from("Deleted successfully")))
+            },
+        );
+    let warmup = warp::path!("env" / String / String / "warmup")
+        .and(warp::post())
+        .and(who.clone())
+        .and(with_services(svc.clone()))
+        .map(|n: String, v: String, svc: Arc<Services>| {
+            let r = reply(svc.start_warmup(&n, &v).map(|s| wire::warmup(&s)));
+            if r.status().is_success() {
+                warp::reply::with_status(r, warp::http::StatusCode::ACCEPTED).into_response()
+            } else {
+                r
+            }
+        });
+    let warmup_state = warp::path!("env" / String / String / "warmup")
+        .and(warp::get())
+        .and(who)
+        .and(with_services(svc))
+        .map(|n: String, v: String, svc: Arc<Services>| reply(svc.warmup_state(&n, &v).map(|s| wire::warmup(&s))));
+    create.or(list).unify().or(get).unify().or(delete).unify().or(warmup).unify().or(warmup_state).unify()
+}

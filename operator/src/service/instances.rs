@@ -1,0 +1,222 @@
+//! Instances: resolving a create (inline, or a template with the SDK's overrides), recording it within the caps
+//! and the rate limit, reading, listing and deleting what a caller may see.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use aenv_core::{EnvInstance, EnvInstanceSpec, Environment};
+use jiff::Timestamp;
+use tracing::{info, warn};
+
+use super::{Principal, ServiceError, Services};
+use crate::{Error, store::random_suffix};
+
+/// What a create asked for, parsed from the wire.
+#[derive(Debug)]
+pub enum CreateRequest {
+    /// A complete inline spec.
+    Inline(Box<EnvInstanceSpec>),
+    /// `name@version` of a template, with the SDK's overrides.
+    FromTemplate { name: String, version: String, overrides: Overrides },
+}
+
+/// What an SDK create (`envName`) may change of its template, as the AEnvironment api-service applies it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Overrides {
+    /// The SDK's `datasource`: passed to the instance as `AENV_DATASOURCE`.
+    pub datasource: Option<String>,
+    /// Merged over the template's variables.
+    pub env: BTreeMap<String, String>,
+    /// Replace the template's arguments when not empty.
+    pub args: Vec<String>,
+    pub ttl: Option<String>,
+    pub owner: Option<String>,
+    /// Merged over the template's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Overrides {
+    /// The instance spec: the template with these overrides (the TTL stays unset when neither names one).
+    pub fn apply(self, template: &EnvInstanceSpec, name: &str, version: &str) -> EnvInstanceSpec {
+        let mut spec = template.clone();
+        spec.env_name = name.to_string();
+        spec.env_version = version.to_string();
+        spec.env.extend(self.env);
+        if let Some(ds) = self.datasource {
+            spec.env.insert("AENV_DATASOURCE".into(), ds);
+        }
+        if !self.args.is_empty() {
+            spec.args = self.args;
+        }
+        spec.ttl = self.ttl.or(spec.ttl);
+        if self.owner.is_some() {
+            spec.owner = self.owner;
+        }
+        spec.labels.extend(self.labels);
+        spec
+    }
+}
+
+/// The status string the SDK compares against (`Pending`, `Creating`, `Running`, `Failed`, `Terminated`).
+/// An instance being deleted reads as `Terminated`: it can no longer be used.
+pub fn status_string(inst: &EnvInstance) -> &'static str {
+    if inst.is_deleting() { "Terminated" } else { inst.phase().as_str() }
+}
+
+impl Services {
+    /// Turns a create into the spec to record: inline as it is, or the template with the overrides; the default
+    /// TTL when none is named; then the engine's own checks.
+    pub fn resolve(&self, request: CreateRequest) -> Result<EnvInstanceSpec, ServiceError> {
+        let mut spec = match request {
+            CreateRequest::Inline(spec) => *spec,
+            CreateRequest::FromTemplate { name, version, overrides } => {
+                let template = self.find_template(&name, &version).ok_or_else(|| {
+                    ServiceError::NotFound(format!(
+                        "environment \"{name}@{version}\" not found: register it with POST /env, or send the inline body with name, version and artifacts"
+                    ))
+                })?;
+                overrides.apply(&template.spec.template, &name, &version)
+            }
+        };
+        if spec.ttl.is_none() {
+            spec.ttl = Some(self.default_ttl.as_str().to_string());
+        }
+        self.engine.validate(&spec).map_err(|e| ServiceError::Invalid(e.message))?;
+        Ok(spec)
+    }
+
+    /// The template `name@version`, unless it is being deleted.
+    pub fn find_template(&self, name: &str, version: &str) -> Option<Arc<Environment>> {
+        self.templates
+            .get(&self.key(&Environment::object_name(name, version)))
+            .filter(|t| t.spec.name == name && t.spec.version == version && t.metadata.deletion_timestamp.is_none())
+    }
+
+    /// Records a new instance of `spec` for `caller` (whose name becomes the owner), within the rate limit and the
+    /// caps; its id is `<name>-<6 random [a-z0-9]>`, as AEnvironment names pods. Durable when it returns.
+    pub async fn create(
+        &self,
+        mut spec: EnvInstanceSpec,
+        caller: Option<&Principal>,
+    ) -> Result<Arc<EnvInstance>, ServiceError> {
+        self.limits.take_create()?;
+        let _one_at_a_time = self.quota.lock().await;
+        if let Some(p) = caller {
+            spec.owner = Some(p.owner.clone());
+            if let Some(max) = p.max_instances {
+                let held =
+                    self.instances.list_where(&|i: &EnvInstance| !i.is_deleting() && Self::visible(i, caller)).len();
+                if held >= max {
+                    return Err(ServiceError::Forbidden(format!(
+                        "Instance count exceeds limit: {max} (owner {} holds {held}; delete one first)",
+                        p.owner
+                    )));
+                }
+            }
+        }
+        if let Some(max) = self.limits.limits.max_instances {
+            let live = self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len();
+            if live >= max {
+                return Err(ServiceError::Forbidden(format!(
+                    "the operator holds its limit of {max} live instances; try again when some are gone"
+                )));
+            }
+        }
+        for _ in 0..8 {
+            let id = format!("{}-{}", spec.env_name, random_suffix(6));
+            let mut obj = EnvInstance::new(&id, spec.clone());
+            obj.metadata.namespace = Some(self.namespace.clone());
+            let now = Timestamp::now();
+            obj.stamp_expiry(now).map_err(|e| ServiceError::Invalid(format!("field `deployConfig.ttl`: {e}")))?;
+            match self.instances.create(obj, now).await {
+                Ok(stored) => {
+                    info!(instance = %id, env = %spec.env_name, "instance accepted");
+                    self.metrics.created.inc();
+                    return Ok(stored);
+                }
+                Err(Error::AlreadyExists(_)) => continue,
+                Err(source) => {
+                    warn!(error = %source, "could not record an instance");
+                    return Err(ServiceError::store("the instance could not be recorded", source));
+                }
+            }
+        }
+        Err(ServiceError::Busy("could not draw a free instance id; try again".into()))
+    }
+
+    /// The instance `id`, if `caller` may see it.
+    pub fn instance(&self, id: &str, caller: Option<&Principal>) -> Option<Arc<EnvInstance>> {
+        self.instances.get(&self.key(id)).filter(|inst| Self::visible(inst, caller))
+    }
+
+    /// Asks for an instance's deletion; `None` when there is no such instance (or `caller` may not see it).
+    pub async fn delete(&self, id: &str, caller: Option<&Principal>) -> Result<Option<()>, ServiceError> {
+        if self.instance(id, caller).is_none() {
+            return Ok(None);
+        }
+        match self.instances.request_delete(&self.key(id), Timestamp::now()).await {
+            Ok(Some(_)) => {
+                info!(instance = %id, "deletion requested");
+                Ok(Some(()))
+            }
+            Ok(None) => Ok(None),
+            Err(source) => Err(ServiceError::store("the deletion could not be recorded", source)),
+        }
+    }
+
+    /// Instances of `name[@version]` (`*` or empty: all), optionally of one status, in the API's namespace, that
+    /// `caller` may see.
+    pub fn matching(
+        &self,
+        pattern: Option<&str>,
+        status: Option<&str>,
+        caller: Option<&Principal>,
+    ) -> Vec<Arc<EnvInstance>> {
+        let pattern = pattern.filter(|p| !p.is_empty() && *p != "*");
+        let (name, version) = match pattern.map(|p| p.split_once('@')) {
+            Some(Some((n, v))) => (Some(n), Some(v)),
+            Some(None) => (pattern, None),
+            None => (None, None),
+        };
+        let status = status.filter(|s| !s.is_empty());
+        let namespace = self.namespace.as_str();
+        self.instances.list_where(&|inst: &EnvInstance| {
+            inst.metadata.namespace.as_deref() == Some(namespace)
+                && Self::visible(inst, caller)
+                && name.is_none_or(|n| inst.spec.env_name == n)
+                && version.is_none_or(|v| inst.spec.env_version == v)
+                && status.is_none_or(|s| status_string(inst) == s)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_merge_over_the_template() {
+        let template = EnvInstanceSpec {
+            image: Some("img".into()),
+            args: vec!["serve".into()],
+            env: BTreeMap::from([("B".to_string(), "2".to_string())]),
+            ..Default::default()
+        };
+        let overrides = Overrides {
+            env: BTreeMap::from([("A".to_string(), "1".to_string())]),
+            ttl: Some("45m".into()),
+            owner: Some("alice".into()),
+            labels: BTreeMap::from([("exp".to_string(), "e1".to_string())]),
+            ..Default::default()
+        };
+        let spec = overrides.apply(&template, "mini-terminal", "1.0.1");
+        assert_eq!(spec.env_name, "mini-terminal");
+        assert_eq!(spec.image.as_deref(), Some("img"));
+        assert_eq!(spec.args, ["serve"], "an empty arguments list keeps the template's");
+        assert_eq!(spec.env.len(), 2, "variables are merged: {:?}", spec.env);
+        assert_eq!(spec.ttl.as_deref(), Some("45m"));
+        assert_eq!(spec.owner.as_deref(), Some("alice"));
+        assert_eq!(spec.labels.get("exp").map(String::as_str), Some("e1"));
+        let bare = Overrides::default().apply(&template, "mini-terminal", "1.0.1");
+        assert_eq!(bare.ttl, None, "the default TTL is the service's to add");
+    }
+}

@@ -1,0 +1,71 @@
+//! Who is asking (a [`Principal`], with its own cap), the operator's caps, and the create rate limit.
+
+use std::num::NonZeroU32;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
+
+use super::ServiceError;
+
+/// An authenticated caller: an owner is a tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub owner: String,
+    /// Most live instances this caller may hold; `None` = no cap of its own.
+    pub max_instances: Option<usize>,
+}
+
+/// Limits on creates.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Limits {
+    /// Most live instances in all; creates beyond it get 403.
+    #[arg(long)]
+    pub max_instances: Option<usize>,
+    /// Most creates per second (429 with Retry-After beyond it); unset = no limit.
+    #[arg(long)]
+    pub create_rate: Option<u32>,
+    /// Creates allowed in one burst above --create-rate.
+    #[arg(long, default_value_t = 50)]
+    pub create_burst: u32,
+}
+
+/// The limits with the rate limiter they configure.
+pub(super) struct CreateLimits {
+    pub(super) limits: Limits,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+impl CreateLimits {
+    pub(super) fn new(limits: Limits) -> Self {
+        let limiter = limits.create_rate.and_then(NonZeroU32::new).map(|rate| {
+            let burst = NonZeroU32::new(limits.create_burst.max(1)).unwrap_or(rate);
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        CreateLimits { limits, limiter }
+    }
+
+    /// Takes one create from the rate limit; [`ServiceError::RateLimited`] (with the wait) when none is left.
+    pub(super) fn take_create(&self) -> Result<(), ServiceError> {
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        limiter.check().map_err(|not_until| ServiceError::RateLimited {
+            retry_after: not_until.wait_time_from(governor::clock::DefaultClock::default().now()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_with_burst_then_refusal_with_the_wait() {
+        let limits = CreateLimits::new(Limits { max_instances: Some(10), create_rate: Some(1), create_burst: 2 });
+        assert!(limits.take_create().is_ok() && limits.take_create().is_ok(), "a burst of 2");
+        match limits.take_create() {
+            Err(e @ ServiceError::RateLimited { retry_after }) => {
+                assert_eq!(super::super::whole_seconds(retry_after), 1);
+                assert!(e.to_string().ends_with("retry after 1s"), "{e}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The operator's use-cases, without HTTP: what a create resolves to (inline or from a template), who may see and
+//! delete what, quotas and the create rate, instance ids and expiry, templates and image warmup. The REST layer
+//! ([`crate::http`]) parses requests, calls these, and renders the answers; nothing here knows of warp.
+
+mod instances;
+pub mod limits;
+mod templates;
+
+use std::{sync::Arc, time::Duration};
+
+use aenv_core::{Engine, EnvInstance, Environment, duration::parse_go_duration};
+use thiserror::Error;
+
+pub use instances::{CreateRequest, Overrides, status_string};
+pub use limits::{Limits, Principal};
+pub use templates::{TemplateMeta, WarmupState};
+
+use crate::{metrics::Metrics, store::ObjectStore};
+
+/// Why a use-case refused or failed. Each variant stands for one answer of the API; messages say what to do.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// The request cannot be served as written (a field the engine refuses, a bad TTL).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A cap is reached (the caller's or the operator's).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The object exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// Too many creates per second: try again after `retry_after`.
+    #[error(
+        "too many creates: the operator accepts a limited number per second; retry after {}s",
+        whole_seconds(*retry_after)
+    )]
+    RateLimited { retry_after: Duration },
+    /// The store did not take the write.
+    #[error("{context}: {source}")]
+    Store {
+        context: &'static str,
+        #[source]
+        source: Box<crate::Error>,
+    },
+    /// Nothing went wrong for good, but the request could not be served now (no free instance id was drawn).
+    #[error("{0}")]
+    Busy(String),
+}
+
+impl ServiceError {
+    /// A write the store refused.
+    pub(crate) fn store(context: &'static str, source: crate::Error) -> Self {
+        ServiceError::Store { context, source: Box::new(source) }
+    }
+}
+
+/// Seconds, rounded up (a `Retry-After` of 0 would invite an immediate retry that fails again).
+pub fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// A TTL given on the command line: its text (what instance specs carry) and its length, checked once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefaultTtl {
+    text: String,
+    length: Duration,
+}
+
+impl DefaultTtl {
+    /// Parses a Go duration; it must be longer than zero.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let length = parse_go_duration(text).map_err(|e| e.to_string())?;
+        if length.is_zero() {
+            return Err(format!("{text:?} must be longer than zero (such as \"30m\")"));
+        }
+        Ok(DefaultTtl { text: text.trim().to_string(), length })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn length(&self) -> Duration {
+        self.length
+    }
+}
+
+impl std::str::FromStr for DefaultTtl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// Everything the use-cases need; one per process, shared by the HTTP handlers.
+pub struct Services {
+    pub instances: Arc<dyn ObjectStore<EnvInstance>>,
+    pub templates: Arc<dyn ObjectStore<Environment>>,
+    /// Asked to validate specs before they are stored, to pre-pull images, to serve logs and readiness.
+    pub engine: Arc<dyn Engine>,
+    pub metrics: Arc<Metrics>,
+    /// Namespace of the objects the API makes.
+    pub namespace: String,
+    default_ttl: DefaultTtl,
+    limits: limits::CreateLimits,
+    warmups: templates::Warmups,
+    /// Held from the quota check to the record, so that concurrent creates cannot overshoot a cap.
+    quota: tokio::sync::Mutex<()>,
+}
+
+impl Services {
+    pub fn new(
+        instances: Arc<dyn ObjectStore<EnvInstance>>,
+        templates: Arc<dyn ObjectStore<Environment>>,
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        namespace: String,
+        default_ttl: DefaultTtl,
+        limits: Limits,
+    ) -> Arc<Self> {
+        Arc::new(Services {
+            instances,
+            templates,
+            engine,
+            metrics,
+            namespace,
+            default_ttl,
+            limits: limits::CreateLimits::new(limits),
+            warmups: Default::default(),
+            quota: Default::default(),
+        })
+    }
+
+    /// The store key of an object the API names.
+    pub fn key(&self, name: &str) -> String {
+        crate::store::key(&self.namespace, name)
+    }
+
+    /// Whether `caller` may see `inst`: everyone when auth is off; the owner otherwise.
+    pub fn visible(inst: &EnvInstance, caller: Option<&Principal>) -> bool {
+        caller.is_none_or(|p| inst.spec.owner.as_deref() == Some(p.owner.as_str()))
+    }
+}
