@@ -20,6 +20,17 @@ pub const OWNER: &str = "aenv.io/owner";
 /// Expiry as an RFC 3339 timestamp, so a sweep can judge an object without the store.
 pub const EXPIRE_AT: &str = "aenv.io/expire-at";
 
+/// The namespace of instances that name none (and of objects labelled before namespaces were).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The instance an engine's object belongs to, read from its labels through `get`: `(namespace, instance)`, or
+/// `None` without the instance label.
+pub fn instance_of<'a>(get: impl Fn(&str) -> Option<&'a String>) -> Option<(String, String)> {
+    let instance = get(INSTANCE)?.clone();
+    let namespace = get(NAMESPACE).cloned().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    Some((namespace, instance))
+}
+
 /// Keys a request may not set on its own: they carry the operator's bookkeeping.
 pub fn is_reserved(key: &str) -> bool {
     key.starts_with("aenv.io/") || key == ENV_NAME

@@ -284,6 +284,11 @@ impl EnvInstanceSpec {
 }
 
 impl EnvInstance {
+    /// The namespace the instance lives in (the default one when it names none).
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or(crate::labels::DEFAULT_NAMESPACE)
+    }
+
     /// The TTL, parsed; `None` when the instance never expires.
     pub fn ttl(&self) -> Result<Option<Duration>, Error> {
         self.spec.ttl.as_deref().map(parse_go_duration).transpose()

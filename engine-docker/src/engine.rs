@@ -226,7 +226,7 @@ impl DockerEngine {
             .collect();
         let labels = InstanceLabels {
             operator_id: &self.config.operator_id,
-            namespace: inst.metadata.namespace.as_deref().unwrap_or("default"),
+            namespace: inst.namespace(),
             instance: &name,
             env_name: &spec.env_name,
             env_version: &spec.env_version,
@@ -557,9 +557,7 @@ impl Engine for DockerEngine {
         let mut owned: Vec<OwnedObject> = containers
             .into_iter()
             .filter_map(|c| {
-                let labels = c.labels.as_ref()?;
-                let namespace = labels.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into());
-                let instance = labels.get(labels::INSTANCE)?.clone();
+                let (namespace, instance) = labels::instance_of(|k| c.labels.as_ref()?.get(k))?;
                 let phase = stacks
                     .get(&(namespace.clone(), instance.clone()))
                     .copied()
@@ -657,8 +655,7 @@ async fn pump_events(docker: Docker, operator_id: String, tx: mpsc::Sender<Engin
                 Ok(msg) => {
                     backoff = Duration::from_millis(200);
                     let attrs = msg.actor.and_then(|a| a.attributes).unwrap_or_default();
-                    let Some(instance) = attrs.get(labels::INSTANCE).cloned() else { continue };
-                    let namespace = attrs.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into());
+                    let Some((namespace, instance)) = labels::instance_of(|k| attrs.get(k)) else { continue };
                     if tx.send(EngineEvent::Changed { namespace, instance }).await.is_err() {
                         return;
                     }

@@ -77,10 +77,6 @@ impl KubeEngine {
             .map_err(|source| Error::Check { namespace: self.config.namespace.clone(), source })
     }
 
-    pub fn config(&self) -> &KubeEngineConfig {
-        &self.config
-    }
-
     /// `aenv.io/managed-by=aenv-operator,aenv.io/operator-id=<id>`: the Pods this operator made.
     pub fn owned_selector(&self) -> String {
         format!(
@@ -201,12 +197,12 @@ impl Engine for KubeEngine {
             .items
             .into_iter()
             .filter_map(|pod| {
-                let labels = pod.metadata.labels.as_ref()?;
+                let (namespace, instance) = labels::instance_of(|k| pod.metadata.labels.as_ref()?.get(k))?;
                 let observed = observe(&pod, false);
                 Some(OwnedObject {
                     kind: OwnedKind::Container,
-                    namespace: labels.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into()),
-                    instance: labels.get(labels::INSTANCE)?.clone(),
+                    namespace,
+                    instance,
                     id: pod.metadata.name.clone()?,
                     phase: observed.phase,
                     created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -258,9 +254,6 @@ impl Engine for KubeEngine {
 
 /// The instance a Pod event is about.
 fn changed(pod: &Pod) -> Option<EngineEvent> {
-    let labels = pod.metadata.labels.as_ref()?;
-    Some(EngineEvent::Changed {
-        namespace: labels.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into()),
-        instance: labels.get(labels::INSTANCE)?.clone(),
-    })
+    let (namespace, instance) = labels::instance_of(|k| pod.metadata.labels.as_ref()?.get(k))?;
+    Some(EngineEvent::Changed { namespace, instance })
 }

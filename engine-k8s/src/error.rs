@@ -17,7 +17,7 @@ pub enum Error {
 }
 
 /// The HTTP status of an API error, if the server answered.
-pub(crate) fn api_code(err: &kube::Error) -> Option<u16> {
+pub fn api_code(err: &kube::Error) -> Option<u16> {
     match err {
         kube::Error::Api(status) => Some(status.code),
         _ => None,

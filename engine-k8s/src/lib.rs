@@ -8,7 +8,7 @@ mod error;
 mod pod;
 
 pub use engine::{KubeEngine, KubeEngineConfig};
-pub use error::Error;
+pub use error::{Error, api_code};
 pub use pod::{
     AENV_NAME_LABEL, AENV_OWNER_LABEL, AENV_TTL_LABEL, AENV_VERSION_LABEL, CONTAINER_NAME, EXPIRE_AT_ANNOTATION,
     OWNER_ANNOTATION, cpu_quantity, is_valid_label_value, memory_quantity, observe, pod_for,

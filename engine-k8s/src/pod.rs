@@ -97,7 +97,7 @@ pub fn pod_for(inst: &EnvInstance, config: &KubeEngineConfig) -> Result<Pod, Eng
         quantities.insert("memory".to_string(), memory_quantity(memory).map_err(permanent)?);
     }
     let expire_at = inst.expires_at().map_err(permanent)?;
-    let instance_namespace = inst.metadata.namespace.as_deref().unwrap_or("default");
+    let instance_namespace = inst.namespace();
     let owner = spec.owner.as_deref().filter(|o| !o.is_empty());
     let mut labels = InstanceLabels {
         operator_id: &config.operator_id,

@@ -77,7 +77,7 @@ pub(crate) async fn apply(
     let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
     let mut base_labels = InstanceLabels {
         operator_id: &config.operator_id,
-        namespace: inst.metadata.namespace.as_deref().unwrap_or("default"),
+        namespace: inst.namespace(),
         instance: &id,
         env_name: &inst.spec.env_name,
         env_version: &inst.spec.env_version,

@@ -194,12 +194,11 @@ pub(crate) fn stack_phases(containers: &[ContainerSummary]) -> HashMap<(String, 
     let mut failed: HashMap<(String, String), bool> = HashMap::new();
     for c in containers {
         let Some(l) = c.labels.as_ref() else { continue };
-        let (Some(main), Some(service), Some(instance)) =
-            (l.get(MAIN_SERVICE_LABEL), l.get(cl::SERVICE), l.get(labels::INSTANCE))
+        let (Some(main), Some(service), Some(key)) =
+            (l.get(MAIN_SERVICE_LABEL), l.get(cl::SERVICE), labels::instance_of(|k| l.get(k)))
         else {
             continue;
         };
-        let key = (l.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into()), instance.clone());
         let code = summary_exit_code(c.status.as_deref());
         let phase = match c.state {
             Some(ContainerSummaryStateEnum::RUNNING)
@@ -231,8 +230,7 @@ pub(crate) async fn owned_networks_and_volumes(
 ) -> Result<Vec<OwnedObject>, aenv_core::EngineError> {
     let mut out = Vec::new();
     let object = |l: &HashMap<String, String>, kind: OwnedKind, id: String, created: Option<Timestamp>| {
-        let instance = l.get(labels::INSTANCE)?.clone();
-        let namespace = l.get(labels::NAMESPACE).cloned().unwrap_or_else(|| "default".into());
+        let (namespace, instance) = labels::instance_of(|k| l.get(k))?;
         let phase = phases.get(&(namespace.clone(), instance.clone())).copied().unwrap_or(Phase::Creating);
         Some(OwnedObject { namespace, instance, kind, id, phase, created })
     };

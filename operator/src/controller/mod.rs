@@ -23,7 +23,7 @@ use jiff::Timestamp;
 use kube::runtime::{
     WatchStreamExt,
     controller::{Action, Config as ControllerConfig, Controller},
-    predicates, reflector,
+    predicates,
     reflector::ObjectRef,
     watcher,
 };
@@ -92,15 +92,9 @@ pub async fn run(
     config: LoopConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (reader, writer) = reflector::store();
+    let (reader, objects) = ctx.store.controller_feed();
     // Status writes do not bump the generation, so they do not wake the reconciler; creation and deletion do.
-    let objects = ctx
-        .store
-        .watch()
-        .map(Ok::<_, watcher::Error>)
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+    let objects = objects.map(Ok::<_, watcher::Error>).predicate_filter(predicates::generation, Default::default());
 
     let (trigger_tx, trigger_rx) = mpsc::channel::<ObjectRef<EnvInstance>>(8192);
     let resync_now = Arc::new(Notify::new());

@@ -599,6 +599,8 @@ mod tests {
                 assert_eq!(spec.ttl.as_deref(), Some("45m"));
                 assert_eq!(spec.owner.as_deref(), Some("alice"));
                 assert_eq!(spec.labels.get("exp").map(String::as_str), Some("e1"));
+                let bare = Overrides::default().apply(&template, &name, &version);
+                assert_eq!(bare.ttl, None, "the default TTL is the service's to add");
             }
             other => panic!("{other:?}"),
         }

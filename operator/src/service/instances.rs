@@ -188,35 +188,3 @@ impl Services {
         })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn overrides_merge_over_the_template() {
-        let template = EnvInstanceSpec {
-            image: Some("img".into()),
-            args: vec!["serve".into()],
-            env: BTreeMap::from([("B".to_string(), "2".to_string())]),
-            ..Default::default()
-        };
-        let overrides = Overrides {
-            env: BTreeMap::from([("A".to_string(), "1".to_string())]),
-            ttl: Some("45m".into()),
-            owner: Some("alice".into()),
-            labels: BTreeMap::from([("exp".to_string(), "e1".to_string())]),
-            ..Default::default()
-        };
-        let spec = overrides.apply(&template, "mini-terminal", "1.0.1");
-        assert_eq!(spec.env_name, "mini-terminal");
-        assert_eq!(spec.image.as_deref(), Some("img"));
-        assert_eq!(spec.args, ["serve"], "an empty arguments list keeps the template's");
-        assert_eq!(spec.env.len(), 2, "variables are merged: {:?}", spec.env);
-        assert_eq!(spec.ttl.as_deref(), Some("45m"));
-        assert_eq!(spec.owner.as_deref(), Some("alice"));
-        assert_eq!(spec.labels.get("exp").map(String::as_str), Some("e1"));
-        let bare = Overrides::default().apply(&template, "mini-terminal", "1.0.1");
-        assert_eq!(bare.ttl, None, "the default TTL is the service's to add");
-    }
-}

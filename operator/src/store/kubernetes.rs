@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
-use super::{Kind, ObjectStore, key_of, relisting_watch};
+use super::{Kind, ObjectStore, StatusEvents, key_of, relisting_watch};
 use crate::Error;
 
 /// The finalizer that holds an EnvInstance until the engine removed what it made.
@@ -115,12 +115,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Drop for KubeStore<K> {
     }
 }
 
-fn api_code(err: &kube::Error) -> Option<u16> {
-    match err {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
-}
+use aenv_engine_k8s::api_code;
 
 fn kube_err(context: String) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { context, source }
@@ -128,7 +123,7 @@ fn kube_err(context: String) -> impl FnOnce(kube::Error) -> Error {
 
 impl<K> KubeStore<K>
 where
-    K: Kind + Resource<Scope = NamespaceResourceScope>,
+    K: Kind + StatusEvents + Resource<Scope = NamespaceResourceScope>,
 {
     /// Checks that the kind is served (its CRD is installed and readable), starts the watch, and waits until the
     /// cache holds the first listing.
@@ -266,14 +261,10 @@ where
     }
 }
 
-fn phase_of(status: &Value) -> Option<&str> {
-    status.get("phase").and_then(Value::as_str)
-}
-
 #[async_trait]
 impl<K> ObjectStore<K> for KubeStore<K>
 where
-    K: Kind + Resource<Scope = NamespaceResourceScope>,
+    K: Kind + StatusEvents + Resource<Scope = NamespaceResourceScope>,
 {
     async fn create(&self, mut obj: K, now: Timestamp) -> Result<Arc<K>, Error> {
         let meta = obj.meta_mut();
@@ -313,15 +304,11 @@ where
         let k = key_of(obj);
         let (namespace, name) = self.split(&k);
         let status = serde_json::to_value(obj).map_err(|e| Error::Store(e.to_string()))?.get("status").cloned();
-        let before = self
-            .get(&k)
-            .and_then(|o| serde_json::to_value(o.as_ref()).ok())
-            .and_then(|v| v.get("status").cloned())
-            .unwrap_or(Value::Null);
+        let before = self.get(&k);
         let patch = json!({
             "apiVersion": K::api_version(&()),
             "kind": K::kind(&()),
-            "status": status.clone().unwrap_or_else(|| json!({})),
+            "status": status.unwrap_or_else(|| json!({})),
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let written = match self.api(&namespace).patch_status(&name, &params, &Patch::Apply(&patch)).await {
@@ -329,17 +316,9 @@ where
             Err(e) if api_code(&e) == Some(404) => return Ok(None),
             Err(e) => return Err(kube_err(format!("writing the status of {k}"))(e)),
         };
-        let after = status.unwrap_or(Value::Null);
-        if let Some(phase) = phase_of(&after).filter(|p| Some(*p) != phase_of(&before)) {
-            let message = after.get("message").and_then(Value::as_str);
-            let ip = after.get("ip").and_then(Value::as_str);
-            let note = match (ip, message) {
-                (_, Some(m)) => Some(m.to_string()),
-                (Some(ip), None) => Some(format!("IP {ip}")),
-                (None, None) => None,
-            };
-            let type_ = if phase == "Failed" { EventType::Warning } else { EventType::Normal };
-            self.publish(written.as_ref(), type_, phase, note);
+        if let Some(event) = K::status_event(before.as_deref(), obj) {
+            let type_ = if event.warning { EventType::Warning } else { EventType::Normal };
+            self.publish(written.as_ref(), type_, &event.reason, event.note);
         }
         Ok(Some(written))
     }
@@ -420,6 +399,17 @@ where
             Err(e) if api_code(&e) == Some(404) => Ok(()),
             Err(e) => Err(kube_err(format!("adding the finalizer to {k}"))(e)),
         }
+    }
+
+    /// The reflector this store reads from serves the controller too, fed by the same watch: no second cache.
+    fn controller_feed(&self) -> (reflector::Store<K>, BoxStream<'static, K>) {
+        let objects = self.watch().filter_map(|e| {
+            futures::future::ready(match e {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => Some(o),
+                _ => None,
+            })
+        });
+        (self.reader.clone(), objects.boxed())
     }
 
     fn watch(&self) -> BoxStream<'static, watcher::Event<K>> {

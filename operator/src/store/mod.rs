@@ -12,7 +12,10 @@ use std::{fmt::Debug, sync::Arc};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
-use kube::{Resource, runtime::watcher};
+use kube::{
+    Resource,
+    runtime::{reflector, watcher},
+};
 use rand::Rng;
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -33,8 +36,46 @@ impl<K> Kind for K where
 {
 }
 
+/// A status change worth telling as a Kubernetes Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusEvent {
+    pub warning: bool,
+    /// The Event's reason (an instance's new phase).
+    pub reason: String,
+    pub note: Option<String>,
+}
+
+/// What a kind's status changes say as Kubernetes Events (the Kubernetes store publishes them).
+pub trait StatusEvents {
+    /// The Event for a status going from `before` to `after`, if the change is worth one.
+    fn status_event(before: Option<&Self>, after: &Self) -> Option<StatusEvent>;
+}
+
+impl StatusEvents for aenv_core::EnvInstance {
+    /// A phase change: `Warning` for `Failed`; the note is the message, else the IP.
+    fn status_event(before: Option<&Self>, after: &Self) -> Option<StatusEvent> {
+        let status = after.status.as_ref()?;
+        if before.and_then(|b| b.status.as_ref()).is_some_and(|b| b.phase == status.phase) {
+            return None;
+        }
+        let note = status.message.clone().or_else(|| status.ip.as_ref().map(|ip| format!("IP {ip}")));
+        Some(StatusEvent {
+            warning: status.phase == aenv_core::Phase::Failed,
+            reason: status.phase.as_str().to_string(),
+            note,
+        })
+    }
+}
+
+impl StatusEvents for aenv_core::Environment {
+    /// Templates have no status worth an Event.
+    fn status_event(_: Option<&Self>, _: &Self) -> Option<StatusEvent> {
+        None
+    }
+}
+
 /// The namespace instances made through the REST API live in, unless configured otherwise.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub use aenv_core::labels::DEFAULT_NAMESPACE;
 
 /// `namespace/name`, the key objects are found by.
 pub fn key(namespace: &str, name: &str) -> String {
@@ -74,6 +115,26 @@ pub trait ObjectStore<K>: Send + Sync + 'static {
     /// around the operator (`kubectl apply`).
     async fn hold(&self, _obj: &K) -> Result<(), Error> {
         Ok(())
+    }
+
+    /// What the controller reconciles from: a reader of the objects and a stream of each object as it changes
+    /// (kube-runtime's `Controller::for_stream`). By default a reflector of its own over [`ObjectStore::watch`];
+    /// a store that keeps a reflector already hands that one out.
+    fn controller_feed(&self) -> (reflector::Store<K>, BoxStream<'static, K>)
+    where
+        K: Kind,
+    {
+        use futures::StreamExt;
+        use kube::runtime::WatchStreamExt;
+        let (reader, writer) = reflector::store();
+        let objects = self
+            .watch()
+            .map(Ok::<_, watcher::Error>)
+            .reflect(writer)
+            .applied_objects()
+            .filter_map(|o| futures::future::ready(o.ok()))
+            .boxed();
+        (reader, objects)
     }
 
     /// Objects that match `filter`, in key order.
@@ -146,4 +207,33 @@ where
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use aenv_core::{EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Phase};
+
+    use super::*;
+
+    #[test]
+    fn phase_changes_are_events_and_failures_are_warnings() {
+        let with = |phase: Phase, ip: Option<&str>, message: Option<&str>| {
+            let mut i = EnvInstance::new("a-000001", EnvInstanceSpec::default());
+            i.status = Some(EnvInstanceStatus {
+                phase,
+                ip: ip.map(str::to_string),
+                message: message.map(str::to_string),
+                ..Default::default()
+            });
+            i
+        };
+        let pending = with(Phase::Pending, None, None);
+        let running = with(Phase::Running, Some("10.0.0.2"), None);
+        let e = EnvInstance::status_event(Some(&pending), &running).unwrap();
+        assert_eq!((e.warning, e.reason.as_str(), e.note.as_deref()), (false, "Running", Some("IP 10.0.0.2")));
+        assert_eq!(EnvInstance::status_event(Some(&running), &running), None, "no change, no Event");
+        let failed = with(Phase::Failed, None, Some("the container exited with code 1"));
+        let e = EnvInstance::status_event(Some(&running), &failed).unwrap();
+        assert!(e.warning && e.note.as_deref() == Some("the container exited with code 1"));
+    }
 }
