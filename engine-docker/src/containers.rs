@@ -1,7 +1,12 @@
-//! The container calls both the single-container engine and compose stacks make: inspect and remove.
+//! Containers as the engine sees them: the calls both single containers and compose stacks make (inspect,
+//! remove), and what an inspected or listed container says about its instance (phase, IP, message, ports).
 
-use aenv_core::EngineError;
-use bollard::{Docker, models::ContainerInspectResponse, query_parameters::RemoveContainerOptionsBuilder};
+use aenv_core::{EngineError, Observed, Phase, PortStatus};
+use bollard::{
+    Docker,
+    models::{ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummaryStateEnum},
+    query_parameters::RemoveContainerOptionsBuilder,
+};
 
 use crate::error::{classify, is_conflict, is_not_found};
 
@@ -31,5 +36,87 @@ pub(crate) async fn remove(docker: &Docker, name: &str) -> Result<Removal, Engin
         Err(e) if is_not_found(&e) => Ok(Removal::Gone),
         Err(e) if is_conflict(&e) => Ok(Removal::InProgress),
         Err(e) => Err(classify(&format!("removing container {name}"), e)),
+    }
+}
+
+/// Maps an inspected container to the instance's phase, IP and message. The operator's own deletions never get
+/// here (they do not go through `apply`), so a container on its way out was removed by someone else.
+pub(crate) fn observe(name: &str, c: &ContainerInspectResponse) -> Observed {
+    let state = c.state.clone().unwrap_or_default();
+    let ip = c.network_settings.as_ref().and_then(|n| n.networks.as_ref()).and_then(|nets| {
+        let mut ips: Vec<_> = nets
+            .iter()
+            .filter_map(|(net, ep)| ep.ip_address.clone().filter(|ip| !ip.is_empty()).map(|ip| (net.clone(), ip)))
+            .collect();
+        ips.sort();
+        ips.into_iter().next().map(|(_, ip)| ip)
+    });
+    let exit_message = || {
+        let code = state.exit_code.unwrap_or_default();
+        let mut msg = format!("the container exited with code {code}");
+        if state.oom_killed == Some(true) {
+            msg.push_str(" (killed for exceeding its memory limit)");
+        }
+        if let Some(err) = state.error.as_ref().filter(|e| !e.is_empty()) {
+            msg.push_str(&format!(": {err}"));
+        }
+        msg
+    };
+    let (phase, message) = match state.status {
+        Some(ContainerStateStatusEnum::RUNNING) => (Phase::Running, None),
+        Some(ContainerStateStatusEnum::PAUSED) => (Phase::Running, Some("the container is paused".to_string())),
+        Some(ContainerStateStatusEnum::RESTARTING) => (Phase::Running, Some("the container is restarting".into())),
+        Some(ContainerStateStatusEnum::CREATED) | None | Some(ContainerStateStatusEnum::EMPTY) => {
+            (Phase::Creating, None)
+        }
+        Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
+            (Phase::Failed, Some(exit_message()))
+        }
+        Some(ContainerStateStatusEnum::REMOVING) | Some(ContainerStateStatusEnum::STOPPING) => {
+            (Phase::Terminated, Some(format!("container {name} is being removed outside the operator")))
+        }
+    };
+    let mut ports: Vec<PortStatus> = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+        .map(|map| {
+            map.iter()
+                .flat_map(|(key, bindings)| {
+                    let (port, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+                    let port: u16 = port.parse().unwrap_or(0);
+                    bindings.iter().flatten().filter_map(move |b| {
+                        Some(PortStatus {
+                            container_port: port,
+                            protocol: protocol.to_string(),
+                            host_ip: b.host_ip.clone().unwrap_or_default(),
+                            host_port: b.host_port.as_deref()?.parse().ok()?,
+                            service: None,
+                        })
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ports.sort_by(|a, b| (a.container_port, &a.protocol, &a.host_ip).cmp(&(b.container_port, &b.protocol, &b.host_ip)));
+    ports.dedup_by(|a, b| a.container_port == b.container_port && a.protocol == b.protocol);
+    Observed {
+        phase,
+        ip: if phase == Phase::Running { ip } else { None },
+        message,
+        container_id: c.id.clone(),
+        ports: if phase == Phase::Running { ports } else { Vec::new() },
+        ..Default::default()
+    }
+}
+
+pub(crate) fn summary_phase(state: Option<&ContainerSummaryStateEnum>) -> Phase {
+    match state {
+        Some(ContainerSummaryStateEnum::RUNNING)
+        | Some(ContainerSummaryStateEnum::PAUSED)
+        | Some(ContainerSummaryStateEnum::RESTARTING) => Phase::Running,
+        Some(ContainerSummaryStateEnum::EXITED) | Some(ContainerSummaryStateEnum::DEAD) => Phase::Failed,
+        Some(ContainerSummaryStateEnum::REMOVING) | Some(ContainerSummaryStateEnum::STOPPING) => Phase::Terminated,
+        _ => Phase::Creating,
     }
 }

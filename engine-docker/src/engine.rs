@@ -1,8 +1,11 @@
+//! [`DockerEngine`]: the [`Engine`] over one Docker daemon. A container per instance, named by the instance id;
+//! a compose stack is handed to [`crate::compose`].
+
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use aenv_core::{
     Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ErrorKind, InvalidSpec, Observed, OwnedKind,
-    OwnedObject, Phase, PortStatus, PullPolicy, PullProgress, Workload,
+    OwnedObject, Phase, PullPolicy, PullProgress, Workload,
     labels::{self, InstanceLabels},
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
@@ -10,111 +13,25 @@ use async_trait::async_trait;
 use bollard::{
     Docker,
     models::{
-        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig,
-        PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
+        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, PortBinding, PortMap,
+        RestartPolicy, RestartPolicyNameEnum,
     },
     query_parameters::{
-        CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-        StopContainerOptionsBuilder,
+        CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, StopContainerOptionsBuilder,
     },
 };
 use futures::{StreamExt, stream::BoxStream};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{
-    Allowance, Policy, compose, containers,
+    Allowance, DockerEngineConfig, Policy, compose, containers,
     error::{classify, is_conflict, is_not_found},
     image::ensure_image,
     network,
     probe::Prober,
 };
-
-/// How the engine runs containers.
-#[derive(Clone, Debug)]
-pub struct DockerEngineConfig {
-    /// The operator's stable id, put on every container as `aenv.io/operator-id`.
-    pub operator_id: String,
-    /// Network containers join (`bridge` by default).
-    pub network: String,
-    /// The daemon's address, for messages.
-    pub host_display: String,
-    /// What requests may ask of the host.
-    pub policy: Policy,
-    /// Host address published ports bind to (`127.0.0.1` by default).
-    pub publish_host_ip: String,
-    /// Grace period between SIGTERM and SIGKILL when an instance is removed; zero kills at once.
-    pub stop_timeout: Duration,
-    /// Safe defaults every container gets (requests cannot change them).
-    pub hardening: Hardening,
-    /// Never pull: images must be on the host (an offline or air-gapped host).
-    pub no_pull: bool,
-    /// Whether compose stacks (`composeFile`) may run.
-    pub compose: bool,
-}
-
-/// The defaults that make a container fit for untrusted code. The operator's flags may change them; a request
-/// may not.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hardening {
-    /// Most processes a container may run (fork bombs stop there). 0 = no limit.
-    pub pids_limit: i64,
-    /// Memory limit for requests that name none, in bytes. 0 = none.
-    pub default_memory: i64,
-    /// Capabilities kept after dropping all; see [`DEFAULT_CAPABILITIES`].
-    pub capabilities: Vec<String>,
-}
-
-/// The capabilities sandboxes keep: Docker's default set without `NET_RAW` (raw sockets, packet spoofing),
-/// `MKNOD` (device nodes), `AUDIT_WRITE`, `SETFCAP` and `SYS_CHROOT`.
-pub const DEFAULT_CAPABILITIES: &[&str] =
-    &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "NET_BIND_SERVICE"];
-
-impl Default for Hardening {
-    fn default() -> Self {
-        Hardening {
-            pids_limit: 1024,
-            default_memory: 2 << 30,
-            capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-        }
-    }
-}
-
-impl Hardening {
-    /// Applies the defaults to a container's host config.
-    pub fn apply(&self, host: &mut HostConfig) {
-        host.privileged = Some(false);
-        host.security_opt = Some(vec!["no-new-privileges:true".into()]);
-        host.cap_drop = Some(vec!["ALL".into()]);
-        host.cap_add = Some(self.capabilities.clone());
-        if self.pids_limit > 0 {
-            host.pids_limit = Some(self.pids_limit);
-        }
-        if host.memory.is_none() && self.default_memory > 0 {
-            host.memory = Some(self.default_memory);
-            host.memory_swap = Some(self.default_memory);
-        }
-    }
-}
-
-impl DockerEngineConfig {
-    /// Defaults for everything but the operator id: the `bridge` network, the local socket, nothing allowed,
-    /// ports published on loopback, immediate kill.
-    pub fn new(operator_id: impl Into<String>) -> Self {
-        DockerEngineConfig {
-            operator_id: operator_id.into(),
-            network: "bridge".into(),
-            host_display: "unix:///var/run/docker.sock".into(),
-            policy: Policy::default(),
-            publish_host_ip: "127.0.0.1".into(),
-            stop_timeout: Duration::ZERO,
-            hardening: Hardening::default(),
-            no_pull: false,
-            compose: true,
-        }
-    }
-}
 
 /// The Docker engine: one container per instance.
 #[derive(Clone)]
@@ -336,7 +253,7 @@ impl DockerEngine {
         name: &str,
         c: &ContainerInspectResponse,
     ) -> Result<Observed, EngineError> {
-        let mut observed = observe(name, c);
+        let mut observed = containers::observe(name, c);
         (observed.ready, observed.ready_message) = self.readiness(spec, &observed).await;
         Ok(observed)
     }
@@ -356,88 +273,6 @@ enum Made {
     Created,
     /// A container of that name exists already.
     NameTaken,
-}
-
-/// Maps an inspected container to the instance's phase, IP and message. The operator's own deletions never get
-/// here (they do not go through `apply`), so a container on its way out was removed by someone else.
-fn observe(name: &str, c: &ContainerInspectResponse) -> Observed {
-    let state = c.state.clone().unwrap_or_default();
-    let ip = c.network_settings.as_ref().and_then(|n| n.networks.as_ref()).and_then(|nets| {
-        let mut ips: Vec<_> = nets
-            .iter()
-            .filter_map(|(net, ep)| ep.ip_address.clone().filter(|ip| !ip.is_empty()).map(|ip| (net.clone(), ip)))
-            .collect();
-        ips.sort();
-        ips.into_iter().next().map(|(_, ip)| ip)
-    });
-    let exit_message = || {
-        let code = state.exit_code.unwrap_or_default();
-        let mut msg = format!("the container exited with code {code}");
-        if state.oom_killed == Some(true) {
-            msg.push_str(" (killed for exceeding its memory limit)");
-        }
-        if let Some(err) = state.error.as_ref().filter(|e| !e.is_empty()) {
-            msg.push_str(&format!(": {err}"));
-        }
-        msg
-    };
-    let (phase, message) = match state.status {
-        Some(ContainerStateStatusEnum::RUNNING) => (Phase::Running, None),
-        Some(ContainerStateStatusEnum::PAUSED) => (Phase::Running, Some("the container is paused".to_string())),
-        Some(ContainerStateStatusEnum::RESTARTING) => (Phase::Running, Some("the container is restarting".into())),
-        Some(ContainerStateStatusEnum::CREATED) | None | Some(ContainerStateStatusEnum::EMPTY) => {
-            (Phase::Creating, None)
-        }
-        Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
-            (Phase::Failed, Some(exit_message()))
-        }
-        Some(ContainerStateStatusEnum::REMOVING) | Some(ContainerStateStatusEnum::STOPPING) => {
-            (Phase::Terminated, Some(format!("container {name} is being removed outside the operator")))
-        }
-    };
-    let mut ports: Vec<PortStatus> = c
-        .network_settings
-        .as_ref()
-        .and_then(|n| n.ports.as_ref())
-        .map(|map| {
-            map.iter()
-                .flat_map(|(key, bindings)| {
-                    let (port, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
-                    let port: u16 = port.parse().unwrap_or(0);
-                    bindings.iter().flatten().filter_map(move |b| {
-                        Some(PortStatus {
-                            container_port: port,
-                            protocol: protocol.to_string(),
-                            host_ip: b.host_ip.clone().unwrap_or_default(),
-                            host_port: b.host_port.as_deref()?.parse().ok()?,
-                            service: None,
-                        })
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    ports.sort_by(|a, b| (a.container_port, &a.protocol, &a.host_ip).cmp(&(b.container_port, &b.protocol, &b.host_ip)));
-    ports.dedup_by(|a, b| a.container_port == b.container_port && a.protocol == b.protocol);
-    Observed {
-        phase,
-        ip: if phase == Phase::Running { ip } else { None },
-        message,
-        container_id: c.id.clone(),
-        ports: if phase == Phase::Running { ports } else { Vec::new() },
-        ..Default::default()
-    }
-}
-
-fn summary_phase(state: Option<&ContainerSummaryStateEnum>) -> Phase {
-    match state {
-        Some(ContainerSummaryStateEnum::RUNNING)
-        | Some(ContainerSummaryStateEnum::PAUSED)
-        | Some(ContainerSummaryStateEnum::RESTARTING) => Phase::Running,
-        Some(ContainerSummaryStateEnum::EXITED) | Some(ContainerSummaryStateEnum::DEAD) => Phase::Failed,
-        Some(ContainerSummaryStateEnum::REMOVING) | Some(ContainerSummaryStateEnum::STOPPING) => Phase::Terminated,
-        _ => Phase::Creating,
-    }
 }
 
 #[async_trait]
@@ -561,7 +396,7 @@ impl Engine for DockerEngine {
                 let phase = stacks
                     .get(&(namespace.clone(), instance.clone()))
                     .copied()
-                    .unwrap_or_else(|| summary_phase(c.state.as_ref()));
+                    .unwrap_or_else(|| containers::summary_phase(c.state.as_ref()));
                 Some(OwnedObject {
                     namespace,
                     instance,
@@ -579,7 +414,7 @@ impl Engine for DockerEngine {
 
     fn events(&self) -> BoxStream<'static, EngineEvent> {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(pump_events(self.docker.clone(), self.config.operator_id.clone(), tx));
+        tokio::spawn(crate::events::pump_events(self.docker.clone(), self.config.operator_id.clone(), tx));
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
 
@@ -631,45 +466,4 @@ fn images_of(spec: &EnvInstanceSpec, policy: &Policy) -> Vec<String> {
 /// Removes a container; one the daemon is removing already counts as removed.
 async fn remove_container(docker: &Docker, name: &str) -> Result<(), EngineError> {
     containers::remove(docker, name).await.map(|_| ())
-}
-
-/// Follows the daemon's container events for this operator's containers, reconnecting with backoff, until the
-/// receiving side goes away. After each reconnect it sends `Resync`, since events were missed meanwhile.
-async fn pump_events(docker: Docker, operator_id: String, tx: mpsc::Sender<EngineEvent>) {
-    let filters = HashMap::from([
-        ("type".to_string(), vec!["container".to_string()]),
-        ("label".to_string(), vec![format!("{}={operator_id}", labels::OPERATOR_ID)]),
-        ("event".to_string(), ["start", "die", "destroy", "oom", "pause", "unpause"].map(String::from).to_vec()),
-    ]);
-    let mut backoff = Duration::from_millis(200);
-    let mut first = true;
-    loop {
-        let options = EventsOptionsBuilder::default().filters(&filters).build();
-        let mut stream = docker.events(Some(options));
-        if !first && tx.send(EngineEvent::Resync).await.is_err() {
-            return;
-        }
-        first = false;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(msg) => {
-                    backoff = Duration::from_millis(200);
-                    let attrs = msg.actor.and_then(|a| a.attributes).unwrap_or_default();
-                    let Some((namespace, instance)) = labels::instance_of(|k| attrs.get(k)) else { continue };
-                    if tx.send(EngineEvent::Changed { namespace, instance }).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "docker event stream broke; reconnecting");
-                    break;
-                }
-            }
-        }
-        if tx.is_closed() {
-            return;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
 }

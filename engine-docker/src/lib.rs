@@ -7,16 +7,19 @@
 
 mod auth;
 mod compose;
+mod config;
 mod connect;
 mod containers;
 mod engine;
 mod error;
+mod events;
 mod image;
 mod network;
 mod policy;
 mod probe;
 
+pub use config::{DEFAULT_CAPABILITIES, DockerEngineConfig, Hardening};
 pub use connect::{ConnectOptions, connect};
-pub use engine::{DEFAULT_CAPABILITIES, DockerEngine, DockerEngineConfig, Hardening};
+pub use engine::DockerEngine;
 pub use error::Error;
 pub use policy::{Allowance, Policy};
