@@ -13,11 +13,12 @@ use serde_norway::{Mapping, Value};
 
 use super::{
     Refusal,
-    convert::{ServiceSpec, short_volume_is_bind},
     model::{
         ComposeFile, DependsOn, DependsOnOptions, Mount, Ports, SERVICE_KEYS, Service, ServiceDef, Shaped, TOP_KEYS,
         TopVolume, VolumeDef, join, scalar_text,
     },
+    spec::ServiceSpec,
+    values::short_volume_is_bind,
 };
 use crate::{Allowance, Policy};
 

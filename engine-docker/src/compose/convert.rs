@@ -1,6 +1,6 @@
 //! From the checked model to a [`StackSpec`]: what the runner creates, with every value in the form the Docker API
-//! takes (nano CPUs, bytes, `KEY=value`, mounts, port bindings). Values are read here (a short port, a byte size,
-//! a duration), so their refusals name the key they come from.
+//! takes (nano CPUs, bytes, `KEY=value`, mounts, port bindings). Values are read here (with `values.rs` for the
+//! short syntaxes), so their refusals name the key they come from, in the order the file's services come.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,126 +14,12 @@ use super::{
         Command, ComposeFile, DependsOn, DependsOnOptions, Entrypoint, Environment, Healthcheck, HealthcheckTest,
         Labels, Mount, Port, Ports, Service, ServiceDef, Shaped, Tmpfs, VolumeDef, scalar_text,
     },
+    spec::{Condition, Dependency, MountSpec, PortPublish, ServiceSpec, StackSpec, VolumeSpec},
+    values::{DEFAULT_HOST_IP, check_protocol, parse_bytes, parse_cpus, port_number, short_port, short_volume_is_bind},
 };
 
 /// The label that marks the main service.
 pub(crate) const MAIN_LABEL: &str = "aenv.main";
-
-/// A checked stack, ready to run.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct StackSpec {
-    /// Services in file order.
-    pub services: Vec<ServiceSpec>,
-    /// Named volumes declared at the top level (created per stack as `<instance>_<name>`).
-    pub volumes: Vec<VolumeSpec>,
-    /// The main service's name.
-    pub main: String,
-}
-
-#[cfg(test)]
-impl StackSpec {
-    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
-        self.services.iter().find(|s| s.name == name)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct VolumeSpec {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// A `depends_on` condition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Condition {
-    Started,
-    Healthy,
-    CompletedSuccessfully,
-}
-
-impl Condition {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Condition::Started => "service_started",
-            Condition::Healthy => "service_healthy",
-            Condition::CompletedSuccessfully => "service_completed_successfully",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Dependency {
-    pub service: String,
-    pub condition: Condition,
-    /// `required: false`: a dependency that fails is logged and the service starts anyway.
-    pub required: bool,
-}
-
-/// A port to publish on the host.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PortPublish {
-    pub container_port: u16,
-    pub protocol: String,
-    pub host_ip: String,
-    /// `None`: an ephemeral port chosen by Docker.
-    pub host_port: Option<u16>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum MountSpec {
-    /// A stack volume (`source` is the name in the file) or an anonymous one (`source` is `None`).
-    Volume {
-        source: Option<String>,
-        target: String,
-        read_only: bool,
-        nocopy: bool,
-    },
-    /// A host path (only when the policy allows bind mounts).
-    Bind {
-        source: String,
-        target: String,
-        read_only: bool,
-    },
-    Tmpfs {
-        target: String,
-        size: Option<i64>,
-    },
-}
-
-/// One service, as the Docker API needs it.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct ServiceSpec {
-    pub name: String,
-    pub image: String,
-    pub command: Option<Vec<String>>,
-    pub entrypoint: Option<Vec<String>>,
-    /// `KEY=value` entries.
-    pub environment: Vec<String>,
-    pub labels: BTreeMap<String, String>,
-    pub ports: Vec<PortPublish>,
-    /// `8081/tcp` entries.
-    pub expose: Vec<String>,
-    pub depends_on: Vec<Dependency>,
-    pub healthcheck: Option<HealthConfig>,
-    pub mounts: Vec<MountSpec>,
-    pub tmpfs: BTreeMap<String, String>,
-    pub nano_cpus: Option<i64>,
-    pub memory: Option<i64>,
-    pub working_dir: Option<String>,
-    pub user: Option<String>,
-    pub hostname: Option<String>,
-    pub read_only: bool,
-    pub init: bool,
-    pub cap_drop: Vec<String>,
-    pub privileged: bool,
-    pub host_network: bool,
-    pub pid_host: bool,
-    pub ipc_host: bool,
-    pub cap_add: Vec<String>,
-    pub devices: Vec<DeviceMapping>,
-    /// sha256 of the service's configuration after interpolation (label `com.docker.compose.config-hash`).
-    pub config_hash: String,
-}
 
 /// Builds the runnable stack from a file [`checks::file`] passed; `doc` is the interpolated document it was read
 /// from (the config hashes cover each service's text).
@@ -469,65 +355,6 @@ fn dependencies(deps: &DependsOnOptions, name: &str, p: &str, all: &[String]) ->
     Ok(out)
 }
 
-fn check_protocol(proto: &str, path: &str) -> Result<(), Refusal> {
-    if proto == "tcp" || proto == "udp" {
-        Ok(())
-    } else {
-        Err(Refusal::at(path, format!("`{path}`: protocol {proto:?} is not supported; use tcp or udp")))
-    }
-}
-
-fn port_number(s: &str, path: &str) -> Result<u16, Refusal> {
-    if s.contains('-') {
-        return Err(Refusal::at(path, format!("`{path}`: port ranges ({s:?}) are not supported; publish each port")));
-    }
-    s.trim()
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| Refusal::at(path, format!("`{path}`: {s:?} is not a port from 1 to 65535")))
-}
-
-/// Host IP of published ports when the file names none: loopback, so that a sandbox is not reachable from the
-/// network unless the file says so (Compose itself binds to all interfaces).
-pub(crate) const DEFAULT_HOST_IP: &str = "127.0.0.1";
-
-/// `[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]`, with `[v6]` host IPs.
-fn short_port(s: &str, path: &str) -> Result<PortPublish, Refusal> {
-    let (spec, proto) = s.rsplit_once('/').unwrap_or((s, "tcp"));
-    check_protocol(proto, path)?;
-    let (host_ip, rest) = if let Some(v6) = spec.strip_prefix('[') {
-        let (ip, rest) = v6
-            .split_once(']')
-            .ok_or_else(|| Refusal::at(path, format!("`{path}`: {s:?} has an unclosed '[' in its host IP")))?;
-        let rest = rest
-            .strip_prefix(':')
-            .ok_or_else(|| Refusal::at(path, format!("`{path}`: {s:?} needs ':' after the host IP")))?;
-        (Some(ip.to_string()), rest)
-    } else {
-        (None, spec)
-    };
-    let parts: Vec<&str> = rest.split(':').collect();
-    let (ip, host, container) = match (host_ip, parts.as_slice()) {
-        (None, [c]) => (None, None, *c),
-        (None, [h, c]) => (None, Some(*h), *c),
-        (None, [ip, h, c]) => (Some(ip.to_string()), Some(*h), *c),
-        (Some(ip), [h, c]) => (Some(ip), Some(*h), *c),
-        _ => {
-            return Err(Refusal::at(
-                path,
-                format!("`{path}`: {s:?} is not [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]"),
-            ));
-        }
-    };
-    Ok(PortPublish {
-        container_port: port_number(container, path)?,
-        protocol: proto.to_string(),
-        host_ip: ip.filter(|i| !i.is_empty()).unwrap_or_else(|| DEFAULT_HOST_IP.to_string()),
-        host_port: host.filter(|h| !h.is_empty()).map(|h| port_number(h, path)).transpose()?,
-    })
-}
-
 fn long_port(port: &Port, path: &str) -> Result<PortPublish, Refusal> {
     let protocol = port.protocol.clone().unwrap_or_else(|| "tcp".into());
     check_protocol(&protocol, path)?;
@@ -551,14 +378,6 @@ fn long_port(port: &Port, path: &str) -> Result<PortPublish, Refusal> {
             .unwrap_or_else(|| DEFAULT_HOST_IP.to_string()),
         host_port,
     })
-}
-
-/// Whether a short volume (`src:target[:mode]`) mounts a host path.
-pub(crate) fn short_volume_is_bind(s: &str) -> bool {
-    match s.split_once(':') {
-        Some((src, _)) => src.starts_with('/') || src.starts_with('.') || src.starts_with('~'),
-        None => false,
-    }
 }
 
 /// A service's mount; `None` for what the checks refused.
@@ -702,73 +521,4 @@ fn healthcheck(h: &Healthcheck, path: &str) -> Result<HealthConfig, Refusal> {
         start_period: nanos(&h.start_period, "start_period")?,
         start_interval: nanos(&h.start_interval, "start_interval")?,
     })
-}
-
-fn parse_cpus(s: &str, path: &str) -> Result<i64, Refusal> {
-    let cpus: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| Refusal::at(path, format!("`{path}`: {s:?} is not a number of CPUs such as 0.5")))?;
-    if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) {
-        return Err(Refusal::at(path, format!("`{path}`: {s:?} must be more than 0 and at most 1024 CPUs")));
-    }
-    Ok((cpus * 1e9).round() as i64)
-}
-
-/// A byte size as Docker reads it (`512m`, `1g`, `1.5GB`, `1024`): binary units, case-insensitive.
-fn parse_bytes(s: &str, path: &str) -> Result<i64, Refusal> {
-    let t = s.trim().to_ascii_lowercase();
-    let num_end = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(num_end);
-    let unit = unit.trim();
-    let unit = unit.strip_suffix('b').unwrap_or(unit);
-    let unit = unit.strip_suffix('i').unwrap_or(unit);
-    let mult: f64 = match unit {
-        "" => 1.0,
-        "k" => 1024.0,
-        "m" => 1024.0 * 1024.0,
-        "g" => 1024.0 * 1024.0 * 1024.0,
-        "t" => 1024.0f64.powi(4),
-        "p" => 1024.0f64.powi(5),
-        _ => f64::NAN,
-    };
-    let value: f64 = num.parse().unwrap_or(f64::NAN);
-    let bytes = value * mult;
-    if !bytes.is_finite() || bytes < 4.0 * 1024.0 * 1024.0 || bytes > 1024.0f64.powi(5) {
-        return Err(Refusal::at(
-            path,
-            format!("`{path}`: {s:?} must be a size such as 512m or 2g, at least 4m (Docker's smallest memory limit)"),
-        ));
-    }
-    Ok(bytes as i64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn byte_sizes_read_like_docker() {
-        assert_eq!(parse_bytes("512m", "k"), Ok(512 << 20));
-        assert_eq!(parse_bytes("1g", "k"), Ok(1 << 30));
-        assert_eq!(parse_bytes("1.5GB", "k"), Ok(3 << 29));
-        assert_eq!(parse_bytes("64Mi", "k"), Ok(64 << 20));
-        assert_eq!(parse_bytes("8388608", "k"), Ok(8 << 20));
-        assert!(parse_bytes("1k", "k").is_err(), "below Docker's minimum");
-        assert!(parse_bytes("-1m", "k").is_err());
-        assert!(parse_bytes("1x", "k").is_err());
-    }
-
-    #[test]
-    fn short_ports() {
-        let p = short_port("[::1]:8080:80/udp", "k").unwrap();
-        assert_eq!(
-            (p.host_ip.as_str(), p.host_port, p.container_port, p.protocol.as_str()),
-            ("::1", Some(8080), 80, "udp")
-        );
-        let p = short_port("127.0.0.1::80", "k").unwrap();
-        assert_eq!((p.host_port, p.container_port), (None, 80));
-        assert!(short_port("a:b:c:d", "k").is_err());
-        assert!(short_port("0", "k").is_err());
-    }
 }

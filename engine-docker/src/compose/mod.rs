@@ -9,22 +9,26 @@
 //! A file becomes a [`StackSpec`] in [`parse`], in four steps, each refusing with a message that names the key:
 //! - [`model`]: YAML → interpolation ([`interpolate`]) → the serde model of the compose subset this engine runs;
 //! - [`checks`]: shapes, unsupported keys (refused together, by name), the host policy, names and cycles;
-//! - [`convert`]: the model → [`StackSpec`] (values in the Docker API's units);
+//! - [`convert`]: the model → [`StackSpec`] ([`spec`]; values in the Docker API's units, short syntaxes read by
+//!   [`values`]);
 //! - then [`run`]: apply (network, volumes, containers, `depends_on` waits) and delete;
 //! - [`status`]: what the stack's containers say (phase, per-service state, IP, ports), and the orphan sweep's view.
 
 mod checks;
-pub(crate) mod convert;
+mod convert;
+mod de;
 mod interpolate;
 mod model;
 pub(crate) mod run;
+pub(crate) mod spec;
 pub(crate) mod status;
+mod values;
 
 use std::collections::BTreeMap;
 
 use aenv_core::{EnvInstanceSpec, InvalidSpec};
 
-pub(crate) use self::convert::StackSpec;
+pub(crate) use self::spec::StackSpec;
 use crate::Policy;
 
 /// The request field that carries the file; every refusal of the file is under it.
@@ -136,7 +140,7 @@ pub(crate) fn plan(spec: &EnvInstanceSpec, compose_file: &str, policy: &Policy) 
 #[cfg(test)]
 pub(super) mod tests {
     use super::{
-        convert::{Condition, Dependency, MountSpec, PortPublish, VolumeSpec},
+        spec::{Condition, Dependency, MountSpec, PortPublish, VolumeSpec},
         *,
     };
 
