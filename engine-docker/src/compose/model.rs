@@ -371,7 +371,7 @@ pub(crate) enum HealthcheckTest {
 pub(crate) enum Mount {
     /// `[SOURCE:]TARGET[:MODE]`.
     Short(String),
-    Long(LongMount),
+    Long(Box<LongMount>),
     /// Neither a string nor a mapping.
     Bad,
 }
@@ -382,7 +382,7 @@ impl<'de> Deserialize<'de> for Mount {
             Value::String(s) => Ok(Mount::Short(s)),
             // The message docker-compose-types gave, which users may match.
             v @ Value::Mapping(_) => open(v)
-                .map(Mount::Long)
+                .map(|m| Mount::Long(Box::new(m)))
                 .map_err(|_| D::Error::custom("data did not match any variant of untagged enum Volumes")),
             _ => Ok(Mount::Bad),
         }
