@@ -6,13 +6,17 @@
 //! ([`aenv_core::labels`]) and the labels Compose v2 puts on its own (`com.docker.compose.project=<id>`, ...), so
 //! that `docker compose -p <id> ps` and `docker compose ls` show the stack.
 //!
-//! A file becomes a [`StackSpec`] in [`parse`], in four steps, each refusing with a message that names the key:
-//! - [`model`]: YAML → interpolation ([`interpolate`]) → the serde model of the compose subset this engine runs;
-//! - [`checks`]: shapes, unsupported keys (refused together, by name), the host policy, names and cycles;
+//! A file becomes a [`StackSpec`] in [`parse`], in three steps, each refusing with a message that names the key
+//! (an [`InvalidSpec`] whose field is the key under `deployConfig.composeFile`):
+//! - [`model`]: YAML → interpolation ([`interpolate`]) → the serde model of the compose subset this engine runs
+//!   ([`de`]: how it reads YAML values); a value of the wrong type is refused here, before the checks;
+//! - [`checks`]: shapes, the host policy, values this engine refuses, then unsupported keys (together, by name);
+//!   names and cycles;
 //! - [`convert`]: the model → [`StackSpec`] ([`spec`]; values in the Docker API's units, short syntaxes read by
-//!   [`values`]);
-//! - then [`run`]: apply (network, volumes, containers, `depends_on` waits) and delete;
-//! - [`status`]: what the stack's containers say (phase, per-service state, IP, ports), and the orphan sweep's view.
+//!   [`values`]).
+//!
+//! Then [`run`] applies it (network, volumes, containers, `depends_on` waits) and deletes it, and [`status`] reads
+//! what the stack's containers say (phase, per-service state, IP, ports), and the orphan sweep's view.
 
 mod checks;
 mod convert;
@@ -20,7 +24,7 @@ mod de;
 mod interpolate;
 mod model;
 pub(crate) mod run;
-pub(crate) mod spec;
+mod spec;
 pub(crate) mod status;
 mod values;
 

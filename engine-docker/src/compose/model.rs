@@ -10,7 +10,7 @@
 //! Adding a compose key: a field here (and its name in [`SERVICE_KEYS`], which the refusal of unknown keys lists),
 //! its use in `convert.rs`, and a check in `checks.rs` only if it needs one.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Deserializer, de::Error as _};
 use serde_norway::{Mapping, Value};
@@ -19,7 +19,7 @@ pub(crate) use super::de::{Entries, Flag, Num, Shaped, Text, scalar_text};
 use super::{
     Refusal,
     de::{Open, open, open_option, present},
-    interpolate::interpolate,
+    interpolate::interpolate_document,
 };
 
 /// Top-level keys this engine runs.
@@ -488,9 +488,9 @@ pub(crate) struct Read {
 }
 
 /// YAML → interpolation → [`ComposeFile`].
-pub(crate) fn read(yaml: &str, vars: &std::collections::BTreeMap<String, String>) -> Result<Read, Refusal> {
+pub(crate) fn read(yaml: &str, vars: &BTreeMap<String, String>) -> Result<Read, Refusal> {
     let mut doc: Value = serde_norway::from_str(yaml).map_err(|e| Refusal::file(format!("not valid YAML: {e}")))?;
-    interpolate_value(&mut doc, vars, "")?;
+    interpolate_document(&mut doc, vars)?;
     if !doc.is_mapping() {
         return Err(Refusal::file("a compose file must be a mapping with a `services` key"));
     }
@@ -502,29 +502,32 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
-/// Interpolates every string value (never keys), naming the key on error.
-fn interpolate_value(
-    v: &mut Value,
-    vars: &std::collections::BTreeMap<String, String>,
-    path: &str,
-) -> Result<(), Refusal> {
-    match v {
-        Value::String(s) if s.contains('$') => {
-            *s = interpolate(s, vars).map_err(|e| Refusal::at(path, format!("`{path}`: {e}")))?;
-        }
-        Value::Sequence(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                interpolate_value(item, vars, &format!("{path}[{i}]"))?;
-            }
-        }
-        Value::Mapping(m) => {
-            for (k, item) in m.iter_mut() {
-                let key = k.as_str().unwrap_or("?").to_string();
-                interpolate_value(item, vars, &join(path, &key))?;
-            }
-        }
-        Value::Tagged(t) => interpolate_value(&mut t.value, vars, path)?,
-        _ => {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names of a struct's own fields, from its pretty `Debug` (one field a line, four spaces in).
+    fn fields(debug: &str) -> Vec<&str> {
+        let mut fields: Vec<&str> = debug
+            .lines()
+            .filter_map(|l| l.strip_prefix("    "))
+            .filter(|l| !l.starts_with(' '))
+            .filter_map(|l| l.split_once(':').map(|(k, _)| k))
+            .filter(|k| *k != "unknown")
+            .collect();
+        fields.sort_unstable();
+        fields
     }
-    Ok(())
+
+    #[test]
+    fn the_listed_keys_are_the_fields_of_the_model() {
+        let svc: Service = serde_norway::from_str("image: x").expect("a service");
+        let mut listed = SERVICE_KEYS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(fields(&format!("{svc:#?}")), listed, "SERVICE_KEYS and the fields of Service");
+        let file: ComposeFile = serde_norway::from_str("services: {}").expect("a file");
+        let mut listed = TOP_KEYS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(fields(&format!("{file:#?}")), listed, "TOP_KEYS and the fields of ComposeFile");
+    }
 }
