@@ -1,11 +1,12 @@
 //! What the model cannot say by its types: the shape of the file, the keys this engine does not run, the host
 //! policy, names and `depends_on` cycles. Every refusal names the compose key.
 //!
-//! [`file`] runs before anything is converted, in the order the refusals are reported: a value of the wrong shape,
-//! a key the policy guards or a value this engine refuses (`restart: always`) is refused on its own, the first
-//! found; then every unsupported key, listed together in file order. The checks that need the converted stack
-//! ([`no_cycles`]) or a single value ([`service_name`], [`volume_name`], [`label_key`]) are called from
-//! `convert.rs` where the conversion meets them, so that refusals come in the order they always did.
+//! [`file`] runs on the model before anything is converted (a value of the wrong type was refused when the model
+//! was read). A value of the wrong shape, a key that is not a string, a key the policy guards or a value this
+//! engine refuses (`restart: always`) is refused on its own: top-level keys first, then volumes, then each
+//! service, the first in the file within each. Then every unsupported key, listed together in file order. The
+//! checks that need the converted stack ([`no_cycles`]) or a single value ([`volume_name`], [`label_key`]) are
+//! called from `convert.rs` where the conversion meets them, so that refusals come in the order they always did.
 
 use std::collections::HashMap;
 
