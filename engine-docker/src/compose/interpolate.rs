@@ -3,8 +3,14 @@
 //! Supported: `$VAR`, `${VAR}`, `${VAR:-default}` (unset or empty), `${VAR-default}` (unset), `${VAR:+alt}`,
 //! `${VAR+alt}`, `${VAR:?message}`, `${VAR?message}`, and `$$` for a literal `$`. Defaults may themselves hold
 //! `${...}`. An unset variable without a default becomes the empty string, as with Compose.
+//!
+//! [`interpolate_document`] runs it over every string value of the parsed YAML, before the model reads it.
 
 use std::collections::BTreeMap;
+
+use serde_norway::Value;
+
+use super::{Refusal, model::join};
 
 /// Interpolates one string. The error says what is wrong, without the key (the caller adds it).
 pub(crate) fn interpolate(input: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
@@ -110,6 +116,33 @@ fn expand(body: &str, vars: &BTreeMap<String, String>, whole: &str) -> Result<St
         }
         _ => Err(format!("invalid interpolation format in {whole:?}: unknown operator in \"${{{body}}}\"")),
     }
+}
+
+/// Interpolates every string value of a document (never keys), naming the key on error.
+pub(crate) fn interpolate_document(doc: &mut Value, vars: &BTreeMap<String, String>) -> Result<(), Refusal> {
+    interpolate_value(doc, vars, "")
+}
+
+fn interpolate_value(v: &mut Value, vars: &BTreeMap<String, String>, path: &str) -> Result<(), Refusal> {
+    match v {
+        Value::String(s) if s.contains('$') => {
+            *s = interpolate(s, vars).map_err(|e| Refusal::at(path, format!("`{path}`: {e}")))?;
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_value(item, vars, &format!("{path}[{i}]"))?;
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                let key = k.as_str().unwrap_or("?").to_string();
+                interpolate_value(item, vars, &join(path, &key))?;
+            }
+        }
+        Value::Tagged(t) => interpolate_value(&mut t.value, vars, path)?,
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

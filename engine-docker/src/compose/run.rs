@@ -32,9 +32,9 @@ use jiff::Timestamp;
 use tracing::{debug, warn};
 
 use super::{
-    MAIN_SERVICE_LABEL, compose_labels as cl, container_name, network_name,
-    parse::{Condition, Dependency, MountSpec, ServiceSpec, StackSpec},
-    plan, status, volume_name,
+    MAIN_SERVICE_LABEL, compose_labels as cl, container_name, network_name, plan,
+    spec::{Condition, Dependency, MountSpec, ServiceSpec, StackSpec},
+    status, volume_name,
 };
 use crate::{
     DockerEngineConfig,

@@ -16,7 +16,7 @@ use bollard::{
 };
 use jiff::Timestamp;
 
-use super::{MAIN_SERVICE_LABEL, compose_labels as cl, container_name, network_name, parse::StackSpec};
+use super::{MAIN_SERVICE_LABEL, StackSpec, compose_labels as cl, container_name, network_name};
 use crate::error::classify;
 
 /// Why a service's container is not fine, if it is not: `Some((terminal phase, message))`.
