@@ -5,13 +5,7 @@
 //! accepted instance survives a crash at any instant. Status writes are not fsynced on their own (they are
 //! observations the reconciler makes again); the next durable commit carries them to disk.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Debug,
-    marker::PhantomData,
-    path::Path,
-    sync::{Arc, RwLock},
-};
+use std::{collections::BTreeMap, marker::PhantomData, path::Path, sync::Arc};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -20,10 +14,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::watcher;
 use rand::Rng;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::Mutex;
 use tracing::warn;
 
-use super::{DEFAULT_NAMESPACE, Kind, ObjectStore, key_of, random_suffix, relisting_watch, with_status_of};
+use super::{DEFAULT_NAMESPACE, Kind, ObjectStore, cache::Cache, key_of, random_suffix, with_status_of};
 use crate::Error;
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -83,24 +77,12 @@ impl Embedded {
     }
 }
 
-#[derive(Clone, Debug)]
-enum Change<K> {
-    Applied(Arc<K>),
-    Deleted(Arc<K>),
-}
-
-struct Index<K> {
-    objects: BTreeMap<String, Arc<K>>,
-    resource_version: u64,
-}
-
 /// The embedded store of one kind.
 pub struct EmbeddedStore<K> {
     db: Arc<Database>,
     table: String,
     rv_key: String,
-    index: Arc<RwLock<Index<K>>>,
-    changes: broadcast::Sender<Change<K>>,
+    cache: Cache<K>,
     /// Serialises writers, so that resource versions and the order of watch events follow commit order.
     writer: Mutex<()>,
     _kind: PhantomData<K>,
@@ -132,35 +114,28 @@ where
                 Err(e) => warn!(key = k.value(), error = %e, "skipping an unreadable record"),
             }
         }
-        let (changes, _) = broadcast::channel(4096);
         Ok(Arc::new(EmbeddedStore {
             db,
             table,
             rv_key,
-            index: Arc::new(RwLock::new(Index { objects, resource_version })),
-            changes,
+            cache: Cache::new(objects, resource_version),
             writer: Mutex::new(()),
             _kind: PhantomData,
         }))
     }
 
     pub fn len(&self) -> usize {
-        self.read_index().objects.len()
+        self.cache.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index<K>> {
-        // A poisoned lock means a writer panicked between two plain assignments; the data is still whole.
-        self.index.read().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Writes `obj` at `key` (or removes the key when `None`), bumping the resource version; then updates the
     /// index and tells watchers. The caller holds the writer lock.
     async fn commit(&self, key: String, obj: Option<K>, durability: Durability) -> Result<Option<Arc<K>>, Error> {
-        let rv = self.read_index().resource_version + 1;
+        let rv = self.cache.next_resource_version();
         let obj = obj.map(|mut o| {
             o.meta_mut().resource_version = Some(rv.to_string());
             o
@@ -188,22 +163,7 @@ where
         .await
         .map_err(|e| Error::Store(format!("store writer task failed: {e}")))??;
 
-        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        index.resource_version = rv;
-        let stored = match obj {
-            Some(o) => {
-                let o = Arc::new(o);
-                index.objects.insert(key, o.clone());
-                let _ = self.changes.send(Change::Applied(o.clone()));
-                Some(o)
-            }
-            None => {
-                if let Some(old) = index.objects.remove(&key) {
-                    let _ = self.changes.send(Change::Deleted(old));
-                }
-                None
-            }
-        };
+        let stored = self.cache.apply(key, obj, rv);
         Ok(stored)
     }
 }
@@ -216,7 +176,7 @@ where
     async fn create(&self, mut obj: K, now: Timestamp) -> Result<Arc<K>, Error> {
         let _w = self.writer.lock().await;
         let key = key_of(&obj);
-        if self.read_index().objects.contains_key(&key) {
+        if self.cache.contains(&key) {
             return Err(Error::AlreadyExists(key));
         }
         let meta = obj.meta_mut();
@@ -231,15 +191,15 @@ where
     }
 
     fn get(&self, key: &str) -> Option<Arc<K>> {
-        self.read_index().objects.get(key).cloned()
+        self.cache.get(key)
     }
 
     fn list(&self) -> Vec<Arc<K>> {
-        self.read_index().objects.values().cloned().collect()
+        self.cache.list_where(&|_| true)
     }
 
     fn list_where(&self, filter: &dyn Fn(&K) -> bool) -> Vec<Arc<K>> {
-        self.read_index().objects.values().filter(|o| filter(o)).cloned().collect()
+        self.cache.list_where(filter)
     }
 
     async fn write_status(&self, obj: &K) -> Result<Option<Arc<K>>, Error> {
@@ -274,18 +234,7 @@ where
     }
 
     fn watch(&self) -> BoxStream<'static, watcher::Event<K>> {
-        let (index, changes) = (self.index.clone(), self.changes.clone());
-        relisting_watch(
-            move || {
-                // Subscribing under the index lock means no change falls between the snapshot and the feed.
-                let index = index.read().unwrap_or_else(|p| p.into_inner());
-                (changes.subscribe(), index.objects.values().cloned().collect())
-            },
-            |change| match change {
-                Change::Applied(o) => watcher::Event::Apply((*o).clone()),
-                Change::Deleted(o) => watcher::Event::Delete((*o).clone()),
-            },
-        )
+        self.cache.watch()
     }
 }
 

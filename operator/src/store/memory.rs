@@ -14,26 +14,15 @@ use futures::stream::BoxStream;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::watcher;
-use tokio::sync::broadcast;
 
-use super::{DEFAULT_NAMESPACE, Kind, ObjectStore, key_of, random_suffix, relisting_watch, with_status_of};
+use super::{DEFAULT_NAMESPACE, Kind, ObjectStore, cache::Cache, key_of, random_suffix, with_status_of};
 use crate::Error;
-
-#[derive(Clone, Debug)]
-enum Change<K> {
-    Applied(Arc<K>),
-    Deleted(Arc<K>),
-}
-
-struct State<K> {
-    objects: BTreeMap<String, Arc<K>>,
-    resource_version: u64,
-}
 
 /// Objects of one kind, in memory.
 pub struct MemoryStore<K> {
-    state: Arc<Mutex<State<K>>>,
-    changes: broadcast::Sender<Change<K>>,
+    cache: Cache<K>,
+    /// Serialises writers, as the embedded store does.
+    writer: Mutex<()>,
     /// How many of the next status writes fail.
     failing_status_writes: AtomicUsize,
 }
@@ -41,8 +30,8 @@ pub struct MemoryStore<K> {
 impl<K: Kind> MemoryStore<K> {
     pub fn new() -> Arc<Self> {
         Arc::new(MemoryStore {
-            state: Arc::new(Mutex::new(State { objects: BTreeMap::new(), resource_version: 0 })),
-            changes: broadcast::channel(1024).0,
+            cache: Cache::new(BTreeMap::new(), 0),
+            writer: Mutex::new(()),
             failing_status_writes: AtomicUsize::new(0),
         })
     }
@@ -52,30 +41,10 @@ impl<K: Kind> MemoryStore<K> {
         self.failing_status_writes.store(n, Ordering::SeqCst);
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State<K>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Stores `obj` at `key` (or removes it), with the next resource version, and tells watchers.
+    /// Stores `obj` at `key` (or removes it) with the next resource version, and tells watchers.
     fn put(&self, key: String, obj: Option<K>) -> Option<Arc<K>> {
-        let mut state = self.state();
-        state.resource_version += 1;
-        let rv = state.resource_version.to_string();
-        match obj {
-            Some(mut o) => {
-                o.meta_mut().resource_version = Some(rv);
-                let o = Arc::new(o);
-                state.objects.insert(key, o.clone());
-                let _ = self.changes.send(Change::Applied(o.clone()));
-                Some(o)
-            }
-            None => {
-                if let Some(old) = state.objects.remove(&key) {
-                    let _ = self.changes.send(Change::Deleted(old));
-                }
-                None
-            }
-        }
+        let _one_at_a_time = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.cache.apply(key, obj, self.cache.next_resource_version())
     }
 }
 
@@ -83,7 +52,7 @@ impl<K: Kind> MemoryStore<K> {
 impl<K: Kind> ObjectStore<K> for MemoryStore<K> {
     async fn create(&self, mut obj: K, now: Timestamp) -> Result<Arc<K>, Error> {
         let key = key_of(&obj);
-        if self.state().objects.contains_key(&key) {
+        if self.cache.contains(&key) {
             return Err(Error::AlreadyExists(key));
         }
         let meta = obj.meta_mut();
@@ -95,11 +64,11 @@ impl<K: Kind> ObjectStore<K> for MemoryStore<K> {
     }
 
     fn get(&self, key: &str) -> Option<Arc<K>> {
-        self.state().objects.get(key).cloned()
+        self.cache.get(key)
     }
 
     fn list(&self) -> Vec<Arc<K>> {
-        self.state().objects.values().cloned().collect()
+        self.cache.list_where(&|_| true)
     }
 
     async fn write_status(&self, obj: &K) -> Result<Option<Arc<K>>, Error> {
@@ -132,16 +101,6 @@ impl<K: Kind> ObjectStore<K> for MemoryStore<K> {
     }
 
     fn watch(&self) -> BoxStream<'static, watcher::Event<K>> {
-        let (state, changes) = (self.state.clone(), self.changes.clone());
-        relisting_watch(
-            move || {
-                let state = state.lock().unwrap_or_else(|p| p.into_inner());
-                (changes.subscribe(), state.objects.values().cloned().collect())
-            },
-            |change| match change {
-                Change::Applied(o) => watcher::Event::Apply((*o).clone()),
-                Change::Deleted(o) => watcher::Event::Delete((*o).clone()),
-            },
-        )
+        self.cache.watch()
     }
 }

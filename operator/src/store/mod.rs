@@ -3,6 +3,7 @@
 //! for tests. Readers (the HTTP layer, the controller) are served from memory; writes go through the store's home
 //! first.
 
+mod cache;
 mod embedded;
 mod kubernetes;
 mod memory;
