@@ -10,14 +10,12 @@ use std::{collections::BTreeMap, marker::PhantomData, path::Path, sync::Arc};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::watcher;
-use rand::Rng;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use super::{DEFAULT_NAMESPACE, Kind, ObjectStore, cache::Cache, key_of, random_suffix, with_status_of};
+use super::{Kind, ObjectStore, cache::Cache, key_of, marked_for_deletion, random_suffix, stamp_new, with_status_of};
 use crate::Error;
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -179,12 +177,7 @@ where
         if self.cache.contains(&key) {
             return Err(Error::AlreadyExists(key));
         }
-        let meta = obj.meta_mut();
-        meta.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
-        meta.uid = Some(uuid_like());
-        // Whole seconds, as Kubernetes keeps them (and as the record serialises them).
-        meta.creation_timestamp = Some(Time(Timestamp::from_second(now.as_second()).unwrap_or(now)));
-        meta.generation = Some(1);
+        stamp_new(&mut obj, now);
         self.commit(key, Some(obj), Durability::Immediate)
             .await?
             .ok_or_else(|| Error::Store("a create stored nothing".into()))
@@ -214,15 +207,10 @@ where
     async fn request_delete(&self, key: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error> {
         let _w = self.writer.lock().await;
         let Some(current) = self.get(key) else { return Ok(None) };
-        if current.meta().deletion_timestamp.is_some() {
-            return Ok(Some(current));
+        match marked_for_deletion(current.as_ref(), now) {
+            Some(obj) => self.commit(key.to_string(), Some(obj), Durability::Immediate).await,
+            None => Ok(Some(current)),
         }
-        let mut obj = (*current).clone();
-        let meta = obj.meta_mut();
-        meta.deletion_timestamp = Some(Time(now));
-        // As on Kubernetes, asking for deletion bumps the generation: the reconciler wakes for it.
-        meta.generation = Some(meta.generation.unwrap_or(1) + 1);
-        self.commit(key.to_string(), Some(obj), Durability::Immediate).await
     }
 
     async fn purge(&self, key: &str) -> Result<(), Error> {
@@ -238,13 +226,6 @@ where
     }
 }
 
-fn uuid_like() -> String {
-    let mut rng = rand::rng();
-    let v: u128 = rng.random();
-    let h = format!("{v:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
-}
-
 #[cfg(test)]
 mod tests {
     use aenv_core::{EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase};
@@ -258,7 +239,7 @@ mod tests {
 
     fn with_status(name: &str, status: EnvInstanceStatus) -> EnvInstance {
         let mut obj = instance(name);
-        obj.metadata.namespace = Some(DEFAULT_NAMESPACE.into());
+        obj.metadata.namespace = Some(crate::store::DEFAULT_NAMESPACE.into());
         obj.spec.env_name = "ignored: only the status is written".into();
         obj.status = Some(status);
         obj

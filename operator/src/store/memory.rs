@@ -12,10 +12,9 @@ use std::{
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::watcher;
 
-use super::{DEFAULT_NAMESPACE, Kind, ObjectStore, cache::Cache, key_of, random_suffix, with_status_of};
+use super::{Kind, ObjectStore, cache::Cache, key_of, marked_for_deletion, stamp_new, with_status_of};
 use crate::Error;
 
 /// Objects of one kind, in memory.
@@ -41,9 +40,14 @@ impl<K: Kind> MemoryStore<K> {
         self.failing_status_writes.store(n, Ordering::SeqCst);
     }
 
-    /// Stores `obj` at `key` (or removes it) with the next resource version, and tells watchers.
+    /// Holds the writer: each write's read, check and store happen as one step, as in the embedded store.
+    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `obj` at `key` (or removes it) with the next resource version, and tells watchers. The caller
+    /// holds the writer.
     fn put(&self, key: String, obj: Option<K>) -> Option<Arc<K>> {
-        let _one_at_a_time = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.cache.apply(key, obj, self.cache.next_resource_version())
     }
 }
@@ -51,15 +55,12 @@ impl<K: Kind> MemoryStore<K> {
 #[async_trait]
 impl<K: Kind> ObjectStore<K> for MemoryStore<K> {
     async fn create(&self, mut obj: K, now: Timestamp) -> Result<Arc<K>, Error> {
+        let _w = self.writer();
         let key = key_of(&obj);
         if self.cache.contains(&key) {
             return Err(Error::AlreadyExists(key));
         }
-        let meta = obj.meta_mut();
-        meta.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
-        meta.uid = Some(random_suffix(16));
-        meta.creation_timestamp = Some(Time(now));
-        meta.generation = Some(1);
+        stamp_new(&mut obj, now);
         self.put(key, Some(obj)).ok_or_else(|| Error::Store("a create stored nothing".into()))
     }
 
@@ -77,6 +78,7 @@ impl<K: Kind> ObjectStore<K> for MemoryStore<K> {
             self.failing_status_writes.store(failing - 1, Ordering::SeqCst);
             return Err(Error::Store("status write refused (MemoryStore::fail_status_writes)".into()));
         }
+        let _w = self.writer();
         let key = key_of(obj);
         let Some(current) = self.get(&key) else { return Ok(None) };
         let merged = with_status_of(current.as_ref(), obj)?;
@@ -84,18 +86,16 @@ impl<K: Kind> ObjectStore<K> for MemoryStore<K> {
     }
 
     async fn request_delete(&self, key: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error> {
+        let _w = self.writer();
         let Some(current) = self.get(key) else { return Ok(None) };
-        if current.meta().deletion_timestamp.is_some() {
-            return Ok(Some(current));
+        match marked_for_deletion(current.as_ref(), now) {
+            Some(obj) => Ok(self.put(key.to_string(), Some(obj))),
+            None => Ok(Some(current)),
         }
-        let mut obj = (*current).clone();
-        let meta = obj.meta_mut();
-        meta.deletion_timestamp = Some(Time(now));
-        meta.generation = Some(meta.generation.unwrap_or(1) + 1);
-        Ok(self.put(key.to_string(), Some(obj)))
     }
 
     async fn purge(&self, key: &str) -> Result<(), Error> {
+        let _w = self.writer();
         self.put(key.to_string(), None);
         Ok(())
     }

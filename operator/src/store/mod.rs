@@ -13,6 +13,7 @@ use std::{fmt::Debug, sync::Arc};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Resource,
     runtime::{reflector, watcher},
@@ -158,6 +159,35 @@ pub(crate) fn with_status_of<K: Kind>(current: &K, obj: &K) -> Result<K, Error> 
     let mut merged: K = serde_json::from_value(merged).map_err(|e| Error::Store(e.to_string()))?;
     *merged.meta_mut() = current.meta().clone();
     Ok(merged)
+}
+
+/// Gives a new object the metadata a store fills in: its namespace (the default one when it names none), a uid,
+/// the creation time in whole seconds (as Kubernetes keeps it, and as a record serialises it), generation 1.
+pub(crate) fn stamp_new<K: Kind>(obj: &mut K, now: Timestamp) {
+    let meta = obj.meta_mut();
+    meta.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+    meta.uid = Some(uuid_like());
+    meta.creation_timestamp = Some(Time(Timestamp::from_second(now.as_second()).unwrap_or(now)));
+    meta.generation = Some(1);
+}
+
+/// `current` marked for deletion at `now`, its generation bumped as on Kubernetes (so the controller wakes for
+/// it); `None` when it is marked already.
+pub(crate) fn marked_for_deletion<K: Kind>(current: &K, now: Timestamp) -> Option<K> {
+    if current.meta().deletion_timestamp.is_some() {
+        return None;
+    }
+    let mut obj = current.clone();
+    let meta = obj.meta_mut();
+    meta.deletion_timestamp = Some(Time(now));
+    meta.generation = Some(meta.generation.unwrap_or(1) + 1);
+    Some(obj)
+}
+
+fn uuid_like() -> String {
+    let v: u128 = rand::rng().random();
+    let h = format!("{v:032x}");
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// `n` random characters from `[a-z0-9]`, as AEnvironment's instance-id suffixes.
