@@ -273,7 +273,6 @@ mod tests {
         ])
         .unwrap();
         let c = cli.config;
-        assert_eq!(c.api.default_ttl.length(), Duration::from_secs(5400));
         assert_eq!(c.api.default_ttl.as_str(), "1h30m");
         assert_eq!(c.docker.default_memory, 512 << 20);
         assert_eq!(c.docker.engine_config("op").network, "sandboxes");

@@ -61,29 +61,22 @@ pub fn whole_seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// A TTL given on the command line: its text (what instance specs carry) and its length, checked once.
+/// A TTL given on the command line, checked once (a Go duration longer than zero): its text is what instance
+/// specs that name no TTL carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DefaultTtl {
-    text: String,
-    length: Duration,
-}
+pub struct DefaultTtl(String);
 
 impl DefaultTtl {
     /// Parses a Go duration; it must be longer than zero.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let length = parse_go_duration(text).map_err(|e| e.to_string())?;
-        if length.is_zero() {
+        if parse_go_duration(text).map_err(|e| e.to_string())?.is_zero() {
             return Err(format!("{text:?} must be longer than zero (such as \"30m\")"));
         }
-        Ok(DefaultTtl { text: text.trim().to_string(), length })
+        Ok(DefaultTtl(text.trim().to_string()))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    pub fn length(&self) -> Duration {
-        self.length
+        &self.0
     }
 }
 
