@@ -356,3 +356,116 @@ pub async fn run(
         .await;
     sweeper.abort();
 }
+
+#[cfg(test)]
+mod tests {
+    use aenv_core::{Condition, EnvInstanceStatus, EnvPoolSpec};
+    use jiff::Timestamp;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+
+    fn pool(replicas: u32, max: Option<u32>) -> EnvPool {
+        let mut p = EnvPool::new(
+            "warm",
+            EnvPoolSpec { env_name: "mini@1.0.0".into(), replicas, max_replicas: max, owner: None },
+        );
+        p.metadata.namespace = Some("default".into());
+        p
+    }
+
+    fn model() -> EnvInstanceSpec {
+        member_spec(&EnvInstanceSpec { image: Some("mini:1".into()), ..Default::default() }, "mini", "1.0.0", None)
+    }
+
+    /// A waiting sandbox made at second `age` in `phase`, ready or not.
+    fn member(n: u32, phase: Phase, ready: bool) -> Arc<EnvInstance> {
+        let mut m = EnvInstance::new(&format!("mini-{n:06}"), model());
+        m.metadata.namespace = Some("default".into());
+        m.metadata.labels = Some([(POOL_LABEL.to_string(), "warm".to_string())].into());
+        m.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_700_000_000 + i64::from(n)).unwrap()));
+        let conditions = vec![Condition {
+            type_: "Ready".into(),
+            status: if ready { "True" } else { "False" }.into(),
+            reason: String::new(),
+            message: String::new(),
+        }];
+        m.status = Some(EnvInstanceStatus {
+            phase,
+            conditions,
+            message: (phase == Phase::Failed).then(|| "the container exited with code 1".to_string()),
+            ..Default::default()
+        });
+        Arc::new(m)
+    }
+
+    fn names(v: &[Arc<EnvInstance>]) -> Vec<String> {
+        v.iter().map(|m| m.metadata.name.clone().unwrap_or_default()).collect()
+    }
+
+    #[test]
+    fn an_empty_pool_is_filled_within_the_room() {
+        let p = plan(&pool(5, None), &[], Some(&model()), 0, 2);
+        assert_eq!((p.create, p.status.target, p.status.replicas), (2, 5, 0), "two now, the rest as room frees");
+        let p = plan(&pool(5, None), &[], Some(&model()), 0, 10);
+        assert_eq!(p.create, 5);
+    }
+
+    #[test]
+    fn ready_and_starting_count_and_failed_ones_are_replaced_with_the_reason() {
+        let members =
+            [member(1, Phase::Running, true), member(2, Phase::Creating, false), member(3, Phase::Failed, false)];
+        let p = plan(&pool(3, None), &members, Some(&model()), 0, 4);
+        assert_eq!((p.status.ready, p.status.starting, p.create, p.new_failures), (1, 1, 1, 1));
+        assert_eq!(names(&p.remove), ["mini-000003"]);
+        assert_eq!(p.status.last_error.as_deref(), Some("the container exited with code 1"));
+    }
+
+    #[test]
+    fn demand_grows_the_pool_up_to_its_ceiling_and_the_excess_goes_newest_and_unready_first() {
+        let members = [member(1, Phase::Running, true), member(2, Phase::Running, true)];
+        let p = plan(&pool(2, Some(6)), &members, Some(&model()), 3, 10);
+        assert_eq!((p.status.target, p.create), (5, 3));
+        let p = plan(&pool(2, Some(6)), &members, Some(&model()), 100, 10);
+        assert_eq!((p.status.target, p.create), (6, 4));
+        let members = [
+            member(1, Phase::Running, true),
+            member(2, Phase::Running, true),
+            member(3, Phase::Running, true),
+            member(4, Phase::Pending, false),
+        ];
+        let p = plan(&pool(2, Some(6)), &members, Some(&model()), 0, 10);
+        assert_eq!(names(&p.remove), ["mini-000004", "mini-000003"]);
+        assert_eq!(p.create, 0);
+    }
+
+    #[test]
+    fn sandboxes_of_an_old_template_are_replaced_and_a_missing_template_stops_the_refill() {
+        let mut old = (*member(1, Phase::Running, true)).clone();
+        old.spec.image = Some("mini:0".into());
+        let p = plan(&pool(1, None), &[Arc::new(old)], Some(&model()), 0, 4);
+        assert_eq!((names(&p.remove).len(), p.create, p.status.ready), (1, 1, 0));
+        let p = plan(&pool(1, None), &[], None, 0, 4);
+        assert_eq!(p.create, 0);
+        assert!(p.status.last_error.unwrap().contains("not found"));
+    }
+
+    #[test]
+    fn a_deleted_pool_removes_its_waiting_sandboxes_then_finishes() {
+        let mut p0 = pool(3, None);
+        p0.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let members = [member(1, Phase::Running, true), member(2, Phase::Pending, false)];
+        let p = plan(&p0, &members, Some(&model()), 0, 4);
+        assert_eq!((p.remove.len(), p.create, p.finished), (2, 0, false));
+        let mut going = (*members[0]).clone();
+        going.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let p = plan(&p0, &[Arc::new(going)], Some(&model()), 0, 4);
+        assert!(p.finished && p.remove.is_empty());
+    }
+
+    #[test]
+    fn the_failure_backoff_doubles_to_a_minute() {
+        let b: Vec<_> = [1, 2, 3, 7, 50].iter().map(|n| failure_backoff(*n).as_secs()).collect();
+        assert_eq!(b, [1, 2, 4, 60, 60]);
+    }
+}
