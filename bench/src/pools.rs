@@ -54,6 +54,15 @@ async fn fill(http: &reqwest::Client, base: &str, pool: &str, env: &str, replica
     wait_ready(http, base, pool, replicas).await
 }
 
+async fn scale(http: &reqwest::Client, base: &str, pool: &str, replicas: usize) -> anyhow::Result<()> {
+    let v: Value =
+        http.put(format!("{base}/env-pool/{pool}")).json(&json!({"replicas": replicas})).send().await?.json().await?;
+    if v["success"] != true {
+        bail!("scaling refused: {v}");
+    }
+    Ok(())
+}
+
 async fn wait_ready(http: &reqwest::Client, base: &str, pool: &str, replicas: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -85,10 +94,16 @@ pub async fn claim(args: ClaimArgs) -> anyhow::Result<()> {
     let (http, base) = (api.http.clone(), api.base.clone());
     let name = format!("{}-claim", run_id());
     register(&http, &base, &name).await?;
-    let rss_before = op.pid().and_then(rss_kib);
     fill(&http, &base, "bench", &format!("{name}@1.0.0"), args.pool).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Memory per waiting sandbox, at the margin: the pool at its size, then at twice its size, each settled (the
+    // fixed costs of the first pool and of the runtime are out of the difference).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_before = op.pid().and_then(rss_kib);
+    scale(&http, &base, "bench", 2 * args.pool).await?;
+    wait_ready(&http, &base, "bench", 2 * args.pool).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after = op.pid().and_then(rss_kib);
+    scale(&http, &base, "bench", args.pool).await?;
 
     let (mut claims, mut cold, mut peer, mut misses) = (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut made = Vec::new();
@@ -166,8 +181,9 @@ pub async fn claim(args: ClaimArgs) -> anyhow::Result<()> {
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         let per = (after.saturating_sub(before)) as f64 / args.pool as f64;
         println!(
-            "operator memory: {before} KiB before the pool, {after} KiB with {} waiting: {per:.1} KiB each",
-            args.pool
+            "operator memory: {before} KiB with {} waiting, {after} KiB with {}: {per:.1} KiB per waiting sandbox",
+            args.pool,
+            2 * args.pool
         );
     }
     for id in &made {

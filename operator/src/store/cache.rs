@@ -12,9 +12,12 @@ use tokio::sync::broadcast;
 
 use super::{Kind, relisting_watch};
 
+/// What the feed tells watchers. A change names its key only: the watcher reads the object from the index when
+/// it forwards the change, so the feed's ring buffer holds no old versions of live objects (a watcher that is
+/// behind sees the latest version, once or more, which is all a reflector needs).
 #[derive(Clone, Debug)]
 enum Change<K> {
-    Applied(Arc<K>),
+    Applied(String),
     Deleted(Arc<K>),
 }
 
@@ -69,8 +72,8 @@ impl<K: Kind> Cache<K> {
             Some(mut o) => {
                 o.meta_mut().resource_version = Some(rv.to_string());
                 let o = Arc::new(o);
-                index.objects.insert(key, o.clone());
-                let _ = self.changes.send(Change::Applied(o.clone()));
+                index.objects.insert(key.clone(), o.clone());
+                let _ = self.changes.send(Change::Applied(key));
                 Some(o)
             }
             None => {
@@ -85,15 +88,22 @@ impl<K: Kind> Cache<K> {
     /// `Init`, the objects, `InitDone`, then every change; a fresh listing for a watcher that falls behind.
     pub(crate) fn watch(&self) -> BoxStream<'static, watcher::Event<K>> {
         let (index, changes) = (self.index.clone(), self.changes.clone());
+        let current = self.index.clone();
         relisting_watch(
             move || {
                 // Subscribing under the index lock means no change falls between the snapshot and the feed.
                 let index = index.read().unwrap_or_else(|p| p.into_inner());
                 (changes.subscribe(), index.objects.values().cloned().collect())
             },
-            |change| match change {
-                Change::Applied(o) => watcher::Event::Apply((*o).clone()),
-                Change::Deleted(o) => watcher::Event::Delete((*o).clone()),
+            move |change| match change {
+                // Gone since: its deletion follows in the feed.
+                Change::Applied(key) => current
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .objects
+                    .get(&key)
+                    .map(|o| watcher::Event::Apply((**o).clone())),
+                Change::Deleted(o) => Some(watcher::Event::Delete((*o).clone())),
             },
         )
     }

@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
-use super::{Kind, ObjectStore, StatusEvents, key_of, relisting_watch};
+use super::{Kind, ObjectStore, Slim, StatusEvents, key_of, relisting_watch};
 use crate::Error;
 
 /// The finalizer that holds an EnvInstance until the engine removed what it made.
@@ -505,7 +505,10 @@ where
     }
 
     /// The reflector this store reads from serves the controller too, fed by the same watch: no second cache.
-    fn controller_feed(&self) -> (reflector::Store<K>, BoxStream<'static, K>) {
+    fn controller_feed(&self) -> (reflector::Store<K>, BoxStream<'static, K>)
+    where
+        K: Slim,
+    {
         let objects = self.watch().filter_map(|e| {
             futures::future::ready(match e {
                 watcher::Event::Apply(o) | watcher::Event::InitApply(o) => Some(o),
@@ -522,12 +525,14 @@ where
                 let _g = shared.gate();
                 (shared.changes.subscribe(), reader.state())
             },
-            |msg| match msg {
-                Msg::Init => watcher::Event::Init,
-                Msg::InitApply(o) => watcher::Event::InitApply((*o).clone()),
-                Msg::InitDone => watcher::Event::InitDone,
-                Msg::Apply(o) => watcher::Event::Apply((*o).clone()),
-                Msg::Delete(o) => watcher::Event::Delete((*o).clone()),
+            |msg| {
+                Some(match msg {
+                    Msg::Init => watcher::Event::Init,
+                    Msg::InitApply(o) => watcher::Event::InitApply((*o).clone()),
+                    Msg::InitDone => watcher::Event::InitDone,
+                    Msg::Apply(o) => watcher::Event::Apply((*o).clone()),
+                    Msg::Delete(o) => watcher::Event::Delete((*o).clone()),
+                })
             },
         )
     }

@@ -13,7 +13,7 @@ use std::{fmt::Debug, sync::Arc};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{
     Resource,
     runtime::{reflector, watcher},
@@ -36,6 +36,38 @@ pub trait Kind:
 impl<K> Kind for K where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
 {
+}
+
+/// The identity of an object without its content: what the controllers' own caches keep (they read objects from
+/// the store when they reconcile them), so that a local store's objects are not held twice.
+pub trait Slim {
+    /// The object with its name, namespace, uid, versions, generation and deletion mark only.
+    fn slim(&self) -> Self;
+}
+
+fn slim_meta(meta: &ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        generation: meta.generation,
+        deletion_timestamp: meta.deletion_timestamp.clone(),
+        creation_timestamp: meta.creation_timestamp.clone(),
+        ..Default::default()
+    }
+}
+
+impl Slim for aenv_core::EnvInstance {
+    fn slim(&self) -> Self {
+        aenv_core::EnvInstance { metadata: slim_meta(&self.metadata), spec: Default::default(), status: None }
+    }
+}
+
+impl Slim for aenv_core::EnvPool {
+    fn slim(&self) -> Self {
+        aenv_core::EnvPool { metadata: slim_meta(&self.metadata), spec: Default::default(), status: None }
+    }
 }
 
 /// A status change worth telling as a Kubernetes Event.
@@ -141,17 +173,19 @@ pub trait ObjectStore<K>: Send + Sync + 'static {
     }
 
     /// What the controller reconciles from: a reader of the objects and a stream of each object as it changes
-    /// (kube-runtime's `Controller::for_stream`). By default a reflector of its own over [`ObjectStore::watch`];
-    /// a store that keeps a reflector already hands that one out.
+    /// (kube-runtime's `Controller::for_stream`). By default a reflector of its own over [`ObjectStore::watch`],
+    /// holding [`Slim`] copies (the controllers read the object itself from the store); a store that keeps a
+    /// reflector already hands that one out.
     fn controller_feed(&self) -> (reflector::Store<K>, BoxStream<'static, K>)
     where
-        K: Kind,
+        K: Kind + Slim,
     {
         use futures::StreamExt;
         use kube::runtime::WatchStreamExt;
         let (reader, writer) = reflector::store();
         let objects = self
             .watch()
+            .map(|e| e.modify(|o| *o = o.slim()))
             .map(Ok::<_, watcher::Error>)
             .reflect(writer)
             .applied_objects()
@@ -248,10 +282,10 @@ pub fn random_suffix(n: usize) -> String {
 /// The watch both stores serve: `Init`, one `InitApply` per object of a snapshot, `InitDone`, then the events of a
 /// broadcast feed; a watcher that falls behind gets a fresh listing. `subscribe` must take the snapshot and the
 /// feed together (under the store's lock), so that no change falls between them; `event` turns a feed message
-/// into a watch event.
+/// into a watch event (`None`: nothing to tell).
 pub(crate) fn relisting_watch<K, M>(
     subscribe: impl Fn() -> (tokio::sync::broadcast::Receiver<M>, Vec<Arc<K>>) + Send + 'static,
-    event: fn(M) -> watcher::Event<K>,
+    event: impl Fn(M) -> Option<watcher::Event<K>> + Send + 'static,
 ) -> BoxStream<'static, watcher::Event<K>>
 where
     K: Clone + Send + Sync + 'static,
@@ -274,7 +308,10 @@ where
             }
             loop {
                 let e = match feed.recv().await {
-                    Ok(msg) => event(msg),
+                    Ok(msg) => match event(msg) {
+                        Some(e) => e,
+                        None => continue,
+                    },
                     // Fell behind: list again.
                     Err(RecvError::Lagged(_)) => break,
                     Err(RecvError::Closed) => return,
