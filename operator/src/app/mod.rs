@@ -78,37 +78,16 @@ pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Resul
                 controller: "aenv-operator".into(),
                 instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
             };
-            let store = store::KubeStore::<EnvInstance>::start(
-                client.clone(),
-                store::KubeStoreConfig {
-                    default_namespace: config.kube.namespace.clone(),
-                    watch_namespace: (!config.kube.all_namespaces).then(|| config.kube.namespace.clone()),
-                    finalizer: Some(store::FINALIZER.into()),
-                    reporter: Some(reporter),
-                },
-            )
-            .await?;
-            let templates = store::KubeStore::<Environment>::start(
-                client.clone(),
-                store::KubeStoreConfig {
-                    default_namespace: config.kube.namespace.clone(),
-                    watch_namespace: (!config.kube.all_namespaces).then(|| config.kube.namespace.clone()),
-                    finalizer: None,
-                    reporter: None,
-                },
-            )
-            .await?;
-            // Pools hold their finalizer until their waiting sandboxes are gone.
-            let pools = store::KubeStore::<EnvPool>::start(
-                client.clone(),
-                store::KubeStoreConfig {
-                    default_namespace: config.kube.namespace.clone(),
-                    watch_namespace: (!config.kube.all_namespaces).then(|| config.kube.namespace.clone()),
-                    finalizer: Some(store::FINALIZER.into()),
-                    reporter: None,
-                },
-            )
-            .await?;
+            // Instances and pools hold a finalizer until what they made is gone, and tell their changes as Events.
+            let kube_config = |held: bool| store::KubeStoreConfig {
+                default_namespace: config.kube.namespace.clone(),
+                watch_namespace: (!config.kube.all_namespaces).then(|| config.kube.namespace.clone()),
+                finalizer: held.then(|| store::FINALIZER.into()),
+                reporter: held.then(|| reporter.clone()),
+            };
+            let store = store::KubeStore::<EnvInstance>::start(client.clone(), kube_config(true)).await?;
+            let templates = store::KubeStore::<Environment>::start(client.clone(), kube_config(false)).await?;
+            let pools = store::KubeStore::<EnvPool>::start(client.clone(), kube_config(true)).await?;
             info!(namespace = %config.kube.namespace, all_namespaces = config.kube.all_namespaces, instances = store.list().len(), operator_id = %operator_id, "store open (Kubernetes)");
             Ok(Stores { instances: store, templates, pools, operator_id })
         }
