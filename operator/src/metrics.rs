@@ -28,6 +28,14 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `api` or `proxy`.
+    pub listener: String,
+    /// `listener_full` or `address_full`.
+    pub reason: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -43,6 +51,8 @@ pub struct Metrics {
     pub orphans_removed: Counter,
     /// Seconds per engine call, by operation (apply, delete, list).
     pub engine_calls: Family<OpLabels, Histogram, fn() -> Histogram>,
+    /// Connections closed at once because a listener or a client address held its limit.
+    pub http_refused: Family<ListenerLabels, Counter>,
 }
 
 fn engine_call_histogram() -> Histogram {
@@ -61,6 +71,7 @@ impl Default for Metrics {
             expired: Counter::default(),
             orphans_removed: Counter::default(),
             engine_calls: Family::new_with_constructor(engine_call_histogram),
+            http_refused: Family::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -71,6 +82,11 @@ impl Default for Metrics {
             r.register("create_to_running_seconds", "Time from acceptance to Running", m.create_to_running.clone());
             r.register("instances_expired", "Instances removed at the end of their TTL", m.expired.clone());
             r.register("engine_call_seconds", "Engine call latency by operation", m.engine_calls.clone());
+            r.register(
+                "http_connections_refused",
+                "Connections closed at once because the listener or the client address held its limit",
+                m.http_refused.clone(),
+            );
             r.register(
                 "orphans_removed",
                 "Labelled containers removed because no instance owns them",

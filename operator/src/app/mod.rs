@@ -158,6 +158,13 @@ pub async fn serve(
         return Err(Error::Config("--resync-interval must be longer than zero".into()));
     }
     let api = &config.api;
+    if api.default_ttl.duration() > config.limits.max_ttl.duration {
+        return Err(Error::Config(format!(
+            "--default-ttl {} is longer than --max-ttl {}: lower it or raise --max-ttl",
+            api.default_ttl.as_str(),
+            config.limits.max_ttl.text
+        )));
+    }
     let tokens = api.tokens_file.as_deref().map(http::auth::load_tokens).transpose()?;
     if tokens.is_none() && !api.api_listen.ip().is_loopback() && !api.insecure {
         return Err(Error::Config(format!(
@@ -165,7 +172,14 @@ pub async fn serve(
             api.api_listen
         )));
     }
+    if api.proxy_auth && tokens.is_none() {
+        return Err(Error::Config("--proxy-auth needs --tokens-file (the proxy checks the same tokens)".into()));
+    }
     let auth = http::auth::Auth::new(tokens);
+    // Each listener may hold a quarter of the open-file limit: together they leave half of it to the rest.
+    let budget = http::server::open_file_limit().map_or(usize::MAX, |n| usize::try_from(n / 4).unwrap_or(usize::MAX));
+    let api_limits = api.conn_limits("api", budget).map_err(Error::Config)?;
+    let proxy_limits = api.conn_limits("proxy", budget).map_err(Error::Config)?;
     let uses_kube = config.store == StoreKind::Kubernetes || config.engine == EngineKind::Kubernetes;
     let client = if uses_kube { Some(kube_client(&config.kube).await?) } else { None };
     let Stores { instances, templates, operator_id } = open_store(&config, client.as_ref()).await?;
@@ -178,17 +192,31 @@ pub async fn serve(
 
     let metrics = Arc::new(metrics::Metrics::default());
     let ctx = controller::Context::new(instances.clone(), engine.clone(), metrics.clone());
-    let proxy = http::proxy::Proxy::new(instances.clone());
+    let proxy = http::proxy::Proxy::new(instances.clone(), config.api.proxy_auth.then(|| auth.clone()));
     let namespace = match config.store {
         StoreKind::Kubernetes => config.kube.namespace.clone(),
         StoreKind::Embedded => store::DEFAULT_NAMESPACE.to_string(),
     };
     let services =
-        Services::new(instances, templates, engine, metrics, namespace, api.default_ttl.clone(), config.limits.clone());
+        Services::new(instances, templates, engine, metrics.clone(), namespace, api.default_ttl.clone(), config.limits.clone());
 
     let shutdown = shutdown.shared();
-    let api = warp::serve(http::routes(services, auth)).incoming(listener).graceful(shutdown.clone()).run();
-    let data_plane = warp::serve(http::proxy::routes(proxy)).incoming(proxy_listener).graceful(shutdown.clone()).run();
+    let api = http::server::serve(
+        "api",
+        listener,
+        http::routes(services, auth),
+        api_limits,
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let data_plane = http::server::serve(
+        "proxy",
+        proxy_listener,
+        http::proxy::routes(proxy),
+        proxy_limits,
+        metrics,
+        shutdown.clone(),
+    );
     let election = config.kube.leader.leader_elect.then(|| leader::LeaderElection::from_args(&config.kube));
     let loop_config = config.reconcile.clone();
     let reconcile = async move {

@@ -12,8 +12,8 @@ use aenv_core::{Engine, EnvInstance, Environment, duration::parse_go_duration};
 use thiserror::Error;
 
 pub use instances::{CreateRequest, Overrides, status_string};
-pub use limits::{Limits, Principal};
-pub use templates::{TemplateMeta, WarmupState};
+pub use limits::{Limits, MaxTtl, Principal};
+pub use templates::{TemplateAccess, TemplateMeta, WarmupState};
 
 use crate::{metrics::Metrics, store::ObjectStore};
 
@@ -77,6 +77,11 @@ impl DefaultTtl {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The duration (checked when parsed).
+    pub fn duration(&self) -> Duration {
+        parse_go_duration(&self.0).unwrap_or(Duration::MAX)
     }
 }
 
