@@ -49,6 +49,8 @@ pub struct Metrics {
     pub create_to_running: Histogram,
     pub expired: Counter,
     pub orphans_removed: Counter,
+    /// Objects of other operators removed because their expiry label passed (a lost store's sandboxes).
+    pub expired_leftovers_removed: Counter,
     /// Seconds per engine call, by operation (apply, delete, list).
     pub engine_calls: Family<OpLabels, Histogram, fn() -> Histogram>,
     /// Connections closed at once because a listener or a client address held its limit.
@@ -70,6 +72,7 @@ impl Default for Metrics {
             create_to_running: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
             expired: Counter::default(),
             orphans_removed: Counter::default(),
+            expired_leftovers_removed: Counter::default(),
             engine_calls: Family::new_with_constructor(engine_call_histogram),
             http_refused: Family::default(),
         };
@@ -82,6 +85,11 @@ impl Default for Metrics {
             r.register("create_to_running_seconds", "Time from acceptance to Running", m.create_to_running.clone());
             r.register("instances_expired", "Instances removed at the end of their TTL", m.expired.clone());
             r.register("engine_call_seconds", "Engine call latency by operation", m.engine_calls.clone());
+            r.register(
+                "expired_leftovers_removed",
+                "Objects of other operators removed because their aenv.io/expire-at passed more than --orphan-grace ago",
+                m.expired_leftovers_removed.clone(),
+            );
             r.register(
                 "http_connections_refused",
                 "Connections closed at once because the listener or the client address held its limit",

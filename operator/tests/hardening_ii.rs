@@ -223,10 +223,11 @@ chmod +x /srv/cgi-bin/env && exec httpd -f -p 8081 -h /srv";
 
 async fn echo_instance(op: &Operator, token: Option<&str>) -> (String, String) {
     let name = unique_name("echo");
-    let mut req = op
-        .http
-        .post(op.url("/env-instance"))
-        .json(&create_body(&name, TEST_IMAGE, json!({"arguments": ["sh", "-c", ECHO_HEADERS]})));
+    let mut req = op.http.post(op.url("/env-instance")).json(&create_body(
+        &name,
+        TEST_IMAGE,
+        json!({"arguments": ["sh", "-c", ECHO_HEADERS]}),
+    ));
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -382,8 +383,13 @@ async fn templates_belong_to_their_owner() {
     assert_eq!(call(Method::GET, &shared, ALICE, None).await.0, 404);
     call(Method::DELETE, &format!("/env-instance/{bobs}"), BOB, None).await;
 
-    let (code, v) = call(Method::POST, "/env", ALICE, Some(json!({"name": name, "version": "3", "shared": "yes",
-        "artifacts": [{"type": "image", "content": TEST_IMAGE}]})))
+    let (code, v) = call(
+        Method::POST,
+        "/env",
+        ALICE,
+        Some(json!({"name": name, "version": "3", "shared": "yes",
+        "artifacts": [{"type": "image", "content": TEST_IMAGE}]})),
+    )
     .await;
     assert_eq!(code, 400, "{v}");
     assert!(v["message"].as_str().unwrap().contains("field `shared`"), "{v}");
@@ -401,12 +407,18 @@ async fn ttls_beyond_the_maximum_are_refused() {
         assert!(msg.contains("field `deployConfig.ttl`") && msg.contains("--max-ttl 168h"), "{msg}");
     }
     let (code, v) = op
-        .post_json("/env", &json!({"name": name, "version": "1", "artifacts": [{"type": "image", "content": TEST_IMAGE}],
-            "deployConfig": {"ttl": "1000h"}}))
+        .post_json(
+            "/env",
+            &json!({"name": name, "version": "1", "artifacts": [{"type": "image", "content": TEST_IMAGE}],
+            "deployConfig": {"ttl": "1000h"}}),
+        )
         .await;
     assert_eq!(code, 400, "{v}");
     let (code, v) = op
-        .post_json("/env", &json!({"name": name, "version": "1", "artifacts": [{"type": "image", "content": TEST_IMAGE}]}))
+        .post_json(
+            "/env",
+            &json!({"name": name, "version": "1", "artifacts": [{"type": "image", "content": TEST_IMAGE}]}),
+        )
         .await;
     assert_eq!(code, 200, "{v}");
     let (code, v) = op.post_json("/env-instance", &json!({"envName": format!("{name}@1"), "ttl": "200h"})).await;
@@ -453,4 +465,84 @@ async fn posts_without_a_body_are_refused_not_405() {
     assert!(op.containers().is_empty());
     let (_, list) = op.get("/env-instance").await;
     assert_eq!(list["data"], json!([]), "{list}");
+}
+
+/// Finding 6: a 0-byte store is refused with the fix in the message; a new store leaves the lost one's sandboxes
+/// alone until their expiry label passes (plus --orphan-grace), then removes them; it never touches an unexpired
+/// one (operators sharing one daemon must not remove each other's sandboxes).
+#[tokio::test]
+async fn a_lost_store_is_refused_and_its_sandboxes_go_at_their_expiry() {
+    let mut op = Operator::start(BIN, &["--orphan-grace", "4s", "--resync-interval", "1s"]).await;
+    let name = unique_name("lost");
+    let create = |ttl: &str| create_body(&name, TEST_IMAGE, json!({"ttl": ttl, "readiness": false}));
+    let (_, short) = op.post_json("/env-instance", &create("12s")).await;
+    let (_, long) = op.post_json("/env-instance", &create("10m")).await;
+    let short = short["data"]["id"].as_str().unwrap().to_string();
+    let long = long["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&short, Duration::from_secs(30), running).await;
+    op.wait_for(&long, Duration::from_secs(30), running).await;
+    let lost_id = op.operator_id.clone();
+    let expire_at: jiff::Timestamp = aenv_testkit::inspect(&short)["Config"]["Labels"]["aenv.io/expire-at"]
+        .as_str()
+        .expect("the expiry label")
+        .parse()
+        .unwrap();
+
+    // The store file is emptied while the operator is down: it refuses to start, and says what to do.
+    op.kill9();
+    let store = op.data_dir.path().join("store");
+    std::fs::write(store.join("aenv.redb"), b"").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--api-listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0 bytes") && stderr.contains("aenv.redb.lost"), "{stderr}");
+    // Following the message: move it away and start with a new store (a new operator id).
+    std::fs::rename(store.join("aenv.redb"), store.join("aenv.redb.lost")).unwrap();
+    op.restart(BIN).await;
+    assert_ne!(op.operator_id, lost_id);
+    let cleanup = scopeguard_rm(lost_id.clone());
+    let reported = |log: &str| {
+        log.lines().any(|l| l.contains("this store is new") && l.contains(&format!("other_operator_id=\"{lost_id}\"")))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reported(&op.log()) {
+        assert!(Instant::now() < deadline, "the new store reports the lost one's sandboxes:\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Past its expiry but within the grace: still there. Past both: removed. The unexpired one stays.
+    let until = |t: jiff::Timestamp| {
+        let ms = t.as_millisecond() - jiff::Timestamp::now().as_millisecond();
+        Duration::from_millis(ms.max(0) as u64)
+    };
+    tokio::time::sleep(until(expire_at) + Duration::from_secs(1)).await;
+    assert!(container_exists(&short), "removed before --orphan-grace passed");
+    let deadline = Instant::now() + until(expire_at) + Duration::from_secs(4 + 8);
+    while container_exists(&short) {
+        assert!(Instant::now() < deadline, "the lost store's expired sandbox was not removed:\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(container_exists(&long), "an unexpired sandbox of another operator id was removed");
+    assert!(op.log().contains("removing an expired object of another operator"));
+    drop(cleanup);
+}
+
+/// Removes the containers of `operator_id` when dropped (the lost store's, which no operator of this test owns).
+fn scopeguard_rm(operator_id: String) -> impl Drop {
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let names = aenv_testkit::containers_with_label(&format!("aenv.io/operator-id={}", self.0));
+            if !names.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(names.iter().map(String::as_str));
+                let _ = aenv_testkit::docker(&args);
+            }
+        }
+    }
+    Rm(operator_id)
 }

@@ -10,7 +10,7 @@ use aenv_engine_docker::DockerEngine;
 use aenv_engine_k8s::{KubeEngine, KubeEngineConfig};
 pub use config::{ApiArgs, Config, DockerArgs, EngineKind, KubeArgs, LeaderArgs, StoreKind};
 use futures::FutureExt;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     Error,
@@ -66,6 +66,8 @@ pub struct Stores {
     pub instances: Arc<dyn ObjectStore<EnvInstance>>,
     pub templates: Arc<dyn ObjectStore<Environment>>,
     pub operator_id: String,
+    /// A store made by this start (a new operator id): sandboxes of a lost one may be on the engine.
+    pub fresh: bool,
 }
 
 /// The instance and template stores, and the operator id that goes with them.
@@ -98,14 +100,19 @@ pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Resul
             )
             .await?;
             info!(namespace = %config.kube.namespace, all_namespaces = config.kube.all_namespaces, instances = store.list().len(), operator_id = %operator_id, "store open (Kubernetes)");
-            Ok(Stores { instances: store, templates, operator_id })
+            Ok(Stores { instances: store, templates, operator_id, fresh: false })
         }
         (StoreKind::Kubernetes, None) => Err(Error::Config("the Kubernetes store needs a Kubernetes client".into())),
         (StoreKind::Embedded, _) => {
             let db = store::Embedded::open(&config.data_dir)?;
             let instances = db.store::<EnvInstance>()?;
-            info!(data_dir = %config.data_dir.display(), instances = instances.len(), operator_id = db.operator_id(), "store open");
-            Ok(Stores { instances, templates: db.store::<Environment>()?, operator_id: db.operator_id().to_string() })
+            info!(data_dir = %config.data_dir.display(), instances = instances.len(), operator_id = db.operator_id(), fresh = db.is_fresh(), "store open");
+            Ok(Stores {
+                instances,
+                templates: db.store::<Environment>()?,
+                operator_id: db.operator_id().to_string(),
+                fresh: db.is_fresh(),
+            })
         }
     }
 }
@@ -182,8 +189,11 @@ pub async fn serve(
     let proxy_limits = api.conn_limits("proxy", budget).map_err(Error::Config)?;
     let uses_kube = config.store == StoreKind::Kubernetes || config.engine == EngineKind::Kubernetes;
     let client = if uses_kube { Some(kube_client(&config.kube).await?) } else { None };
-    let Stores { instances, templates, operator_id } = open_store(&config, client.as_ref()).await?;
+    let Stores { instances, templates, operator_id, fresh } = open_store(&config, client.as_ref()).await?;
     let engine = open_engine(&config, &operator_id, client.as_ref()).await?;
+    if fresh {
+        tokio::spawn(report_other_operators(engine.clone(), operator_id.clone(), config.reconcile.orphan_grace));
+    }
 
     let listener = bind(api.api_listen).await?;
     info!(addr = %local_addr(&listener, api.api_listen)?, "REST API listening");
@@ -197,8 +207,15 @@ pub async fn serve(
         StoreKind::Kubernetes => config.kube.namespace.clone(),
         StoreKind::Embedded => store::DEFAULT_NAMESPACE.to_string(),
     };
-    let services =
-        Services::new(instances, templates, engine, metrics.clone(), namespace, api.default_ttl.clone(), config.limits.clone());
+    let services = Services::new(
+        instances,
+        templates,
+        engine,
+        metrics.clone(),
+        namespace,
+        api.default_ttl.clone(),
+        config.limits.clone(),
+    );
 
     let shutdown = shutdown.shared();
     let api = http::server::serve(
@@ -233,6 +250,36 @@ pub async fn serve(
     let ((), (), reconciled) = tokio::join!(api, data_plane, reconcile);
     info!("stopped");
     reconciled
+}
+
+/// A new store says what it finds of other operators on the engine: the sandboxes of a store that was lost look
+/// just like those of another operator sharing the engine, so none is touched before its expiry label passes
+/// (docs/operations.md, "A lost store").
+async fn report_other_operators(engine: Arc<dyn Engine>, operator_id: String, grace: std::time::Duration) {
+    let managed = match engine.list_managed().await {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "could not list other operators' sandboxes");
+            return;
+        }
+    };
+    let mut by_operator: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for m in managed.iter().filter(|m| m.operator_id != operator_id && m.object.kind == aenv_core::OwnedKind::Container)
+    {
+        let counts = by_operator.entry(m.operator_id.as_str()).or_default();
+        match m.expires_at {
+            Some(_) => counts.0 += 1,
+            None => counts.1 += 1,
+        }
+    }
+    for (other, (with_expiry, without)) in by_operator {
+        warn!(
+            other_operator_id = other,
+            with_expiry,
+            without_expiry = without,
+            "this store is new, and the engine runs sandboxes of another operator id (a lost store, or another operator sharing the engine): they are left alone, and removed by the resync once their aenv.io/expire-at has passed by --orphan-grace ({grace:?}); those without an expiry are never removed by an operator: remove them by hand (docker rm -f $(docker ps -aq --filter label=aenv.io/operator-id={other})) once you know their operator is gone"
+        );
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Error> {

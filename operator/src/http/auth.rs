@@ -46,7 +46,13 @@ pub fn load_tokens(path: &Path) -> Result<HashMap<String, Principal>, Error> {
                 entry.owner
             )));
         }
-        if tokens.insert(entry.token, Principal { owner: entry.owner, max_instances: entry.max_instances, admin: entry.admin }).is_some() {
+        if tokens
+            .insert(
+                entry.token,
+                Principal { owner: entry.owner, max_instances: entry.max_instances, admin: entry.admin },
+            )
+            .is_some()
+        {
             return Err(Error::Config(format!("--tokens-file {}: a token appears twice", path.display())));
         }
     }

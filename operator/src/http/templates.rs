@@ -50,11 +50,12 @@ pub fn routes(
             let items = svc.list_templates(q.get("name").map(String::as_str), caller.as_ref());
             reply::<ApiError>(Ok(Value::Array(items.iter().map(|t| wire::template(t)).collect())))
         });
-    let get = warp::path!("env" / String / String).and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
-        |n: String, v: String, caller: Option<Principal>, svc: Arc<Services>| {
-            reply(svc.template(&n, &v, caller.as_ref()).map(|t| wire::template(&t)))
-        },
-    );
+    let get =
+        warp::path!("env" / String / String).and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
+            |n: String, v: String, caller: Option<Principal>, svc: Arc<Services>| {
+                reply(svc.template(&n, &v, caller.as_ref()).map(|t| wire::template(&t)))
+            },
+        );
     let delete =
         warp::path!("env" / String / String).and(warp::delete()).and(who.clone()).and(with_services(svc.clone())).then(
             |n: String, v: String, caller: Option<Principal>, svc: Arc<Services>| async move {
@@ -73,12 +74,11 @@ pub fn routes(
                 r
             }
         });
-    let warmup_state = warp::path!("env" / String / String / "warmup")
-        .and(warp::get())
-        .and(who)
-        .and(with_services(svc))
-        .map(|n: String, v: String, caller: Option<Principal>, svc: Arc<Services>| {
-            reply(svc.warmup_state(&n, &v, caller.as_ref()).map(|s| wire::warmup(&s)))
-        });
+    let warmup_state =
+        warp::path!("env" / String / String / "warmup").and(warp::get()).and(who).and(with_services(svc)).map(
+            |n: String, v: String, caller: Option<Principal>, svc: Arc<Services>| {
+                reply(svc.warmup_state(&n, &v, caller.as_ref()).map(|s| wire::warmup(&s)))
+            },
+        );
     create.or(list).unify().or(get).unify().or(delete).unify().or(warmup).unify().or(warmup_state).unify()
 }

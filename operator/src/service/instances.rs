@@ -65,11 +65,7 @@ pub fn status_string(inst: &EnvInstance) -> &'static str {
 impl Services {
     /// Turns a create into the spec to record: inline as it is, or the template (one `caller` may use) with the
     /// overrides; the default TTL when none is named; then the engine's own checks.
-    pub fn resolve(
-        &self,
-        request: CreateRequest,
-        caller: Option<&Principal>,
-    ) -> Result<EnvInstanceSpec, ServiceError> {
+    pub fn resolve(&self, request: CreateRequest, caller: Option<&Principal>) -> Result<EnvInstanceSpec, ServiceError> {
         let ttl_field = match &request {
             CreateRequest::Inline(_) => "deployConfig.ttl",
             CreateRequest::FromTemplate { overrides, .. } if overrides.ttl.is_some() => "ttl",

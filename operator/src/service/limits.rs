@@ -86,7 +86,12 @@ mod tests {
 
     #[test]
     fn rate_limit_with_burst_then_refusal_with_the_wait() {
-        let limits = CreateLimits::new(Limits { max_instances: Some(10), create_rate: Some(1), create_burst: 2, ..Default::default() });
+        let limits = CreateLimits::new(Limits {
+            max_instances: Some(10),
+            create_rate: Some(1),
+            create_burst: 2,
+            ..Default::default()
+        });
         assert!(limits.take_create().is_ok() && limits.take_create().is_ok(), "a burst of 2");
         match limits.take_create() {
             Err(e @ ServiceError::RateLimited { retry_after }) => {

@@ -166,7 +166,10 @@ impl Services {
         if access != TemplateAccess::Own {
             return Err(ServiceError::Forbidden(format!(
                 "environment \"{name}@{version}\" belongs to {}; only its owner or an admin token may delete it",
-                t.spec.owner.as_deref().map_or_else(|| "no tenant (it was registered without tokens)".to_string(), |o| format!("owner {o}"))
+                t.spec.owner.as_deref().map_or_else(
+                    || "no tenant (it was registered without tokens)".to_string(),
+                    |o| format!("owner {o}")
+                )
             )));
         }
         let key = self.key(&Environment::object_name(name, version));
