@@ -73,9 +73,10 @@ pub struct ApiArgs {
     /// Serve a non-loopback --api-listen without --tokens-file (only behind something that authenticates).
     #[arg(long)]
     pub insecure: bool,
-    /// Make the data-plane proxy require a token of --tokens-file (`Authorization: Bearer <token>`, which the SDK
-    /// sends) and forward only to the caller's own instances. Without it the proxy reaches any instance of this
-    /// operator, as upstream. Either way the token is never forwarded into the sandbox.
+    /// Make the data-plane proxy require a token of --tokens-file (`Authorization: Bearer <token>`) and forward
+    /// only to the caller's own instances. Without it the proxy reaches any instance of this operator, as
+    /// upstream. Either way the token is never forwarded into the sandbox. The Python SDK 0.1.7 sends no token on
+    /// data-plane calls: leave this off for its `Environment` (health checks and tools would get 401).
     #[arg(long, env = "AENV_PROXY_AUTH")]
     pub proxy_auth: bool,
     /// TTL of instances whose request names none, in Go duration syntax (90s, 30m, 1h30m).

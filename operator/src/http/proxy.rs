@@ -7,7 +7,8 @@
 //! IP, or a port an instance published on this host), and refuses any other target with 403. The caller's
 //! `Authorization` and the proxy's routing headers (`AEnvCore-MCPProxy-URL`,
 //! `AEnvCore-EnvInstance-ID`) never reach the sandbox. With `--proxy-auth` a request needs a token of the tokens
-//! file and reaches only its owner's instances (the SDK sends its API key here as `Authorization: Bearer`).
+//! file and reaches only its owner's instances (clients send it as `Authorization: Bearer`; the Python SDK 0.1.7
+//! sends none on data-plane calls, so `--proxy-auth` is for clients that do).
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
