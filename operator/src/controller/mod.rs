@@ -7,6 +7,7 @@ pub mod decide;
 #[cfg(test)]
 mod fake;
 pub mod leader;
+pub mod pools;
 mod resync;
 #[cfg(test)]
 mod tests;
@@ -46,11 +47,30 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Consecutive failed readiness probes per key, for the probe's backoff.
     probes: Mutex<HashMap<String, u32>>,
+    /// The pool controller, run beside this one when pools are kept.
+    pools: Option<Arc<pools::Pools>>,
 }
 
 impl Context {
     pub fn new(store: Arc<dyn ObjectStore<EnvInstance>>, engine: Arc<dyn Engine>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Context { store, engine, metrics, failures: Mutex::default(), probes: Mutex::default() })
+        Arc::new(Context { store, engine, metrics, failures: Mutex::default(), probes: Mutex::default(), pools: None })
+    }
+
+    /// The same context, also running the pool controller.
+    pub fn with_pools(
+        store: Arc<dyn ObjectStore<EnvInstance>>,
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        pools: Arc<pools::Pools>,
+    ) -> Arc<Self> {
+        Arc::new(Context {
+            store,
+            engine,
+            metrics,
+            failures: Mutex::default(),
+            probes: Mutex::default(),
+            pools: Some(pools),
+        })
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -135,6 +155,9 @@ pub async fn run(
         })
     };
 
+    let pool_loop =
+        ctx.pools.clone().map(|p| tokio::spawn(pools::run(p, config.resync_interval, std::future::pending())));
+
     Controller::for_stream(objects, reader)
         .with_config(ControllerConfig::default().concurrency(config.max_concurrent_reconciles.max(1)))
         .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(trigger_rx))
@@ -144,6 +167,9 @@ pub async fn run(
         .await;
     events.abort();
     resyncer.abort();
+    if let Some(pool_loop) = pool_loop {
+        pool_loop.abort();
+    }
 }
 
 async fn reconcile(obj: Arc<EnvInstance>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -77,12 +77,13 @@ impl Proxy {
     }
 
     /// Whether `host:port` is an endpoint of a live instance of this operator that `caller` may reach (any
-    /// instance when `caller` is `None`, that is with `--proxy-auth` off).
+    /// instance when `caller` is `None`, that is with `--proxy-auth` off). Sandboxes waiting in a pool are nobody's
+    /// yet: not reachable through the proxy until claimed.
     fn allowed(&self, host: &str, port: u16, caller: Option<&Principal>) -> bool {
         let loopback = matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]");
         self.instances
             .list_where(&|i: &EnvInstance| {
-                !i.is_deleting() && i.phase() == Phase::Running && Services::visible(i, caller)
+                !i.is_deleting() && i.phase() == Phase::Running && i.pool().is_none() && Services::visible(i, caller)
             })
             .iter()
             .filter_map(|i| i.status.as_ref())

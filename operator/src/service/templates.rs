@@ -155,7 +155,8 @@ impl Services {
             .ok_or_else(|| ServiceError::NotFound(format!("environment \"{name}@{version}\" not found")))
     }
 
-    /// Deletes a template: only its owner or an admin token may (anyone with auth off).
+    /// Deletes a template: only its owner or an admin token may (anyone with auth off), and not while a pool
+    /// keeps sandboxes of it (delete or re-point the pool first).
     pub async fn delete_template(
         &self,
         name: &str,
@@ -170,6 +171,12 @@ impl Services {
                     || "no tenant (it was registered without tokens)".to_string(),
                     |o| format!("owner {o}")
                 )
+            )));
+        }
+        if let Some(pool) = self.pools_of(name, version).first() {
+            let pool = pool.metadata.name.as_deref().unwrap_or_default();
+            return Err(ServiceError::Conflict(format!(
+                "environment \"{name}@{version}\" is used by pool \"{pool}\": delete the pool first (DELETE /env-pool/{pool})"
             )));
         }
         let key = self.key(&Environment::object_name(name, version));

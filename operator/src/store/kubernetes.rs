@@ -27,7 +27,9 @@ use jiff::Timestamp;
 use k8s_openapi::{NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{
+        ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions,
+    },
     runtime::{
         WatchStreamExt,
         events::{Event as KubeEvent, EventType, Recorder, Reporter},
@@ -240,6 +242,36 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Drop for KubeStore<K> {
 
 use aenv_engine_k8s::api_code;
 
+/// Whether the cached version `seen` is `version` or later. Resource versions are opaque to clients; API servers
+/// (and the emulators) count them up, so a numeric comparison is tried first, then equality.
+fn at_least(seen: Option<&str>, version: Option<&str>) -> bool {
+    match (seen.and_then(|s| s.parse::<u64>().ok()), version.and_then(|v| v.parse::<u64>().ok())) {
+        (Some(s), Some(v)) => s >= v,
+        _ => seen == version,
+    }
+}
+
+/// The JSON merge patch (RFC 7386) that turns `before` into `after`; `None` when they are equal. Objects are
+/// compared key by key (a key gone becomes `null`); anything else is replaced whole.
+fn merge_diff(before: &Value, after: &Value) -> Option<Value> {
+    match (before, after) {
+        _ if before == after => None,
+        (Value::Object(b), Value::Object(a)) => {
+            let mut patch = serde_json::Map::new();
+            for (key, new) in a {
+                if let Some(change) = merge_diff(b.get(key).unwrap_or(&Value::Null), new) {
+                    patch.insert(key.clone(), change);
+                }
+            }
+            for key in b.keys().filter(|k| !a.contains_key(*k)) {
+                patch.insert(key.clone(), Value::Null);
+            }
+            Some(Value::Object(patch))
+        }
+        _ => Some(after.clone()),
+    }
+}
+
 fn kube_err(context: String) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { context, source }
 }
@@ -410,6 +442,19 @@ where
         }
     }
 
+    /// The API's delete of `k` (which the finalizer holds): the object marked for deletion, `None` when it is gone,
+    /// [`Error::Conflict`] when a precondition of `params` failed.
+    async fn delete_with(&self, k: &str, params: DeleteParams) -> Result<Option<Arc<K>>, Error> {
+        let (namespace, name) = self.split(k);
+        let cached = self.get(k);
+        match self.api(&namespace).delete(&name, &params).await {
+            Ok(either) => Ok(either.left().map(|o| Arc::new(self.normalize(o))).or(cached)),
+            Err(e) if api_code(&e) == Some(404) => Ok(None),
+            Err(e) if api_code(&e) == Some(409) => Err(Error::Conflict(k.to_string())),
+            Err(e) => Err(kube_err(format!("deleting {k}"))(e)),
+        }
+    }
+
     /// Publishes an Event about `obj` without waiting for it; a failure is only logged.
     fn publish(&self, obj: &K, type_: EventType, reason: &str, note: Option<String>) {
         let Some(recorder) = self.recorder.clone() else { return };
@@ -501,14 +546,55 @@ where
         Ok(Some(written))
     }
 
-    async fn request_delete(&self, k: &str, _now: Timestamp) -> Result<Option<Arc<K>>, Error> {
-        let (namespace, name) = self.split(k);
-        let cached = self.get(k);
-        match self.api(&namespace).delete(&name, &DeleteParams::default()).await {
-            Ok(either) => Ok(either.left().map(|o| Arc::new(self.normalize(o))).or(cached)),
-            Err(e) if api_code(&e) == Some(404) => Ok(None),
-            Err(e) => Err(kube_err(format!("deleting {k}"))(e)),
+    async fn replace(&self, obj: &K) -> Result<Option<Arc<K>>, Error> {
+        let k = key_of(obj);
+        let (namespace, name) = self.split(&k);
+        let Some(current) = self.get(&k) else { return Ok(None) };
+        // A merge patch of what changed (spec, labels, annotations) carrying the version it was made against: the
+        // API server refuses it with 409 when the object moved on (and emulators without PUT take it too).
+        let as_json = |o: &K| serde_json::to_value(o).map_err(|e| Error::Store(e.to_string()));
+        let (before, after) = (as_json(current.as_ref())?, as_json(obj)?);
+        let mut patch = json!({ "metadata": {} });
+        for (path, field) in [
+            (&["spec"][..], "spec"),
+            (&["metadata", "labels"][..], "labels"),
+            (&["metadata", "annotations"][..], "annotations"),
+        ] {
+            let pick = |v: &Value| path.iter().try_fold(v, |v, p| v.get(*p)).cloned().unwrap_or(Value::Null);
+            if let Some(change) = merge_diff(&pick(&before), &pick(&after)) {
+                match field {
+                    "spec" => patch["spec"] = change,
+                    _ => patch["metadata"][field] = change,
+                }
+            }
         }
+        if let Some(rv) = obj.meta().resource_version.as_ref().filter(|rv| !rv.is_empty()) {
+            patch["metadata"]["resourceVersion"] = json!(rv);
+        }
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        match self.api(&namespace).patch(&name, &params, &Patch::Merge(&patch)).await {
+            Ok(o) => {
+                let version = o.meta().resource_version.clone();
+                let stored = Arc::new(self.normalize(o));
+                self.settle(&k, |o| {
+                    o.is_none_or(|o| at_least(o.meta().resource_version.as_deref(), version.as_deref()))
+                })
+                .await;
+                Ok(Some(stored))
+            }
+            Err(e) if api_code(&e) == Some(404) => Ok(None),
+            Err(e) if api_code(&e) == Some(409) => Err(Error::Conflict(k)),
+            Err(e) => Err(kube_err(format!("changing {k}"))(e)),
+        }
+    }
+
+    async fn request_delete(&self, k: &str, _now: Timestamp) -> Result<Option<Arc<K>>, Error> {
+        self.delete_with(k, DeleteParams::default()).await
+    }
+
+    async fn request_delete_at(&self, k: &str, version: &str, _now: Timestamp) -> Result<Option<Arc<K>>, Error> {
+        let preconditions = Preconditions { resource_version: Some(version.to_string()), uid: None };
+        self.delete_with(k, DeleteParams { preconditions: Some(preconditions), ..Default::default() }).await
     }
 
     async fn purge(&self, k: &str) -> Result<(), Error> {
@@ -607,5 +693,24 @@ where
                 Msg::Delete(o) => watcher::Event::Delete((*o).clone()),
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::merge_diff;
+
+    #[test]
+    fn merge_diff_sends_only_what_changed_and_nulls_what_went() {
+        let before = json!({"ttl": null, "labels": {"a": "1", "b": "2"}, "env": {"X": "1"}, "args": ["a"]});
+        let after = json!({"ttl": "10m", "labels": {"a": "1", "c": "3"}, "env": {"X": "1"}, "args": ["b"]});
+        assert_eq!(
+            merge_diff(&before, &after),
+            Some(json!({"ttl": "10m", "labels": {"b": null, "c": "3"}, "args": ["b"]}))
+        );
+        assert_eq!(merge_diff(&after, &after), None);
+        assert_eq!(merge_diff(&json!(null), &json!({"a": "1"})), Some(json!({"a": "1"})));
     }
 }

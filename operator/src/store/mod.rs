@@ -87,6 +87,19 @@ impl StatusEvents for aenv_core::Environment {
     }
 }
 
+impl StatusEvents for aenv_core::EnvPool {
+    /// A new failure of the pool's sandboxes, as a `Warning`.
+    fn status_event(before: Option<&Self>, after: &Self) -> Option<StatusEvent> {
+        let error = after.status.as_ref()?.last_error.as_ref()?;
+        let before = before.and_then(|b| b.status.as_ref()).and_then(|s| s.last_error.as_ref());
+        (before != Some(error)).then(|| StatusEvent {
+            warning: true,
+            reason: "SandboxFailed".into(),
+            note: Some(error.clone()),
+        })
+    }
+}
+
 /// The namespace instances made through the REST API live in, unless configured otherwise.
 pub use aenv_core::labels::DEFAULT_NAMESPACE;
 
@@ -117,6 +130,14 @@ pub trait ObjectStore<K>: Send + Sync + 'static {
     async fn write_status(&self, obj: &K) -> Result<Option<Arc<K>>, Error>;
     /// Marks the object for deletion (`deletionTimestamp`, a new generation). `None` when there is no such object.
     async fn request_delete(&self, key: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error>;
+    /// Replaces the spec, labels and annotations of the stored object with those of `obj`, provided it is still at
+    /// `obj`'s resource version (a compare-and-swap); its status and the rest of its metadata stay, and its
+    /// generation moves on. [`Error::Conflict`] when it changed meanwhile or is being deleted; `None` when it is
+    /// gone. Durable before it returns.
+    async fn replace(&self, obj: &K) -> Result<Option<Arc<K>>, Error>;
+    /// [`ObjectStore::request_delete`], provided the object is still at resource version `version`
+    /// ([`Error::Conflict`] otherwise): a deletion decided on a copy that may be stale.
+    async fn request_delete_at(&self, key: &str, version: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error>;
     /// Removes the object for good (whether or not deletion was requested first).
     async fn purge(&self, key: &str) -> Result<(), Error>;
     /// `Init`, `InitApply` per object, `InitDone`, then `Apply`/`Delete` as objects change; a fresh listing when
@@ -180,6 +201,33 @@ pub(crate) fn stamp_new<K: Kind>(obj: &mut K, now: Timestamp) {
     meta.uid = Some(uuid_like());
     meta.creation_timestamp = Some(Time(Timestamp::from_second(now.as_second()).unwrap_or(now)));
     meta.generation = Some(1);
+}
+
+/// `current` with the spec, labels and annotations of `obj`, its generation bumped: what [`ObjectStore::replace`]
+/// stores, once `current` is known to be at `obj`'s version. [`Error::Conflict`] when it is not, or when
+/// `current` is being deleted.
+pub(crate) fn replaced<K: Kind>(current: &K, obj: &K) -> Result<K, Error> {
+    check_version(current, obj.meta().resource_version.as_deref().unwrap_or_default())?;
+    if current.meta().deletion_timestamp.is_some() {
+        return Err(Error::Conflict(key_of(current)));
+    }
+    let mut next = with_status_of(obj, current)?;
+    let meta = next.meta_mut();
+    let (labels, annotations) = (meta.labels.take(), meta.annotations.take());
+    *meta = current.meta().clone();
+    meta.labels = labels;
+    meta.annotations = annotations;
+    meta.generation = Some(meta.generation.unwrap_or(1) + 1);
+    Ok(next)
+}
+
+/// [`Error::Conflict`] unless `current` is at resource version `version`.
+pub(crate) fn check_version<K: Kind>(current: &K, version: &str) -> Result<(), Error> {
+    if current.meta().resource_version.as_deref() == Some(version) {
+        Ok(())
+    } else {
+        Err(Error::Conflict(key_of(current)))
+    }
 }
 
 /// `current` marked for deletion at `now`, its generation bumped as on Kubernetes (so the controller wakes for
@@ -256,6 +304,49 @@ mod tests {
     use aenv_core::{EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Phase};
 
     use super::*;
+
+    /// The compare-and-swap a claim relies on: a write made against an old version loses, in each store.
+    #[tokio::test]
+    async fn replace_and_conditional_delete_lose_against_a_newer_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Embedded::open(dir.path()).unwrap();
+        let stores: [Arc<dyn ObjectStore<EnvInstance>>; 2] = [MemoryStore::new(), db.store::<EnvInstance>().unwrap()];
+        for store in stores {
+            let now = Timestamp::now();
+            let first = store.create(EnvInstance::new("a-000001", EnvInstanceSpec::default()), now).await.unwrap();
+            let mut running = (*first).clone();
+            running.status = Some(EnvInstanceStatus { phase: Phase::Running, ..Default::default() });
+            store.write_status(&running).await.unwrap();
+            let current = store.get("default/a-000001").unwrap();
+
+            let mut mine = (*current).clone();
+            mine.spec.owner = Some("alice".into());
+            mine.metadata.labels = Some([("k".to_string(), "v".to_string())].into());
+            let stored = store.replace(&mine).await.unwrap().unwrap();
+            assert_eq!(stored.spec.owner.as_deref(), Some("alice"));
+            assert_eq!(stored.phase(), Phase::Running, "the status stays");
+            assert_eq!(stored.metadata.generation, Some(2), "a spec change is a new generation");
+            assert_eq!(stored.metadata.uid, current.metadata.uid);
+
+            // A second writer that read before the first wrote loses, and changes nothing.
+            let mut theirs = (*current).clone();
+            theirs.spec.owner = Some("bob".into());
+            assert!(matches!(store.replace(&theirs).await, Err(Error::Conflict(_))));
+            let stale = current.metadata.resource_version.clone().unwrap();
+            assert!(matches!(store.request_delete_at("default/a-000001", &stale, now).await, Err(Error::Conflict(_))));
+            let kept = store.get("default/a-000001").unwrap();
+            assert_eq!((kept.spec.owner.as_deref(), kept.is_deleting()), (Some("alice"), false));
+
+            let fresh = kept.metadata.resource_version.clone().unwrap();
+            assert!(store.request_delete_at("default/a-000001", &fresh, now).await.unwrap().unwrap().is_deleting());
+            let mut late = (*kept).clone();
+            late.metadata.resource_version = store.get("default/a-000001").unwrap().metadata.resource_version.clone();
+            assert!(matches!(store.replace(&late).await, Err(Error::Conflict(_))), "no claim of what is being deleted");
+            assert!(
+                store.replace(&EnvInstance::new("gone-000002", EnvInstanceSpec::default())).await.unwrap().is_none()
+            );
+        }
+    }
 
     #[test]
     fn phase_changes_are_events_and_failures_are_warnings() {
