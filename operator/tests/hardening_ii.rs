@@ -155,6 +155,9 @@ async fn a_flood_of_unfinished_requests_leaves_health_ttls_and_docker_working() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (peak, refused_at_once) = flood.await.unwrap();
+    eprintln!(
+        "flood: peak {peak} descriptors in the operator (limit 256), {refused_at_once} connections closed at once"
+    );
     assert!(peak < 200, "the operator held {peak} descriptors at the peak of the flood (limit 256)");
     assert!(refused_at_once > 1000, "connections beyond the caps were closed at once ({refused_at_once})");
     // After the flood, the API answers at once.
