@@ -55,6 +55,17 @@ pub struct OwnedObject {
     pub created: Option<Timestamp>,
 }
 
+/// An object labelled by some aenv-operator on the backend, whichever operator id it carries: what the expiry
+/// sweep judges by its labels alone, without the store that made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedObject {
+    pub object: OwnedObject,
+    /// Its `aenv.io/operator-id`.
+    pub operator_id: String,
+    /// Its `aenv.io/expire-at`, when it carries one that reads as a time.
+    pub expires_at: Option<Timestamp>,
+}
+
 /// A change the engine noticed outside the operator's own calls (a container died or was removed by hand).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineEvent {
@@ -236,6 +247,13 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Everything this engine finds labelled as this operator's, in one list call.
     async fn list_owned(&self) -> Result<Vec<OwnedObject>, EngineError>;
+
+    /// Everything any aenv-operator labelled on this backend, whichever operator id it carries, with that id and
+    /// its expiry label, in one pass: the expiry sweep removes what a lost store left behind. The default finds
+    /// nothing (an engine whose objects go with their owner).
+    async fn list_managed(&self) -> Result<Vec<ManagedObject>, EngineError> {
+        Ok(Vec::new())
+    }
 
     /// Changes made outside the operator. The stream reconnects by itself and never ends.
     fn events(&self) -> BoxStream<'static, EngineEvent>;

@@ -18,7 +18,8 @@ pub mod quantity;
 pub mod types;
 
 pub use engine::{
-    Engine, EngineError, EngineEvent, ErrorKind, InvalidSpec, Observed, OwnedKind, OwnedObject, PullProgress, PullState,
+    Engine, EngineError, EngineEvent, ErrorKind, InvalidSpec, ManagedObject, Observed, OwnedKind, OwnedObject,
+    PullProgress, PullState,
 };
 pub use error::Error;
 pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};

@@ -361,6 +361,12 @@ pub struct EnvironmentSpec {
     /// Where the environment's code lives (AEnvironment's `code_url`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub code_url: String,
+    /// The tenant that registered it (with tokens on): only it, or an admin token, may delete it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Whether other tenants may create instances from it (they never see its environment variables).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     /// What every instance of this environment starts from: image or compose file, resources, environment,
     /// arguments, TTL, network, ports, readiness.
     #[serde(default)]

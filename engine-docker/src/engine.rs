@@ -4,8 +4,8 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use aenv_core::{
-    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ErrorKind, InvalidSpec, Observed, OwnedKind,
-    OwnedObject, Phase, PullPolicy, PullProgress, Workload,
+    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ErrorKind, InvalidSpec, ManagedObject, Observed,
+    OwnedKind, OwnedObject, Phase, PullPolicy, PullProgress, Workload,
     labels::{self, InstanceLabels},
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
@@ -17,7 +17,8 @@ use bollard::{
         RestartPolicy, RestartPolicyNameEnum,
     },
     query_parameters::{
-        CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, StopContainerOptionsBuilder,
+        CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+        ListVolumesOptionsBuilder, LogsOptionsBuilder, StopContainerOptionsBuilder,
     },
 };
 use futures::{StreamExt, stream::BoxStream};
@@ -410,6 +411,45 @@ impl Engine for DockerEngine {
         // Stack networks and volumes come after the containers, so an orphan sweep removes those first.
         owned.extend(compose::status::owned_networks_and_volumes(&self.docker, &self.owned_filter(), &stacks).await?);
         Ok(owned)
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedObject>, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)],
+        )]);
+        let managed = |l: &HashMap<String, String>, kind: OwnedKind, id: String, phase: Phase, created| {
+            let (namespace, instance) = labels::instance_of(|k| l.get(k))?;
+            Some(ManagedObject {
+                object: OwnedObject { namespace, instance, kind, id, phase, created },
+                operator_id: l.get(labels::OPERATOR_ID).cloned().unwrap_or_default(),
+                expires_at: l.get(labels::EXPIRE_AT).and_then(|t| t.parse::<Timestamp>().ok()),
+            })
+        };
+        let mut out = Vec::new();
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let containers =
+            self.docker.list_containers(Some(options)).await.map_err(|e| classify("listing containers", e))?;
+        for c in containers {
+            let (Some(l), Some(id)) = (c.labels.as_ref(), c.id.clone()) else { continue };
+            let created = c.created.and_then(|s| Timestamp::from_second(s).ok());
+            out.extend(managed(l, OwnedKind::Container, id, containers::summary_phase(c.state.as_ref()), created));
+        }
+        // Stack networks and volumes after the containers, so that a sweep removes those first.
+        let options = ListNetworksOptionsBuilder::default().filters(&filters).build();
+        let networks = self.docker.list_networks(Some(options)).await.map_err(|e| classify("listing networks", e))?;
+        for n in networks {
+            let (Some(l), Some(id)) = (n.labels.as_ref(), n.id.clone()) else { continue };
+            let created = n.created.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+            out.extend(managed(l, OwnedKind::Network, id, Phase::Creating, created));
+        }
+        let options = ListVolumesOptionsBuilder::default().filters(&filters).build();
+        let volumes = self.docker.list_volumes(Some(options)).await.map_err(|e| classify("listing volumes", e))?;
+        for v in volumes.volumes.unwrap_or_default() {
+            let created = v.created_at.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+            out.extend(managed(&v.labels, OwnedKind::Volume, v.name, Phase::Creating, created));
+        }
+        Ok(out)
     }
 
     fn events(&self) -> BoxStream<'static, EngineEvent> {

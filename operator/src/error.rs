@@ -6,6 +6,17 @@ use thiserror::Error;
 pub enum Error {
     #[error("store: {0}")]
     Store(String),
+    /// The store file exists but cannot be used: empty, truncated or corrupt.
+    #[error(
+        "the store {path} is unusable: {reason}{}. The instances it held are lost to this operator; their containers keep running until their expiry label (aenv.io/expire-at) passes, and are then removed by any operator on this Docker host (see docs/operations.md). Restore the file from a backup, or move it away to start with an empty store: mv {path} {path}.lost",
+        source.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+    )]
+    StoreUnreadable {
+        path: String,
+        reason: String,
+        #[source]
+        source: Option<redb::DatabaseError>,
+    },
     #[error("{0} exists already")]
     AlreadyExists(String),
     /// A conditional write lost a race: the object changed since the version it was made against.
@@ -37,7 +48,7 @@ impl Error {
     /// A short, stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Store(_) => "store",
+            Error::Store(_) | Error::StoreUnreadable { .. } => "store",
             Error::AlreadyExists(_) => "already_exists",
             Error::Conflict(_) => "conflict",
             Error::Docker(_) => "docker",

@@ -28,6 +28,14 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `api` or `proxy`.
+    pub listener: String,
+    /// `listener_full` or `address_full`.
+    pub reason: String,
+}
+
 /// A claim's result: `hit` (served from a pool), `miss` (a pool could serve it but had nothing ready), `unfit`
 /// (pools of the template exist, but the create asked for what their sandboxes do not run).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,8 +67,12 @@ pub struct Metrics {
     pub create_to_running: Histogram,
     pub expired: Counter,
     pub orphans_removed: Counter,
+    /// Objects of other operators removed because their expiry label passed (a lost store's sandboxes).
+    pub expired_leftovers_removed: Counter,
     /// Seconds per engine call, by operation (apply, delete, list).
     pub engine_calls: Family<OpLabels, Histogram, fn() -> Histogram>,
+    /// Connections closed at once because a listener or a client address held its limit.
+    pub http_refused: Family<ListenerLabels, Counter>,
     /// Creates that pools could have served, by result.
     pub claims: Family<ClaimLabels, Counter>,
     /// Seconds a claim took (the store's compare-and-swap included).
@@ -86,7 +98,9 @@ impl Default for Metrics {
             create_to_running: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
             expired: Counter::default(),
             orphans_removed: Counter::default(),
+            expired_leftovers_removed: Counter::default(),
             engine_calls: Family::new_with_constructor(engine_call_histogram),
+            http_refused: Family::default(),
             claims: Family::default(),
             claim_seconds: engine_call_histogram(),
             pool_ready: Family::default(),
@@ -105,6 +119,16 @@ impl Default for Metrics {
             r.register("pool_claim_seconds", "Time to claim a pooled sandbox", m.claim_seconds.clone());
             r.register("pool_ready", "Pooled sandboxes ready to be claimed", m.pool_ready.clone());
             r.register("pool_starting", "Pooled sandboxes not ready yet", m.pool_starting.clone());
+            r.register(
+                "expired_leftovers_removed",
+                "Objects of other operators removed because their aenv.io/expire-at passed more than --orphan-grace ago",
+                m.expired_leftovers_removed.clone(),
+            );
+            r.register(
+                "http_connections_refused",
+                "Connections closed at once because the listener or the client address held its limit",
+                m.http_refused.clone(),
+            );
             r.register(
                 "orphans_removed",
                 "Labelled containers removed because no instance owns them",

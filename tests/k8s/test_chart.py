@@ -168,9 +168,21 @@ def test_gateway_auth_mounts_the_tokens_file_and_without_it_the_operator_is_told
     volumes = one(docs, 'Deployment')['spec']['template']['spec']['volumes']
     tokens = [v for v in volumes if v['name'] == 'tokens'][0]
     assert tokens['secret'] == {'secretName': 'aenv-tokens', 'items': [{'key': 'tokens.json', 'path': 'tokens.json'}]}
+    assert '--proxy-auth' not in c['args']
+    c = operator_container(render({'gateway': {'auth': {'enabled': True, 'secretName': 't', 'proxyAuth': True}}}))
+    assert '--proxy-auth' in c['args']
     # Auth works with the Pod engine too (no Docker volumes then).
     c = operator_container(render({'docker': {'enabled': False}, 'gateway': {'auth': {'enabled': True, 'secretName': 't'}}}))
     assert [m['name'] for m in c['volumeMounts']] == ['tokens']
+
+
+def test_connection_limits_and_the_maximum_ttl_reach_the_operator():
+    args = operator_container(render({}))['args']
+    for flag in ('--header-read-timeout=10s', '--idle-timeout=5m', '--max-connections=1024',
+                 '--max-connections-per-ip=128', '--max-ttl=168h'):
+        assert flag in args, (flag, args)
+    args = operator_container(render({'gateway': {'maxConnectionsPerIp': 4000}, 'engine': {'maxTtl': '24h'}}))['args']
+    assert '--max-connections-per-ip=4000' in args and '--max-ttl=24h' in args
 
 
 def test_compose_is_opt_in_with_the_docker_engine():
@@ -183,6 +195,7 @@ def test_compose_is_opt_in_with_the_docker_engine():
 def test_every_flag_the_chart_passes_is_one_the_binary_knows():
     help_text = subprocess.run([str(operator_binary()), 'serve', '--help'], capture_output=True, text=True, check=True).stdout
     for values in ({}, {'docker': {'enabled': False}}, {'gateway': {'auth': {'enabled': True, 'secretName': 't'}}},
+                   {'gateway': {'auth': {'enabled': True, 'secretName': 't', 'proxyAuth': True}}},
                    {'docker': {'enabled': True}}, {'docker': {'enabled': True, 'compose': {'enabled': True}}}):
         for arg in operator_container(render(values))['args']:
             flag = arg.split('=')[0]

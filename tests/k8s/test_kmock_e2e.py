@@ -127,6 +127,72 @@ def test_an_expired_cr_is_removed_with_its_container(kmock_url, make_operator, t
     wait_for('the container to go', lambda: op.containers() == [], timeout=10, log=op.log)
 
 
+def test_objects_that_cannot_be_read_are_skipped_and_reported_while_the_others_run(kmock_url, make_operator, test_image):
+    """Issue 13, finding 11: kmock runs no schema validation, so objects a real API server might refuse (or that an
+    older or newer version wrote) reach the operator. Each is skipped, logged, and reported on itself (a Warning
+    Event and a Failed status naming the field); every other object keeps reconciling."""
+    ns = unique('e2e-bad')
+
+    def instance(name, **spec):
+        base = {'envName': 'kmock-bad', 'envVersion': '1', 'image': test_image, 'ttl': '10m',
+                'readiness': {'path': '/health', 'port': 8081}}
+        base.update(spec)
+        return {'apiVersion': 'aenv.io/v1alpha1', 'kind': 'EnvInstance',
+                'metadata': {'name': name, 'namespace': ns}, 'spec': base}
+
+    def phase(name):
+        _, cr = http('GET', kmock_url + cr_path(ns, name))
+        return ((cr or {}).get('status') or {}).get('phase'), ((cr or {}).get('status') or {}).get('message', '')
+
+    # Written before the operator starts: they are in its first listing, which used to fail as a whole.
+    sometimes, good_before = unique('sometimes'), unique('good-before')
+    for body in (instance(sometimes, imagePullPolicy='Sometimes'), instance(good_before)):
+        status, created = http('POST', kmock_url + cr_path(ns), body)
+        assert status in (200, 201), created
+    op = make_operator(ns)
+    wait_for('the readable instance to run', lambda: phase(good_before)[0] == 'Running', timeout=60, log=op.log)
+    failed = wait_for('the unreadable one to be Failed naming the field',
+                      lambda: phase(sometimes)[0] == 'Failed' and phase(sometimes), timeout=20, log=op.log)
+    assert 'spec.imagePullPolicy' in failed[1] and 'Sometimes' in failed[1], failed
+
+    # Written while it runs: a number where a quantity string belongs (does not deserialize), and memory "lots"
+    # (deserializes; the engine refuses it), next to a good one.
+    number, lots, good_after = unique('number'), unique('lots'), unique('good-after')
+    for body in (instance(number, resources={'memory': 5}), instance(lots, resources={'memory': 'lots'}),
+                 instance(good_after)):
+        status, created = http('POST', kmock_url + cr_path(ns), body)
+        assert status in (200, 201), created
+    wait_for('the good one written later to run', lambda: phase(good_after)[0] == 'Running', timeout=60, log=op.log)
+    failed = wait_for('the number to be Failed', lambda: phase(number)[0] == 'Failed' and phase(number),
+                      timeout=20, log=op.log)
+    assert 'spec.resources.memory' in failed[1], failed
+    failed = wait_for('memory "lots" to be Failed', lambda: phase(lots)[0] == 'Failed' and phase(lots),
+                      timeout=30, log=op.log)
+    assert 'memory' in failed[1], failed
+
+    def warnings_about(name):
+        _, events = http('GET', f"{kmock_url}/apis/events.k8s.io/v1/namespaces/{ns}/events")
+        return [e for e in (events or {}).get('items', [])
+                if (e.get('regarding') or {}).get('name') == name and e.get('reason') == 'Unreadable']
+
+    events = wait_for('a Warning Event on the unreadable object', lambda: warnings_about(sometimes), timeout=10,
+                      log=op.log)
+    assert events[0].get('type') == 'Warning' and 'spec.imagePullPolicy' in events[0].get('note', ''), events
+    assert op.log().count('skipping an object that cannot be read') >= 2
+    # Reported once each, not in a loop (the Failed status written comes back through the watch, still unreadable).
+    time.sleep(3)
+    assert len(warnings_about(sometimes)) == 1, warnings_about(sometimes)
+    assert sorted(op.containers()) == sorted([good_before, good_after])
+
+    # An unreadable object goes with a plain delete; the readable ones still go through the finalizer.
+    for name in (sometimes, number, lots, good_before, good_after):
+        assert http('DELETE', kmock_url + cr_path(ns, name))[0] == 200
+    wait_for('every object to go', lambda: all(http('GET', kmock_url + cr_path(ns, n))[0] == 404
+                                               for n in (sometimes, number, lots, good_before, good_after)),
+             timeout=30, log=op.log)
+    wait_for('their containers to go', lambda: op.containers() == [], timeout=30, log=op.log)
+
+
 def test_a_pool_cr_fills_with_instance_crs_and_a_claim_is_answered_running(kmock_url, make_operator, test_image):
     ns = unique('e2e-pool')
     op = make_operator(ns)

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{
     controller::{LoopConfig, pools::PoolConfig},
+    http::server::ConnLimits,
     service::{DefaultTtl, Limits},
 };
 
@@ -78,9 +79,52 @@ pub struct ApiArgs {
     /// Serve a non-loopback --api-listen without --tokens-file (only behind something that authenticates).
     #[arg(long)]
     pub insecure: bool,
+    /// Make the data-plane proxy require a token of --tokens-file (`Authorization: Bearer <token>`) and forward
+    /// only to the caller's own instances. Without it the proxy reaches any instance of this operator, as
+    /// upstream. Either way the token is never forwarded into the sandbox. The Python SDK 0.1.7 sends no token on
+    /// data-plane calls: leave this off for its `Environment` (health checks and tools would get 401).
+    #[arg(long, env = "AENV_PROXY_AUTH")]
+    pub proxy_auth: bool,
     /// TTL of instances whose request names none, in Go duration syntax (90s, 30m, 1h30m).
     #[arg(long, default_value = "30m")]
     pub default_ttl: DefaultTtl,
+    /// Time a client has to send a whole request head, on a new connection and again between requests on a
+    /// kept-alive one (Go duration); slower connections are closed. Applies to the API and the proxy.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "AENV_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moved for this long is closed, a silent stream (logs, SSE) included (Go
+    /// duration; 0 = never). Applies to the API and the proxy.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "AENV_IDLE_TIMEOUT")]
+    pub idle_timeout: Duration,
+    /// Most open connections on each listener (the API and the proxy each). Held to a quarter of the open-file
+    /// limit (ulimit -n), so that clients cannot use up the descriptors the Docker client and the store need.
+    /// Connections beyond it get a 503 and are closed at once.
+    #[arg(long, default_value_t = 1024, env = "AENV_MAX_CONNECTIONS")]
+    pub max_connections: usize,
+    /// Most open connections from one client address on each listener; beyond it, a 503 and the connection is
+    /// closed at once.
+    #[arg(long, default_value_t = 128, env = "AENV_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: usize,
+}
+
+impl ApiArgs {
+    /// The bounds of each listener, checked; `budget` is the most connections one listener may hold (a share of
+    /// the open-file limit).
+    pub fn conn_limits(&self, listener: &str, budget: usize) -> Result<ConnLimits, String> {
+        if self.header_read_timeout.is_zero() {
+            return Err("--header-read-timeout must be longer than zero (such as 10s)".into());
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err("--max-connections and --max-connections-per-ip must be at least 1".into());
+        }
+        let limits = ConnLimits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+        };
+        Ok(limits.within_budget(listener, budget))
+    }
 }
 
 /// The Docker engine: the daemon, the network, what requests may ask of the host, and the sandbox defaults.

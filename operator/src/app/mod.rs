@@ -10,7 +10,7 @@ use aenv_engine_docker::DockerEngine;
 use aenv_engine_k8s::{KubeEngine, KubeEngineConfig};
 pub use config::{ApiArgs, Config, DockerArgs, EngineKind, KubeArgs, LeaderArgs, StoreKind};
 use futures::FutureExt;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     Error,
@@ -67,6 +67,8 @@ pub struct Stores {
     pub templates: Arc<dyn ObjectStore<Environment>>,
     pub pools: Arc<dyn ObjectStore<EnvPool>>,
     pub operator_id: String,
+    /// A store made by this start (a new operator id): sandboxes of a lost one may be on the engine.
+    pub fresh: bool,
 }
 
 /// The instance, template and pool stores, and the operator id that goes with them.
@@ -89,18 +91,19 @@ pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Resul
             let templates = store::KubeStore::<Environment>::start(client.clone(), kube_config(false)).await?;
             let pools = store::KubeStore::<EnvPool>::start(client.clone(), kube_config(true)).await?;
             info!(namespace = %config.kube.namespace, all_namespaces = config.kube.all_namespaces, instances = store.list().len(), operator_id = %operator_id, "store open (Kubernetes)");
-            Ok(Stores { instances: store, templates, pools, operator_id })
+            Ok(Stores { instances: store, templates, pools, operator_id, fresh: false })
         }
         (StoreKind::Kubernetes, None) => Err(Error::Config("the Kubernetes store needs a Kubernetes client".into())),
         (StoreKind::Embedded, _) => {
             let db = store::Embedded::open(&config.data_dir)?;
             let instances = db.store::<EnvInstance>()?;
-            info!(data_dir = %config.data_dir.display(), instances = instances.len(), operator_id = db.operator_id(), "store open");
+            info!(data_dir = %config.data_dir.display(), instances = instances.len(), operator_id = db.operator_id(), fresh = db.is_fresh(), "store open");
             Ok(Stores {
                 instances,
                 templates: db.store::<Environment>()?,
                 pools: db.store::<EnvPool>()?,
                 operator_id: db.operator_id().to_string(),
+                fresh: db.is_fresh(),
             })
         }
     }
@@ -154,6 +157,13 @@ pub async fn serve(
         return Err(Error::Config("--resync-interval must be longer than zero".into()));
     }
     let api = &config.api;
+    if api.default_ttl.duration() > config.limits.max_ttl.duration {
+        return Err(Error::Config(format!(
+            "--default-ttl {} is longer than --max-ttl {}: lower it or raise --max-ttl",
+            api.default_ttl.as_str(),
+            config.limits.max_ttl.text
+        )));
+    }
     let tokens = api.tokens_file.as_deref().map(http::auth::load_tokens).transpose()?;
     if tokens.is_none() && !api.api_listen.ip().is_loopback() && !api.insecure {
         return Err(Error::Config(format!(
@@ -161,11 +171,21 @@ pub async fn serve(
             api.api_listen
         )));
     }
+    if api.proxy_auth && tokens.is_none() {
+        return Err(Error::Config("--proxy-auth needs --tokens-file (the proxy checks the same tokens)".into()));
+    }
     let auth = http::auth::Auth::new(tokens);
+    // Each listener may hold a quarter of the open-file limit: together they leave half of it to the rest.
+    let budget = http::server::open_file_limit().map_or(usize::MAX, |n| usize::try_from(n / 4).unwrap_or(usize::MAX));
+    let api_limits = api.conn_limits("api", budget).map_err(Error::Config)?;
+    let proxy_limits = api.conn_limits("proxy", budget).map_err(Error::Config)?;
     let uses_kube = config.store == StoreKind::Kubernetes || config.engine == EngineKind::Kubernetes;
     let client = if uses_kube { Some(kube_client(&config.kube).await?) } else { None };
-    let Stores { instances, templates, pools, operator_id } = open_store(&config, client.as_ref()).await?;
+    let Stores { instances, templates, pools, operator_id, fresh } = open_store(&config, client.as_ref()).await?;
     let engine = open_engine(&config, &operator_id, client.as_ref()).await?;
+    if fresh {
+        tokio::spawn(report_other_operators(engine.clone(), operator_id.clone(), config.reconcile.orphan_grace));
+    }
 
     let listener = bind(api.api_listen).await?;
     info!(addr = %local_addr(&listener, api.api_listen)?, "REST API listening");
@@ -183,7 +203,7 @@ pub async fn serve(
         config.limits.max_instances,
     );
     let ctx = controller::Context::with_pools(instances.clone(), engine.clone(), metrics.clone(), pool_loop);
-    let proxy = http::proxy::Proxy::new(instances.clone());
+    let proxy = http::proxy::Proxy::new(instances.clone(), config.api.proxy_auth.then(|| auth.clone()));
     let namespace = match config.store {
         StoreKind::Kubernetes => config.kube.namespace.clone(),
         StoreKind::Embedded => store::DEFAULT_NAMESPACE.to_string(),
@@ -194,15 +214,29 @@ pub async fn serve(
         pools,
         demand,
         engine,
-        metrics,
+        metrics.clone(),
         namespace,
         api.default_ttl.clone(),
         config.limits.clone(),
     );
 
     let shutdown = shutdown.shared();
-    let api = warp::serve(http::routes(services, auth)).incoming(listener).graceful(shutdown.clone()).run();
-    let data_plane = warp::serve(http::proxy::routes(proxy)).incoming(proxy_listener).graceful(shutdown.clone()).run();
+    let api = http::server::serve(
+        "api",
+        listener,
+        http::routes(services, auth),
+        api_limits,
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let data_plane = http::server::serve(
+        "proxy",
+        proxy_listener,
+        http::proxy::routes(proxy),
+        proxy_limits,
+        metrics,
+        shutdown.clone(),
+    );
     let election = config.kube.leader.leader_elect.then(|| leader::LeaderElection::from_args(&config.kube));
     let loop_config = config.reconcile.clone();
     let reconcile = async move {
@@ -219,6 +253,36 @@ pub async fn serve(
     let ((), (), reconciled) = tokio::join!(api, data_plane, reconcile);
     info!("stopped");
     reconciled
+}
+
+/// A new store says what it finds of other operators on the engine: the sandboxes of a store that was lost look
+/// just like those of another operator sharing the engine, so none is touched before its expiry label passes
+/// (docs/operations.md, "A lost store").
+async fn report_other_operators(engine: Arc<dyn Engine>, operator_id: String, grace: std::time::Duration) {
+    let managed = match engine.list_managed().await {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "could not list other operators' sandboxes");
+            return;
+        }
+    };
+    let mut by_operator: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for m in managed.iter().filter(|m| m.operator_id != operator_id && m.object.kind == aenv_core::OwnedKind::Container)
+    {
+        let counts = by_operator.entry(m.operator_id.as_str()).or_default();
+        match m.expires_at {
+            Some(_) => counts.0 += 1,
+            None => counts.1 += 1,
+        }
+    }
+    for (other, (with_expiry, without)) in by_operator {
+        warn!(
+            other_operator_id = other,
+            with_expiry,
+            without_expiry = without,
+            "this store is new, and the engine runs sandboxes of another operator id (a lost store, or another operator sharing the engine): they are left alone, and removed by the resync once their aenv.io/expire-at has passed by --orphan-grace ({grace:?}); those without an expiry are never removed by an operator: remove them by hand (docker rm -f $(docker ps -aq --filter label=aenv.io/operator-id={other})) once you know their operator is gone"
+        );
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Error> {

@@ -97,7 +97,9 @@ pub struct LoopConfig {
     /// How many instances are reconciled at once (at least 1).
     #[arg(long, default_value_t = 32)]
     pub max_concurrent_reconciles: u16,
-    /// Labelled containers without an instance are removed by the resync once they are older than this.
+    /// Labelled containers without an instance are removed by the resync once they are older than this; and
+    /// whatever any operator labelled (another operator id, a lost store) once its aenv.io/expire-at passed by
+    /// more than this.
     #[arg(long, default_value = "30s", value_parser = crate::app::config::parse_duration)]
     pub orphan_grace: Duration,
 }

@@ -1,7 +1,12 @@
 //! The resync: one list call to the engine that sweeps objects no instance owns (orphans) and wakes every instance
-//! whose engine state differs from its status (died, removed by hand, or missing), expired or being deleted.
+//! whose engine state differs from its status (died, removed by hand, or missing), expired or being deleted; and
+//! one more that removes whatever any operator labelled whose expiry label passed more than --orphan-grace ago
+//! (a lost store's sandboxes).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use aenv_core::EnvInstance;
 use jiff::Timestamp;
@@ -47,6 +52,8 @@ pub(super) async fn resync(
             Err(e) => warn!(error = %e, "could not remove an orphaned container"),
         }
     }
+    let ours: HashSet<&str> = owned.iter().map(|o| o.id.as_str()).collect();
+    let swept = sweep_expired(ctx, &ours, now, orphan_grace).await;
     for inst in ctx.store.list() {
         let k = key_of(inst.as_ref());
         let expired = inst.expires_at().ok().flatten().is_some_and(|exp| exp <= now);
@@ -60,6 +67,39 @@ pub(super) async fn resync(
                 break;
             }
         }
+    }
+    swept
+}
+
+/// Removes what other operators (other operator ids: a store that was lost, an operator that is gone) labelled
+/// and whose `aenv.io/expire-at` passed more than `grace` ago. Their unexpired objects, and those without an
+/// expiry, are never touched: operators that share one daemon must not remove each other's sandboxes.
+async fn sweep_expired(ctx: &Context, ours: &HashSet<&str>, now: Timestamp, grace: Duration) -> Result<(), Error> {
+    let managed = ctx.metrics.time("list", ctx.engine.list_managed()).await?;
+    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    for m in managed {
+        if ours.contains(m.object.id.as_str()) {
+            continue;
+        }
+        let Some(expired_at) = m.expires_at else { continue };
+        if now.as_millisecond().saturating_sub(expired_at.as_millisecond()) <= grace_ms {
+            continue;
+        }
+        warn!(
+            operator_id = %m.operator_id,
+            instance = %m.object.instance,
+            object = %m.object.id,
+            kind = ?m.object.kind,
+            %expired_at,
+            "removing an expired object of another operator (its store is gone, or it is not running)"
+        );
+        match ctx.engine.delete_owned(&m.object).await {
+            Ok(()) => ctx.metrics.expired_leftovers_removed.inc(),
+            Err(e) => {
+                warn!(error = %e, object = %m.object.id, "could not remove an expired object of another operator");
+                continue;
+            }
+        };
     }
     Ok(())
 }

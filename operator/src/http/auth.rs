@@ -16,6 +16,8 @@ struct TokenEntry {
     owner: String,
     #[serde(default)]
     max_instances: Option<usize>,
+    #[serde(default)]
+    admin: bool,
 }
 
 #[derive(Deserialize)]
@@ -24,13 +26,14 @@ struct TokensFile {
     tokens: Vec<TokenEntry>,
 }
 
-/// Reads a tokens file: `{"tokens": [{"token": "...", "owner": "alice", "maxInstances": 20}]}`.
+/// Reads a tokens file: `{"tokens": [{"token": "...", "owner": "alice", "maxInstances": 20, "admin": false}]}`
+/// (`admin` may delete any tenant's templates).
 pub fn load_tokens(path: &Path) -> Result<HashMap<String, Principal>, Error> {
     let text =
         std::fs::read_to_string(path).map_err(|e| Error::Config(format!("--tokens-file {}: {e}", path.display())))?;
     let file: TokensFile = serde_json::from_str(&text).map_err(|e| {
         Error::Config(format!(
-            "--tokens-file {}: {e} (expected {{\"tokens\": [{{\"token\": \"...\", \"owner\": \"alice\", \"maxInstances\": 20}}]}})",
+            "--tokens-file {}: {e} (expected {{\"tokens\": [{{\"token\": \"...\", \"owner\": \"alice\", \"maxInstances\": 20, \"admin\": false}}]}})",
             path.display()
         ))
     })?;
@@ -43,7 +46,13 @@ pub fn load_tokens(path: &Path) -> Result<HashMap<String, Principal>, Error> {
                 entry.owner
             )));
         }
-        if tokens.insert(entry.token, Principal { owner: entry.owner, max_instances: entry.max_instances }).is_some() {
+        if tokens
+            .insert(
+                entry.token,
+                Principal { owner: entry.owner, max_instances: entry.max_instances, admin: entry.admin },
+            )
+            .is_some()
+        {
             return Err(Error::Config(format!("--tokens-file {}: a token appears twice", path.display())));
         }
     }
@@ -95,7 +104,7 @@ mod tests {
     fn auth() -> Arc<Auth> {
         let tokens = HashMap::from([(
             "0123456789abcdef".to_string(),
-            Principal { owner: "alice".into(), max_instances: Some(2) },
+            Principal { owner: "alice".into(), max_instances: Some(2), admin: false },
         )]);
         Auth::new(Some(tokens))
     }

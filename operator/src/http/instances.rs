@@ -19,7 +19,7 @@ fn not_found(id: &str) -> ApiError {
 
 async fn create(svc: &Services, body: &[u8], caller: Option<Principal>) -> Result<Value, ApiError> {
     let (request, _) = parse_create(body, Strictness::Strict)?;
-    let spec = svc.resolve(request)?;
+    let spec = svc.resolve(request, caller.as_ref())?;
     Ok(wire::instance(&*svc.create(spec, caller.as_ref()).await?))
 }
 

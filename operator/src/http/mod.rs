@@ -14,6 +14,7 @@ mod pods;
 mod pools;
 pub mod proxy;
 pub mod request;
+pub mod server;
 mod templates;
 pub mod wire;
 
@@ -160,12 +161,17 @@ async fn recover(rej: Rejection) -> Result<warp::reply::Response, Infallible> {
         ApiError::not_found("no such route; see /openapi.json")
     } else if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::new(413, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
+    } else if rej.find::<warp::reject::LengthRequired>().is_some() {
+        // Before the method: a route of this method and path was found, and only the body is missing (another
+        // route of the path, of another method, would otherwise answer 405).
+        ApiError::new(
+            411,
+            "the request body is missing: send a JSON object (with a Content-Length header) as application/json",
+        )
     } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(405, "method not allowed on this route")
     } else if rej.find::<warp::reject::InvalidQuery>().is_some() {
         ApiError::bad_request("the query string is not valid")
-    } else if rej.find::<warp::reject::LengthRequired>().is_some() {
-        ApiError::new(411, "a Content-Length header is required")
     } else {
         ApiError::bad_request(format!("bad request: {rej:?}"))
     };

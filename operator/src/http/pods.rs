@@ -114,7 +114,7 @@ fn create_error(e: ApiError) -> warp::reply::Response {
 
 async fn create_pod(svc: &Services, body: &[u8], caller: Option<Principal>) -> warp::reply::Response {
     let spec = match parse_create(body, Strictness::Lenient)
-        .and_then(|(request, _)| svc.resolve(request).map_err(ApiError::from))
+        .and_then(|(request, _)| svc.resolve(request, caller.as_ref()).map_err(ApiError::from))
     {
         Ok(spec) => spec,
         Err(e) => return create_error(e),

@@ -4,7 +4,11 @@
 //! included). Without the header, `/health` is answered here.
 //!
 //! Unlike upstream it is not an open proxy: it forwards only to instances this operator runs (a live instance's
-//! IP, or a port an instance published on this host), and refuses any other target with 403.
+//! IP, or a port an instance published on this host), and refuses any other target with 403. The caller's
+//! `Authorization` and the proxy's routing headers (`AEnvCore-MCPProxy-URL`,
+//! `AEnvCore-EnvInstance-ID`) never reach the sandbox. With `--proxy-auth` a request needs a token of the tokens
+//! file and reaches only its owner's instances (clients send it as `Authorization: Bearer`; the Python SDK 0.1.7
+//! sends none on data-plane calls, so `--proxy-auth` is for clients that do).
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -24,13 +28,20 @@ use warp::{
     path::FullPath,
 };
 
-use crate::store::ObjectStore;
+use super::auth::Auth;
+use crate::{
+    service::{Principal, Services},
+    store::ObjectStore,
+};
 
 /// The header that names the target.
 pub const TARGET_HEADER: &str = "aenvcore-mcpproxy-url";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The SDK's header naming the instance (routing only; never forwarded).
+pub const INSTANCE_HEADER: &str = "aenvcore-envinstance-id";
 
 /// Headers that belong to one hop and are not forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -43,28 +54,37 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
     "host",
-    TARGET_HEADER,
 ];
+
+/// Headers of the request that never reach the sandbox: the caller's token (untrusted code runs there and would
+/// receive the tenant's API key) and the proxy's own routing headers.
+const NOT_FOR_THE_SANDBOX: &[&str] = &["authorization", TARGET_HEADER, INSTANCE_HEADER];
 
 /// The proxy's state.
 pub struct Proxy {
     instances: Arc<dyn ObjectStore<EnvInstance>>,
     client: Client<HttpConnector, ProxyBody>,
+    /// With `--proxy-auth`: the tokens; a caller reaches only its own instances.
+    auth: Option<Arc<Auth>>,
 }
 
 impl Proxy {
-    pub fn new(instances: Arc<dyn ObjectStore<EnvInstance>>) -> Arc<Self> {
+    /// The proxy; `auth` (from `--proxy-auth`) makes it require a token and reach only the caller's instances.
+    pub fn new(instances: Arc<dyn ObjectStore<EnvInstance>>, auth: Option<Arc<Auth>>) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        Arc::new(Proxy { instances, client: Client::builder(TokioExecutor::new()).build(connector) })
+        Arc::new(Proxy { instances, client: Client::builder(TokioExecutor::new()).build(connector), auth })
     }
 
-    /// Whether `host:port` is an endpoint of a live instance of this operator. Sandboxes waiting in a pool are
-    /// nobody's yet: not reachable through the proxy until claimed.
-    fn allowed(&self, host: &str, port: u16) -> bool {
+    /// Whether `host:port` is an endpoint of a live instance of this operator that `caller` may reach (any
+    /// instance when `caller` is `None`, that is with `--proxy-auth` off). Sandboxes waiting in a pool are nobody's
+    /// yet: not reachable through the proxy until claimed.
+    fn allowed(&self, host: &str, port: u16, caller: Option<&Principal>) -> bool {
         let loopback = matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]");
         self.instances
-            .list_where(&|i: &EnvInstance| !i.is_deleting() && i.phase() == Phase::Running && i.pool().is_none())
+            .list_where(&|i: &EnvInstance| {
+                !i.is_deleting() && i.phase() == Phase::Running && i.pool().is_none() && Services::visible(i, caller)
+            })
             .iter()
             .filter_map(|i| i.status.as_ref())
             .any(|s| {
@@ -104,7 +124,20 @@ impl Proxy {
             return error(StatusCode::BAD_REQUEST, "AEnvCore-MCPProxy-URL must be http://host:port", &target);
         };
         let port = uri.port_u16().unwrap_or(80);
-        if !self.allowed(host, port) {
+        let caller = match &self.auth {
+            Some(auth) => {
+                let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                match auth.authenticate(header) {
+                    Ok(caller) => caller,
+                    Err(e) => {
+                        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::UNAUTHORIZED);
+                        return error(status, &e.message, &target);
+                    }
+                }
+            }
+            None => None,
+        };
+        if !self.allowed(host, port, caller.as_ref()) {
             warn!(target = %target, "refused a proxy target that is not one of this operator's instances");
             return error(StatusCode::FORBIDDEN, "the target is not a running instance of this operator", &target);
         }
@@ -120,7 +153,7 @@ impl Proxy {
         }));
         let mut request = hyper::Request::builder().method(method).uri(upstream);
         for (name, value) in &headers {
-            if !HOP_BY_HOP.contains(&name.as_str()) {
+            if !HOP_BY_HOP.contains(&name.as_str()) && !NOT_FOR_THE_SANDBOX.contains(&name.as_str()) {
                 request = request.header(name, value);
             }
         }

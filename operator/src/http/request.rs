@@ -227,7 +227,18 @@ pub fn parse_create(body: &[u8], strictness: Strictness) -> Result<(CreateReques
         return Err(bad(format!("the request body must be a JSON object, not {}", describe(&value))));
     };
     let text = |key: &str| obj.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+    let shared = match obj.get("shared") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(bad(format!(
+                "field `shared` must be true (other tenants may create instances from this template) or false, not {}",
+                describe(other)
+            )));
+        }
+    };
     let meta = TemplateMeta {
+        shared,
         description: text("description"),
         tags: obj
             .get("tags")

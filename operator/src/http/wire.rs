@@ -124,7 +124,7 @@ pub fn template(t: &Environment) -> Value {
     let mut spec = t.spec.template.clone();
     spec.env_name = t.spec.name.clone();
     spec.env_version = t.spec.version.clone();
-    env_json(
+    let mut v = env_json(
         &spec,
         EnvMeta {
             id: t.metadata.uid.as_deref().unwrap_or_default(),
@@ -133,7 +133,13 @@ pub fn template(t: &Environment) -> Value {
             code_url: &t.spec.code_url,
             created: &created,
         },
-    )
+    );
+    if let Value::Object(fields) = &mut v {
+        // Who registered it (with tokens on), and whether other tenants may create from it.
+        fields.insert("owner".into(), json!(t.spec.owner.clone().unwrap_or_default()));
+        fields.insert("shared".into(), json!(t.spec.shared));
+    }
+    v
 }
 
 fn env_json(spec: &EnvInstanceSpec, meta: EnvMeta<'_>) -> Value {

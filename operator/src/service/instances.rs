@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use aenv_core::{EnvInstance, EnvInstanceSpec, Environment};
+use aenv_core::{EnvInstance, EnvInstanceSpec, Environment, duration::parse_go_duration};
 use jiff::Timestamp;
 use tracing::{info, warn};
 
@@ -63,13 +63,18 @@ pub fn status_string(inst: &EnvInstance) -> &'static str {
 }
 
 impl Services {
-    /// Turns a create into the spec to record: inline as it is, or the template with the overrides; the default
-    /// TTL when none is named; then the engine's own checks.
-    pub fn resolve(&self, request: CreateRequest) -> Result<EnvInstanceSpec, ServiceError> {
+    /// Turns a create into the spec to record: inline as it is, or the template (one `caller` may use) with the
+    /// overrides; the default TTL when none is named; then the engine's own checks.
+    pub fn resolve(&self, request: CreateRequest, caller: Option<&Principal>) -> Result<EnvInstanceSpec, ServiceError> {
+        let ttl_field = match &request {
+            CreateRequest::Inline(_) => "deployConfig.ttl",
+            CreateRequest::FromTemplate { overrides, .. } if overrides.ttl.is_some() => "ttl",
+            CreateRequest::FromTemplate { .. } => "the template's deployConfig.ttl",
+        };
         let mut spec = match request {
             CreateRequest::Inline(spec) => *spec,
             CreateRequest::FromTemplate { name, version, overrides } => {
-                let template = self.find_template(&name, &version).ok_or_else(|| {
+                let (template, _) = self.usable_template(&name, &version, caller).map_err(|_| {
                     ServiceError::NotFound(format!(
                         "environment \"{name}@{version}\" not found: register it with POST /env, or send the inline body with name, version and artifacts"
                     ))
@@ -80,8 +85,23 @@ impl Services {
         if spec.ttl.is_none() {
             spec.ttl = Some(self.default_ttl.as_str().to_string());
         }
+        self.check_ttl(spec.ttl.as_deref(), ttl_field)?;
         self.engine.validate(&spec).map_err(|e| ServiceError::Invalid(e.message))?;
         Ok(spec)
+    }
+
+    /// Refuses a TTL longer than `--max-ttl` (or one that does not parse), naming `field`.
+    pub(super) fn check_ttl(&self, ttl: Option<&str>, field: &str) -> Result<(), ServiceError> {
+        let Some(ttl) = ttl else { return Ok(()) };
+        let parsed = parse_go_duration(ttl).map_err(|e| ServiceError::Invalid(format!("field `{field}`: {e}")))?;
+        let max = &self.limits.limits.max_ttl;
+        if parsed > max.duration {
+            return Err(ServiceError::Invalid(format!(
+                "field `{field}` ({ttl}) is longer than this operator allows (--max-ttl {}); ask for {} or less",
+                max.text, max.text
+            )));
+        }
+        Ok(())
     }
 
     /// The template `name@version`, unless it is being deleted.

@@ -1,17 +1,20 @@
 //! Who is asking (a [`Principal`], with its own cap), the operator's caps, and the create rate limit.
 
-use std::num::NonZeroU32;
+use std::{num::NonZeroU32, time::Duration};
 
+use aenv_core::duration::parse_go_duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 
 use super::ServiceError;
 
 /// An authenticated caller: an owner is a tenant.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Principal {
     pub owner: String,
     /// Most live instances this caller may hold; `None` = no cap of its own.
     pub max_instances: Option<usize>,
+    /// May delete any tenant's templates.
+    pub admin: bool,
 }
 
 /// Limits on creates.
@@ -26,6 +29,31 @@ pub struct Limits {
     /// Creates allowed in one burst above --create-rate.
     #[arg(long, default_value_t = 50)]
     pub create_burst: u32,
+    /// Longest TTL a create may ask for (Go duration; the default is 7 days); longer ones get a 400 naming the
+    /// field. --default-ttl must not be longer.
+    #[arg(long, default_value = "168h", value_parser = parse_max_ttl, env = "AENV_MAX_TTL")]
+    pub max_ttl: MaxTtl,
+}
+
+/// The longest TTL, with the text it was given as (for messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaxTtl {
+    pub duration: Duration,
+    pub text: String,
+}
+
+impl Default for MaxTtl {
+    fn default() -> Self {
+        MaxTtl { duration: Duration::from_secs(7 * 24 * 3600), text: "168h".into() }
+    }
+}
+
+fn parse_max_ttl(s: &str) -> Result<MaxTtl, String> {
+    let duration = parse_go_duration(s).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err(format!("{s:?} must be longer than zero (such as \"168h\")"));
+    }
+    Ok(MaxTtl { duration, text: s.trim().to_string() })
 }
 
 /// The limits with the rate limiter they configure.
@@ -58,7 +86,12 @@ mod tests {
 
     #[test]
     fn rate_limit_with_burst_then_refusal_with_the_wait() {
-        let limits = CreateLimits::new(Limits { max_instances: Some(10), create_rate: Some(1), create_burst: 2 });
+        let limits = CreateLimits::new(Limits {
+            max_instances: Some(10),
+            create_rate: Some(1),
+            create_burst: 2,
+            ..Default::default()
+        });
         assert!(limits.take_create().is_ok() && limits.take_create().is_ok(), "a burst of 2");
         match limits.take_create() {
             Err(e @ ServiceError::RateLimited { retry_after }) => {

@@ -13,9 +13,9 @@ use aenv_core::{Engine, EnvInstance, EnvPool, Environment, duration::parse_go_du
 use thiserror::Error;
 
 pub use instances::{CreateRequest, Overrides, status_string};
-pub use limits::{Limits, Principal};
+pub use limits::{Limits, MaxTtl, Principal};
 pub use pools::{Demand, PoolRequest};
-pub use templates::{TemplateMeta, WarmupState};
+pub use templates::{TemplateAccess, TemplateMeta, WarmupState};
 
 use crate::{metrics::Metrics, store::ObjectStore};
 
@@ -79,6 +79,11 @@ impl DefaultTtl {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The duration (checked when parsed).
+    pub fn duration(&self) -> Duration {
+        parse_go_duration(&self.0).unwrap_or(Duration::MAX)
     }
 }
 

@@ -154,7 +154,8 @@ impl Services {
                 req.env_name
             )));
         };
-        self.template(name, version)?;
+        // A tenant pools only templates it may create from (its own, shared ones, ownerless ones).
+        self.usable_template(name, version, caller)?;
         self.check_room(caller, spec.ceiling(), None)?;
         let mut pool = EnvPool::new(&req.name, spec);
         pool.metadata.namespace = Some(self.namespace.clone());

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use tracing::info;
 
-use super::{ServiceError, Services};
+use super::{Principal, ServiceError, Services};
 use crate::Error;
 
 /// What a template carries beyond its spec.
@@ -20,6 +20,42 @@ pub struct TemplateMeta {
     pub description: String,
     pub tags: Vec<String>,
     pub code_url: String,
+    /// Other tenants may create instances from it.
+    pub shared: bool,
+}
+
+/// What a caller may do with a template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateAccess {
+    /// Not even see it (another tenant's, not shared): answered as if it did not exist.
+    None,
+    /// See it without its environment variables, and create instances from it (shared, or registered with auth
+    /// off and so owned by nobody).
+    Use,
+    /// Everything: its owner, an admin token, anyone when auth is off.
+    Own,
+}
+
+impl TemplateAccess {
+    /// What `caller` may do with `t`.
+    pub fn of(t: &Environment, caller: Option<&Principal>) -> Self {
+        match caller {
+            None => TemplateAccess::Own,
+            Some(p) if p.admin || t.spec.owner.as_deref() == Some(p.owner.as_str()) => TemplateAccess::Own,
+            Some(_) if t.spec.shared || t.spec.owner.is_none() => TemplateAccess::Use,
+            Some(_) => TemplateAccess::None,
+        }
+    }
+}
+
+/// The template as `access` may read it: without its environment variables unless it is the caller's.
+fn as_seen(t: Arc<Environment>, access: TemplateAccess) -> Arc<Environment> {
+    if access == TemplateAccess::Own || t.spec.template.env.is_empty() {
+        return t;
+    }
+    let mut seen = (*t).clone();
+    seen.spec.template.env.clear();
+    Arc::new(seen)
 }
 
 /// Warmups by `name@version`.
@@ -40,15 +76,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Services {
-    /// Registers a template from an inline spec (its name and version name the template).
+    /// Registers a template from an inline spec (its name and version name the template); with tokens on, it
+    /// belongs to `caller`.
     pub async fn register_template(
         &self,
         spec: EnvInstanceSpec,
         meta: TemplateMeta,
+        caller: Option<&Principal>,
     ) -> Result<Arc<Environment>, ServiceError> {
         if spec.env_version.is_empty() {
             return Err(ServiceError::Invalid("field `version` is required for an Environment".into()));
         }
+        self.check_ttl(spec.ttl.as_deref(), "deployConfig.ttl")?;
         self.engine.validate(&spec).map_err(|e| ServiceError::Invalid(e.message))?;
         let (name, version) = (spec.env_name.clone(), spec.env_version.clone());
         let mut env = Environment::new(
@@ -59,31 +98,81 @@ impl Services {
                 description: meta.description,
                 tags: meta.tags,
                 code_url: meta.code_url,
+                owner: caller.map(|p| p.owner.clone()),
+                shared: meta.shared,
                 template: EnvInstanceSpec { env_name: String::new(), env_version: String::new(), ..spec },
             },
         );
         env.metadata.namespace = Some(self.namespace.clone());
         match self.templates.create(env, Timestamp::now()).await {
             Ok(stored) => {
-                info!(env = %format!("{name}@{version}"), "environment registered");
+                info!(env = %format!("{name}@{version}"), owner = ?caller.map(|p| &p.owner), "environment registered");
                 Ok(stored)
             }
-            Err(Error::AlreadyExists(_)) => Err(ServiceError::Conflict(format!(
-                "environment \"{name}@{version}\" exists already; delete it first, or register a new version"
-            ))),
+            Err(Error::AlreadyExists(_)) => {
+                let holder = self
+                    .find_template(&name, &version)
+                    .and_then(|t| t.spec.owner.clone())
+                    .filter(|o| caller.is_some_and(|p| p.owner != *o));
+                Err(ServiceError::Conflict(match holder {
+                    Some(owner) => format!(
+                        "environment \"{name}@{version}\" exists already and belongs to owner {owner}; register another name or version"
+                    ),
+                    None => format!(
+                        "environment \"{name}@{version}\" exists already; delete it first, or register a new version"
+                    ),
+                }))
+            }
             Err(source) => Err(ServiceError::store("the environment could not be recorded", source)),
         }
     }
 
-    /// The template `name@version`, or a refusal that names it.
-    pub fn template(&self, name: &str, version: &str) -> Result<Arc<Environment>, ServiceError> {
+    /// The template `name@version` as `caller` may see it (another tenant's shared template without its
+    /// environment variables), or a refusal that names it (also when `caller` may not see it at all).
+    pub fn template(
+        &self,
+        name: &str,
+        version: &str,
+        caller: Option<&Principal>,
+    ) -> Result<Arc<Environment>, ServiceError> {
+        let (t, access) = self.usable_template(name, version, caller)?;
+        Ok(as_seen(t, access))
+    }
+
+    /// The template `name@version` and what `caller` may do with it; not found when `caller` may not see it.
+    pub fn usable_template(
+        &self,
+        name: &str,
+        version: &str,
+        caller: Option<&Principal>,
+    ) -> Result<(Arc<Environment>, TemplateAccess), ServiceError> {
         self.find_template(name, version)
+            .map(|t| {
+                let access = TemplateAccess::of(&t, caller);
+                (t, access)
+            })
+            .filter(|(_, access)| *access != TemplateAccess::None)
             .ok_or_else(|| ServiceError::NotFound(format!("environment \"{name}@{version}\" not found")))
     }
 
-    /// Deletes a template, unless a pool keeps sandboxes of it (delete or re-point the pool first).
-    pub async fn delete_template(&self, name: &str, version: &str) -> Result<(), ServiceError> {
-        self.template(name, version)?;
+    /// Deletes a template: only its owner or an admin token may (anyone with auth off), and not while a pool
+    /// keeps sandboxes of it (delete or re-point the pool first).
+    pub async fn delete_template(
+        &self,
+        name: &str,
+        version: &str,
+        caller: Option<&Principal>,
+    ) -> Result<(), ServiceError> {
+        let (t, access) = self.usable_template(name, version, caller)?;
+        if access != TemplateAccess::Own {
+            return Err(ServiceError::Forbidden(format!(
+                "environment \"{name}@{version}\" belongs to {}; only its owner or an admin token may delete it",
+                t.spec.owner.as_deref().map_or_else(
+                    || "no tenant (it was registered without tokens)".to_string(),
+                    |o| format!("owner {o}")
+                )
+            )));
+        }
         if let Some(pool) = self.pools_of(name, version).first() {
             let pool = pool.metadata.name.as_deref().unwrap_or_default();
             return Err(ServiceError::Conflict(format!(
@@ -94,17 +183,32 @@ impl Services {
         self.templates.purge(&key).await.map_err(|source| ServiceError::store("could not delete", source))
     }
 
-    /// Templates in the API's namespace, of one name or all.
-    pub fn list_templates(&self, name: Option<&str>) -> Vec<Arc<Environment>> {
+    /// Templates in the API's namespace that `caller` may see, of one name or all (another tenant's shared
+    /// templates without their environment variables).
+    pub fn list_templates(&self, name: Option<&str>, caller: Option<&Principal>) -> Vec<Arc<Environment>> {
         let namespace = self.namespace.as_str();
-        self.templates.list_where(&|t: &Environment| {
-            t.metadata.namespace.as_deref() == Some(namespace) && name.is_none_or(|n| t.spec.name == n)
-        })
+        self.templates
+            .list_where(&|t: &Environment| {
+                t.metadata.namespace.as_deref() == Some(namespace)
+                    && name.is_none_or(|n| t.spec.name == n)
+                    && TemplateAccess::of(t, caller) != TemplateAccess::None
+            })
+            .into_iter()
+            .map(|t| {
+                let access = TemplateAccess::of(&t, caller);
+                as_seen(t, access)
+            })
+            .collect()
     }
 
     /// Starts pre-pulling the template's images (once at a time per template) and returns where it stands.
-    pub fn start_warmup(&self, name: &str, version: &str) -> Result<WarmupState, ServiceError> {
-        let template = self.template(name, version)?;
+    pub fn start_warmup(
+        &self,
+        name: &str,
+        version: &str,
+        caller: Option<&Principal>,
+    ) -> Result<WarmupState, ServiceError> {
+        let (template, _) = self.usable_template(name, version, caller)?;
         let env = format!("{name}@{version}");
         let mut warmups = lock(&self.warmups);
         if let Some(state) = warmups.get(&env).filter(|s| !lock(s).done) {
@@ -138,7 +242,13 @@ impl Services {
     }
 
     /// Where the last warmup of `name@version` stands.
-    pub fn warmup_state(&self, name: &str, version: &str) -> Result<WarmupState, ServiceError> {
+    pub fn warmup_state(
+        &self,
+        name: &str,
+        version: &str,
+        caller: Option<&Principal>,
+    ) -> Result<WarmupState, ServiceError> {
+        self.usable_template(name, version, caller)?;
         let env = format!("{name}@{version}");
         let warmups = lock(&self.warmups);
         let state = warmups

@@ -32,6 +32,8 @@ fn db_err(e: impl Into<redb::Error>) -> Error {
 pub struct Embedded {
     db: Arc<Database>,
     operator_id: String,
+    /// The database was made by this open (a new operator id).
+    fresh: bool,
 }
 
 impl Embedded {
@@ -40,28 +42,45 @@ impl Embedded {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Store(format!("cannot create the data directory {}: {e}", dir.display())))?;
         let path = dir.join("aenv.redb");
+        let unreadable = |reason: String, source: Option<redb::DatabaseError>| Error::StoreUnreadable {
+            path: path.display().to_string(),
+            reason,
+            source,
+        };
+        // redb takes an empty file for a new database: that would start afresh, with a new operator id, and lose
+        // every instance (and the TTLs of their containers) silently.
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.len() == 0
+        {
+            return Err(unreadable("it is empty (0 bytes)".into(), None));
+        }
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::Store(format!(
                 "{} is in use by another aenv-operator process (stop it, or pass another --data-dir)",
                 path.display()
             )),
-            other => Error::Store(format!("cannot open {}: {other}", path.display())),
+            other => unreadable("it cannot be read as a store".into(), Some(other)),
         })?;
         let txn = db.begin_write().map_err(db_err)?;
-        let operator_id = {
+        let (operator_id, fresh) = {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let existing = meta.get(META_OPERATOR_ID).map_err(db_err)?.map(|v| v.value().to_string());
             match existing {
-                Some(id) => id,
+                Some(id) => (id, false),
                 None => {
                     let id = random_suffix(10);
                     meta.insert(META_OPERATOR_ID, id.as_str()).map_err(db_err)?;
-                    id
+                    (id, true)
                 }
             }
         };
         txn.commit().map_err(db_err)?;
-        Ok(Embedded { db: Arc::new(db), operator_id })
+        Ok(Embedded { db: Arc::new(db), operator_id, fresh })
+    }
+
+    /// Whether this open made the database (and a new operator id).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     /// This operator's stable id, created with the database.
@@ -266,6 +285,34 @@ mod tests {
         obj.spec.env_name = "ignored: only the status is written".into();
         obj.status = Some(status);
         obj
+    }
+
+    #[tokio::test]
+    async fn an_empty_or_truncated_file_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aenv.redb");
+        std::fs::write(&path, b"").unwrap();
+        let err = Embedded::open(dir.path()).err().expect("a 0-byte store is refused");
+        let text = err.to_string();
+        assert!(matches!(err, Error::StoreUnreadable { .. }), "{text}");
+        assert!(text.contains("0 bytes") && text.contains("aenv.redb.lost"), "{text}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "the file is left as it was");
+
+        std::fs::remove_file(&path).unwrap();
+        {
+            let db = Embedded::open(dir.path()).unwrap();
+            let store = db.store::<EnvInstance>().unwrap();
+            for i in 0..200 {
+                store.create(instance(&format!("a-{i:06}")), Timestamp::now()).await.unwrap();
+            }
+        }
+        let full = std::fs::read(&path).unwrap();
+        for keep in [full.len() / 2, 4096, 100] {
+            std::fs::write(&path, &full[..keep]).unwrap();
+            let err = Embedded::open(dir.path()).err().unwrap_or_else(|| panic!("a store cut to {keep} bytes opened"));
+            assert!(matches!(err, Error::StoreUnreadable { .. }), "{keep}: {err}");
+            assert!(err.to_string().contains("aenv.redb.lost"), "{err}");
+        }
     }
 
     #[tokio::test]

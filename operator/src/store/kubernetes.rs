@@ -4,6 +4,11 @@
 //! finalizer holds; `purge` removes the finalizer once the engine's objects are gone). Phase changes are
 //! published as Kubernetes Events, best effort.
 //!
+//! The watch reads objects untyped and converts each on its own: an object that does not deserialize (written by an
+//! older or newer version, or where no schema validation ran) is skipped, logged, and reported on itself (a Warning
+//! Event `Unreadable` and, for instances, a `Failed` status naming the field), and never blinds the store to the
+//! others. One that was readable before keeps its last readable version (a deletion still reaches it).
+//!
 //! It keeps working against API servers that fill in less than a real one (test emulators): an object without
 //! `metadata.namespace` is taken to be in the namespace it was watched in (or the default one), an object without
 //! `creationTimestamp` is dated by when this process first saw it (so TTLs restart with the process), and a
@@ -22,7 +27,9 @@ use jiff::Timestamp;
 use k8s_openapi::{NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{
+        ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions,
+    },
     runtime::{
         WatchStreamExt,
         events::{Event as KubeEvent, EventType, Recorder, Reporter},
@@ -72,7 +79,38 @@ struct Shared<K> {
     changes: broadcast::Sender<Msg<K>>,
     /// When this process first saw each object, for objects without a creation timestamp.
     first_seen: Mutex<HashMap<String, Timestamp>>,
+    /// Objects that could not be read, by key, with why: each is reported once per reason.
+    unreadable: Mutex<HashMap<String, String>>,
     default_namespace: String,
+}
+
+/// An object of the watch that does not deserialize as its kind: the field and why.
+#[derive(Debug)]
+struct Unreadable {
+    key: String,
+    message: String,
+}
+
+/// The store key of an object watched in `namespace` (its own namespace when it names one).
+fn key_in(meta: &ObjectMeta, namespace: &str) -> String {
+    let name = meta.name.as_deref().unwrap_or_default();
+    super::key(meta.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(namespace), name)
+}
+
+/// Reads one object of the watch as `K`: an object written by an older or newer version, or where no schema
+/// validation ran, fails alone instead of failing the whole listing.
+fn read_object<K: Kind>(obj: &DynamicObject, namespace: &str) -> Result<K, Unreadable> {
+    let key = key_in(&obj.metadata, namespace);
+    let unreadable = |message: String| Unreadable { key: key.clone(), message };
+    let value = serde_json::to_value(obj).map_err(|e| unreadable(format!("it cannot be encoded: {e}")))?;
+    serde_path_to_error::deserialize::<_, K>(value).map_err(|e| {
+        let path = e.path().to_string();
+        unreadable(format!(
+            "field `{path}`: {}; the operator skips this {}: delete it and apply it corrected",
+            e.inner(),
+            K::kind(&())
+        ))
+    })
 }
 
 impl<K: Resource> Shared<K> {
@@ -96,6 +134,93 @@ impl<K: Resource> Shared<K> {
             obj.meta_mut().creation_timestamp = Some(Time(seen));
         }
         obj
+    }
+}
+
+impl<K> Shared<K> {
+    fn unreadable(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.unreadable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `key` reads again (fixed, or gone): a later failure is reported anew.
+    fn readable_again(&self, key: &str) {
+        self.unreadable().remove(key);
+    }
+}
+
+/// Tells about objects that cannot be read: in the log, as a Warning Event on the object, and, for kinds with a
+/// status, as a `Failed` status naming the field (best effort: an API server may refuse it).
+struct UnreadableReporter<K: Resource<DynamicType = ()> + Clone + 'static> {
+    client: Client,
+    resource: ApiResource,
+    recorder: Option<Recorder>,
+    shared: Arc<Shared<K>>,
+    reader: reflector::Store<K>,
+}
+
+impl<K> UnreadableReporter<K>
+where
+    K: Kind + StatusEvents,
+{
+    /// The last readable version of `key` in the cache.
+    fn cached(&self, key: &str) -> Option<Arc<K>> {
+        let (namespace, name) = key.split_once('/')?;
+        self.reader.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Reports `obj` (once per reason), and returns the last readable version of it with the object's metadata
+    /// (a deletion, a finalizer) when there is one.
+    fn report(&self, obj: &DynamicObject, why: Unreadable) -> Option<K> {
+        let first =
+            self.shared.unreadable().insert(why.key.clone(), why.message.clone()).as_ref() != Some(&why.message);
+        let cached = self.cached(&why.key);
+        if first {
+            warn!(kind = %K::kind(&()), key = %why.key, reason = %why.message, "skipping an object that cannot be read");
+            self.publish(obj, &why.message);
+            if cached.is_none() {
+                self.write_failed(obj, &why.message);
+            }
+        }
+        cached.map(|c| {
+            let mut c = (*c).clone();
+            *c.meta_mut() = ObjectMeta { namespace: c.meta().namespace.clone(), ..obj.metadata.clone() };
+            c
+        })
+    }
+
+    fn publish(&self, obj: &DynamicObject, message: &str) {
+        let Some(recorder) = self.recorder.clone() else { return };
+        let reference = obj.object_ref(&self.resource);
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: "Unreadable".into(),
+            note: Some(message.chars().take(1000).collect()),
+            action: "Read".into(),
+            secondary: None,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                debug!(error = %e, "could not publish an Event (ignored)");
+            }
+        });
+    }
+
+    /// A `Failed` status naming the field, unless the object says so already (the write comes back through the
+    /// watch, still unreadable: it must not be written again).
+    fn write_failed(&self, obj: &DynamicObject, message: &str) {
+        let Some(status) = K::unreadable_status(message) else { return };
+        if obj.data.get("status") == Some(&status) {
+            return;
+        }
+        let (Some(name), namespace) = (obj.metadata.name.clone(), obj.metadata.namespace.clone()) else { return };
+        let namespace = namespace.filter(|n| !n.is_empty()).unwrap_or_else(|| self.shared.default_namespace.clone());
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &self.resource);
+        tokio::spawn(async move {
+            let patch = json!({ "status": status });
+            if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                debug!(error = %e, object = %name, "could not write a Failed status on an unreadable object (ignored)");
+            }
+        });
     }
 }
 
@@ -180,14 +305,31 @@ where
             gate: Mutex::new(()),
             changes,
             first_seen: Mutex::default(),
+            unreadable: Mutex::default(),
             default_namespace: config.default_namespace.clone(),
         });
+        let recorder = config.reporter.clone().map(|r| Recorder::new(client.clone(), r));
+        // The watch reads objects untyped and converts each on its own: one that does not deserialize is skipped
+        // and reported, and never stops the others from being listed and reconciled.
+        let resource = ApiResource::erase::<K>(&());
+        let dynamic_api: Api<DynamicObject> = match &config.watch_namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
         let task = {
             let shared = shared.clone();
             let watched = config.watch_namespace.clone();
-            let mut stream = watcher(list_api, watcher::Config::default()).default_backoff().boxed();
+            let reporter = UnreadableReporter::<K> {
+                client: client.clone(),
+                resource,
+                recorder: recorder.clone(),
+                shared: shared.clone(),
+                reader: reader.clone(),
+            };
+            let mut stream = watcher(dynamic_api, watcher::Config::default()).default_backoff().boxed();
             tokio::spawn(async move {
                 let mut relist: Option<Vec<Arc<K>>> = None;
+                let namespace = watched.clone().unwrap_or_else(|| shared.default_namespace.clone());
                 while let Some(item) = stream.next().await {
                     let event = match item {
                         Ok(event) => event,
@@ -195,6 +337,45 @@ where
                             warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff");
                             continue;
                         }
+                    };
+                    let event = match event {
+                        watcher::Event::Init => watcher::Event::Init,
+                        watcher::Event::InitDone => watcher::Event::InitDone,
+                        watcher::Event::InitApply(d) => match read_object::<K>(&d, &namespace) {
+                            Ok(o) => {
+                                shared.readable_again(&key_in(&d.metadata, &namespace));
+                                watcher::Event::InitApply(o)
+                            }
+                            Err(why) => match reporter.report(&d, why) {
+                                Some(o) => watcher::Event::InitApply(o),
+                                None => continue,
+                            },
+                        },
+                        watcher::Event::Apply(d) => match read_object::<K>(&d, &namespace) {
+                            Ok(o) => {
+                                shared.readable_again(&key_in(&d.metadata, &namespace));
+                                watcher::Event::Apply(o)
+                            }
+                            Err(why) => match reporter.report(&d, why) {
+                                // It was readable before: the last readable version stays in the cache, and a
+                                // deletion still reaches it (so its finalizer can be removed).
+                                Some(o) => watcher::Event::Apply(o),
+                                None => continue,
+                            },
+                        },
+                        watcher::Event::Delete(d) => match read_object::<K>(&d, &namespace) {
+                            Ok(o) => {
+                                shared.readable_again(&key_in(&d.metadata, &namespace));
+                                watcher::Event::Delete(o)
+                            }
+                            Err(why) => {
+                                shared.readable_again(&why.key);
+                                match reporter.cached(&why.key) {
+                                    Some(o) => watcher::Event::Delete((*o).clone()),
+                                    None => continue,
+                                }
+                            }
+                        },
                     };
                     let normalize = |o: K| Arc::new(shared.normalize(o, watched.as_deref()));
                     match event {
@@ -229,7 +410,6 @@ where
                 }
             })
         };
-        let recorder = config.reporter.clone().map(|r| Recorder::new(client.clone(), r));
         let store = Arc::new(KubeStore { client, config, reader, shared, recorder, task });
         tokio::time::timeout(Duration::from_secs(60), store.reader.wait_until_ready())
             .await
@@ -295,31 +475,12 @@ where
 
     /// The finalizers of `obj` with ours added or removed, as a merge patch that fails on a concurrent change when
     /// the server keeps resource versions.
-    fn finalizer_patch(obj: &K, finalizers: Vec<String>) -> Value {
+    fn finalizer_patch(obj: &ObjectMeta, finalizers: Vec<String>) -> Value {
         let mut meta = json!({ "finalizers": finalizers });
-        if let Some(rv) = obj.meta().resource_version.as_ref().filter(|rv| !rv.is_empty()) {
+        if let Some(rv) = obj.resource_version.as_ref().filter(|rv| !rv.is_empty()) {
             meta["resourceVersion"] = json!(rv);
         }
         json!({ "metadata": meta })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::merge_diff;
-
-    #[test]
-    fn merge_diff_sends_only_what_changed_and_nulls_what_went() {
-        let before = json!({"ttl": null, "labels": {"a": "1", "b": "2"}, "env": {"X": "1"}, "args": ["a"]});
-        let after = json!({"ttl": "10m", "labels": {"a": "1", "c": "3"}, "env": {"X": "1"}, "args": ["b"]});
-        assert_eq!(
-            merge_diff(&before, &after),
-            Some(json!({"ttl": "10m", "labels": {"b": null, "c": "3"}, "args": ["b"]}))
-        );
-        assert_eq!(merge_diff(&after, &after), None);
-        assert_eq!(merge_diff(&json!(null), &json!({"a": "1"})), Some(json!({"a": "1"})));
     }
 }
 
@@ -438,20 +599,22 @@ where
 
     async fn purge(&self, k: &str) -> Result<(), Error> {
         let (namespace, name) = self.split(k);
-        let api = self.api(&namespace);
+        // Untyped: an object whose spec cannot be read (see `read_object`) must still lose its finalizer.
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &namespace, &ApiResource::erase::<K>(&()));
         let kind = K::kind(&());
         for _ in 0..5 {
             let current = match api.get(&name).await {
-                Ok(o) => o,
+                Ok(o) => o.metadata,
                 Err(e) if api_code(&e) == Some(404) => return Ok(()),
                 Err(e) => return Err(kube_err(format!("reading {k}"))(e)),
             };
-            let current = if current.meta().deletion_timestamp.is_some() {
+            let current = if current.deletion_timestamp.is_some() {
                 current
             } else {
                 match api.delete(&name, &DeleteParams::default()).await {
                     Ok(either) => match either.left() {
-                        Some(o) => o,
+                        Some(o) => o.metadata,
                         None => return Ok(()),
                     },
                     Err(e) if api_code(&e) == Some(404) => return Ok(()),
@@ -459,7 +622,7 @@ where
                 }
             };
             let Some(ours) = &self.config.finalizer else { return Ok(()) };
-            let finalizers = current.finalizers();
+            let finalizers = current.finalizers.clone().unwrap_or_default();
             if !finalizers.contains(ours) {
                 return Ok(());
             }
@@ -493,7 +656,7 @@ where
         let (namespace, name) = self.split(&k);
         let mut finalizers = obj.finalizers().to_vec();
         finalizers.push(ours.clone());
-        let patch = Self::finalizer_patch(obj, finalizers);
+        let patch = Self::finalizer_patch(obj.meta(), finalizers);
         match self.api(&namespace).patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => {
                 debug!(key = %k, "finalizer added");
@@ -535,5 +698,24 @@ where
                 })
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::merge_diff;
+
+    #[test]
+    fn merge_diff_sends_only_what_changed_and_nulls_what_went() {
+        let before = json!({"ttl": null, "labels": {"a": "1", "b": "2"}, "env": {"X": "1"}, "args": ["a"]});
+        let after = json!({"ttl": "10m", "labels": {"a": "1", "c": "3"}, "env": {"X": "1"}, "args": ["b"]});
+        assert_eq!(
+            merge_diff(&before, &after),
+            Some(json!({"ttl": "10m", "labels": {"b": null, "c": "3"}, "args": ["b"]}))
+        );
+        assert_eq!(merge_diff(&after, &after), None);
+        assert_eq!(merge_diff(&json!(null), &json!({"a": "1"})), Some(json!({"a": "1"})));
     }
 }

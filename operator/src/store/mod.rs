@@ -83,6 +83,12 @@ pub struct StatusEvent {
 pub trait StatusEvents {
     /// The Event for a status going from `before` to `after`, if the change is worth one.
     fn status_event(before: Option<&Self>, after: &Self) -> Option<StatusEvent>;
+
+    /// The status to write on an object of this kind that cannot be read (`message` says which field and why),
+    /// as JSON; `None` for kinds without a status.
+    fn unreadable_status(_message: &str) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 impl StatusEvents for aenv_core::EnvInstance {
@@ -98,6 +104,11 @@ impl StatusEvents for aenv_core::EnvInstance {
             reason: status.phase.as_str().to_string(),
             note,
         })
+    }
+
+    /// `Failed`, with the message.
+    fn unreadable_status(message: &str) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"phase": aenv_core::Phase::Failed.as_str(), "message": message}))
     }
 }
 
