@@ -30,18 +30,32 @@ pub fn docker_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The test image without `EXPOSE`: it declares no port, as many users' images do (the same entrypoint still
+/// answers `GET /health` on 8081).
+pub const BARE_TEST_IMAGE: &str = "aenv-test/sandbox:noexpose";
+
+/// Builds `tag` with `scripts/build-test-image.sh TAG EXPOSE` when it is not there yet.
+fn build_test_image(tag: &str, expose: &str) {
+    if docker(&["image", "inspect", tag]).status.success() {
+        return;
+    }
+    let script = workspace_root().join("scripts/build-test-image.sh");
+    let out = Command::new("bash").arg(&script).arg(tag).arg(expose).output().expect("run build-test-image.sh");
+    assert!(out.status.success(), "building {tag} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Builds the test image once per test process, when it is not there yet.
 pub fn ensure_test_image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        if docker(&["image", "inspect", TEST_IMAGE]).status.success() {
-            return;
-        }
-        let script = workspace_root().join("scripts/build-test-image.sh");
-        let out = Command::new("bash").arg(&script).arg(TEST_IMAGE).output().expect("run build-test-image.sh");
-        assert!(out.status.success(), "building {TEST_IMAGE} failed: {}", String::from_utf8_lossy(&out.stderr));
-    });
+    BUILT.get_or_init(|| build_test_image(TEST_IMAGE, "8081"));
     TEST_IMAGE
+}
+
+/// Builds [`BARE_TEST_IMAGE`] once per test process, when it is not there yet.
+pub fn ensure_bare_test_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| build_test_image(BARE_TEST_IMAGE, ""));
+    BARE_TEST_IMAGE
 }
 
 /// Container names (without the leading '/') matching a label filter, all states.

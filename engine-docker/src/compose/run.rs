@@ -39,7 +39,7 @@ use super::{
 use crate::{
     DockerEngineConfig,
     containers::{self, Removal},
-    error::{classify, is_conflict, is_not_found},
+    error::{classify, classify_start, is_conflict, is_not_found},
     image::ensure_image,
 };
 
@@ -288,7 +288,7 @@ impl Ctx<'_> {
             Err(e) if is_not_found(&e) => {
                 Err(EngineError::transient(format!("container {name} disappeared before it started; retrying")))
             }
-            Err(e) => Err(in_service(classify(&format!("starting container {name}"), e), |m| {
+            Err(e) => Err(in_service(classify_start(&format!("starting container {name}"), e), |m| {
                 format!("service {} could not start: {m}", svc.name)
             })),
         }
@@ -365,7 +365,7 @@ impl Ctx<'_> {
                 exposed.push(key.clone());
             }
             bindings.entry(key).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(PortBinding {
-                host_ip: Some(p.host_ip.clone()),
+                host_ip: Some(p.host_ip.clone().unwrap_or_else(|| self.config.policy.publish_host_ip().to_string())),
                 host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
             });
         }
@@ -561,9 +561,10 @@ pub(crate) async fn remove_volume(docker: &Docker, name: &str) -> Result<(), Eng
     }
 }
 
-/// A permanent failure of one service, reworded to name it (others pass as they are).
+/// A failure of one service that may fail the instance (permanent, or a start failure), reworded to name it
+/// (others pass as they are).
 fn in_service(e: EngineError, reword: impl FnOnce(&str) -> String) -> EngineError {
-    if e.kind() == ErrorKind::Permanent { e.reworded(reword) } else { e }
+    if matches!(e.kind(), ErrorKind::Permanent | ErrorKind::StartFailed) { e.reworded(reword) } else { e }
 }
 
 /// A refusal that is only a race with a removal in flight: retried rather than failed.

@@ -141,8 +141,7 @@ impl DockerArgs {
         DockerEngineConfig {
             network: self.docker_network.clone(),
             host_display: self.connect_options().display_host(),
-            policy: Policy::allowing(self.allow.iter().copied()),
-            publish_host_ip: self.publish_host_ip.clone(),
+            policy: Policy::allowing(self.allow.iter().copied()).publishing_on(self.publish_host_ip.clone()),
             stop_timeout: self.stop_timeout,
             hardening: Hardening {
                 pids_limit: self.pids_limit,
