@@ -433,3 +433,37 @@ async fn get_eventually(op: &Operator, url: &str) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn permanent_start_failures_fail_the_stack_with_docker_s_reason() {
+    // --allow host-ports, so that a file may name a fixed host port (here one a host process holds).
+    let op = Operator::start(BIN, &["--allow", "host-ports"]).await;
+    let _cleanup = Cleanup(op.operator_id.clone());
+    let name = unique_name("startfail");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let cases = [
+        // Docker answers these starts with a 500: retried a few times (the port might be freed), then Failed.
+        (format!("    ports: [\"127.0.0.1:{port}:8081\"]\n"), format!("{port}"), true),
+        ("    volumes: [\"/proc\"]\n".to_string(), "/proc".to_string(), true),
+        // A 400: Failed at once.
+        ("    command: [\"/no/such/binary\"]\n".to_string(), "/no/such/binary".to_string(), false),
+    ];
+    for (line, reason, retried) in cases {
+        let yaml = format!("services:\n  web:\n    image: ${{IMAGE}}\n{line}");
+        let id = create_stack(&op, &name, &yaml, json!({})).await;
+        let started = Instant::now();
+        let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+        let msg = v["data"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("service web could not start") && msg.contains(&reason), "{line}: {msg}");
+        if retried {
+            assert!(msg.contains("gave up after"), "{line}: {msg}");
+            assert!(started.elapsed() >= Duration::from_secs(2), "retried with backoff first: {line}");
+        }
+        // It stays Failed: nothing retries it until its TTL.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, again) = op.get(&format!("/env-instance/{id}")).await;
+        assert_eq!(again["data"]["status"], "Failed", "{again}");
+    }
+    drop(held);
+}

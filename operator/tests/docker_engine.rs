@@ -204,3 +204,16 @@ async fn compose_owned_labels_are_refused_on_single_containers() {
         .await;
     assert_eq!(code, 200, "{resp}");
 }
+
+#[tokio::test]
+async fn a_missing_executable_fails_the_container_with_docker_s_reason() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("noexec");
+    let id = create(&op, &name, json!({"arguments": ["/no/such/binary"]})).await;
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+    let msg = v["data"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("starting container") && msg.contains("/no/such/binary"), "{msg}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, again) = op.get(&format!("/env-instance/{id}")).await;
+    assert_eq!(again["data"]["status"], "Failed", "{again}");
+}
