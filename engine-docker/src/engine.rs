@@ -155,7 +155,8 @@ impl DockerEngine {
         let port_bindings: PortMap = port_keys
             .iter()
             .map(|key| {
-                let binding = PortBinding { host_ip: Some(self.config.policy.publish_host_ip().to_string()), host_port: None };
+                let binding =
+                    PortBinding { host_ip: Some(self.config.policy.publish_host_ip().to_string()), host_port: None };
                 (key.clone(), Some(vec![binding]))
             })
             .collect();
@@ -200,7 +201,7 @@ impl DockerEngine {
         let policy =
             if self.config.no_pull { PullPolicy::Never } else { inst.spec.image_pull_policy.unwrap_or_default() };
         let ensure = || async {
-            ensure_image(&self.docker, &image, policy).await.map_err(|e| {
+            ensure_image(&self.docker, &image, policy, &self.config.policy).await.map_err(|e| {
                 if self.config.no_pull && e.kind() == ErrorKind::Permanent {
                     e.reworded(|msg| format!("{msg}; this operator runs with --no-pull"))
                 } else {
@@ -310,6 +311,9 @@ impl Engine for DockerEngine {
                 ));
             }
             return compose::plan(spec, compose_file, &self.config.policy).map(|_| ());
+        }
+        if let Some(image) = spec.image.as_deref() {
+            self.config.policy.check_image(image, "image")?;
         }
         let network = self.network_of(spec);
         if network == "host" {
@@ -469,7 +473,12 @@ impl Engine for DockerEngine {
     }
 
     fn warmup(&self, spec: &EnvInstanceSpec) -> BoxStream<'static, PullProgress> {
-        crate::image::warmup(self.docker.clone(), images_of(spec, &self.config.policy), self.config.no_pull)
+        crate::image::warmup(
+            self.docker.clone(),
+            images_of(spec, &self.config.policy),
+            self.config.no_pull,
+            self.config.policy.clone(),
+        )
     }
 
     async fn ping(&self) -> Result<(), EngineError> {

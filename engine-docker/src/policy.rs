@@ -3,6 +3,8 @@
 
 use aenv_core::InvalidSpec;
 
+use crate::registry::Registries;
+
 use std::str::FromStr;
 
 /// One thing the policy can allow.
@@ -73,11 +75,16 @@ pub const DEFAULT_PUBLISH_HOST_IP: &str = "127.0.0.1";
 pub struct Policy {
     allowed: Vec<Allowance>,
     publish_host_ip: String,
+    registries: Registries,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { allowed: Vec::new(), publish_host_ip: DEFAULT_PUBLISH_HOST_IP.to_string() }
+        Policy {
+            allowed: Vec::new(),
+            publish_host_ip: DEFAULT_PUBLISH_HOST_IP.to_string(),
+            registries: Registries::default(),
+        }
     }
 }
 
@@ -92,6 +99,23 @@ impl Policy {
     pub fn publishing_on(mut self, ip: impl Into<String>) -> Self {
         self.publish_host_ip = ip.into();
         self
+    }
+
+    /// Pulls from the registries `registries` lists too (`--registry-allow`).
+    pub fn with_registries(mut self, registries: Registries) -> Self {
+        self.registries = registries;
+        self
+    }
+
+    /// `Ok` when `image` may be pulled; otherwise why not.
+    pub fn check_registry(&self, image: &str) -> Result<(), String> {
+        self.registries.check(image)
+    }
+
+    /// `Ok` when `image` may be pulled (its registry is not an internal address, or is listed); otherwise the API
+    /// message, naming `key`.
+    pub fn check_image(&self, image: &str, key: &str) -> Result<(), InvalidSpec> {
+        self.registries.check(image).map_err(|why| InvalidSpec::new(key, format!("field `{key}`: {why}")))
     }
 
     /// The host address every published port binds to (single containers always; stack ports unless the

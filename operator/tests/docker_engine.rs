@@ -176,8 +176,7 @@ async fn ports_are_published_when_the_image_exposes_nothing() {
     assert_eq!(udp["protocol"], "udp");
     assert!(udp["hostPort"].as_u64().is_some_and(|p| p > 0), "{udp}");
     let host_port = tcp["hostPort"].as_u64().unwrap();
-    let text =
-        op.http.get(format!("http://127.0.0.1:{host_port}/health")).send().await.unwrap().text().await.unwrap();
+    let text = op.http.get(format!("http://127.0.0.1:{host_port}/health")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("healthy"), "{text}");
 }
 

@@ -383,6 +383,14 @@ pub(crate) fn host_ports(stack: &StackSpec, policy: &Policy) -> Result<(), Refus
     Ok(())
 }
 
+/// Every service's image comes from a registry the policy allows (`--registry-allow`).
+pub(crate) fn registries(stack: &StackSpec, policy: &Policy) -> Result<(), Refusal> {
+    for svc in &stack.services {
+        policy.check_image(&svc.image, &format!("services.{}.image", svc.name))?;
+    }
+    Ok(())
+}
+
 /// Refuses dependency cycles, naming them.
 pub(crate) fn no_cycles(services: &[ServiceSpec]) -> Result<(), Refusal> {
     fn visit<'a>(

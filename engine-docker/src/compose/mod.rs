@@ -135,6 +135,7 @@ pub(crate) fn parse(yaml: &str, vars: &BTreeMap<String, String>, policy: &Policy
     checks::file(&read.file, &read.doc, policy)?;
     let stack = convert::stack(&read.file, &read.doc, vars)?;
     checks::host_ports(&stack, policy)?;
+    checks::registries(&stack, policy)?;
     Ok(stack)
 }
 

@@ -241,7 +241,7 @@ impl Ctx<'_> {
                 continue;
             }
             seen.push(svc.image.clone());
-            ensure_image(self.docker, &svc.image, self.pull_policy)
+            ensure_image(self.docker, &svc.image, self.pull_policy, &self.config.policy)
                 .await
                 .map_err(|e| in_service(e, |m| format!("service {}: {m}", svc.name)))?;
         }
