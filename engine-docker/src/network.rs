@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use aenv_core::{EngineError, labels};
-use bollard::{Docker, models::NetworkCreateRequest};
+use bollard::{Docker, models::NetworkCreateRequest, query_parameters::ListContainersOptionsBuilder};
 use sha2::{Digest, Sha256};
 
 use crate::error::{classify, is_conflict, is_not_found};
@@ -93,6 +93,17 @@ pub async fn remove_if_unused(docker: &Docker, name: &str, operator_id: &str) ->
     };
     let ours = network.labels.as_ref().and_then(|l| l.get(NETWORK_LABEL)).is_some_and(|id| id == operator_id);
     if !ours || network.containers.as_ref().is_some_and(|c| !c.is_empty()) {
+        return Ok(());
+    }
+    // The network lists only the endpoints of running containers: one created on it but not started yet (an
+    // instance being made) would lose its network and fail to start. The container list knows it.
+    let filters = HashMap::from([("network".to_string(), vec![name.to_string()])]);
+    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    let attached = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| classify(&format!("listing containers on {name}"), e))?;
+    if !attached.is_empty() {
         return Ok(());
     }
     match docker.remove_network(name).await {
