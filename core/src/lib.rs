@@ -4,7 +4,8 @@
 //! - [`engine`]: the [`Engine`](engine::Engine) trait every backend (Docker, Kubernetes) implements;
 //! - [`duration`]: TTLs in Go duration syntax (`90s`, `30m`, `1h30m`), as AEnvironment writes them;
 //! - [`quantity`]: cpu (`1C`, `2`, `500m`, `0.5`) and memory (`512Mi`, `2Gi`, `2G`, `512M`) quantities;
-//! - [`labels`]: the label keys put on every object an engine creates.
+//! - [`labels`]: the label keys put on every object an engine creates;
+//! - [`pool`]: the `EnvPool` custom resource (warm pools) and the rules of claiming a pooled sandbox.
 //!
 //! Nothing here reads a clock, a socket or a file: callers pass `now` in.
 
@@ -12,6 +13,7 @@ pub mod duration;
 pub mod engine;
 mod error;
 pub mod labels;
+pub mod pool;
 pub mod quantity;
 pub mod types;
 
@@ -19,6 +21,7 @@ pub use engine::{
     Engine, EngineError, EngineEvent, ErrorKind, InvalidSpec, Observed, OwnedKind, OwnedObject, PullProgress, PullState,
 };
 pub use error::Error;
+pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PortSpec,
     PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus, Workload,

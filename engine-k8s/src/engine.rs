@@ -2,12 +2,14 @@ use aenv_core::{
     Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, InvalidSpec, Observed, OwnedKind, OwnedObject,
     Phase, Workload, labels,
 };
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use tokio::sync::mpsc;
@@ -105,6 +107,36 @@ impl KubeEngine {
             .is_some_and(|id| *id == self.config.operator_id)
     }
 
+    /// Brings the labels and annotations the store holds onto an existing Pod when they differ (Pod labels can
+    /// change, unlike a container's): a sandbox claimed from a warm pool gets its owner, TTL, expiry and user
+    /// labels by one merge patch. Keys are added or changed, never removed.
+    async fn relabel(&self, pod: Pod, inst: &EnvInstance) -> Result<Pod, EngineError> {
+        let want = pod_for(inst, &self.config)?;
+        let differing = |have: &Option<BTreeMap<String, String>>, want: &Option<BTreeMap<String, String>>| {
+            want.iter()
+                .flatten()
+                .filter(|(k, v)| have.as_ref().and_then(|h| h.get(*k)) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let labels = differing(&pod.metadata.labels, &want.metadata.labels);
+        let annotations = differing(&pod.metadata.annotations, &want.metadata.annotations);
+        if labels.is_empty() && annotations.is_empty() {
+            return Ok(pod);
+        }
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let patch = serde_json::json!({ "metadata": { "labels": labels, "annotations": annotations } });
+        match self.pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(patched) => {
+                debug!(pod = %name, "Pod labels brought up to date");
+                Ok(patched)
+            }
+            // Gone meanwhile: what was read is reported; the next look sees it gone.
+            Err(e) if api_code(&e) == Some(404) => Ok(pod),
+            Err(e) => Err(classify(&format!("relabelling Pod {name}"), e)),
+        }
+    }
+
     async fn delete_pod(&self, name: &str) -> Result<(), EngineError> {
         let params = DeleteParams {
             grace_period_seconds: Some(self.config.grace_period_seconds.max(0) as u32),
@@ -152,7 +184,7 @@ impl Engine for KubeEngine {
                     self.config.namespace
                 )));
             }
-            Some(pod) => pod,
+            Some(pod) => self.relabel(pod, inst).await?,
             None if inst.status.as_ref().is_some_and(|s| s.container_id.is_some()) => {
                 return Ok(Observed {
                     phase: Phase::Terminated,

@@ -7,7 +7,7 @@ use aenv_core::{
     Engine, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, ErrorKind, OwnedKind, OwnedObject, Phase, ReadinessProbe,
     Resources,
 };
-use aenv_engine_k8s::{KubeEngine, KubeEngineConfig, observe};
+use aenv_engine_k8s::{KubeEngine, KubeEngineConfig, observe, pod_for};
 use http::{Request, Response, StatusCode};
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{Client, client::Body};
@@ -74,6 +74,24 @@ fn instance(name: &str, namespace: &str) -> EnvInstance {
     inst.metadata.uid = Some("5f0c-uid".into());
     inst.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
     inst
+}
+
+/// The labels and annotations the engine gives the Pod of `instance("demo-abc123", "aenv-sandbox")`.
+fn inst_labels() -> (Value, Value) {
+    let inst = instance("demo-abc123", "aenv-sandbox");
+    let pod = pod_for(&inst, &KubeEngineConfig::new("op-1", "aenv-sandbox")).unwrap();
+    (json!(pod.metadata.labels), json!(pod.metadata.annotations))
+}
+
+/// `pod` with `labels` and `annotations` merged into its metadata.
+fn labelled(mut pod: Value, (labels, annotations): &(Value, Value)) -> Value {
+    for (field, extra) in [("labels", labels), ("annotations", annotations)] {
+        let target = pod["metadata"][field].as_object().cloned().unwrap_or_default();
+        let mut merged = target;
+        merged.extend(extra.as_object().cloned().unwrap_or_default());
+        pod["metadata"][field] = Value::Object(merged);
+    }
+    pod
 }
 
 fn pod_json(name: &str, operator_id: &str, status: Value) -> Value {
@@ -183,7 +201,7 @@ async fn a_running_pod_reports_its_ip_and_readiness() {
         let (_, _, send) = expect(&mut handle, "GET", "/api/v1/namespaces/aenv-sandbox/pods/demo-abc123").await;
         let status = json!({"phase": "Running", "podIP": "10.42.0.7",
             "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}]});
-        reply(send, 200, pod_json("demo-abc123", "op-1", status));
+        reply(send, 200, labelled(pod_json("demo-abc123", "op-1", status), &inst_labels()));
         handle
     });
     let observed = engine.apply(&inst).await.unwrap();
@@ -389,4 +407,36 @@ fn quantities_in_kubernetes_notation() {
         assert_eq!(memory_quantity(input).unwrap().0, want, "{input}");
     }
     assert!(cpu_quantity("abc").is_err() && memory_quantity("512m").is_err());
+}
+
+/// A sandbox claimed from a warm pool: its Pod was made without an owner, a TTL or user labels; the claim put them
+/// in the store, and the next apply brings them onto the Pod by one merge patch (and no other write).
+#[tokio::test]
+async fn a_claimed_sandbox_gets_the_store_s_labels_by_one_patch() {
+    let (engine, mut handle) = engine("aenv-sandbox");
+    let inst = instance("demo-abc123", "aenv-sandbox");
+    let server = tokio::spawn(async move {
+        let (_, _, send) = expect(&mut handle, "GET", "/api/v1/namespaces/aenv-sandbox/pods/demo-abc123").await;
+        let status = json!({"phase": "Running", "podIP": "10.42.0.7",
+            "conditions": [{"type": "Ready", "status": "True"}]});
+        reply(send, 200, pod_json("demo-abc123", "op-1", status.clone()));
+        let (_, patch, send) =
+            expect(&mut handle, "PATCH", "/api/v1/namespaces/aenv-sandbox/pods/demo-abc123").await;
+        let meta = &patch["metadata"];
+        reply(send, 200, labelled(pod_json("demo-abc123", "op-1", status), &(meta["labels"].clone(), meta["annotations"].clone())));
+        (patch, handle)
+    });
+    let observed = engine.apply(&inst).await.unwrap();
+    let (patch, mut handle) = server.await.unwrap();
+    assert_eq!(observed.phase, Phase::Running);
+    let labels = &patch["metadata"]["labels"];
+    for (key, value) in [("aenv.io/owner", "alice"), ("business/aenv-owner", "alice"), ("business/aenv-ttl", "30m"), ("team", "rl")] {
+        assert_eq!(labels[key], value, "label {key}");
+    }
+    assert!(labels.get("aenv.io/instance").is_none(), "labels the Pod has already are not sent again");
+    assert_eq!(patch["metadata"]["annotations"]["aenv.io/expire-at"], "2026-01-01T00:30:00Z");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err(),
+        "one patch, no create"
+    );
 }

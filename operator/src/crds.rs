@@ -1,11 +1,12 @@
 //! The CRDs as YAML, as `aenv-operator crds` prints them and `crds/` keeps them.
 
-use aenv_core::{EnvInstance, Environment};
+use aenv_core::{EnvInstance, EnvPool, Environment};
 use kube::CustomResourceExt;
 
-/// Each CRD as `(file name, YAML)`: `envinstances.aenv.io.yaml`, `environments.aenv.io.yaml`.
+/// Each CRD as `(file name, YAML)`: `envinstances.aenv.io.yaml`, `environments.aenv.io.yaml`,
+/// `envpools.aenv.io.yaml`.
 pub fn files() -> Result<Vec<(String, String)>, crate::Error> {
-    [EnvInstance::crd(), Environment::crd()]
+    [EnvInstance::crd(), Environment::crd(), EnvPool::crd()]
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
@@ -15,7 +16,7 @@ pub fn files() -> Result<Vec<(String, String)>, crate::Error> {
         .collect()
 }
 
-/// Both CRDs as one multi-document YAML stream.
+/// Every CRD as one multi-document YAML stream.
 pub fn render() -> Result<String, crate::Error> {
     Ok(files()?.into_iter().map(|(_, yaml)| format!("---\n{yaml}")).collect())
 }

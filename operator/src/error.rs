@@ -8,6 +8,9 @@ pub enum Error {
     Store(String),
     #[error("{0} exists already")]
     AlreadyExists(String),
+    /// A conditional write lost a race: the object changed since the version it was made against.
+    #[error("{0} changed meanwhile")]
+    Conflict(String),
     #[error(transparent)]
     Docker(#[from] aenv_engine_docker::Error),
     #[error(transparent)]
@@ -36,6 +39,7 @@ impl Error {
         match self {
             Error::Store(_) => "store",
             Error::AlreadyExists(_) => "already_exists",
+            Error::Conflict(_) => "conflict",
             Error::Docker(_) => "docker",
             Error::Engine(e) => e.metric_label(),
             Error::Kube { .. } => "kubernetes",

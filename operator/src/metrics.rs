@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use aenv_core::Phase;
+use aenv_core::{MemberState, Phase};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -28,6 +28,24 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// A claim's result: `hit` (served from a pool), `miss` (a pool could serve it but had nothing ready), `unfit`
+/// (pools of the template exist, but the create asked for what their sandboxes do not run).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    pub result: String,
+}
+
+impl ClaimLabels {
+    pub fn new(result: &str) -> Self {
+        ClaimLabels { result: result.into() }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -43,6 +61,14 @@ pub struct Metrics {
     pub orphans_removed: Counter,
     /// Seconds per engine call, by operation (apply, delete, list).
     pub engine_calls: Family<OpLabels, Histogram, fn() -> Histogram>,
+    /// Creates that pools could have served, by result.
+    pub claims: Family<ClaimLabels, Counter>,
+    /// Seconds a claim took (the store's compare-and-swap included).
+    pub claim_seconds: Histogram,
+    /// Sandboxes waiting in each pool that passed their readiness probe, counted at scrape time.
+    pub pool_ready: Family<PoolLabels, Gauge>,
+    /// Sandboxes waiting in each pool that are not ready yet, counted at scrape time.
+    pub pool_starting: Family<PoolLabels, Gauge>,
 }
 
 fn engine_call_histogram() -> Histogram {
@@ -61,6 +87,10 @@ impl Default for Metrics {
             expired: Counter::default(),
             orphans_removed: Counter::default(),
             engine_calls: Family::new_with_constructor(engine_call_histogram),
+            claims: Family::default(),
+            claim_seconds: engine_call_histogram(),
+            pool_ready: Family::default(),
+            pool_starting: Family::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -71,6 +101,10 @@ impl Default for Metrics {
             r.register("create_to_running_seconds", "Time from acceptance to Running", m.create_to_running.clone());
             r.register("instances_expired", "Instances removed at the end of their TTL", m.expired.clone());
             r.register("engine_call_seconds", "Engine call latency by operation", m.engine_calls.clone());
+            r.register("pool_claims", "Creates that pools could have served, by result", m.claims.clone());
+            r.register("pool_claim_seconds", "Time to claim a pooled sandbox", m.claim_seconds.clone());
+            r.register("pool_ready", "Pooled sandboxes ready to be claimed", m.pool_ready.clone());
+            r.register("pool_starting", "Pooled sandboxes not ready yet", m.pool_starting.clone());
             r.register(
                 "orphans_removed",
                 "Labelled containers removed because no instance owns them",
@@ -93,10 +127,27 @@ impl Metrics {
     /// The OpenMetrics text, with the phase gauges brought up to date first.
     pub fn render(&self, store: &dyn ObjectStore<EnvInstance>) -> String {
         let mut counts = [0i64; Phase::ALL.len()];
+        let mut pools: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
         for inst in store.list() {
             if let Some(i) = Phase::ALL.iter().position(|p| *p == inst.phase()) {
                 counts[i] += 1;
             }
+            if let Some(pool) = inst.pool() {
+                let (ready, starting) = pools.entry(pool.to_string()).or_default();
+                match inst.member_state() {
+                    MemberState::Ready => *ready += 1,
+                    MemberState::Starting => *starting += 1,
+                    MemberState::Failed => {}
+                }
+            }
+        }
+        // Pools that emptied read 0 rather than their last count.
+        for gauge in [&self.pool_ready, &self.pool_starting] {
+            gauge.clear();
+        }
+        for (pool, (ready, starting)) in pools {
+            self.pool_ready.get_or_create(&PoolLabels { pool: pool.clone() }).set(ready);
+            self.pool_starting.get_or_create(&PoolLabels { pool }).set(starting);
         }
         for (phase, count) in Phase::ALL.iter().zip(counts) {
             self.instances.get_or_create(&PhaseLabels { phase: phase.as_str().into() }).set(count);

@@ -7,7 +7,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use aenv_engine_docker::{Allowance, ConnectOptions, DockerEngineConfig, Hardening, Policy, Registries};
 use clap::{Args, ValueEnum};
 
-use crate::{controller::LoopConfig, service::DefaultTtl, service::Limits};
+use crate::{
+    controller::{LoopConfig, pools::PoolConfig},
+    service::{DefaultTtl, Limits},
+};
 
 /// Everything `serve` needs.
 #[derive(Args, Clone, Debug)]
@@ -34,6 +37,8 @@ pub struct Config {
     pub limits: Limits,
     #[command(flatten, next_help_heading = "Reconcile loop")]
     pub reconcile: LoopConfig,
+    #[command(flatten, next_help_heading = "Warm pools")]
+    pub pools: PoolConfig,
 }
 
 /// Where objects live.

@@ -5,7 +5,7 @@ pub mod config;
 
 use std::sync::Arc;
 
-use aenv_core::{Engine, EnvInstance, Environment};
+use aenv_core::{Engine, EnvInstance, EnvPool, Environment};
 use aenv_engine_docker::DockerEngine;
 use aenv_engine_k8s::{KubeEngine, KubeEngineConfig};
 pub use config::{ApiArgs, Config, DockerArgs, EngineKind, KubeArgs, LeaderArgs, StoreKind};
@@ -16,7 +16,7 @@ use crate::{
     Error,
     controller::{self, leader},
     http, metrics,
-    service::Services,
+    service::{Demand, Services},
     store::{self, ObjectStore},
 };
 
@@ -65,10 +65,11 @@ pub fn kube_operator_id(opts: &KubeArgs) -> String {
 pub struct Stores {
     pub instances: Arc<dyn ObjectStore<EnvInstance>>,
     pub templates: Arc<dyn ObjectStore<Environment>>,
+    pub pools: Arc<dyn ObjectStore<EnvPool>>,
     pub operator_id: String,
 }
 
-/// The instance and template stores, and the operator id that goes with them.
+/// The instance, template and pool stores, and the operator id that goes with them.
 pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Result<Stores, Error> {
     match (config.store, client) {
         (StoreKind::Kubernetes, Some(client)) => {
@@ -97,15 +98,31 @@ pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Resul
                 },
             )
             .await?;
+            // Pools hold their finalizer until their waiting sandboxes are gone.
+            let pools = store::KubeStore::<EnvPool>::start(
+                client.clone(),
+                store::KubeStoreConfig {
+                    default_namespace: config.kube.namespace.clone(),
+                    watch_namespace: (!config.kube.all_namespaces).then(|| config.kube.namespace.clone()),
+                    finalizer: Some(store::FINALIZER.into()),
+                    reporter: None,
+                },
+            )
+            .await?;
             info!(namespace = %config.kube.namespace, all_namespaces = config.kube.all_namespaces, instances = store.list().len(), operator_id = %operator_id, "store open (Kubernetes)");
-            Ok(Stores { instances: store, templates, operator_id })
+            Ok(Stores { instances: store, templates, pools, operator_id })
         }
         (StoreKind::Kubernetes, None) => Err(Error::Config("the Kubernetes store needs a Kubernetes client".into())),
         (StoreKind::Embedded, _) => {
             let db = store::Embedded::open(&config.data_dir)?;
             let instances = db.store::<EnvInstance>()?;
             info!(data_dir = %config.data_dir.display(), instances = instances.len(), operator_id = db.operator_id(), "store open");
-            Ok(Stores { instances, templates: db.store::<Environment>()?, operator_id: db.operator_id().to_string() })
+            Ok(Stores {
+                instances,
+                templates: db.store::<Environment>()?,
+                pools: db.store::<EnvPool>()?,
+                operator_id: db.operator_id().to_string(),
+            })
         }
     }
 }
@@ -173,7 +190,7 @@ pub async fn serve(
     let auth = http::auth::Auth::new(tokens);
     let uses_kube = config.store == StoreKind::Kubernetes || config.engine == EngineKind::Kubernetes;
     let client = if uses_kube { Some(kube_client(&config.kube).await?) } else { None };
-    let Stores { instances, templates, operator_id } = open_store(&config, client.as_ref()).await?;
+    let Stores { instances, templates, pools, operator_id } = open_store(&config, client.as_ref()).await?;
     let engine = open_engine(&config, &operator_id, client.as_ref()).await?;
 
     let listener = bind(api.api_listen).await?;
@@ -182,14 +199,23 @@ pub async fn serve(
     info!(proxy_addr = %local_addr(&proxy_listener, api.proxy_listen)?, "data-plane proxy listening");
 
     let metrics = Arc::new(metrics::Metrics::default());
-    let ctx = controller::Context::new(instances.clone(), engine.clone(), metrics.clone());
+    let demand = Arc::new(Demand::default());
+    let pool_loop = controller::pools::Pools::new(
+        pools.clone(),
+        instances.clone(),
+        templates.clone(),
+        demand.clone(),
+        config.pools.clone(),
+        config.limits.max_instances,
+    );
+    let ctx = controller::Context::with_pools(instances.clone(), engine.clone(), metrics.clone(), pool_loop);
     let proxy = http::proxy::Proxy::new(instances.clone());
     let namespace = match config.store {
         StoreKind::Kubernetes => config.kube.namespace.clone(),
         StoreKind::Embedded => store::DEFAULT_NAMESPACE.to_string(),
     };
     let services =
-        Services::new(instances, templates, engine, metrics, namespace, api.default_ttl.clone(), config.limits.clone());
+        Services::new(instances, templates, pools, demand, engine, metrics, namespace, api.default_ttl.clone(), config.limits.clone());
 
     let shutdown = shutdown.shared();
     let api = warp::serve(http::routes(services, auth)).incoming(listener).graceful(shutdown.clone()).run();

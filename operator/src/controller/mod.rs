@@ -7,6 +7,7 @@ pub mod decide;
 #[cfg(test)]
 mod fake;
 pub mod leader;
+pub mod pools;
 mod resync;
 #[cfg(test)]
 mod tests;
@@ -48,10 +49,31 @@ pub struct Context {
     probes: Mutex<HashMap<String, u32>>,
     /// Failed starts per key ([`aenv_core::ErrorKind::StartFailed`]), bounded by [`decide::START_ATTEMPTS`].
     starts: Mutex<HashMap<String, u32>>,
+    /// The pool controller, run beside this one when pools are kept.
+    pools: Option<Arc<pools::Pools>>,
 }
 
 impl Context {
     pub fn new(store: Arc<dyn ObjectStore<EnvInstance>>, engine: Arc<dyn Engine>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::build(store, engine, metrics, None)
+    }
+
+    /// The same context, also running the pool controller.
+    pub fn with_pools(
+        store: Arc<dyn ObjectStore<EnvInstance>>,
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        pools: Arc<pools::Pools>,
+    ) -> Arc<Self> {
+        Self::build(store, engine, metrics, Some(pools))
+    }
+
+    fn build(
+        store: Arc<dyn ObjectStore<EnvInstance>>,
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        pools: Option<Arc<pools::Pools>>,
+    ) -> Arc<Self> {
         Arc::new(Context {
             store,
             engine,
@@ -59,6 +81,7 @@ impl Context {
             failures: Mutex::default(),
             probes: Mutex::default(),
             starts: Mutex::default(),
+            pools,
         })
     }
 
@@ -147,6 +170,9 @@ pub async fn run(
         })
     };
 
+    let pool_loop =
+        ctx.pools.clone().map(|p| tokio::spawn(pools::run(p, config.resync_interval, std::future::pending())));
+
     Controller::for_stream(objects, reader)
         .with_config(ControllerConfig::default().concurrency(config.max_concurrent_reconciles.max(1)))
         .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(trigger_rx))
@@ -156,6 +182,9 @@ pub async fn run(
         .await;
     events.abort();
     resyncer.abort();
+    if let Some(pool_loop) = pool_loop {
+        pool_loop.abort();
+    }
 }
 
 async fn reconcile(obj: Arc<EnvInstance>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -1,6 +1,7 @@
 //! The REST API (warp), answered from the stores' in-memory indexes through [`crate::service`]:
 //! - `/env-instance`: the AEnvironment api-service API the SDK uses ([`instances`]);
 //! - `/env`: Environment templates, as envhub serves them, with image warmup ([`templates`]);
+//! - `/env-pool`: warm pools, whose ready sandboxes serve `/env-instance` creates ([`pools`]);
 //! - `/pods`: the AEnvironment controller's API, for an api-service pointed at this operator ([`pods`]);
 //! - the data-plane proxy on its own listener ([`proxy`]).
 //!
@@ -10,6 +11,7 @@
 pub mod auth;
 mod instances;
 mod pods;
+mod pools;
 pub mod proxy;
 pub mod request;
 mod templates;
@@ -131,6 +133,8 @@ pub fn routes(
     });
     instances::routes(svc.clone(), who.clone())
         .or(templates::routes(svc.clone(), who.clone()))
+        .unify()
+        .or(pools::routes(svc.clone(), who.clone()))
         .unify()
         .or(pods::routes(svc, who))
         .unify()

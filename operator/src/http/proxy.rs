@@ -59,11 +59,12 @@ impl Proxy {
         Arc::new(Proxy { instances, client: Client::builder(TokioExecutor::new()).build(connector) })
     }
 
-    /// Whether `host:port` is an endpoint of a live instance of this operator.
+    /// Whether `host:port` is an endpoint of a live instance of this operator. Sandboxes waiting in a pool are
+    /// nobody's yet: not reachable through the proxy until claimed.
     fn allowed(&self, host: &str, port: u16) -> bool {
         let loopback = matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]");
         self.instances
-            .list_where(&|i: &EnvInstance| !i.is_deleting() && i.phase() == Phase::Running)
+            .list_where(&|i: &EnvInstance| !i.is_deleting() && i.phase() == Phase::Running && i.pool().is_none())
             .iter()
             .filter_map(|i| i.status.as_ref())
             .any(|s| {

@@ -3,7 +3,7 @@
 
 use crate::service::WarmupState;
 use crate::service::status_string;
-use aenv_core::{EnvInstance, EnvInstanceSpec, Environment};
+use aenv_core::{EnvInstance, EnvInstanceSpec, EnvPool, Environment};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -39,9 +39,34 @@ pub fn warmup(state: &WarmupState) -> Value {
     out
 }
 
+/// A pool: `{"name", "envName", "replicas", "maxReplicas", "ready", "starting", "target", "claimed", "hits",
+/// "misses", "lastError"?, "created_at"}`.
+pub fn pool(p: &EnvPool) -> Value {
+    let status = p.status.clone().unwrap_or_default();
+    let mut out = json!({
+        "name": p.metadata.name.clone().unwrap_or_default(),
+        "envName": p.spec.env_name,
+        "replicas": p.spec.replicas,
+        "maxReplicas": p.spec.ceiling(),
+        "ready": status.ready,
+        "starting": status.starting,
+        "target": status.target,
+        "claimed": status.claimed,
+        "hits": status.hits,
+        "misses": status.misses,
+        "owner": p.spec.owner.clone().unwrap_or_default(),
+        "created_at": p.metadata.creation_timestamp.as_ref().map(|t| format_time(t.0)).unwrap_or_default(),
+    });
+    if let (Some(obj), Some(error)) = (out.as_object_mut(), status.last_error) {
+        obj.insert("lastError".into(), json!(error));
+    }
+    out
+}
+
 /// The instance as the api-service renders it.
 pub fn instance(inst: &EnvInstance) -> Value {
-    let created = inst.metadata.creation_timestamp.as_ref().map(|t| format_time(t.0)).unwrap_or_default();
+    // A sandbox claimed from a pool began for its user at the claim.
+    let created = inst.started_at().map(format_time).unwrap_or_default();
     let status = inst.status.as_ref();
     let mut out = json!({
         "id": inst.metadata.name.clone().unwrap_or_default(),
@@ -60,8 +85,9 @@ pub fn instance(inst: &EnvInstance) -> Value {
         if let Some(message) = status.and_then(|s| s.message.clone()) {
             obj.insert("message".into(), json!(message));
         }
-        if let Some(expire) = status.and_then(|s| s.expire_time.as_ref()) {
-            obj.insert("expire_at".into(), json!(format_time(expire.0)));
+        // From the spec, not the status: a claim answers before the controller writes the new expiry there.
+        if let Some(expire) = inst.expires_at().ok().flatten() {
+            obj.insert("expire_at".into(), json!(format_time(expire)));
         }
         if let Some(ready) = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")) {
             obj.insert("ready".into(), json!(ready.status == "True"));

@@ -92,7 +92,8 @@ impl Services {
     }
 
     /// Records a new instance of `spec` for `caller` (whose name becomes the owner), within the rate limit and the
-    /// caps; its id is `<name>-<6 random [a-z0-9]>`, as AEnvironment names pods. Durable when it returns.
+    /// caps: a ready sandbox claimed from a pool when one serves the spec (see [`Services::claim`]), else a new
+    /// one, whose id is `<name>-<6 random [a-z0-9]>`, as AEnvironment names pods. Durable when it returns.
     pub async fn create(
         &self,
         mut spec: EnvInstanceSpec,
@@ -113,7 +114,12 @@ impl Services {
                 }
             }
         }
+        if let Some(claimed) = self.claim(&spec).await? {
+            self.metrics.created.inc();
+            return Ok(claimed);
+        }
         if let Some(max) = self.limits.limits.max_instances {
+            // Sandboxes waiting in pools count: they hold the host's resources as instances do.
             let live = self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len();
             if live >= max {
                 return Err(ServiceError::Forbidden(format!(

@@ -4,15 +4,17 @@
 
 mod instances;
 pub mod limits;
+pub mod pools;
 mod templates;
 
 use std::{sync::Arc, time::Duration};
 
-use aenv_core::{Engine, EnvInstance, Environment, duration::parse_go_duration};
+use aenv_core::{Engine, EnvInstance, EnvPool, Environment, duration::parse_go_duration};
 use thiserror::Error;
 
 pub use instances::{CreateRequest, Overrides, status_string};
 pub use limits::{Limits, Principal};
+pub use pools::{Demand, PoolRequest};
 pub use templates::{TemplateMeta, WarmupState};
 
 use crate::{metrics::Metrics, store::ObjectStore};
@@ -92,6 +94,9 @@ impl std::str::FromStr for DefaultTtl {
 pub struct Services {
     pub instances: Arc<dyn ObjectStore<EnvInstance>>,
     pub templates: Arc<dyn ObjectStore<Environment>>,
+    pub pools: Arc<dyn ObjectStore<EnvPool>>,
+    /// Creates that pools could serve, shared with the pool controller.
+    pub demand: Arc<Demand>,
     /// Asked to validate specs before they are stored, to pre-pull images, to serve logs and readiness.
     pub engine: Arc<dyn Engine>,
     pub metrics: Arc<Metrics>,
@@ -105,9 +110,12 @@ pub struct Services {
 }
 
 impl Services {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         instances: Arc<dyn ObjectStore<EnvInstance>>,
         templates: Arc<dyn ObjectStore<Environment>>,
+        pools: Arc<dyn ObjectStore<EnvPool>>,
+        demand: Arc<Demand>,
         engine: Arc<dyn Engine>,
         metrics: Arc<Metrics>,
         namespace: String,
@@ -117,6 +125,8 @@ impl Services {
         Arc::new(Services {
             instances,
             templates,
+            pools,
+            demand,
             engine,
             metrics,
             namespace,
@@ -132,8 +142,14 @@ impl Services {
         crate::store::key(&self.namespace, name)
     }
 
-    /// Whether `caller` may see `inst`: everyone when auth is off; the owner otherwise.
+    /// Whether `caller` may see `inst`: everyone when auth is off; the owner otherwise. A sandbox waiting in a
+    /// pool is nobody's instance yet: no one sees it until it is claimed.
     pub fn visible(inst: &EnvInstance, caller: Option<&Principal>) -> bool {
-        caller.is_none_or(|p| inst.spec.owner.as_deref() == Some(p.owner.as_str()))
+        inst.pool().is_none() && caller.is_none_or(|p| inst.spec.owner.as_deref() == Some(p.owner.as_str()))
+    }
+
+    /// The most instances the operator holds (`--max-instances`), pooled sandboxes included.
+    pub fn max_instances(&self) -> Option<usize> {
+        self.limits.limits.max_instances
     }
 }

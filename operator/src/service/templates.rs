@@ -81,8 +81,15 @@ impl Services {
             .ok_or_else(|| ServiceError::NotFound(format!("environment \"{name}@{version}\" not found")))
     }
 
+    /// Deletes a template, unless a pool keeps sandboxes of it (delete or re-point the pool first).
     pub async fn delete_template(&self, name: &str, version: &str) -> Result<(), ServiceError> {
         self.template(name, version)?;
+        if let Some(pool) = self.pools_of(name, version).first() {
+            let pool = pool.metadata.name.as_deref().unwrap_or_default();
+            return Err(ServiceError::Conflict(format!(
+                "environment \"{name}@{version}\" is used by pool \"{pool}\": delete the pool first (DELETE /env-pool/{pool})"
+            )));
+        }
         let key = self.key(&Environment::object_name(name, version));
         self.templates.purge(&key).await.map_err(|source| ServiceError::store("could not delete", source))
     }

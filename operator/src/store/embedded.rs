@@ -15,7 +15,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use super::{Kind, ObjectStore, cache::Cache, key_of, marked_for_deletion, random_suffix, stamp_new, with_status_of};
+use super::{
+    Kind, ObjectStore, cache::Cache, check_version, key_of, marked_for_deletion, random_suffix, replaced, stamp_new,
+    with_status_of,
+};
 use crate::Error;
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -122,6 +125,14 @@ where
         }))
     }
 
+    /// Marks `current` for deletion, durably. The caller holds the writer lock.
+    async fn mark_deleted(&self, current: Arc<K>, now: Timestamp) -> Result<Option<Arc<K>>, Error> {
+        match marked_for_deletion(current.as_ref(), now) {
+            Some(obj) => self.commit(key_of(current.as_ref()), Some(obj), Durability::Immediate).await,
+            None => Ok(Some(current)),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.cache.len()
     }
@@ -204,13 +215,25 @@ where
         self.commit(key, Some(merged), Durability::None).await
     }
 
+    async fn replace(&self, obj: &K) -> Result<Option<Arc<K>>, Error> {
+        let _w = self.writer.lock().await;
+        let key = key_of(obj);
+        let Some(current) = self.get(&key) else { return Ok(None) };
+        let next = replaced(current.as_ref(), obj)?;
+        self.commit(key, Some(next), Durability::Immediate).await
+    }
+
     async fn request_delete(&self, key: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error> {
         let _w = self.writer.lock().await;
         let Some(current) = self.get(key) else { return Ok(None) };
-        match marked_for_deletion(current.as_ref(), now) {
-            Some(obj) => self.commit(key.to_string(), Some(obj), Durability::Immediate).await,
-            None => Ok(Some(current)),
-        }
+        self.mark_deleted(current, now).await
+    }
+
+    async fn request_delete_at(&self, key: &str, version: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error> {
+        let _w = self.writer.lock().await;
+        let Some(current) = self.get(key) else { return Ok(None) };
+        check_version(current.as_ref(), version)?;
+        self.mark_deleted(current, now).await
     }
 
     async fn purge(&self, key: &str) -> Result<(), Error> {

@@ -22,7 +22,7 @@ use jiff::Timestamp;
 use k8s_openapi::{NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
     runtime::{
         WatchStreamExt,
         events::{Event as KubeEvent, EventType, Recorder, Reporter},
@@ -116,6 +116,15 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Drop for KubeStore<K> {
 }
 
 use aenv_engine_k8s::api_code;
+
+/// Whether the cached version `seen` is `version` or later. Resource versions are opaque to clients; API servers
+/// (and the emulators) count them up, so a numeric comparison is tried first, then equality.
+fn at_least(seen: Option<&str>, version: Option<&str>) -> bool {
+    match (seen.and_then(|s| s.parse::<u64>().ok()), version.and_then(|v| v.parse::<u64>().ok())) {
+        (Some(s), Some(v)) => s >= v,
+        _ => seen == version,
+    }
+}
 
 fn kube_err(context: String) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { context, source }
@@ -232,6 +241,19 @@ where
         }
     }
 
+    /// The API's delete of `k` (which the finalizer holds): the object marked for deletion, `None` when it is gone,
+    /// [`Error::Conflict`] when a precondition of `params` failed.
+    async fn delete_with(&self, k: &str, params: DeleteParams) -> Result<Option<Arc<K>>, Error> {
+        let (namespace, name) = self.split(k);
+        let cached = self.get(k);
+        match self.api(&namespace).delete(&name, &params).await {
+            Ok(either) => Ok(either.left().map(|o| Arc::new(self.normalize(o))).or(cached)),
+            Err(e) if api_code(&e) == Some(404) => Ok(None),
+            Err(e) if api_code(&e) == Some(409) => Err(Error::Conflict(k.to_string())),
+            Err(e) => Err(kube_err(format!("deleting {k}"))(e)),
+        }
+    }
+
     /// Publishes an Event about `obj` without waiting for it; a failure is only logged.
     fn publish(&self, obj: &K, type_: EventType, reason: &str, note: Option<String>) {
         let Some(recorder) = self.recorder.clone() else { return };
@@ -323,14 +345,32 @@ where
         Ok(Some(written))
     }
 
-    async fn request_delete(&self, k: &str, _now: Timestamp) -> Result<Option<Arc<K>>, Error> {
-        let (namespace, name) = self.split(k);
-        let cached = self.get(k);
-        match self.api(&namespace).delete(&name, &DeleteParams::default()).await {
-            Ok(either) => Ok(either.left().map(|o| Arc::new(self.normalize(o))).or(cached)),
+    async fn replace(&self, obj: &K) -> Result<Option<Arc<K>>, Error> {
+        let k = key_of(obj);
+        let (namespace, name) = self.split(&k);
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        // The API server checks `metadata.resourceVersion` (409 when it moved) and keeps the status subresource.
+        match self.api(&namespace).replace(&name, &params, obj).await {
+            Ok(o) => {
+                let version = o.meta().resource_version.clone();
+                let stored = Arc::new(self.normalize(o));
+                self.settle(&k, |o| o.is_none_or(|o| at_least(o.meta().resource_version.as_deref(), version.as_deref())))
+                    .await;
+                Ok(Some(stored))
+            }
             Err(e) if api_code(&e) == Some(404) => Ok(None),
-            Err(e) => Err(kube_err(format!("deleting {k}"))(e)),
+            Err(e) if api_code(&e) == Some(409) => Err(Error::Conflict(k)),
+            Err(e) => Err(kube_err(format!("replacing {k}"))(e)),
         }
+    }
+
+    async fn request_delete(&self, k: &str, _now: Timestamp) -> Result<Option<Arc<K>>, Error> {
+        self.delete_with(k, DeleteParams::default()).await
+    }
+
+    async fn request_delete_at(&self, k: &str, version: &str, _now: Timestamp) -> Result<Option<Arc<K>>, Error> {
+        let preconditions = Preconditions { resource_version: Some(version.to_string()), uid: None };
+        self.delete_with(k, DeleteParams { preconditions: Some(preconditions), ..Default::default() }).await
     }
 
     async fn purge(&self, k: &str) -> Result<(), Error> {

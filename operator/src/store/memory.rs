@@ -14,7 +14,9 @@ use futures::stream::BoxStream;
 use jiff::Timestamp;
 use kube::runtime::watcher;
 
-use super::{Kind, ObjectStore, cache::Cache, key_of, marked_for_deletion, stamp_new, with_status_of};
+use super::{
+    Kind, ObjectStore, cache::Cache, check_version, key_of, marked_for_deletion, replaced, stamp_new, with_status_of,
+};
 use crate::Error;
 
 /// Objects of one kind, in memory.
@@ -43,6 +45,14 @@ impl<K: Kind> MemoryStore<K> {
     /// Holds the writer: each write's read, check and store happen as one step, as in the embedded store.
     fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks `current` for deletion. The caller holds the writer.
+    fn mark_deleted(&self, current: Arc<K>, now: Timestamp) -> Option<Arc<K>> {
+        match marked_for_deletion(current.as_ref(), now) {
+            Some(obj) => self.put(key_of(current.as_ref()), Some(obj)),
+            None => Some(current),
+        }
     }
 
     /// Stores `obj` at `key` (or removes it) with the next resource version, and tells watchers. The caller
@@ -85,13 +95,25 @@ impl<K: Kind> ObjectStore<K> for MemoryStore<K> {
         Ok(self.put(key, Some(merged)))
     }
 
+    async fn replace(&self, obj: &K) -> Result<Option<Arc<K>>, Error> {
+        let _w = self.writer();
+        let key = key_of(obj);
+        let Some(current) = self.get(&key) else { return Ok(None) };
+        let next = replaced(current.as_ref(), obj)?;
+        Ok(self.put(key, Some(next)))
+    }
+
     async fn request_delete(&self, key: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error> {
         let _w = self.writer();
         let Some(current) = self.get(key) else { return Ok(None) };
-        match marked_for_deletion(current.as_ref(), now) {
-            Some(obj) => Ok(self.put(key.to_string(), Some(obj))),
-            None => Ok(Some(current)),
-        }
+        Ok(self.mark_deleted(current, now))
+    }
+
+    async fn request_delete_at(&self, key: &str, version: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error> {
+        let _w = self.writer();
+        let Some(current) = self.get(key) else { return Ok(None) };
+        check_version(current.as_ref(), version)?;
+        Ok(self.mark_deleted(current, now))
     }
 
     async fn purge(&self, key: &str) -> Result<(), Error> {

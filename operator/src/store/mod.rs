@@ -76,6 +76,19 @@ impl StatusEvents for aenv_core::Environment {
     }
 }
 
+impl StatusEvents for aenv_core::EnvPool {
+    /// A new failure of the pool's sandboxes, as a `Warning`.
+    fn status_event(before: Option<&Self>, after: &Self) -> Option<StatusEvent> {
+        let error = after.status.as_ref()?.last_error.as_ref()?;
+        let before = before.and_then(|b| b.status.as_ref()).and_then(|s| s.last_error.as_ref());
+        (before != Some(error)).then(|| StatusEvent {
+            warning: true,
+            reason: "SandboxFailed".into(),
+            note: Some(error.clone()),
+        })
+    }
+}
+
 /// The namespace instances made through the REST API live in, unless configured otherwise.
 pub use aenv_core::labels::DEFAULT_NAMESPACE;
 
@@ -106,6 +119,14 @@ pub trait ObjectStore<K>: Send + Sync + 'static {
     async fn write_status(&self, obj: &K) -> Result<Option<Arc<K>>, Error>;
     /// Marks the object for deletion (`deletionTimestamp`, a new generation). `None` when there is no such object.
     async fn request_delete(&self, key: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error>;
+    /// Replaces the spec, labels and annotations of the stored object with those of `obj`, provided it is still at
+    /// `obj`'s resource version (a compare-and-swap); its status and the rest of its metadata stay, and its
+    /// generation moves on. [`Error::Conflict`] when it changed meanwhile or is being deleted; `None` when it is
+    /// gone. Durable before it returns.
+    async fn replace(&self, obj: &K) -> Result<Option<Arc<K>>, Error>;
+    /// [`ObjectStore::request_delete`], provided the object is still at resource version `version`
+    /// ([`Error::Conflict`] otherwise): a deletion decided on a copy that may be stale.
+    async fn request_delete_at(&self, key: &str, version: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error>;
     /// Removes the object for good (whether or not deletion was requested first).
     async fn purge(&self, key: &str) -> Result<(), Error>;
     /// `Init`, `InitApply` per object, `InitDone`, then `Apply`/`Delete` as objects change; a fresh listing when
@@ -169,6 +190,33 @@ pub(crate) fn stamp_new<K: Kind>(obj: &mut K, now: Timestamp) {
     meta.uid = Some(uuid_like());
     meta.creation_timestamp = Some(Time(Timestamp::from_second(now.as_second()).unwrap_or(now)));
     meta.generation = Some(1);
+}
+
+/// `current` with the spec, labels and annotations of `obj`, its generation bumped: what [`ObjectStore::replace`]
+/// stores, once `current` is known to be at `obj`'s version. [`Error::Conflict`] when it is not, or when
+/// `current` is being deleted.
+pub(crate) fn replaced<K: Kind>(current: &K, obj: &K) -> Result<K, Error> {
+    check_version(current, obj.meta().resource_version.as_deref().unwrap_or_default())?;
+    if current.meta().deletion_timestamp.is_some() {
+        return Err(Error::Conflict(key_of(current)));
+    }
+    let mut next = with_status_of(obj, current)?;
+    let meta = next.meta_mut();
+    let (labels, annotations) = (meta.labels.take(), meta.annotations.take());
+    *meta = current.meta().clone();
+    meta.labels = labels;
+    meta.annotations = annotations;
+    meta.generation = Some(meta.generation.unwrap_or(1) + 1);
+    Ok(next)
+}
+
+/// [`Error::Conflict`] unless `current` is at resource version `version`.
+pub(crate) fn check_version<K: Kind>(current: &K, version: &str) -> Result<(), Error> {
+    if current.meta().resource_version.as_deref() == Some(version) {
+        Ok(())
+    } else {
+        Err(Error::Conflict(key_of(current)))
+    }
 }
 
 /// `current` marked for deletion at `now`, its generation bumped as on Kubernetes (so the controller wakes for

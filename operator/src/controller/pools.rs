@@ -1,0 +1,358 @@
+//! The pool controller: keeps each `EnvPool` at its target of waiting sandboxes. It runs beside the instance
+//! controller (on the leader only) and never talks to the engine: it writes `EnvInstance` objects labelled with
+//! the pool, and the instance controller starts, probes, adopts and removes them like any other. [`plan`] decides
+//! without I/O; [`Pools::reconcile`] carries the plan out.
+//!
+//! - Refill runs at the daemon's pace: at most `--pool-max-starting` sandboxes of all pools are being created at
+//!   once, and only one while instances that users asked for are still being created, so cold creates are never
+//!   starved.
+//! - A sandbox that fails (its container exits, its image cannot start) is removed and replaced, with a backoff
+//!   per pool (1 s, 2 s, … 60 s) while they keep failing, and the last failure in the pool's status: a template
+//!   that cannot start costs one attempt per backoff, not a storm.
+//! - Removals are compare-and-swap deletes at the version the plan saw: a sandbox claimed meanwhile is not
+//!   removed.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aenv_core::{
+    EnvInstance, EnvInstanceSpec, EnvPool, EnvPoolStatus, Environment, MemberState, Phase,
+    pool::{POOL_LABEL, member_spec},
+};
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::runtime::{
+    controller::{Action, Config as ControllerConfig, Controller},
+    reflector::ObjectRef,
+    watcher,
+};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    Error,
+    service::Demand,
+    store::{ObjectStore, key, key_of, random_suffix},
+};
+
+/// Knobs of the pool controller.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PoolConfig {
+    /// How many pooled sandboxes (of all pools) may be starting at once. Refill runs at the daemon's pace
+    /// within this cap; while instances that users asked for are being created, only one is.
+    #[arg(long, default_value_t = 4)]
+    pub pool_max_starting: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { pool_max_starting: 4 }
+    }
+}
+
+/// What the pool controller needs.
+pub struct Pools {
+    pub pools: Arc<dyn ObjectStore<EnvPool>>,
+    pub instances: Arc<dyn ObjectStore<EnvInstance>>,
+    pub templates: Arc<dyn ObjectStore<Environment>>,
+    pub demand: Arc<Demand>,
+    pub config: PoolConfig,
+    /// `--max-instances`: pooled sandboxes count towards it.
+    pub max_instances: Option<usize>,
+    /// Consecutive failures per pool, and when the next sandbox may be made.
+    backoff: Mutex<HashMap<String, Backoff>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+/// What to do with one pool now.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// How many sandboxes to make.
+    pub create: u32,
+    /// Waiting sandboxes to remove: failed ones, ones of an old template, the excess over the target, or all
+    /// of them when the pool is being deleted.
+    pub remove: Vec<Arc<EnvInstance>>,
+    pub status: EnvPoolStatus,
+    /// Sandboxes that failed since the last look (for the backoff).
+    pub new_failures: u32,
+    /// Whether the pool is being deleted and has no waiting sandbox left: remove it.
+    pub finished: bool,
+}
+
+/// Decides what a pool needs. `members` are the sandboxes waiting in it (deleting ones included), `model` what a
+/// sandbox of its template runs (`None` when the template is gone), `demand` the creates that wanted one lately,
+/// `room` how many sandboxes may be started now (the global cap, the cold creates, the backoff).
+pub fn plan(
+    pool: &EnvPool,
+    members: &[Arc<EnvInstance>],
+    model: Option<&EnvInstanceSpec>,
+    demand: u32,
+    room: u32,
+) -> Plan {
+    let previous = pool.status.clone().unwrap_or_default();
+    let deleting = pool.metadata.deletion_timestamp.is_some();
+    let mut remove = Vec::new();
+    let (mut ready, mut starting, mut new_failures) = (Vec::new(), Vec::new(), 0);
+    let mut last_error = None;
+    for m in members.iter().filter(|m| !m.is_deleting()) {
+        let stale = model.is_some_and(|model| m.spec != *model);
+        match m.member_state() {
+            _ if deleting || stale => remove.push(m.clone()),
+            MemberState::Failed => {
+                new_failures += 1;
+                last_error = m.status.as_ref().and_then(|s| s.message.clone()).or(Some(format!("sandbox {} {}", m.metadata.name.as_deref().unwrap_or_default(), m.phase())));
+                remove.push(m.clone());
+            }
+            MemberState::Ready => ready.push(m.clone()),
+            MemberState::Starting => starting.push(m.clone()),
+        }
+    }
+    let target = if deleting || model.is_none() { 0 } else { pool.spec.target(demand) };
+    // Over the target (the demand fell, the pool was scaled down): the newest go first, those not ready before
+    // the ready ones.
+    let mut live = starting.len() + ready.len();
+    let by_age = |a: &Arc<EnvInstance>, b: &Arc<EnvInstance>| {
+        b.metadata.creation_timestamp.as_ref().map(|t| t.0).cmp(&a.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    starting.sort_by(by_age);
+    ready.sort_by(by_age);
+    while live > target as usize {
+        let next = if starting.is_empty() { ready.remove(0) } else { starting.remove(0) };
+        remove.push(next);
+        live -= 1;
+    }
+    let create = if model.is_some() && !deleting { (target as usize - live).min(room as usize) as u32 } else { 0 };
+    let last_error = match (last_error, model) {
+        (Some(e), _) => Some(e),
+        (None, None) if !deleting => Some(format!("environment \"{}\" not found: register it, or delete the pool", pool.spec.env_name)),
+        // Cleared once a sandbox is ready again.
+        (None, _) if !ready.is_empty() => None,
+        (None, _) => previous.last_error.clone(),
+    };
+    let status = EnvPoolStatus {
+        replicas: (ready.len() + starting.len()) as u32,
+        ready: ready.len() as u32,
+        starting: starting.len() as u32,
+        target,
+        last_error,
+        ..previous
+    };
+    let finished = deleting && members.iter().all(|m| m.is_deleting()) && remove.is_empty();
+    Plan { create, remove, status, new_failures, finished }
+}
+
+/// The backoff after `n` sandboxes of a pool failed in a row: 1 s, 2 s, 4 s, … 60 s.
+pub fn failure_backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+impl Pools {
+    pub fn new(
+        pools: Arc<dyn ObjectStore<EnvPool>>,
+        instances: Arc<dyn ObjectStore<EnvInstance>>,
+        templates: Arc<dyn ObjectStore<Environment>>,
+        demand: Arc<Demand>,
+        config: PoolConfig,
+        max_instances: Option<usize>,
+    ) -> Arc<Self> {
+        Arc::new(Pools { pools, instances, templates, demand, config, max_instances, backoff: Mutex::default() })
+    }
+
+    fn backoff(&self) -> std::sync::MutexGuard<'_, HashMap<String, Backoff>> {
+        self.backoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many sandboxes may be started now, over all pools: the cap less those being created, one at most
+    /// while users' instances are being created, none over `--max-instances`.
+    fn room(&self) -> u32 {
+        let (mut pooled_starting, mut cold_starting, mut live) = (0u32, 0u32, 0usize);
+        for i in self.instances.list() {
+            if i.is_deleting() {
+                continue;
+            }
+            live += 1;
+            if matches!(i.phase(), Phase::Pending | Phase::Creating) {
+                if i.pool().is_some() { pooled_starting += 1 } else { cold_starting += 1 }
+            }
+        }
+        let cap = if cold_starting > 0 { 1 } else { self.config.pool_max_starting.max(1) };
+        let under_max = self.max_instances.map_or(u32::MAX, |m| m.saturating_sub(live).min(u32::MAX as usize) as u32);
+        cap.saturating_sub(pooled_starting).min(under_max)
+    }
+
+    /// One look at a pool: plan, remove, create, write the status.
+    pub async fn reconcile(&self, pool: &EnvPool, now: Instant) -> Result<Action, Error> {
+        let pool_key = key_of(pool);
+        let Some(pool) = self.pools.get(&pool_key) else { return Ok(Action::await_change()) };
+        // Pools made around the API (`kubectl apply`) get the finalizer that lets their sandboxes go first.
+        self.pools.hold(&pool).await?;
+        let namespace = pool.metadata.namespace.clone().unwrap_or_default();
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        let model = pool.spec.template().and_then(|(n, v)| {
+            let t = self.templates.get(&key(&namespace, &Environment::object_name(n, v)))?;
+            (t.spec.name == n && t.spec.version == v && t.metadata.deletion_timestamp.is_none())
+                .then(|| member_spec(&t.spec.template, n, v, pool.spec.owner.as_deref()))
+        });
+        let members = self
+            .instances
+            .list_where(&|i: &EnvInstance| i.pool() == Some(name.as_str()) && i.namespace() == namespace);
+        let backoff = self.backoff().get(&pool_key).copied();
+        let waiting = backoff.filter(|b| b.until > now).map(|b| b.until - now);
+        let room = if waiting.is_some() { 0 } else { self.room() };
+        let plan = plan(&pool, &members, model.as_ref(), self.demand.recent(&pool_key, now), room);
+
+        if plan.new_failures > 0 {
+            let failures = backoff.map_or(0, |b| b.failures) + plan.new_failures;
+            let delay = failure_backoff(failures);
+            warn!(failures, ?delay, error = plan.status.last_error.as_deref().unwrap_or(""), "pooled sandboxes failed; replacing them after a backoff");
+            self.backoff().insert(pool_key.clone(), Backoff { failures, until: now + delay });
+        } else if plan.status.ready > 0 {
+            self.backoff().remove(&pool_key);
+        }
+        for m in &plan.remove {
+            let version = m.metadata.resource_version.clone().unwrap_or_default();
+            match self.instances.request_delete_at(&key_of(m.as_ref()), &version, Timestamp::now()).await {
+                Ok(_) => debug!(sandbox = ?m.metadata.name, "pooled sandbox removed"),
+                // Claimed (or changed) since the plan saw it: it is someone's instance now.
+                Err(Error::Conflict(_)) => debug!(sandbox = ?m.metadata.name, "pooled sandbox changed meanwhile; left alone"),
+                Err(e) => return Err(e),
+            }
+        }
+        if plan.finished {
+            self.pools.purge(&pool_key).await?;
+            self.demand.forget(&pool_key);
+            self.backoff().remove(&pool_key);
+            info!("pool deleted");
+            return Ok(Action::await_change());
+        }
+        if let Some(model) = model.as_ref().filter(|_| plan.create > 0) {
+            for _ in 0..plan.create {
+                self.create_member(&pool, model).await?;
+            }
+            debug!(created = plan.create, "pool refilling");
+        }
+        self.write_status(&pool, plan.status.clone()).await?;
+        // Changes of the sandboxes wake the pool; look again anyway while it is short, at the backoff's end
+        // when it waits on one, and now and then for the demand window to move.
+        let short = plan.status.replicas + plan.create < plan.status.target;
+        let again = match waiting {
+            Some(w) => w,
+            None if short => Duration::from_millis(500),
+            None => Duration::from_secs(10),
+        };
+        Ok(Action::requeue(again))
+    }
+
+    async fn create_member(&self, pool: &EnvPool, model: &EnvInstanceSpec) -> Result<(), Error> {
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        for _ in 0..8 {
+            let id = format!("{}-{}", model.env_name, random_suffix(6));
+            let mut member = EnvInstance::new(&id, model.clone());
+            member.metadata.namespace = pool.metadata.namespace.clone();
+            member.metadata.labels = Some([(POOL_LABEL.to_string(), name.clone())].into());
+            match self.instances.create(member, Timestamp::now()).await {
+                Ok(_) => return Ok(()),
+                Err(Error::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the pool's status with the claims counted since the last write.
+    async fn write_status(&self, pool: &EnvPool, mut status: EnvPoolStatus) -> Result<(), Error> {
+        let pool_key = key_of(pool);
+        let (hits, misses) = self.demand.take_counts(&pool_key);
+        status.hits += hits;
+        status.claimed += hits;
+        status.misses += misses;
+        if pool.status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        let mut updated = pool.clone();
+        updated.status = Some(status);
+        if let Err(e) = self.pools.write_status(&updated).await {
+            self.demand.give_back(&pool_key, hits, misses);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes waiting sandboxes whose pool is gone (deleted around the API, or a store restored without it).
+    async fn sweep(&self) -> Result<(), Error> {
+        for m in self.instances.list_where(&|i: &EnvInstance| i.pool().is_some() && !i.is_deleting()) {
+            let pool = key(m.namespace(), m.pool().unwrap_or_default());
+            if self.pools.get(&pool).is_some() {
+                continue;
+            }
+            let version = m.metadata.resource_version.clone().unwrap_or_default();
+            match self.instances.request_delete_at(&key_of(m.as_ref()), &version, Timestamp::now()).await {
+                Ok(_) => info!(sandbox = ?m.metadata.name, pool = %pool, "removed a pooled sandbox whose pool is gone"),
+                Err(Error::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The pool a sandbox waits in or was claimed from: what a change to it should wake.
+fn pool_of(i: &EnvInstance) -> Option<ObjectRef<EnvPool>> {
+    let name = i.pool().or_else(|| i.claimed_from())?;
+    Some(ObjectRef::new(name).within(i.namespace()))
+}
+
+/// Runs the pool controller until `shutdown` resolves: pools wake on their own changes, on changes of their
+/// sandboxes, and on their requeues; a sweep every `sweep_every` removes sandboxes of pools that are gone.
+pub async fn run(
+    pools: Arc<Pools>,
+    sweep_every: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (reader, objects) = pools.pools.controller_feed();
+    let members = pools.instances.watch().filter_map(|e| {
+        futures::future::ready(match e {
+            watcher::Event::Apply(i) | watcher::Event::InitApply(i) | watcher::Event::Delete(i) => pool_of(&i),
+            _ => None,
+        })
+    });
+    let sweeper = {
+        let pools = pools.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sweep_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = pools.sweep().await {
+                    warn!(error = %e, "pool sweep failed; trying again later");
+                }
+            }
+        })
+    };
+    // One pool at a time: the cap on starting sandboxes is counted over all pools.
+    Controller::for_stream(objects.map(Ok::<_, watcher::Error>), reader)
+        .with_config(ControllerConfig::default().concurrency(1))
+        .reconcile_on(members)
+        .graceful_shutdown_on(shutdown)
+        .run(
+            |pool: Arc<EnvPool>, pools: Arc<Pools>| async move {
+                let span = info_span!("pool", name = %pool.metadata.name.as_deref().unwrap_or_default());
+                pools.reconcile(&pool, Instant::now()).instrument(span).await
+            },
+            |pool: Arc<EnvPool>, err: &Error, _| {
+                warn!(pool = ?pool.metadata.name, error = %err, "pool reconcile failed; retrying");
+                Action::requeue(Duration::from_secs(1))
+            },
+            pools,
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    sweeper.abort();
+}

@@ -1,0 +1,354 @@
+//! Warm pools: `EnvPool` objects (make, read, scale, delete) and claims, the other half of a create: a create
+//! whose spec a waiting sandbox serves (see [`aenv_core::pool::serves`]) takes that sandbox instead of starting
+//! one. The pool controller ([`crate::controller::pools`]) keeps the pools filled; the [`Demand`] kept here tells it
+//! how many creates wanted a sandbox lately.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aenv_core::{
+    EnvInstance, EnvInstanceSpec, EnvPool, EnvPoolSpec, MemberState,
+    pool::{MAX_POOL_REPLICAS, member_spec, serves},
+};
+use jiff::Timestamp;
+use tracing::{debug, info};
+
+use super::{Principal, ServiceError, Services};
+use crate::{Error, metrics::ClaimLabels, store::key_of};
+
+/// How long a create counts as demand when the pool controller sizes a pool.
+pub const DEMAND_WINDOW: Duration = Duration::from_secs(60);
+
+/// A pool as `POST /env-pool` and `PUT /env-pool/{name}` ask for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRequest {
+    pub name: String,
+    /// `name@version` of the template.
+    pub env_name: String,
+    pub replicas: u32,
+    pub max_replicas: Option<u32>,
+}
+
+/// What each pool was asked for lately, kept in memory between the API (which counts) and the pool controller
+/// (which sizes the pool by it and carries the counts into the pool's status).
+#[derive(Default)]
+pub struct Demand {
+    pools: Mutex<HashMap<String, Counts>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    /// When creates that the pool could serve came, within [`DEMAND_WINDOW`].
+    recent: VecDeque<Instant>,
+    /// Hits and misses not yet written into the pool's status.
+    hits: u64,
+    misses: u64,
+}
+
+impl Demand {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Counts>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one create the pool at `key` could serve: a hit when it did.
+    pub fn record(&self, key: &str, hit: bool, now: Instant) {
+        let mut pools = self.lock();
+        let counts = pools.entry(key.to_string()).or_default();
+        counts.recent.push_back(now);
+        while counts.recent.front().is_some_and(|t| now.duration_since(*t) > DEMAND_WINDOW) {
+            counts.recent.pop_front();
+        }
+        if hit {
+            counts.hits += 1;
+        } else {
+            counts.misses += 1;
+        }
+    }
+
+    /// Creates the pool at `key` could serve within the window before `now`.
+    pub fn recent(&self, key: &str, now: Instant) -> u32 {
+        let pools = self.lock();
+        let Some(counts) = pools.get(key) else { return 0 };
+        let n = counts.recent.iter().filter(|t| now.duration_since(**t) <= DEMAND_WINDOW).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// The hits and misses not yet in the pool's status, taken out (give them back if the write fails).
+    pub fn take_counts(&self, key: &str) -> (u64, u64) {
+        let mut pools = self.lock();
+        let Some(counts) = pools.get_mut(key) else { return (0, 0) };
+        (std::mem::take(&mut counts.hits), std::mem::take(&mut counts.misses))
+    }
+
+    /// Puts back counts [`Demand::take_counts`] took, when they could not be written.
+    pub fn give_back(&self, key: &str, hits: u64, misses: u64) {
+        let mut pools = self.lock();
+        let counts = pools.entry(key.to_string()).or_default();
+        counts.hits += hits;
+        counts.misses += misses;
+    }
+
+    /// Forgets a pool that is gone.
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
+/// Checks a pool request's numbers: each refusal names the field.
+fn check_sizes(replicas: u32, max_replicas: Option<u32>) -> Result<(), ServiceError> {
+    if replicas > MAX_POOL_REPLICAS {
+        return Err(ServiceError::Invalid(format!(
+            "field `replicas` must be between 0 and {MAX_POOL_REPLICAS} (got {replicas})"
+        )));
+    }
+    match max_replicas {
+        Some(max) if max < replicas || max > MAX_POOL_REPLICAS => Err(ServiceError::Invalid(format!(
+            "field `maxReplicas` must be between `replicas` ({replicas}) and {MAX_POOL_REPLICAS} (got {max}); leave it out for a pool of fixed size"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `name` can name a pool (a Kubernetes object name: lowercase letters, digits and '-', at most 63).
+fn check_name(name: &str) -> Result<(), ServiceError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::Invalid(format!(
+            "field `name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {name:?})"
+        )))
+    }
+}
+
+impl Services {
+    /// Whether `caller` may see and change `pool`: everyone when auth is off; its owner otherwise.
+    pub fn pool_visible(pool: &EnvPool, caller: Option<&Principal>) -> bool {
+        caller.is_none_or(|p| pool.spec.owner.as_deref() == Some(p.owner.as_str()))
+    }
+
+    /// Makes a pool of an existing template; the pool controller fills it.
+    pub async fn create_pool(&self, req: PoolRequest, caller: Option<&Principal>) -> Result<Arc<EnvPool>, ServiceError> {
+        check_name(&req.name)?;
+        check_sizes(req.replicas, req.max_replicas)?;
+        let spec = EnvPoolSpec {
+            env_name: req.env_name.clone(),
+            replicas: req.replicas,
+            max_replicas: req.max_replicas,
+            owner: caller.map(|p| p.owner.clone()),
+        };
+        let Some((name, version)) = spec.template() else {
+            return Err(ServiceError::Invalid(format!(
+                "field `envName` must be name@version of a registered environment (got {:?})",
+                req.env_name
+            )));
+        };
+        self.template(name, version)?;
+        self.check_room(caller, spec.ceiling(), None)?;
+        let mut pool = EnvPool::new(&req.name, spec);
+        pool.metadata.namespace = Some(self.namespace.clone());
+        match self.pools.create(pool, Timestamp::now()).await {
+            Ok(stored) => {
+                info!(pool = %req.name, env = %req.env_name, replicas = req.replicas, "pool created");
+                Ok(stored)
+            }
+            Err(Error::AlreadyExists(_)) => Err(ServiceError::Conflict(format!(
+                "pool \"{}\" exists already; change its size with PUT /env-pool/{}, or pick another name",
+                req.name, req.name
+            ))),
+            Err(source) => Err(ServiceError::store("the pool could not be recorded", source)),
+        }
+    }
+
+    /// The pool `name`, if `caller` may see it and it is not being deleted.
+    pub fn pool(&self, name: &str, caller: Option<&Principal>) -> Result<Arc<EnvPool>, ServiceError> {
+        self.pools
+            .get(&self.key(name))
+            .filter(|p| Self::pool_visible(p, caller) && p.metadata.deletion_timestamp.is_none())
+            .ok_or_else(|| ServiceError::NotFound(format!("pool \"{name}\" not found")))
+    }
+
+    /// Pools in the API's namespace that `caller` may see.
+    pub fn list_pools(&self, caller: Option<&Principal>) -> Vec<Arc<EnvPool>> {
+        let namespace = self.namespace.as_str();
+        self.pools.list_where(&|p: &EnvPool| {
+            p.metadata.namespace.as_deref() == Some(namespace)
+                && p.metadata.deletion_timestamp.is_none()
+                && Self::pool_visible(p, caller)
+        })
+    }
+
+    /// Changes a pool's size (`replicas`, and `maxReplicas` when given).
+    pub async fn scale_pool(
+        &self,
+        name: &str,
+        replicas: u32,
+        max_replicas: Option<u32>,
+        caller: Option<&Principal>,
+    ) -> Result<Arc<EnvPool>, ServiceError> {
+        for _ in 0..8 {
+            let current = self.pool(name, caller)?;
+            let max_replicas = max_replicas.or(current.spec.max_replicas.filter(|m| *m >= replicas));
+            check_sizes(replicas, max_replicas)?;
+            let mut next = (*current).clone();
+            next.spec.replicas = replicas;
+            next.spec.max_replicas = max_replicas;
+            self.check_room(caller, next.spec.ceiling(), Some(name))?;
+            match self.pools.replace(&next).await {
+                Ok(Some(stored)) => {
+                    info!(pool = %name, replicas, "pool scaled");
+                    return Ok(stored);
+                }
+                Ok(None) => break,
+                Err(Error::Conflict(_)) => continue,
+                Err(source) => return Err(ServiceError::store("the pool could not be changed", source)),
+            }
+        }
+        self.pool(name, caller)
+    }
+
+    /// Asks for a pool's deletion: the pool controller removes its waiting sandboxes, then the pool. Sandboxes
+    /// claimed from it are instances of their own and stay.
+    pub async fn delete_pool(&self, name: &str, caller: Option<&Principal>) -> Result<(), ServiceError> {
+        self.pool(name, caller)?;
+        match self.pools.request_delete(&self.key(name), Timestamp::now()).await {
+            Ok(_) => {
+                info!(pool = %name, "pool deletion requested");
+                Ok(())
+            }
+            Err(source) => Err(ServiceError::store("the deletion could not be recorded", source)),
+        }
+    }
+
+    /// With a cap on the caller's instances, its pools together may keep at most that many sandboxes waiting:
+    /// refused (naming the fields) when `ceiling` more, beside its other pools (but `except`), would exceed it.
+    fn check_room(&self, caller: Option<&Principal>, ceiling: u32, except: Option<&str>) -> Result<(), ServiceError> {
+        let Some((owner, max)) = caller.and_then(|p| p.max_instances.map(|m| (p.owner.as_str(), m))) else {
+            return Ok(());
+        };
+        let others: usize = self
+            .list_pools(caller)
+            .iter()
+            .filter(|p| except.is_none_or(|e| p.metadata.name.as_deref() != Some(e)))
+            .map(|p| p.spec.ceiling() as usize)
+            .sum();
+        if others + ceiling as usize > max {
+            return Err(ServiceError::Forbidden(format!(
+                "owner {owner} may keep at most {max} sandboxes (its instance limit); its other pools keep up to {others}, so `replicas`/`maxReplicas` may be at most {}",
+                max.saturating_sub(others)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Pools (not being deleted) made from the template `name@version`.
+    pub fn pools_of(&self, name: &str, version: &str) -> Vec<Arc<EnvPool>> {
+        self.pools.list_where(&|p: &EnvPool| {
+            p.metadata.deletion_timestamp.is_none() && p.spec.template() == Some((name, version))
+        })
+    }
+
+    /// Serves a create of `wanted` (owner already set) from a pool when one holds a ready sandbox that serves it:
+    /// the sandbox, claimed (durable when this returns). `None` when no pool applies or none has a ready sandbox
+    /// (counted as a miss): the create then starts a sandbox of its own. The caller holds the quota lock, so two
+    /// claims of this process never race; the store's compare-and-swap keeps other processes out.
+    pub(super) async fn claim(&self, wanted: &EnvInstanceSpec) -> Result<Option<Arc<EnvInstance>>, ServiceError> {
+        let (name, version) = (wanted.env_name.as_str(), wanted.env_version.as_str());
+        let namespace = self.namespace.as_str();
+        let pools = self.pools_of(name, version);
+        let Some(template) = self.find_template(name, version).filter(|_| !pools.is_empty()) else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let mut wanting = None;
+        for pool in pools.iter().filter(|p| p.metadata.namespace.as_deref() == Some(namespace)) {
+            // A pool's sandboxes run the template as the SDK asks for it, for the pool's owner: a create that
+            // asks for more (variables, arguments, resources) or for another owner is not one it can serve.
+            let model = member_spec(&template.spec.template, name, version, pool.spec.owner.as_deref());
+            if !serves(&model, wanted) {
+                continue;
+            }
+            wanting.get_or_insert(pool);
+            let pool_name = pool.metadata.name.as_deref().unwrap_or_default();
+            let mut candidates = self.instances.list_where(&|i: &EnvInstance| {
+                i.pool() == Some(pool_name)
+                    && i.metadata.namespace.as_deref() == Some(namespace)
+                    && i.member_state() == MemberState::Ready
+                    && serves(&i.spec, wanted)
+            });
+            // Oldest first: the longest-waiting sandbox has passed its probe the longest.
+            candidates.sort_by_key(|c| c.metadata.creation_timestamp.as_ref().map(|t| t.0));
+            for candidate in candidates {
+                let claimed = candidate
+                    .claimed(wanted, Timestamp::now())
+                    .map_err(|e| ServiceError::Invalid(format!("field `ttl`: {e}")))?;
+                match self.instances.replace(&claimed).await {
+                    Ok(Some(stored)) => {
+                        self.demand.record(&key_of(pool.as_ref()), true, Instant::now());
+                        self.metrics.claims.get_or_create(&ClaimLabels::new("hit")).inc();
+                        self.metrics.claim_seconds.observe(started.elapsed().as_secs_f64());
+                        info!(instance = %stored.metadata.name.as_deref().unwrap_or_default(), pool = %pool_name, "claimed from the pool");
+                        return Ok(Some(stored));
+                    }
+                    // Claimed or removed by someone else meanwhile: the next one.
+                    Ok(None) | Err(Error::Conflict(_)) => {
+                        debug!(instance = ?candidate.metadata.name, "lost a race for a pooled sandbox");
+                    }
+                    Err(source) => return Err(ServiceError::store("the claim could not be recorded", source)),
+                }
+            }
+        }
+        match wanting {
+            // A pool could serve it but had nothing ready: the create goes cold, and the pool learns of the demand.
+            Some(pool) => {
+                self.demand.record(&key_of(pool.as_ref()), false, Instant::now());
+                self.metrics.claims.get_or_create(&ClaimLabels::new("miss")).inc();
+            }
+            None => {
+                self.metrics.claims.get_or_create(&ClaimLabels::new("unfit")).inc();
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_names_are_checked_with_the_field_named() {
+        assert!(check_sizes(0, None).is_ok() && check_sizes(3, Some(10)).is_ok());
+        let e = check_sizes(MAX_POOL_REPLICAS + 1, None).unwrap_err().to_string();
+        assert!(e.contains("`replicas`"), "{e}");
+        let e = check_sizes(5, Some(2)).unwrap_err().to_string();
+        assert!(e.contains("`maxReplicas`"), "{e}");
+        for bad in ["", "Caps", "-lead", "trail-", "a.b", &"x".repeat(64)] {
+            let e = check_name(bad).unwrap_err().to_string();
+            assert!(e.contains("`name`"), "{bad}: {e}");
+        }
+        assert!(check_name("warm-1").is_ok());
+    }
+
+    #[test]
+    fn demand_counts_within_the_window_and_hands_counts_over_once() {
+        let d = Demand::default();
+        let t0 = Instant::now();
+        d.record("ns/p", true, t0);
+        d.record("ns/p", false, t0 + Duration::from_secs(30));
+        assert_eq!(d.recent("ns/p", t0 + Duration::from_secs(30)), 2);
+        assert_eq!(d.recent("ns/p", t0 + Duration::from_secs(61)), 1, "the first left the window");
+        assert_eq!(d.take_counts("ns/p"), (1, 1));
+        assert_eq!(d.take_counts("ns/p"), (0, 0), "taken once");
+        d.give_back("ns/p", 1, 0);
+        assert_eq!(d.take_counts("ns/p"), (1, 0));
+        assert_eq!(d.recent("other", t0), 0);
+    }
+}
