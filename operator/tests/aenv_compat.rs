@@ -367,4 +367,21 @@ async fn images_from_internal_registries_need_registry_allow() {
     op.delete(&format!("/env-instance/{id}")).await;
     op.wait_for(&id, Duration::from_secs(20), |v| v["code"] == 404).await;
     docker(&["rmi", &image]);
+
+    // A template registered while the registry was listed, then the operator restarted without the flag: its
+    // warmup refuses before any pull, and a create from it is refused.
+    let mut op = op;
+    let body = json!({"name": name, "version": "1", "artifacts": [{"type": "image", "content": image}]});
+    let (code, resp) = op.post_json("/env", &body).await;
+    assert_eq!(code, 200, "{resp}");
+    op.restart_with(BIN, &[]).await;
+    let (code, started) = op.post_json(&format!("/env/{name}/1/warmup"), &json!({})).await;
+    assert_eq!(code, 202, "{started}");
+    let state = warmup_done(&op, &format!("{name}/1"), Duration::from_secs(20)).await;
+    assert_eq!(state["data"]["images"][0]["state"], "Failed", "{state}");
+    let detail = state["data"]["images"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("--registry-allow"), "{detail}");
+    assert!(!docker(&["image", "inspect", &image]).status.success(), "nothing was pulled");
+    let (code, resp) = op.post_json("/env-instance", &json!({"envName": format!("{name}@1")})).await;
+    assert_eq!(code, 400, "{resp}");
 }

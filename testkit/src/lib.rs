@@ -200,6 +200,12 @@ impl Operator {
         self.spawn(bin).await;
     }
 
+    /// Starts the operator again on the same data dir with other flags (a policy changed across a restart).
+    pub async fn restart_with(&mut self, bin: &str, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        self.restart(bin).await;
+    }
+
     /// Every container labelled with this operator's id.
     pub fn containers(&self) -> Vec<String> {
         containers_with_label(&format!("aenv.io/operator-id={}", self.operator_id))
