@@ -270,6 +270,16 @@ impl Drop for Operator {
                     let _ = docker(&args);
                 }
             }
+            // Then the user and owner networks it made (each holds one of the daemon's address pools).
+            let filter = format!("label=aenv.io/network-of={}", self.operator_id);
+            let out = docker(&["network", "ls", "-q", "--filter", &filter]);
+            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["network", "rm"];
+                args.extend(ids);
+                let _ = docker(&args);
+            }
         }
     }
 }
