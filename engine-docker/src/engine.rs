@@ -43,6 +43,7 @@ pub struct DockerEngine {
     docker: Docker,
     config: DockerEngineConfig,
     prober: Prober,
+    platform: containers::HostPlatform,
     /// Serialises user-network creation: Docker allows two networks of one name, so two instances creating the
     /// same network at once would make it ambiguous.
     network_lock: Arc<tokio::sync::Mutex<()>>,
@@ -50,7 +51,13 @@ pub struct DockerEngine {
 
 impl DockerEngine {
     pub fn new(docker: Docker, config: DockerEngineConfig) -> Self {
-        Self { docker, config, prober: Prober::default(), network_lock: Arc::default() }
+        Self {
+            docker,
+            config,
+            prober: Prober::default(),
+            platform: containers::HostPlatform::default(),
+            network_lock: Arc::default(),
+        }
     }
 
     /// The Docker network an instance joins: the one its spec names, else the operator's; scoped to the
@@ -274,6 +281,11 @@ impl DockerEngine {
         c: &ContainerInspectResponse,
     ) -> Result<Observed, EngineError> {
         let mut observed = containers::observe(name, c);
+        if observed.phase == Phase::Failed
+            && let Some(why) = containers::platform_mismatch(&self.docker, &self.platform, c).await
+        {
+            observed.message = Some(format!("{}; {why}", observed.message.unwrap_or_default()));
+        }
         (observed.ready, observed.ready_message) = self.readiness(spec, &observed).await;
         Ok(observed)
     }
@@ -332,7 +344,7 @@ impl Engine for DockerEngine {
 
     async fn apply(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
         if let Workload::Stack { compose_file } = inst.spec.workload() {
-            return compose::run::apply(&self.docker, &self.config, inst, compose_file).await;
+            return compose::run::apply(&self.docker, &self.config, &self.platform, inst, compose_file).await;
         }
         let name = inst.metadata.name.clone().unwrap_or_default();
         // A new instance (no container recorded yet) is created straight away: one call fewer on the hot path.

@@ -466,4 +466,15 @@ async fn permanent_start_failures_fail_the_stack_with_docker_s_reason() {
         assert_eq!(again["data"]["status"], "Failed", "{again}");
     }
     drop(held);
+
+    // An image for another platform: Docker starts it, the binary does not run; the message says why.
+    let foreign = aenv_testkit::ensure_foreign_test_image();
+    let yaml = format!("services:\n  web:\n    image: ${{IMAGE}}\n  arm:\n    image: {foreign}\n");
+    let id = create_stack(&op, &name, &yaml, json!({})).await;
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+    let msg = v["data"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("service arm exited with code") && msg.contains("service arm: its image is built for"),
+        "{msg}"
+    );
 }

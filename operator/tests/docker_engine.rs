@@ -216,3 +216,18 @@ async fn a_missing_executable_fails_the_container_with_docker_s_reason() {
     let (_, again) = op.get(&format!("/env-instance/{id}")).await;
     assert_eq!(again["data"]["status"], "Failed", "{again}");
 }
+
+#[tokio::test]
+async fn an_image_for_another_platform_fails_the_container_saying_so() {
+    let image = aenv_testkit::ensure_foreign_test_image();
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("platform");
+    let (code, created) = op.post_json("/env-instance", &create_body(&name, image, json!({"readiness": false}))).await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+    let msg = v["data"]["message"].as_str().unwrap_or_default();
+    let host = docker_ok(&["version", "-f", "{{.Server.Os}}/{{.Server.Arch}}"]);
+    assert!(msg.contains("exited with code") && msg.contains("its image is built for linux/"), "{msg}");
+    assert!(msg.contains(&format!("this Docker host runs {}", host.trim())), "{msg}");
+}

@@ -51,6 +51,25 @@ pub fn ensure_test_image() -> &'static str {
     TEST_IMAGE
 }
 
+/// An image built for another platform than this host's (linux/arm64 here; its command an ELF header for that
+/// machine), made by `scripts/build-foreign-image.sh`: it starts and exits with `exec format error`.
+pub const FOREIGN_TEST_IMAGE: &str = "aenv-test/foreign-arch:local";
+
+/// Builds [`FOREIGN_TEST_IMAGE`] once per test process, when it is not there yet.
+pub fn ensure_foreign_test_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if docker(&["image", "inspect", FOREIGN_TEST_IMAGE]).status.success() {
+            return;
+        }
+        let script = workspace_root().join("scripts/build-foreign-image.sh");
+        let out =
+            Command::new("bash").arg(&script).arg(FOREIGN_TEST_IMAGE).output().expect("run build-foreign-image.sh");
+        assert!(out.status.success(), "building {FOREIGN_TEST_IMAGE} failed: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    FOREIGN_TEST_IMAGE
+}
+
 /// Builds [`BARE_TEST_IMAGE`] once per test process, when it is not there yet.
 pub fn ensure_bare_test_image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();

@@ -68,6 +68,7 @@ struct Ctx<'a> {
 pub(crate) async fn apply(
     docker: &Docker,
     config: &DockerEngineConfig,
+    platform: &containers::HostPlatform,
     inst: &EnvInstance,
     compose_file: &str,
 ) -> Result<Observed, EngineError> {
@@ -117,7 +118,19 @@ pub(crate) async fn apply(
         try_join_all(ctx.stack.services.iter().map(|svc| ctx.ensure_service(svc, existing.get(&svc.name)))).await?;
     }
     let after = ctx.inspect_all().await?;
-    Ok(status::observe(&ctx.id, &ctx.stack, &after, created_before))
+    let mut observed = status::observe(&ctx.id, &ctx.stack, &after, created_before);
+    if observed.phase == aenv_core::Phase::Failed {
+        // A service whose image is for another platform exits with nothing but `exec format error` to say why.
+        for svc in &ctx.stack.services {
+            let Some(Some(c)) = after.get(&svc.name) else { continue };
+            if let Some(why) = containers::platform_mismatch(docker, platform, c).await {
+                let msg = observed.message.unwrap_or_default();
+                observed.message = Some(format!("{msg}; service {}: {why}", svc.name));
+                break;
+            }
+        }
+    }
+    Ok(observed)
 }
 
 /// `deployConfig.cpu` / `memory` are the main service's limits when the file sets none for it.
