@@ -27,7 +27,7 @@ const IMAGE: &str = "aenv-test/sandbox:local";
 pub struct Common {
     /// A running operator's API (default: start one on a temporary data dir).
     #[arg(long)]
-    api: Option<String>,
+    pub(crate) api: Option<String>,
     /// The operator binary to start (default: aenv-operator next to this binary).
     #[arg(long)]
     operator_bin: Option<PathBuf>,
@@ -38,7 +38,7 @@ fn body(name: &str) -> Value {
            "deployConfig": {"arguments": ["sleep", "3600"], "readiness": false, "ttl": "1h"}})
 }
 
-fn docker(args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn docker(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("docker").args(args).output().context("running the docker CLI")?;
     if !out.status.success() {
         bail!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -46,17 +46,17 @@ fn docker(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     format!("b{}", std::process::id() % 100_000)
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
+pub(crate) struct Api {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
 }
 
 impl Api {
-    async fn create(&self, name: &str) -> anyhow::Result<String> {
+    pub(crate) async fn create(&self, name: &str) -> anyhow::Result<String> {
         let v: Value =
             self.http.post(format!("{}/env-instance", self.base)).json(&body(name)).send().await?.json().await?;
         v["data"]["id"].as_str().map(str::to_string).with_context(|| format!("create refused: {v}"))
@@ -67,7 +67,7 @@ impl Api {
         Ok(v["data"]["status"].as_str().unwrap_or_default().to_string())
     }
 
-    async fn wait_running(&self, id: &str) -> anyhow::Result<()> {
+    pub(crate) async fn wait_running(&self, id: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             match self.status(id).await?.as_str() {
@@ -79,13 +79,13 @@ impl Api {
         }
     }
 
-    async fn delete(&self, id: &str) -> anyhow::Result<()> {
+    pub(crate) async fn delete(&self, id: &str) -> anyhow::Result<()> {
         self.http.delete(format!("{}/env-instance/{id}", self.base)).send().await?;
         Ok(())
     }
 }
 
-async fn setup(common: &Common) -> anyhow::Result<(Operator, Api)> {
+pub(crate) async fn setup(common: &Common) -> anyhow::Result<(Operator, Api)> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let op = Operator::start_or_attach(common.api.clone(), common.operator_bin.clone(), &http).await?;
     let base = op.api.clone();
@@ -96,7 +96,7 @@ fn container_gone(name: &str) -> bool {
     Command::new("docker").args(["inspect", name]).output().map(|o| !o.status.success()).unwrap_or(false)
 }
 
-async fn wait_gone(name: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_gone(name: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !container_gone(name) {
         if Instant::now() > deadline {
@@ -268,7 +268,7 @@ fn wrk(url: &str, seconds: u64, connections: usize) -> anyhow::Result<(f64, Stri
     Ok((rps, p99))
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

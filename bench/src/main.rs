@@ -6,10 +6,13 @@
 //!   aenv-bench reads --instances 1000   # GET and list rates with 1,000 live instances (wrk), memory, resync
 //!   aenv-bench delete --rounds 20       # DELETE answer and removal vs `docker rm -f`
 //!   aenv-bench compose --rounds 10      # a stack to Running: aenv-operator vs `docker compose up -d`
+//!   aenv-bench claim --pool 50          # a create answered Running from a warm pool vs cold vs `docker run -d`
+//!   aenv-bench sdk --rounds 5           # the real SDK's initialize() without and with a warm pool
 
 mod compose;
 mod containers;
 mod operator;
+mod pools;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +37,11 @@ enum Command {
     Reads(containers::ReadsArgs),
     /// DELETE latency and time until the container is gone, against `docker rm -f`.
     Delete(containers::DeleteArgs),
+    /// SDK-form creates served from a warm pool (answered Running), against the cold path and `docker run -d`;
+    /// a burst of claims; memory per waiting sandbox.
+    Claim(pools::ClaimArgs),
+    /// The real Python SDK's `Environment(...).initialize()` to healthy, without and with a warm pool.
+    Sdk(pools::SdkArgs),
 }
 
 #[tokio::main]
@@ -44,5 +52,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Burst(args) => containers::burst(args).await,
         Command::Reads(args) => containers::reads(args).await,
         Command::Delete(args) => containers::delete(args).await,
+        Command::Claim(args) => pools::claim(args).await,
+        Command::Sdk(args) => pools::sdk(args).await,
     }
 }

@@ -27,6 +27,18 @@ impl Operator {
             http.get(format!("{api}/healthz")).send().await.with_context(|| format!("no operator answers at {api}"))?;
             return Ok(Operator { api, child: None, _data: None });
         }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_on(bin, http, &format!("127.0.0.1:{port}"), "127.0.0.1:0").await
+    }
+
+    /// Starts `bin` (default: `aenv-operator` next to this binary) with its API on `api_addr` and its proxy on
+    /// `proxy_addr`, on a temporary data dir.
+    pub async fn start_on(
+        bin: Option<PathBuf>,
+        http: &reqwest::Client,
+        api_addr: &str,
+        proxy_addr: &str,
+    ) -> anyhow::Result<Self> {
         let bin = match bin {
             Some(b) => b,
             None => std::env::current_exe()?.with_file_name("aenv-operator"),
@@ -38,23 +50,15 @@ impl Operator {
             );
         }
         let data = tempfile::tempdir()?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::fs::File::create(data.path().join("operator.log"))?;
         let child = Command::new(&bin)
-            .args([
-                "serve",
-                "--api-listen",
-                &format!("127.0.0.1:{port}"),
-                "--proxy-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .args(["serve", "--api-listen", api_addr, "--proxy-listen", proxy_addr, "--data-dir"])
             .arg(data.path().join("store"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let api = format!("http://127.0.0.1:{port}");
+        let api = format!("http://{api_addr}");
         let mut op = Operator { api, child: Some(child), _data: Some(data) };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

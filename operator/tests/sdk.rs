@@ -49,4 +49,34 @@ async fn the_python_sdk_works_unchanged() {
     assert!(out.status.success(), "SDK flow failed:\n{stdout}\n{stderr}\n--- operator log ---\n{}", op.log());
     assert!(stdout.contains("all SDK steps passed"), "{stdout}");
     eprintln!("{stdout}");
+
+    // With a warm pool, the SDK's Environment(...).initialize() is served from it (its create answered Running).
+    let (code, resp) =
+        op.post_json("/env-pool", &json!({"name": "sdk-warm", "envName": format!("{name}@1.0.0"), "replicas": 1})).await;
+    assert_eq!(code, 200, "{resp}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while op.get("/env-pool/sdk-warm").await.1["data"]["ready"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "the pool did not fill\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/scripts/sdk_init.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&host)
+        .arg(format!("{name}@1.0.0"))
+        .arg("1")
+        .output()
+        .await
+        .expect("python runs");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), op.log());
+    // The pool's status counts the hit a moment after the claim.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let pool = op.get("/env-pool/sdk-warm").await.1;
+        if pool["data"]["hits"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the SDK's create was not served from the pool: {pool}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

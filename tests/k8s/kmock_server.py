@@ -18,6 +18,9 @@ def declare_aenv(k: kmock.KubernetesEmulator) -> None:
     k.resources['aenv.io/v1alpha1/environments'] = dict(
         kind='Environment', namespaced=True, singular='environment', verbs=verbs,
         shortnames=['aenv'], categories=['aenv'], subresources=[])
+    k.resources['aenv.io/v1alpha1/envpools'] = dict(
+        kind='EnvPool', namespaced=True, singular='envpool', verbs=verbs,
+        shortnames=['envpool'], categories=['aenv'], subresources=['status', 'scale'])
 
 
 async def main() -> None:

@@ -125,3 +125,47 @@ def test_an_expired_cr_is_removed_with_its_container(kmock_url, make_operator, t
     wait_for('the CR to expire and go', lambda: http('GET', kmock_url + cr_path(ns, name))[0] == 404,
              timeout=30, log=op.log)
     wait_for('the container to go', lambda: op.containers() == [], timeout=10, log=op.log)
+
+
+def test_a_pool_cr_fills_with_instance_crs_and_a_claim_is_answered_running(kmock_url, make_operator, test_image):
+    ns = unique('e2e-pool')
+    op = make_operator(ns)
+    status, env = op.api('POST', '/env', {'name': 'pooled', 'version': '1.0.0',
+                                          'artifacts': [{'type': 'image', 'content': test_image}]})
+    assert status == 200, env
+    # What `kubectl apply -f pool.yaml` sends.
+    pool = {'apiVersion': 'aenv.io/v1alpha1', 'kind': 'EnvPool', 'metadata': {'name': 'warm', 'namespace': ns},
+            'spec': {'envName': 'pooled@1.0.0', 'replicas': 2}}
+    pools = f"{GROUP}/namespaces/{ns}/envpools"
+    status, created = http('POST', kmock_url + pools, pool)
+    assert status in (200, 201), created
+
+    def filled():
+        _, p = http('GET', f"{kmock_url}{pools}/warm")
+        st = (p or {}).get('status') or {}
+        return p if st.get('ready') == 2 else None
+
+    p = wait_for('the pool to hold 2 ready sandboxes', filled, timeout=90, log=op.log)
+    assert 'aenv.io/cleanup' in p['metadata'].get('finalizers', []), p['metadata']
+    _, listed = http('GET', kmock_url + cr_path(ns))
+    waiting = [i for i in listed['items'] if (i['metadata'].get('labels') or {}).get('aenv.io/pool') == 'warm']
+    assert len(waiting) == 2, listed
+    assert sorted(i['metadata']['name'] for i in waiting) == op.containers()
+
+    # The SDK's create is served from the pool: Running at once, and the CR says where it came from.
+    status, claimed = op.api('POST', '/env-instance', {
+        'envName': 'pooled@1.0.0', 'datasource': '', 'ttl': '10m', 'arguments': [],
+        'environment_variables': {'envNAME': 'pooled', 'envversion': '1.0.0'}})
+    assert status == 200 and claimed['data']['status'] == 'Running' and claimed['data']['ip'], claimed
+    iid = claimed['data']['id']
+    _, cr = http('GET', kmock_url + cr_path(ns, iid))
+    assert cr['metadata']['annotations']['aenv.io/claimed-from'] == 'warm', cr['metadata']
+    assert 'aenv.io/pool' not in (cr['metadata'].get('labels') or {}), cr['metadata']
+    assert cr['spec']['ttl'] == '10m'
+
+    # The pool refills; deleting it (kubectl delete) removes the waiting sandboxes and keeps the claimed one.
+    wait_for('the refill', lambda: len(op.containers()) == 3, timeout=60, log=op.log)
+    status, _ = http('DELETE', f"{kmock_url}{pools}/warm")
+    assert status == 200
+    wait_for('the pool CR to go', lambda: http('GET', f"{kmock_url}{pools}/warm")[0] == 404, timeout=30, log=op.log)
+    wait_for('only the claimed sandbox left', lambda: op.containers() == [iid], timeout=30, log=op.log)

@@ -44,11 +44,14 @@ pub struct PoolConfig {
     /// within this cap; while instances that users asked for are being created, only one is.
     #[arg(long, default_value_t = 4)]
     pub pool_max_starting: u32,
+    /// A pooled sandbox not ready this long after it was made (its readiness probe keeps failing) is replaced.
+    #[arg(long, default_value = "2m", value_parser = crate::app::config::parse_duration)]
+    pub pool_ready_timeout: Duration,
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { pool_max_starting: 4 }
+        PoolConfig { pool_max_starting: 4, pool_ready_timeout: Duration::from_secs(120) }
     }
 }
 
@@ -86,16 +89,23 @@ pub struct Plan {
     pub finished: bool,
 }
 
-/// Decides what a pool needs. `members` are the sandboxes waiting in it (deleting ones included), `model` what a
-/// sandbox of its template runs (`None` when the template is gone), `demand` the creates that wanted one lately,
-/// `room` how many sandboxes may be started now (the global cap, the cold creates, the backoff).
-pub fn plan(
-    pool: &EnvPool,
-    members: &[Arc<EnvInstance>],
-    model: Option<&EnvInstanceSpec>,
-    demand: u32,
-    room: u32,
-) -> Plan {
+/// What [`plan`] reads besides the pool and its sandboxes.
+#[derive(Clone, Copy, Debug)]
+pub struct Outlook<'a> {
+    /// What a sandbox of the pool's template runs; `None` when the template is gone.
+    pub model: Option<&'a EnvInstanceSpec>,
+    /// Creates that wanted a sandbox of the pool lately.
+    pub demand: u32,
+    /// How many sandboxes may be started now (the global cap, the cold creates, the backoff).
+    pub room: u32,
+    pub now: Timestamp,
+    /// A sandbox not ready this long after it was made counts as failed.
+    pub ready_timeout: Duration,
+}
+
+/// Decides what a pool needs. `members` are the sandboxes waiting in it (deleting ones included).
+pub fn plan(pool: &EnvPool, members: &[Arc<EnvInstance>], outlook: Outlook<'_>) -> Plan {
+    let Outlook { model, demand, room, now, ready_timeout } = outlook;
     let previous = pool.status.clone().unwrap_or_default();
     let deleting = pool.metadata.deletion_timestamp.is_some();
     let mut remove = Vec::new();
@@ -103,11 +113,27 @@ pub fn plan(
     let mut last_error = None;
     for m in members.iter().filter(|m| !m.is_deleting()) {
         let stale = model.is_some_and(|model| m.spec != *model);
+        let id = m.metadata.name.as_deref().unwrap_or_default();
+        let age = m.metadata.creation_timestamp.as_ref().map_or(Duration::ZERO, |c| {
+            Duration::from_millis((now.as_millisecond() - c.0.as_millisecond()).max(0) as u64)
+        });
         match m.member_state() {
             _ if deleting || stale => remove.push(m.clone()),
             MemberState::Failed => {
                 new_failures += 1;
-                last_error = m.status.as_ref().and_then(|s| s.message.clone()).or(Some(format!("sandbox {} {}", m.metadata.name.as_deref().unwrap_or_default(), m.phase())));
+                last_error = Some(m.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_else(|| format!("sandbox {id} {}", m.phase())));
+                remove.push(m.clone());
+            }
+            MemberState::Starting if age > ready_timeout => {
+                new_failures += 1;
+                let why = m
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                    .map(|c| c.message.clone())
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| format!("it is {}", m.phase()));
+                last_error = Some(format!("sandbox {id} not ready {}s after it was made: {why}", age.as_secs()));
                 remove.push(m.clone());
             }
             MemberState::Ready => ready.push(m.clone()),
@@ -206,7 +232,14 @@ impl Pools {
         let backoff = self.backoff().get(&pool_key).copied();
         let waiting = backoff.filter(|b| b.until > now).map(|b| b.until - now);
         let room = if waiting.is_some() { 0 } else { self.room() };
-        let plan = plan(&pool, &members, model.as_ref(), self.demand.recent(&pool_key, now), room);
+        let outlook = Outlook {
+            model: model.as_ref(),
+            demand: self.demand.recent(&pool_key, now),
+            room,
+            now: Timestamp::now(),
+            ready_timeout: self.config.pool_ready_timeout,
+        };
+        let plan = plan(&pool, &members, outlook);
 
         if plan.new_failures > 0 {
             let failures = backoff.map_or(0, |b| b.failures) + plan.new_failures;
@@ -355,4 +388,141 @@ pub async fn run(
         .for_each(|_| futures::future::ready(()))
         .await;
     sweeper.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use aenv_core::{Condition, EnvInstanceStatus, EnvPoolSpec};
+    use jiff::Timestamp;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+
+    fn pool(replicas: u32, max: Option<u32>) -> EnvPool {
+        let mut p = EnvPool::new(
+            "warm",
+            EnvPoolSpec { env_name: "mini@1.0.0".into(), replicas, max_replicas: max, owner: None },
+        );
+        p.metadata.namespace = Some("default".into());
+        p
+    }
+
+    fn model() -> EnvInstanceSpec {
+        member_spec(&EnvInstanceSpec { image: Some("mini:1".into()), ..Default::default() }, "mini", "1.0.0", None)
+    }
+
+    /// A waiting sandbox made at second `age` in `phase`, ready or not.
+    fn member(n: u32, phase: Phase, ready: bool) -> Arc<EnvInstance> {
+        let mut m = EnvInstance::new(&format!("mini-{n:06}"), model());
+        m.metadata.namespace = Some("default".into());
+        m.metadata.labels = Some([(POOL_LABEL.to_string(), "warm".to_string())].into());
+        m.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_700_000_000 + i64::from(n)).unwrap()));
+        let conditions = vec![Condition {
+            type_: "Ready".into(),
+            status: if ready { "True" } else { "False" }.into(),
+            reason: String::new(),
+            message: String::new(),
+        }];
+        m.status = Some(EnvInstanceStatus {
+            phase,
+            conditions,
+            message: (phase == Phase::Failed).then(|| "the container exited with code 1".to_string()),
+            ..Default::default()
+        });
+        Arc::new(m)
+    }
+
+    /// The outlook of a pool whose template is [`model`], at second 1_700_000_100.
+    fn look(model: Option<&EnvInstanceSpec>, demand: u32, room: u32) -> Outlook<'_> {
+        Outlook {
+            model,
+            demand,
+            room,
+            now: Timestamp::from_second(1_700_000_100).unwrap(),
+            ready_timeout: Duration::from_secs(120),
+        }
+    }
+
+    fn names(v: &[Arc<EnvInstance>]) -> Vec<String> {
+        v.iter().map(|m| m.metadata.name.clone().unwrap_or_default()).collect()
+    }
+
+    #[test]
+    fn an_empty_pool_is_filled_within_the_room() {
+        let p = plan(&pool(5, None), &[], look(Some(&model()), 0, 2));
+        assert_eq!((p.create, p.status.target, p.status.replicas), (2, 5, 0), "two now, the rest as room frees");
+        let p = plan(&pool(5, None), &[], look(Some(&model()), 0, 10));
+        assert_eq!(p.create, 5);
+    }
+
+    #[test]
+    fn ready_and_starting_count_and_failed_ones_are_replaced_with_the_reason() {
+        let members =
+            [member(1, Phase::Running, true), member(2, Phase::Creating, false), member(3, Phase::Failed, false)];
+        let p = plan(&pool(3, None), &members, look(Some(&model()), 0, 4));
+        assert_eq!((p.status.ready, p.status.starting, p.create, p.new_failures), (1, 1, 1, 1));
+        assert_eq!(names(&p.remove), ["mini-000003"]);
+        assert_eq!(p.status.last_error.as_deref(), Some("the container exited with code 1"));
+    }
+
+    #[test]
+    fn demand_grows_the_pool_up_to_its_ceiling_and_the_excess_goes_newest_and_unready_first() {
+        let members = [member(1, Phase::Running, true), member(2, Phase::Running, true)];
+        let p = plan(&pool(2, Some(6)), &members, look(Some(&model()), 3, 10));
+        assert_eq!((p.status.target, p.create), (5, 3));
+        let p = plan(&pool(2, Some(6)), &members, look(Some(&model()), 100, 10));
+        assert_eq!((p.status.target, p.create), (6, 4));
+        let members = [
+            member(1, Phase::Running, true),
+            member(2, Phase::Running, true),
+            member(3, Phase::Running, true),
+            member(4, Phase::Pending, false),
+        ];
+        let p = plan(&pool(2, Some(6)), &members, look(Some(&model()), 0, 10));
+        assert_eq!(names(&p.remove), ["mini-000004", "mini-000003"]);
+        assert_eq!(p.create, 0);
+    }
+
+    #[test]
+    fn sandboxes_of_an_old_template_are_replaced_and_a_missing_template_stops_the_refill() {
+        let mut old = (*member(1, Phase::Running, true)).clone();
+        old.spec.image = Some("mini:0".into());
+        let p = plan(&pool(1, None), &[Arc::new(old)], look(Some(&model()), 0, 4));
+        assert_eq!((names(&p.remove).len(), p.create, p.status.ready), (1, 1, 0));
+        let p = plan(&pool(1, None), &[], look(None, 0, 4));
+        assert_eq!(p.create, 0);
+        assert!(p.status.last_error.unwrap().contains("not found"));
+    }
+
+    #[test]
+    fn a_deleted_pool_removes_its_waiting_sandboxes_then_finishes() {
+        let mut p0 = pool(3, None);
+        p0.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let members = [member(1, Phase::Running, true), member(2, Phase::Pending, false)];
+        let p = plan(&p0, &members, look(Some(&model()), 0, 4));
+        assert_eq!((p.remove.len(), p.create, p.finished), (2, 0, false));
+        let mut going = (*members[0]).clone();
+        going.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let p = plan(&p0, &[Arc::new(going)], look(Some(&model()), 0, 4));
+        assert!(p.finished && p.remove.is_empty());
+    }
+
+    #[test]
+    fn a_sandbox_that_never_gets_ready_is_replaced_after_the_timeout() {
+        let members = [member(1, Phase::Running, false)];
+        let m = model();
+        let mut outlook = look(Some(&m), 0, 4);
+        let p = plan(&pool(1, None), &members, outlook);
+        assert!(p.remove.is_empty() && p.create == 0, "99 s old: still starting");
+        outlook.now = Timestamp::from_second(1_700_000_200).unwrap();
+        let p = plan(&pool(1, None), &members, outlook);
+        assert_eq!((names(&p.remove).len(), p.create, p.new_failures), (1, 1, 1));
+        assert!(p.status.last_error.unwrap().contains("not ready 199s"));
+    }
+
+    #[test]
+    fn the_failure_backoff_doubles_to_a_minute() {
+        let b: Vec<_> = [1, 2, 3, 7, 50].iter().map(|n| failure_backoff(*n).as_secs()).collect();
+        assert_eq!(b, [1, 2, 4, 60, 60]);
+    }
 }

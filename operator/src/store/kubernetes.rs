@@ -126,6 +126,27 @@ fn at_least(seen: Option<&str>, version: Option<&str>) -> bool {
     }
 }
 
+/// The JSON merge patch (RFC 7386) that turns `before` into `after`; `None` when they are equal. Objects are
+/// compared key by key (a key gone becomes `null`); anything else is replaced whole.
+fn merge_diff(before: &Value, after: &Value) -> Option<Value> {
+    match (before, after) {
+        _ if before == after => None,
+        (Value::Object(b), Value::Object(a)) => {
+            let mut patch = serde_json::Map::new();
+            for (key, new) in a {
+                if let Some(change) = merge_diff(b.get(key).unwrap_or(&Value::Null), new) {
+                    patch.insert(key.clone(), change);
+                }
+            }
+            for key in b.keys().filter(|k| !a.contains_key(*k)) {
+                patch.insert(key.clone(), Value::Null);
+            }
+            Some(Value::Object(patch))
+        }
+        _ => Some(after.clone()),
+    }
+}
+
 fn kube_err(context: String) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { context, source }
 }
@@ -283,6 +304,25 @@ where
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::merge_diff;
+
+    #[test]
+    fn merge_diff_sends_only_what_changed_and_nulls_what_went() {
+        let before = json!({"ttl": null, "labels": {"a": "1", "b": "2"}, "env": {"X": "1"}, "args": ["a"]});
+        let after = json!({"ttl": "10m", "labels": {"a": "1", "c": "3"}, "env": {"X": "1"}, "args": ["b"]});
+        assert_eq!(
+            merge_diff(&before, &after),
+            Some(json!({"ttl": "10m", "labels": {"b": null, "c": "3"}, "args": ["b"]}))
+        );
+        assert_eq!(merge_diff(&after, &after), None);
+        assert_eq!(merge_diff(&json!(null), &json!({"a": "1"})), Some(json!({"a": "1"})));
+    }
+}
+
 #[async_trait]
 impl<K> ObjectStore<K> for KubeStore<K>
 where
@@ -348,9 +388,26 @@ where
     async fn replace(&self, obj: &K) -> Result<Option<Arc<K>>, Error> {
         let k = key_of(obj);
         let (namespace, name) = self.split(&k);
-        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        // The API server checks `metadata.resourceVersion` (409 when it moved) and keeps the status subresource.
-        match self.api(&namespace).replace(&name, &params, obj).await {
+        let Some(current) = self.get(&k) else { return Ok(None) };
+        // A merge patch of what changed (spec, labels, annotations) carrying the version it was made against: the
+        // API server refuses it with 409 when the object moved on (and emulators without PUT take it too).
+        let as_json = |o: &K| serde_json::to_value(o).map_err(|e| Error::Store(e.to_string()));
+        let (before, after) = (as_json(current.as_ref())?, as_json(obj)?);
+        let mut patch = json!({ "metadata": {} });
+        for (path, field) in [(&["spec"][..], "spec"), (&["metadata", "labels"][..], "labels"), (&["metadata", "annotations"][..], "annotations")] {
+            let pick = |v: &Value| path.iter().try_fold(v, |v, p| v.get(*p)).cloned().unwrap_or(Value::Null);
+            if let Some(change) = merge_diff(&pick(&before), &pick(&after)) {
+                match field {
+                    "spec" => patch["spec"] = change,
+                    _ => patch["metadata"][field] = change,
+                }
+            }
+        }
+        if let Some(rv) = obj.meta().resource_version.as_ref().filter(|rv| !rv.is_empty()) {
+            patch["metadata"]["resourceVersion"] = json!(rv);
+        }
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        match self.api(&namespace).patch(&name, &params, &Patch::Merge(&patch)).await {
             Ok(o) => {
                 let version = o.meta().resource_version.clone();
                 let stored = Arc::new(self.normalize(o));
@@ -360,7 +417,7 @@ where
             }
             Err(e) if api_code(&e) == Some(404) => Ok(None),
             Err(e) if api_code(&e) == Some(409) => Err(Error::Conflict(k)),
-            Err(e) => Err(kube_err(format!("replacing {k}"))(e)),
+            Err(e) => Err(kube_err(format!("changing {k}"))(e)),
         }
     }
 

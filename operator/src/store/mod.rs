@@ -294,6 +294,47 @@ mod tests {
 
     use super::*;
 
+    /// The compare-and-swap a claim relies on: a write made against an old version loses, in each store.
+    #[tokio::test]
+    async fn replace_and_conditional_delete_lose_against_a_newer_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Embedded::open(dir.path()).unwrap();
+        let stores: [Arc<dyn ObjectStore<EnvInstance>>; 2] = [MemoryStore::new(), db.store::<EnvInstance>().unwrap()];
+        for store in stores {
+            let now = Timestamp::now();
+            let first = store.create(EnvInstance::new("a-000001", EnvInstanceSpec::default()), now).await.unwrap();
+            let mut running = (*first).clone();
+            running.status = Some(EnvInstanceStatus { phase: Phase::Running, ..Default::default() });
+            store.write_status(&running).await.unwrap();
+            let current = store.get("default/a-000001").unwrap();
+
+            let mut mine = (*current).clone();
+            mine.spec.owner = Some("alice".into());
+            mine.metadata.labels = Some([("k".to_string(), "v".to_string())].into());
+            let stored = store.replace(&mine).await.unwrap().unwrap();
+            assert_eq!(stored.spec.owner.as_deref(), Some("alice"));
+            assert_eq!(stored.phase(), Phase::Running, "the status stays");
+            assert_eq!(stored.metadata.generation, Some(2), "a spec change is a new generation");
+            assert_eq!(stored.metadata.uid, current.metadata.uid);
+
+            // A second writer that read before the first wrote loses, and changes nothing.
+            let mut theirs = (*current).clone();
+            theirs.spec.owner = Some("bob".into());
+            assert!(matches!(store.replace(&theirs).await, Err(Error::Conflict(_))));
+            let stale = current.metadata.resource_version.clone().unwrap();
+            assert!(matches!(store.request_delete_at("default/a-000001", &stale, now).await, Err(Error::Conflict(_))));
+            let kept = store.get("default/a-000001").unwrap();
+            assert_eq!((kept.spec.owner.as_deref(), kept.is_deleting()), (Some("alice"), false));
+
+            let fresh = kept.metadata.resource_version.clone().unwrap();
+            assert!(store.request_delete_at("default/a-000001", &fresh, now).await.unwrap().unwrap().is_deleting());
+            let mut late = (*kept).clone();
+            late.metadata.resource_version = store.get("default/a-000001").unwrap().metadata.resource_version.clone();
+            assert!(matches!(store.replace(&late).await, Err(Error::Conflict(_))), "no claim of what is being deleted");
+            assert!(store.replace(&EnvInstance::new("gone-000002", EnvInstanceSpec::default())).await.unwrap().is_none());
+        }
+    }
+
     #[test]
     fn phase_changes_are_events_and_failures_are_warnings() {
         let with = |phase: Phase, ip: Option<&str>, message: Option<&str>| {
