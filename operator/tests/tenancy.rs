@@ -65,8 +65,12 @@ async fn owners_share_no_network_and_one_owner_s_sandboxes_reach_each_other() {
     let a_lab2 = create(&op, ALICE, &name, json!({"network": lab})).await;
     let b1 = create(&op, BOB, &name, json!({})).await;
     let b_lab = create(&op, BOB, &name, json!({"network": lab})).await;
+    // Asking for Docker's default bridge by name does not lead onto the network every tenant would share.
+    let b_bridge = create(&op, BOB, &name, json!({"network": "bridge"})).await;
     let mut ip = std::collections::HashMap::new();
-    for (token, id) in [(ALICE, &a1), (ALICE, &a2), (ALICE, &a_lab1), (ALICE, &a_lab2), (BOB, &b1), (BOB, &b_lab)] {
+    for (token, id) in
+        [(ALICE, &a1), (ALICE, &a2), (ALICE, &a_lab1), (ALICE, &a_lab2), (BOB, &b1), (BOB, &b_lab), (BOB, &b_bridge)]
+    {
         let v = wait_ready(&op, token, id).await;
         ip.insert(id.clone(), v["ip"].as_str().unwrap().to_string());
     }
@@ -75,6 +79,7 @@ async fn owners_share_no_network_and_one_owner_s_sandboxes_reach_each_other() {
     let (alice_net, bob_net) = (network_of(&a1), network_of(&b1));
     assert_eq!(network_of(&a2), alice_net);
     assert!(alice_net.starts_with("aenv-o-") && bob_net.starts_with("aenv-o-") && alice_net != bob_net);
+    assert_eq!(network_of(&b_bridge), bob_net, "`bridge` is the owner's own network");
     let (alice_lab, bob_lab) = (network_of(&a_lab1), network_of(&b_lab));
     assert_eq!(network_of(&a_lab2), alice_lab);
     assert_ne!(alice_lab, bob_lab, "two owners naming {lab} land on two networks");
@@ -111,7 +116,7 @@ async fn owners_share_no_network_and_one_owner_s_sandboxes_reach_each_other() {
     }
     wait_gone(&alice_net).await;
     // ... or removed by hand (the sweep finds the network no container uses).
-    docker_ok(&["rm", "-f", &b1]);
+    docker_ok(&["rm", "-f", &b1, &b_bridge]);
     wait_gone(&bob_net).await;
     assert!(docker(&["network", "inspect", &bob_lab]).status.success(), "bob's {lab} is still in use");
 }
