@@ -72,7 +72,8 @@ pub struct ApiArgs {
     #[arg(long, default_value = "127.0.0.1:8081", env = "AENV_PROXY_LISTEN")]
     pub proxy_listen: SocketAddr,
     /// Bearer tokens, as JSON: {"tokens": [{"token": "...", "owner": "alice", "maxInstances": 20}]}. Requests
-    /// then need `Authorization: Bearer <token>`; each caller sees and deletes only its own instances.
+    /// then need `Authorization: Bearer <token>`; each caller sees and deletes only its own instances, and on the
+    /// Docker engine its sandboxes join networks of their own (no traffic between owners).
     #[arg(long, env = "AENV_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
     /// Serve a non-loopback --api-listen without --tokens-file (only behind something that authenticates).
