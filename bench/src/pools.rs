@@ -104,7 +104,9 @@ pub async fn claim(args: ClaimArgs) -> anyhow::Result<()> {
         made.push(v["data"]["id"].as_str().unwrap_or_default().to_string());
 
         let t = Instant::now();
-        let v = post(&http, format!("{base}/env-instance"), &sdk_body(&name, "1.0.0", json!({"COLD": round.to_string()}))).await?;
+        let v =
+            post(&http, format!("{base}/env-instance"), &sdk_body(&name, "1.0.0", json!({"COLD": round.to_string()})))
+                .await?;
         let id = v["data"]["id"].as_str().context("no id")?.to_string();
         api.wait_running(&id).await?;
         cold.push(t.elapsed());
@@ -156,10 +158,17 @@ pub async fn claim(args: ClaimArgs) -> anyhow::Result<()> {
         c.median.as_secs_f64() / k.median.as_secs_f64(),
         c.median.as_secs_f64() / p.median.as_secs_f64()
     );
-    println!("burst: {} claims at once, {burst_running} answered Running, the last after {}", args.pool, ms(burst_last));
+    println!(
+        "burst: {} claims at once, {burst_running} answered Running, the last after {}",
+        args.pool,
+        ms(burst_last)
+    );
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         let per = (after.saturating_sub(before)) as f64 / args.pool as f64;
-        println!("operator memory: {before} KiB before the pool, {after} KiB with {} waiting: {per:.1} KiB each", args.pool);
+        println!(
+            "operator memory: {before} KiB before the pool, {after} KiB with {} waiting: {per:.1} KiB each",
+            args.pool
+        );
     }
     for id in &made {
         wait_gone(id).await.ok();
@@ -184,7 +193,8 @@ pub struct SdkArgs {
 pub async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
     let host = format!("127.78.{}.{}", std::process::id() % 250 + 1, (std::process::id() / 250) % 250 + 1);
     let http = reqwest::Client::new();
-    let _op = Operator::start_on(args.operator_bin.clone(), &http, &format!("{host}:8080"), &format!("{host}:8081")).await?;
+    let _op =
+        Operator::start_on(args.operator_bin.clone(), &http, &format!("{host}:8080"), &format!("{host}:8081")).await?;
     let base = format!("http://{host}:8080");
     let name = format!("{}-sdk", run_id());
     let env = format!("{name}@1.0.0");
@@ -206,8 +216,13 @@ pub async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
                 bail!("the SDK script failed: {}", String::from_utf8_lossy(&out.stderr));
             }
             let v: Value = serde_json::from_slice(&out.stdout).context("the SDK script's output")?;
-            let secs: Vec<Duration> =
-                v["seconds"].as_array().into_iter().flatten().filter_map(Value::as_f64).map(Duration::from_secs_f64).collect();
+            let secs: Vec<Duration> = v["seconds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .map(Duration::from_secs_f64)
+                .collect();
             Ok(secs)
         }
     };
@@ -220,7 +235,13 @@ pub async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
     let (Some(a), Some(b)) = (summarize(&without), summarize(&with)) else { bail!("no samples") };
     println!("SDK Environment.initialize() to healthy: n={}", a.n);
     println!("  without a pool  median {:>8}  p90 {:>8}  min {:>8}", ms(a.median), ms(a.p90), ms(a.min));
-    println!("  with a pool     median {:>8}  p90 {:>8}  min {:>8}  (pool hits {})", ms(b.median), ms(b.p90), ms(b.min), v["data"]["hits"]);
+    println!(
+        "  with a pool     median {:>8}  p90 {:>8}  min {:>8}  (pool hits {})",
+        ms(b.median),
+        ms(b.p90),
+        ms(b.min),
+        v["data"]["hits"]
+    );
     println!("  ratio of medians (with / without): {:.3}", b.median.as_secs_f64() / a.median.as_secs_f64());
     Ok(())
 }

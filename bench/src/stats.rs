@@ -38,7 +38,10 @@ mod tests {
         let s = summarize(&ms(&[5, 1, 4, 2, 3])).unwrap();
         assert_eq!((s.min, s.median, s.p90, s.max), (ms(&[1])[0], ms(&[3])[0], ms(&[5])[0], ms(&[5])[0]));
         let s = summarize(&ms(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10])).unwrap();
-        assert_eq!((s.median, s.p90, s.p99), (Duration::from_micros(5500), Duration::from_millis(9), Duration::from_millis(10)));
+        assert_eq!(
+            (s.median, s.p90, s.p99),
+            (Duration::from_micros(5500), Duration::from_millis(9), Duration::from_millis(10))
+        );
         assert_eq!(summarize(&[]), None);
     }
 }

@@ -420,17 +420,22 @@ async fn a_claimed_sandbox_gets_the_store_s_labels_by_one_patch() {
         let status = json!({"phase": "Running", "podIP": "10.42.0.7",
             "conditions": [{"type": "Ready", "status": "True"}]});
         reply(send, 200, pod_json("demo-abc123", "op-1", status.clone()));
-        let (_, patch, send) =
-            expect(&mut handle, "PATCH", "/api/v1/namespaces/aenv-sandbox/pods/demo-abc123").await;
+        let (_, patch, send) = expect(&mut handle, "PATCH", "/api/v1/namespaces/aenv-sandbox/pods/demo-abc123").await;
         let meta = &patch["metadata"];
-        reply(send, 200, labelled(pod_json("demo-abc123", "op-1", status), &(meta["labels"].clone(), meta["annotations"].clone())));
+        reply(
+            send,
+            200,
+            labelled(pod_json("demo-abc123", "op-1", status), &(meta["labels"].clone(), meta["annotations"].clone())),
+        );
         (patch, handle)
     });
     let observed = engine.apply(&inst).await.unwrap();
     let (patch, mut handle) = server.await.unwrap();
     assert_eq!(observed.phase, Phase::Running);
     let labels = &patch["metadata"]["labels"];
-    for (key, value) in [("aenv.io/owner", "alice"), ("business/aenv-owner", "alice"), ("business/aenv-ttl", "30m"), ("team", "rl")] {
+    for (key, value) in
+        [("aenv.io/owner", "alice"), ("business/aenv-owner", "alice"), ("business/aenv-ttl", "30m"), ("team", "rl")]
+    {
         assert_eq!(labels[key], value, "label {key}");
     }
     assert!(labels.get("aenv.io/instance").is_none(), "labels the Pod has already are not sent again");

@@ -141,7 +141,7 @@ impl Metrics {
                 }
             }
         }
-        // Pools that emptied read 0 rather than their last count.
+        // Only pools with waiting sandboxes have series: a pool that emptied or went is not left at its last count.
         for gauge in [&self.pool_ready, &self.pool_starting] {
             gauge.clear();
         }

@@ -105,3 +105,53 @@ async fn operator_converges_after_the_daemon_restarts() {
     assert!(rm.status.success());
     op.wait_for(&a, Duration::from_secs(10), |v| v["data"]["status"] == "Terminated").await;
 }
+
+/// A daemon restart stops a warm pool's sandboxes: the pool sees them fail, replaces them, and is full again.
+#[tokio::test]
+async fn a_warm_pool_refills_after_the_daemon_restarts() {
+    let mut daemon = PrivateDaemon::start(false, false);
+    let socket = daemon.socket.clone();
+    let op = Operator::start(BIN, &["--docker-host", &socket, "--resync-interval", "1s"]).await;
+    let name = unique_name("poolrestart");
+    let body = json!({"name": name, "version": "1.0.0", "artifacts": [{"type": "image", "content": TEST_IMAGE}]});
+    assert_eq!(op.post_json("/env", &body).await.0, 200);
+    let pool = json!({"name": "warm", "envName": format!("{name}@1.0.0"), "replicas": 2});
+    assert_eq!(op.post_json("/env-pool", &pool).await.0, 200);
+    let ready = |want: u64| {
+        let op = &op;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, p) = op.get("/env-pool/warm").await;
+                if p["data"]["ready"].as_u64() == Some(want) {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "{p}\n{}", op.log());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    ready(2).await;
+    let names = |d: &PrivateDaemon| {
+        let out = d.docker(&["ps", "--filter", &format!("label=aenv.env_name={name}"), "--format", "{{.Names}}"]);
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        v.sort();
+        v
+    };
+    let before = names(&daemon);
+    assert_eq!(before.len(), 2);
+
+    daemon.stop();
+    daemon.start_again();
+    // The stopped sandboxes are replaced, not reused: two new ones run.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let after = names(&daemon);
+        if after.len() == 2 && after.iter().all(|n| !before.contains(n)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{before:?} then {after:?}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ready(2).await;
+}

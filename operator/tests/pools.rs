@@ -58,9 +58,8 @@ async fn a_pool_hit_answers_running_with_the_ip_and_the_pool_refills() {
     let op = Operator::start(BIN, &[]).await;
     let name = unique_name("warm");
     register(&op, &name, json!({"environment_variables": {"FROM_TEMPLATE": "1"}})).await;
-    let (code, pool) = op
-        .post_json("/env-pool", &json!({"name": "p1", "envName": format!("{name}@1.0.0"), "replicas": 2}))
-        .await;
+    let (code, pool) =
+        op.post_json("/env-pool", &json!({"name": "p1", "envName": format!("{name}@1.0.0"), "replicas": 2})).await;
     assert_eq!(code, 200, "{pool}");
     for key in ["name", "envName", "replicas", "ready"] {
         assert!(pool["data"].get(key).is_some(), "{key} missing: {pool}");
@@ -131,7 +130,14 @@ async fn a_pool_hit_answers_running_with_the_ip_and_the_pool_refills() {
     assert!(resp["message"].as_str().unwrap().contains("\"p1\""), "{resp}");
 
     // Scaling to 0 and deleting the pool remove its waiting sandboxes, and nothing else.
-    let (code, _) = op.http.put(op.url("/env-pool/p1")).json(&json!({"replicas": 0})).send().await.map(|r| (r.status().as_u16(), ())).unwrap();
+    let (code, _) = op
+        .http
+        .put(op.url("/env-pool/p1"))
+        .json(&json!({"replicas": 0}))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
     assert_eq!(code, 200);
     wait_pool(&op, "p1", Duration::from_secs(30), |p| p["ready"] == 0 && p["starting"] == 0).await;
     let (code, _) = op.delete("/env-pool/p1").await;
@@ -179,7 +185,10 @@ async fn bad_pool_input_is_refused_naming_the_field() {
     assert_eq!(code, 409, "{resp}");
     let put = |body: Value| op.http.put(op.url("/env-pool/p")).json(&body).send();
     assert_eq!(put(json!({"replicas": 5000})).await.unwrap().status().as_u16(), 400);
-    assert_eq!(op.http.put(op.url("/env-pool/none")).json(&json!({"replicas": 1})).send().await.unwrap().status().as_u16(), 404);
+    assert_eq!(
+        op.http.put(op.url("/env-pool/none")).json(&json!({"replicas": 1})).send().await.unwrap().status().as_u16(),
+        404
+    );
     assert!(containers_with_label(&format!("aenv.env_name={name}")).is_empty());
 }
 
@@ -190,9 +199,8 @@ async fn a_pool_whose_template_cannot_start_reports_it_and_backs_off() {
     let name = unique_name("failpool");
     // The image's command replaced by one that exits at once.
     register(&op, &name, json!({"arguments": ["false"]})).await;
-    let (code, _) = op
-        .post_json("/env-pool", &json!({"name": "doomed", "envName": format!("{name}@1.0.0"), "replicas": 3}))
-        .await;
+    let (code, _) =
+        op.post_json("/env-pool", &json!({"name": "doomed", "envName": format!("{name}@1.0.0"), "replicas": 3})).await;
     assert_eq!(code, 200);
     let p = wait_pool(&op, "doomed", Duration::from_secs(30), |p| p.get("lastError").is_some()).await;
     assert!(p["lastError"].as_str().unwrap().contains("exited"), "{p}");
@@ -293,8 +301,9 @@ async fn a_stack_template_pools_as_a_unit() {
     let compose = format!(
         "services:\n  main:\n    image: {TEST_IMAGE}\n  side:\n    image: {TEST_IMAGE}\n    command: [\"sleep\", \"3600\"]\n"
     );
-    let (code, resp) =
-        op.post_json("/env", &json!({"name": name, "version": "1.0.0", "deployConfig": {"composeFile": compose}})).await;
+    let (code, resp) = op
+        .post_json("/env", &json!({"name": name, "version": "1.0.0", "deployConfig": {"composeFile": compose}}))
+        .await;
     assert_eq!(code, 200, "{resp}");
     op.post_json("/env-pool", &json!({"name": "s", "envName": format!("{name}@1.0.0"), "replicas": 1})).await;
     wait_pool(&op, "s", Duration::from_secs(90), |p| p["ready"] == 1).await;

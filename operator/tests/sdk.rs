@@ -51,8 +51,9 @@ async fn the_python_sdk_works_unchanged() {
     eprintln!("{stdout}");
 
     // With a warm pool, the SDK's Environment(...).initialize() is served from it (its create answered Running).
-    let (code, resp) =
-        op.post_json("/env-pool", &json!({"name": "sdk-warm", "envName": format!("{name}@1.0.0"), "replicas": 1})).await;
+    let (code, resp) = op
+        .post_json("/env-pool", &json!({"name": "sdk-warm", "envName": format!("{name}@1.0.0"), "replicas": 1}))
+        .await;
     assert_eq!(code, 200, "{resp}");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while op.get("/env-pool/sdk-warm").await.1["data"]["ready"] != 1 {

@@ -214,8 +214,17 @@ pub async fn serve(
         StoreKind::Kubernetes => config.kube.namespace.clone(),
         StoreKind::Embedded => store::DEFAULT_NAMESPACE.to_string(),
     };
-    let services =
-        Services::new(instances, templates, pools, demand, engine, metrics, namespace, api.default_ttl.clone(), config.limits.clone());
+    let services = Services::new(
+        instances,
+        templates,
+        pools,
+        demand,
+        engine,
+        metrics,
+        namespace,
+        api.default_ttl.clone(),
+        config.limits.clone(),
+    );
 
     let shutdown = shutdown.shared();
     let api = warp::serve(http::routes(services, auth)).incoming(listener).graceful(shutdown.clone()).run();

@@ -121,7 +121,12 @@ pub fn plan(pool: &EnvPool, members: &[Arc<EnvInstance>], outlook: Outlook<'_>) 
             _ if deleting || stale => remove.push(m.clone()),
             MemberState::Failed => {
                 new_failures += 1;
-                last_error = Some(m.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_else(|| format!("sandbox {id} {}", m.phase())));
+                last_error = Some(
+                    m.status
+                        .as_ref()
+                        .and_then(|s| s.message.clone())
+                        .unwrap_or_else(|| format!("sandbox {id} {}", m.phase())),
+                );
                 remove.push(m.clone());
             }
             MemberState::Starting if age > ready_timeout => {
@@ -157,7 +162,9 @@ pub fn plan(pool: &EnvPool, members: &[Arc<EnvInstance>], outlook: Outlook<'_>) 
     let create = if model.is_some() && !deleting { (target as usize - live).min(room as usize) as u32 } else { 0 };
     let last_error = match (last_error, model) {
         (Some(e), _) => Some(e),
-        (None, None) if !deleting => Some(format!("environment \"{}\" not found: register it, or delete the pool", pool.spec.env_name)),
+        (None, None) if !deleting => {
+            Some(format!("environment \"{}\" not found: register it, or delete the pool", pool.spec.env_name))
+        }
         // Cleared once a sandbox is ready again.
         (None, _) if !ready.is_empty() => None,
         (None, _) => previous.last_error.clone(),
@@ -226,9 +233,8 @@ impl Pools {
             (t.spec.name == n && t.spec.version == v && t.metadata.deletion_timestamp.is_none())
                 .then(|| member_spec(&t.spec.template, n, v, pool.spec.owner.as_deref()))
         });
-        let members = self
-            .instances
-            .list_where(&|i: &EnvInstance| i.pool() == Some(name.as_str()) && i.namespace() == namespace);
+        let members =
+            self.instances.list_where(&|i: &EnvInstance| i.pool() == Some(name.as_str()) && i.namespace() == namespace);
         let backoff = self.backoff().get(&pool_key).copied();
         let waiting = backoff.filter(|b| b.until > now).map(|b| b.until - now);
         let room = if waiting.is_some() { 0 } else { self.room() };
@@ -244,7 +250,12 @@ impl Pools {
         if plan.new_failures > 0 {
             let failures = backoff.map_or(0, |b| b.failures) + plan.new_failures;
             let delay = failure_backoff(failures);
-            warn!(failures, ?delay, error = plan.status.last_error.as_deref().unwrap_or(""), "pooled sandboxes failed; replacing them after a backoff");
+            warn!(
+                failures,
+                ?delay,
+                error = plan.status.last_error.as_deref().unwrap_or(""),
+                "pooled sandboxes failed; replacing them after a backoff"
+            );
             self.backoff().insert(pool_key.clone(), Backoff { failures, until: now + delay });
         } else if plan.status.ready > 0 {
             self.backoff().remove(&pool_key);
@@ -254,7 +265,9 @@ impl Pools {
             match self.instances.request_delete_at(&key_of(m.as_ref()), &version, Timestamp::now()).await {
                 Ok(_) => debug!(sandbox = ?m.metadata.name, "pooled sandbox removed"),
                 // Claimed (or changed) since the plan saw it: it is someone's instance now.
-                Err(Error::Conflict(_)) => debug!(sandbox = ?m.metadata.name, "pooled sandbox changed meanwhile; left alone"),
+                Err(Error::Conflict(_)) => {
+                    debug!(sandbox = ?m.metadata.name, "pooled sandbox changed meanwhile; left alone")
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -32,11 +32,9 @@ fn only(obj: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
 fn count(obj: &Map<String, Value>, field: &str) -> Result<Option<u32>, ApiError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(format!("field `{field}` must be a whole number, 0 or more (got {v})"))),
+        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("field `{field}` must be a whole number, 0 or more (got {v})"))
+        }),
     }
 }
 
@@ -75,18 +73,16 @@ pub fn routes(
     who: Caller,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let body = warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes());
-    let create = warp::path!("env-pool")
-        .and(warp::post())
-        .and(who.clone())
-        .and(body)
-        .and(with_services(svc.clone()))
-        .then(|c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move {
-            let made = async {
-                let request = parse_create(&body)?;
-                Ok::<_, ApiError>(wire::pool(&*svc.create_pool(request, c.as_ref()).await?))
-            };
-            reply(made.await)
-        });
+    let create =
+        warp::path!("env-pool").and(warp::post()).and(who.clone()).and(body).and(with_services(svc.clone())).then(
+            |c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move {
+                let made = async {
+                    let request = parse_create(&body)?;
+                    Ok::<_, ApiError>(wire::pool(&*svc.create_pool(request, c.as_ref()).await?))
+                };
+                reply(made.await)
+            },
+        );
     let list = warp::path!("env-pool").and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
         |c: Option<Principal>, svc: Arc<Services>| {
             reply::<ApiError>(Ok(Value::Array(svc.list_pools(c.as_ref()).iter().map(|p| wire::pool(p)).collect())))

@@ -135,7 +135,11 @@ impl Services {
     }
 
     /// Makes a pool of an existing template; the pool controller fills it.
-    pub async fn create_pool(&self, req: PoolRequest, caller: Option<&Principal>) -> Result<Arc<EnvPool>, ServiceError> {
+    pub async fn create_pool(
+        &self,
+        req: PoolRequest,
+        caller: Option<&Principal>,
+    ) -> Result<Arc<EnvPool>, ServiceError> {
         check_name(&req.name)?;
         check_sizes(req.replicas, req.max_replicas)?;
         let spec = EnvPoolSpec {

@@ -394,7 +394,11 @@ where
         let as_json = |o: &K| serde_json::to_value(o).map_err(|e| Error::Store(e.to_string()));
         let (before, after) = (as_json(current.as_ref())?, as_json(obj)?);
         let mut patch = json!({ "metadata": {} });
-        for (path, field) in [(&["spec"][..], "spec"), (&["metadata", "labels"][..], "labels"), (&["metadata", "annotations"][..], "annotations")] {
+        for (path, field) in [
+            (&["spec"][..], "spec"),
+            (&["metadata", "labels"][..], "labels"),
+            (&["metadata", "annotations"][..], "annotations"),
+        ] {
             let pick = |v: &Value| path.iter().try_fold(v, |v, p| v.get(*p)).cloned().unwrap_or(Value::Null);
             if let Some(change) = merge_diff(&pick(&before), &pick(&after)) {
                 match field {
@@ -411,8 +415,10 @@ where
             Ok(o) => {
                 let version = o.meta().resource_version.clone();
                 let stored = Arc::new(self.normalize(o));
-                self.settle(&k, |o| o.is_none_or(|o| at_least(o.meta().resource_version.as_deref(), version.as_deref())))
-                    .await;
+                self.settle(&k, |o| {
+                    o.is_none_or(|o| at_least(o.meta().resource_version.as_deref(), version.as_deref()))
+                })
+                .await;
                 Ok(Some(stored))
             }
             Err(e) if api_code(&e) == Some(404) => Ok(None),

@@ -331,7 +331,9 @@ mod tests {
             let mut late = (*kept).clone();
             late.metadata.resource_version = store.get("default/a-000001").unwrap().metadata.resource_version.clone();
             assert!(matches!(store.replace(&late).await, Err(Error::Conflict(_))), "no claim of what is being deleted");
-            assert!(store.replace(&EnvInstance::new("gone-000002", EnvInstanceSpec::default())).await.unwrap().is_none());
+            assert!(
+                store.replace(&EnvInstance::new("gone-000002", EnvInstanceSpec::default())).await.unwrap().is_none()
+            );
         }
     }
 
