@@ -3,9 +3,12 @@
 # `docker import`. Like AEnvironment images it answers GET /health on port 8081; set AENV_HEALTH_DELAY (seconds)
 # to make it start answering late. Any command given to the container replaces that default.
 #
-#   scripts/build-test-image.sh [tag]     (default tag: aenv-test/sandbox:local)
+#   scripts/build-test-image.sh [tag] [expose]   (default tag: aenv-test/sandbox:local; expose: 8081)
+#
+# An empty `expose` builds an image that declares no port, as many users' images do (`docker import` adds none).
 set -euo pipefail
 tag="${1:-aenv-test/sandbox:local}"
+expose="${2-8081}"
 busybox=""
 for candidate in /bin/busybox /usr/bin/busybox "$(command -v busybox || true)"; do
   if [ -n "$candidate" ] && [ -x "$candidate" ]; then busybox="$candidate"; break; fi
@@ -32,11 +35,9 @@ sleep "${AENV_HEALTH_DELAY:-0}"
 exec httpd -f -p 8081 -h /www
 SH
 chmod +x "$root/bin/aenv-entrypoint"
-tar -C "$root" -c . | docker import \
-  -c 'CMD ["/bin/aenv-entrypoint"]' \
-  -c 'ENV PATH=/bin' \
-  -c 'EXPOSE 8081' \
-  - "$tag" >/dev/null
+changes=(-c 'CMD ["/bin/aenv-entrypoint"]' -c 'ENV PATH=/bin')
+if [ -n "$expose" ]; then changes+=(-c "EXPOSE $expose"); fi
+tar -C "$root" -c . | docker import "${changes[@]}" - "$tag" >/dev/null
 if ! docker run --rm --network none "$tag" true >/dev/null 2>&1; then
   docker rmi "$tag" >/dev/null 2>&1 || true
   echo "build-test-image: $busybox does not run in an empty image (not statically linked?); install busybox-static" >&2

@@ -39,6 +39,10 @@ pub enum OwnedKind {
     Network,
     /// A volume a stack made: its id is the volume's name.
     Volume,
+    /// A network instances share (an owner's network, or one a request named): its id is the network's name. It
+    /// belongs to no instance (`namespace` and `instance` are empty) and is listed only when none of the
+    /// operator's containers is on it, so the sweep removes it once it is unused for longer than the grace.
+    SharedNetwork,
 }
 
 /// One object the engine found labelled as belonging to this operator.
@@ -109,6 +113,11 @@ pub enum ErrorKind {
     Transient,
     /// This engine cannot do that at all (an operation it does not offer).
     Unsupported,
+    /// The backend made the workload but would not start it, and says why only in a message (Docker answers a
+    /// start with a server error: a host port taken, a mount the runtime refuses, a binary for another platform).
+    /// It may pass (the port is freed) but mostly does not: the controller retries it a few times, then fails the
+    /// instance with the backend's reason.
+    StartFailed,
 }
 
 /// Why an engine call failed: a [`kind`](EngineError::kind) that callers decide on, a message for users (what
@@ -176,7 +185,7 @@ impl EngineError {
 
     /// Whether trying again later may help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, ErrorKind::Unavailable | ErrorKind::Transient)
+        matches!(self.kind, ErrorKind::Unavailable | ErrorKind::Transient | ErrorKind::StartFailed)
     }
 
     /// A short, stable label for metrics.
@@ -186,6 +195,7 @@ impl EngineError {
             ErrorKind::Permanent => "permanent",
             ErrorKind::Transient => "other",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::StartFailed => "start_failed",
         }
     }
 }

@@ -18,8 +18,6 @@ pub struct DockerEngineConfig {
     pub host_display: String,
     /// What requests may ask of the host.
     pub policy: Policy,
-    /// Host address published ports bind to (`127.0.0.1` by default).
-    pub publish_host_ip: String,
     /// Grace period between SIGTERM and SIGKILL when an instance is removed; zero kills at once.
     pub stop_timeout: Duration,
     /// Safe defaults every container gets (requests cannot change them).
@@ -28,6 +26,9 @@ pub struct DockerEngineConfig {
     pub no_pull: bool,
     /// Whether compose stacks (`composeFile`) may run.
     pub compose: bool,
+    /// Tenancy: the single containers of an instance with an owner go on the owner's own network, and a network
+    /// the spec names is scoped to its owner ([`crate::network::owner_scoped`]). On when the API has tokens.
+    pub owner_networks: bool,
 }
 
 /// The defaults that make a container fit for untrusted code. The operator's flags may change them; a request
@@ -83,11 +84,11 @@ impl DockerEngineConfig {
             network: "bridge".into(),
             host_display: "unix:///var/run/docker.sock".into(),
             policy: Policy::default(),
-            publish_host_ip: "127.0.0.1".into(),
             stop_timeout: Duration::ZERO,
             hardening: Hardening::default(),
             no_pull: false,
             compose: true,
+            owner_networks: false,
         }
     }
 }

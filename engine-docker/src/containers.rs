@@ -1,6 +1,8 @@
 //! Containers as the engine sees them: the calls both single containers and compose stacks make (inspect,
 //! remove), and what an inspected or listed container says about its instance (phase, IP, message, ports).
 
+use std::sync::Arc;
+
 use aenv_core::{EngineError, Observed, Phase, PortStatus};
 use bollard::{
     Docker,
@@ -119,4 +121,42 @@ pub(crate) fn summary_phase(state: Option<&ContainerSummaryStateEnum>) -> Phase 
         Some(ContainerSummaryStateEnum::REMOVING) | Some(ContainerSummaryStateEnum::STOPPING) => Phase::Terminated,
         _ => Phase::Creating,
     }
+}
+
+/// The platform the daemon runs (`linux/amd64`), asked once and kept.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HostPlatform(Arc<tokio::sync::OnceCell<String>>);
+
+impl HostPlatform {
+    async fn get(&self, docker: &Docker) -> Option<&str> {
+        self.0
+            .get_or_try_init(|| async {
+                let v = docker.version().await?;
+                Ok::<_, bollard::errors::Error>(format!("{}/{}", v.os.unwrap_or_default(), v.arch.unwrap_or_default()))
+            })
+            .await
+            .ok()
+            .map(String::as_str)
+    }
+}
+
+/// Why a container that exited with an error may have: its image is built for another platform than the daemon's
+/// (Docker starts it, and the kernel refuses the binary: the container exits with only `exec format error` in its
+/// output). `None` when it did not fail, or the platforms agree, or either cannot be had. Asked only of failed
+/// containers, so it costs nothing on the way to `Running`.
+pub(crate) async fn platform_mismatch(
+    docker: &Docker,
+    host: &HostPlatform,
+    c: &ContainerInspectResponse,
+) -> Option<String> {
+    let state = c.state.as_ref()?;
+    let failed = matches!(state.status, Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD))
+        && state.exit_code.unwrap_or_default() != 0;
+    if !failed {
+        return None;
+    }
+    let image = docker.inspect_image(c.image.as_deref()?).await.ok()?;
+    let built_for = format!("{}/{}", image.os.unwrap_or_default(), image.architecture.unwrap_or_default());
+    let runs = host.get(docker).await?;
+    (built_for != runs).then(|| format!("its image is built for {built_for}, and this Docker host runs {runs}"))
 }

@@ -1,7 +1,11 @@
 //! [`DockerEngine`]: the [`Engine`] over one Docker daemon. A container per instance, named by the instance id;
 //! a compose stack is handed to [`crate::compose`].
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use aenv_core::{
     Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ErrorKind, InvalidSpec, ManagedObject, Observed,
@@ -28,7 +32,7 @@ use tracing::debug;
 
 use crate::{
     Allowance, DockerEngineConfig, Policy, compose, containers,
-    error::{classify, is_conflict, is_not_found},
+    error::{classify, classify_start, is_conflict, is_not_found},
     image::ensure_image,
     network,
     probe::Prober,
@@ -40,6 +44,7 @@ pub struct DockerEngine {
     docker: Docker,
     config: DockerEngineConfig,
     prober: Prober,
+    platform: containers::HostPlatform,
     /// Serialises user-network creation: Docker allows two networks of one name, so two instances creating the
     /// same network at once would make it ambiguous.
     network_lock: Arc<tokio::sync::Mutex<()>>,
@@ -47,17 +52,28 @@ pub struct DockerEngine {
 
 impl DockerEngine {
     pub fn new(docker: Docker, config: DockerEngineConfig) -> Self {
-        Self { docker, config, prober: Prober::default(), network_lock: Arc::default() }
+        Self {
+            docker,
+            config,
+            prober: Prober::default(),
+            platform: containers::HostPlatform::default(),
+            network_lock: Arc::default(),
+        }
     }
 
-    /// The network an instance joins.
-    fn network_of<'a>(&'a self, spec: &'a EnvInstanceSpec) -> &'a str {
-        spec.network.as_deref().unwrap_or(&self.config.network)
+    /// The Docker network an instance joins: the one its spec names, else the operator's; scoped to the
+    /// instance's owner when owner networks are on.
+    fn network_of(&self, spec: &EnvInstanceSpec) -> String {
+        let named = spec.network.as_deref().unwrap_or(&self.config.network);
+        match spec.owner.as_deref() {
+            Some(owner) if self.config.owner_networks => network::owner_scoped(owner, named),
+            _ => named.to_string(),
+        }
     }
 
     /// Creates the instance's user network when it needs one, within the policy.
     async fn prepare_network(&self, spec: &EnvInstanceSpec) -> Result<(), EngineError> {
-        let name = self.network_of(spec);
+        let name = &self.network_of(spec);
         if network::is_builtin(name) {
             return Ok(());
         }
@@ -69,7 +85,8 @@ impl DockerEngine {
             return Ok(());
         }
         let _one_at_a_time = self.network_lock.lock().await;
-        network::ensure(&self.docker, name, &self.config.operator_id).await
+        let owner = spec.owner.as_deref().filter(|_| self.config.owner_networks);
+        network::ensure(&self.docker, name, &self.config.operator_id, owner).await
     }
 
     /// Probes a running instance; `None` when it has no probe.
@@ -116,6 +133,8 @@ impl DockerEngine {
             return Err(EngineError::permanent("spec.image is empty: the instance has no image to run"));
         };
         let image = image.to_string();
+        // Objects written around the API (a custom resource) never went through `validate`.
+        no_compose_labels(spec).map_err(|e| EngineError::permanent(e.to_string()))?;
         let nano_cpus = spec
             .resources
             .cpu
@@ -134,12 +153,19 @@ impl DockerEngine {
             .map(|b| b as i64);
         let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
         let name = inst.metadata.name.clone().unwrap_or_default();
-        let port_bindings: PortMap = spec
+        // Every requested port is exposed as well as bound: Docker publishes only exposed ports, and an image that
+        // declares no EXPOSE (or another port) would otherwise get bindings that publish nothing.
+        let port_keys: Vec<String> = spec
             .ports
             .iter()
-            .map(|p| {
-                let binding = PortBinding { host_ip: Some(self.config.publish_host_ip.clone()), host_port: None };
-                (format!("{}/{}", p.container_port, p.protocol.as_deref().unwrap_or("tcp")), Some(vec![binding]))
+            .map(|p| format!("{}/{}", p.container_port, p.protocol.as_deref().unwrap_or("tcp")))
+            .collect();
+        let port_bindings: PortMap = port_keys
+            .iter()
+            .map(|key| {
+                let binding =
+                    PortBinding { host_ip: Some(self.config.policy.publish_host_ip().to_string()), host_port: None };
+                (key.clone(), Some(vec![binding]))
             })
             .collect();
         let labels = InstanceLabels {
@@ -157,7 +183,7 @@ impl DockerEngine {
             memory,
             // No swap beyond the memory limit: a sandbox that outgrows its limit is OOM-killed, not slowed.
             memory_swap: memory,
-            network_mode: Some(self.network_of(spec).to_string()),
+            network_mode: Some(self.network_of(spec)),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
             restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
             ..Default::default()
@@ -168,6 +194,7 @@ impl DockerEngine {
             cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels.into_iter().collect()),
+            exposed_ports: (!port_keys.is_empty()).then_some(port_keys),
             host_config: Some(host_config),
             ..Default::default()
         })
@@ -182,7 +209,7 @@ impl DockerEngine {
         let policy =
             if self.config.no_pull { PullPolicy::Never } else { inst.spec.image_pull_policy.unwrap_or_default() };
         let ensure = || async {
-            ensure_image(&self.docker, &image, policy).await.map_err(|e| {
+            ensure_image(&self.docker, &image, policy, &self.config.policy).await.map_err(|e| {
                 if self.config.no_pull && e.kind() == ErrorKind::Permanent {
                     e.reworded(|msg| format!("{msg}; this operator runs with --no-pull"))
                 } else {
@@ -235,7 +262,7 @@ impl DockerEngine {
             Err(e) if is_not_found(&e) => {
                 Err(EngineError::transient(format!("container {name} disappeared before it started; retrying")))
             }
-            Err(e) => Err(classify(&format!("starting container {name}"), e)),
+            Err(e) => Err(classify_start(&format!("starting container {name}"), e)),
         }
     }
 
@@ -255,6 +282,11 @@ impl DockerEngine {
         c: &ContainerInspectResponse,
     ) -> Result<Observed, EngineError> {
         let mut observed = containers::observe(name, c);
+        if observed.phase == Phase::Failed
+            && let Some(why) = containers::platform_mismatch(&self.docker, &self.platform, c).await
+        {
+            observed.message = Some(format!("{}; {why}", observed.message.unwrap_or_default()));
+        }
         (observed.ready, observed.ready_message) = self.readiness(spec, &observed).await;
         Ok(observed)
     }
@@ -283,6 +315,7 @@ impl Engine for DockerEngine {
     }
 
     fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+        no_compose_labels(spec)?;
         if let Workload::Stack { compose_file } = spec.workload() {
             if !self.config.compose {
                 return Err(InvalidSpec::new(
@@ -291,6 +324,9 @@ impl Engine for DockerEngine {
                 ));
             }
             return compose::plan(spec, compose_file, &self.config.policy).map(|_| ());
+        }
+        if let Some(image) = spec.image.as_deref() {
+            self.config.policy.check_image(image, "image")?;
         }
         let network = self.network_of(spec);
         if network == "host" {
@@ -309,7 +345,7 @@ impl Engine for DockerEngine {
 
     async fn apply(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
         if let Workload::Stack { compose_file } = inst.spec.workload() {
-            return compose::run::apply(&self.docker, &self.config, inst, compose_file).await;
+            return compose::run::apply(&self.docker, &self.config, &self.platform, inst, compose_file).await;
         }
         let name = inst.metadata.name.clone().unwrap_or_default();
         // A new instance (no container recorded yet) is created straight away: one call fewer on the hot path.
@@ -372,7 +408,7 @@ impl Engine for DockerEngine {
         }
         remove_container(&self.docker, &name).await?;
         let _one_at_a_time = self.network_lock.lock().await;
-        network::remove_if_unused(&self.docker, self.network_of(&inst.spec), &self.config.operator_id).await
+        network::remove_if_unused(&self.docker, &self.network_of(&inst.spec), &self.config.operator_id).await
     }
 
     async fn delete_owned(&self, object: &OwnedObject) -> Result<(), EngineError> {
@@ -380,6 +416,11 @@ impl Engine for DockerEngine {
             OwnedKind::Network => compose::run::remove_network(&self.docker, &object.id).await,
             OwnedKind::Volume => compose::run::remove_volume(&self.docker, &object.id).await,
             OwnedKind::Container => remove_container(&self.docker, &object.id).await,
+            OwnedKind::SharedNetwork => {
+                // Still unused? (An instance may have joined it since the list.) Removed only if so.
+                let _one_at_a_time = self.network_lock.lock().await;
+                network::remove_if_unused(&self.docker, &object.id, &self.config.operator_id).await
+            }
         }
     }
 
@@ -390,6 +431,11 @@ impl Engine for DockerEngine {
         // A stack's objects all carry the stack's phase (judged by its main service), so that a resync compares
         // the instance with its stack rather than with whichever of its containers is listed last.
         let stacks = compose::status::stack_phases(&containers);
+        let in_use: HashSet<String> = containers
+            .iter()
+            .filter_map(|c| c.network_settings.as_ref()?.networks.as_ref())
+            .flat_map(|nets| nets.keys().cloned())
+            .collect();
         let mut owned: Vec<OwnedObject> = containers
             .into_iter()
             .filter_map(|c| {
@@ -409,7 +455,9 @@ impl Engine for DockerEngine {
             })
             .collect();
         // Stack networks and volumes come after the containers, so an orphan sweep removes those first.
-        owned.extend(compose::status::owned_networks_and_volumes(&self.docker, &self.owned_filter(), &stacks).await?);
+        owned.extend(
+            compose::status::owned_networks_and_volumes(&self.docker, &self.owned_filter(), &stacks, &in_use).await?,
+        );
         Ok(owned)
     }
 
@@ -477,11 +525,32 @@ impl Engine for DockerEngine {
     }
 
     fn warmup(&self, spec: &EnvInstanceSpec) -> BoxStream<'static, PullProgress> {
-        crate::image::warmup(self.docker.clone(), images_of(spec, &self.config.policy), self.config.no_pull)
+        crate::image::warmup(
+            self.docker.clone(),
+            images_of(spec, &self.config.policy),
+            self.config.no_pull,
+            self.config.policy.clone(),
+        )
     }
 
     async fn ping(&self) -> Result<(), EngineError> {
         self.docker.ping().await.map(|_| ()).map_err(|e| classify(&format!("pinging {}", self.config.host_display), e))
+    }
+}
+
+/// Labels under `com.docker.compose.` are Compose's bookkeeping: on a single container they would make `docker
+/// compose` take it for part of a project (and act on it: `docker compose -p <project> down` removes it); on a
+/// stack the operator sets its own. A request may not set them.
+fn no_compose_labels(spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+    match spec.labels.keys().find(|k| k.starts_with(compose::COMPOSE_LABEL_PREFIX)) {
+        None => Ok(()),
+        Some(key) => Err(InvalidSpec::new(
+            "labels",
+            format!(
+                "field `labels` sets {key:?}: keys under {} are Docker Compose's own (the operator sets them on stacks); choose another key",
+                compose::COMPOSE_LABEL_PREFIX
+            ),
+        )),
     }
 }
 

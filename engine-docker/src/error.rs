@@ -40,6 +40,20 @@ pub(crate) fn classify(context: &str, err: bollard::errors::Error) -> EngineErro
     sorted.with_source(err)
 }
 
+/// Sorts the failure of a container start. Docker reports what a start ran into (a host port in use, a mount
+/// the runtime refuses, an executable of another platform) as a 500 with a message and nothing typed; whether it
+/// can pass is not known from that, so it is [`ErrorKind::StartFailed`](aenv_core::ErrorKind::StartFailed) (retried
+/// a bounded number of times by the controller) rather than transient (retried until the TTL). A 4xx (no such
+/// executable, an invalid mount) is permanent, as any 4xx; no answer at all is the daemon being unavailable.
+pub(crate) fn classify_start(context: &str, err: bollard::errors::Error) -> EngineError {
+    match &err {
+        bollard::errors::Error::DockerResponseServerError { status_code, message } if *status_code >= 500 => {
+            EngineError::new(aenv_core::ErrorKind::StartFailed, format!("{context}: {message}")).with_source(err)
+        }
+        _ => classify(context, err),
+    }
+}
+
 /// True for the daemon's 404.
 pub(crate) fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(err, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })

@@ -4,7 +4,10 @@ use aenv_core::{EngineError, ErrorKind, PullPolicy, PullProgress, PullState};
 use bollard::{Docker, query_parameters::CreateImageOptionsBuilder};
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 
-use crate::error::{classify, is_not_found};
+use crate::{
+    Policy,
+    error::{classify, is_not_found},
+};
 
 /// Splits `repo[:tag]` (a digest reference is passed whole), defaulting the tag to `latest`, so that a pull
 /// fetches one image rather than every tag of the repository.
@@ -19,8 +22,15 @@ pub(crate) fn split_reference(image: &str) -> (&str, &str) {
     }
 }
 
-/// Ensures the image is present, pulling it when the policy says so.
-pub(crate) async fn ensure_image(docker: &Docker, image: &str, policy: PullPolicy) -> Result<(), EngineError> {
+/// Ensures the image is present, pulling it when the policy says so, and only from a registry the host policy
+/// allows (checked at validate time too; again here for objects written around the API and policies changed
+/// since).
+pub(crate) async fn ensure_image(
+    docker: &Docker,
+    image: &str,
+    policy: PullPolicy,
+    host: &Policy,
+) -> Result<(), EngineError> {
     let present = match docker.inspect_image(image).await {
         Ok(_) => true,
         Err(e) if is_not_found(&e) => false,
@@ -35,6 +45,7 @@ pub(crate) async fn ensure_image(docker: &Docker, image: &str, policy: PullPolic
         }
         _ => {}
     }
+    host.check_registry(image).map_err(EngineError::permanent)?;
     let (from_image, tag) = split_reference(image);
     let options = CreateImageOptionsBuilder::default().from_image(from_image).tag(tag).build();
     let credentials = crate::auth::credentials_for(image);
@@ -61,7 +72,12 @@ pub(crate) async fn ensure_image(docker: &Docker, image: &str, policy: PullPolic
 
 /// Pulls each image in turn, sending progress: `Present` for an image on the host already, `Pulling` with the
 /// daemon's status lines while it pulls, then `Pulled` or `Failed` with the daemon's message.
-pub(crate) fn warmup(docker: Docker, images: Vec<String>, no_pull: bool) -> BoxStream<'static, PullProgress> {
+pub(crate) fn warmup(
+    docker: Docker,
+    images: Vec<String>,
+    no_pull: bool,
+    host: Policy,
+) -> BoxStream<'static, PullProgress> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         for image in images {
@@ -86,6 +102,10 @@ pub(crate) fn warmup(docker: Docker, images: Vec<String>, no_pull: bool) -> BoxS
             }
             if no_pull {
                 let _ = send(PullState::Failed, "not on the host, and this operator runs with --no-pull".into()).await;
+                continue;
+            }
+            if let Err(why) = host.check_registry(&image) {
+                let _ = send(PullState::Failed, why).await;
                 continue;
             }
             if !send(PullState::Pulling, String::new()).await {

@@ -17,9 +17,11 @@ mod image;
 mod network;
 mod policy;
 mod probe;
+mod registry;
 
 pub use config::{DEFAULT_CAPABILITIES, DockerEngineConfig, Hardening};
 pub use connect::{ConnectOptions, connect};
 pub use engine::DockerEngine;
 pub use error::Error;
 pub use policy::{Allowance, Policy};
+pub use registry::Registries;

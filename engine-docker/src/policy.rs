@@ -3,6 +3,8 @@
 
 use aenv_core::InvalidSpec;
 
+use crate::registry::Registries;
+
 use std::str::FromStr;
 
 /// One thing the policy can allow.
@@ -22,10 +24,12 @@ pub enum Allowance {
     Devices,
     /// Joining a Docker network the operator did not create.
     ExternalNetworks,
+    /// A compose port with a fixed host port or a host IP other than `--publish-host-ip`.
+    HostPorts,
 }
 
 impl Allowance {
-    pub const ALL: [Allowance; 7] = [
+    pub const ALL: [Allowance; 8] = [
         Allowance::HostNetwork,
         Allowance::Privileged,
         Allowance::BindMounts,
@@ -33,6 +37,7 @@ impl Allowance {
         Allowance::CapAdd,
         Allowance::Devices,
         Allowance::ExternalNetworks,
+        Allowance::HostPorts,
     ];
 
     /// The name used on the command line.
@@ -45,6 +50,7 @@ impl Allowance {
             Allowance::CapAdd => "cap-add",
             Allowance::Devices => "devices",
             Allowance::ExternalNetworks => "external-networks",
+            Allowance::HostPorts => "host-ports",
         }
     }
 }
@@ -60,17 +66,70 @@ impl FromStr for Allowance {
     }
 }
 
-/// The operator's policy: the set of allowances. The default allows nothing.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The host address published ports bind to unless the operator says otherwise: loopback.
+pub const DEFAULT_PUBLISH_HOST_IP: &str = "127.0.0.1";
+
+/// The operator's policy: the set of allowances, and the host address where ports are published. The default
+/// allows nothing and publishes on loopback.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     allowed: Vec<Allowance>,
+    publish_host_ip: String,
+    registries: Registries,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allowed: Vec::new(),
+            publish_host_ip: DEFAULT_PUBLISH_HOST_IP.to_string(),
+            registries: Registries::default(),
+        }
+    }
 }
 
 impl Policy {
     pub fn allowing(allowed: impl IntoIterator<Item = Allowance>) -> Self {
         let mut allowed: Vec<_> = allowed.into_iter().collect();
         allowed.dedup();
-        Policy { allowed }
+        Policy { allowed, ..Policy::default() }
+    }
+
+    /// Publishes ports on `ip` (`--publish-host-ip`) rather than on loopback.
+    pub fn publishing_on(mut self, ip: impl Into<String>) -> Self {
+        self.publish_host_ip = ip.into();
+        self
+    }
+
+    /// Pulls from the registries `registries` lists too (`--registry-allow`).
+    pub fn with_registries(mut self, registries: Registries) -> Self {
+        self.registries = registries;
+        self
+    }
+
+    /// `Ok` when `image` may be pulled; otherwise why not.
+    pub fn check_registry(&self, image: &str) -> Result<(), String> {
+        self.registries.check(image)
+    }
+
+    /// `Ok` when `image` may be pulled (its registry is not an internal address, or is listed); otherwise the API
+    /// message, naming `key`.
+    pub fn check_image(&self, image: &str, key: &str) -> Result<(), InvalidSpec> {
+        self.registries.check(image).map_err(|why| InvalidSpec::new(key, format!("field `{key}`: {why}")))
+    }
+
+    /// The host address every published port binds to (single containers always; stack ports unless the
+    /// policy allows [`Allowance::HostPorts`] and the file names another).
+    pub fn publish_host_ip(&self) -> &str {
+        &self.publish_host_ip
+    }
+
+    /// Whether `ip` (as a compose file writes it, IPv6 without brackets) is the publish address.
+    pub fn is_publish_host_ip(&self, ip: &str) -> bool {
+        match (ip.parse::<std::net::IpAddr>(), self.publish_host_ip.parse::<std::net::IpAddr>()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => ip == self.publish_host_ip,
+        }
     }
 
     pub fn allows(&self, a: Allowance) -> bool {
@@ -109,5 +168,16 @@ mod tests {
         assert!(!p.allows(Allowance::Privileged));
         assert_eq!("bind-mounts".parse::<Allowance>(), Ok(Allowance::BindMounts));
         assert!("root".parse::<Allowance>().unwrap_err().contains("host-network"));
+        assert_eq!("host-ports".parse::<Allowance>(), Ok(Allowance::HostPorts));
+    }
+
+    #[test]
+    fn the_publish_address_compares_as_an_address() {
+        let p = Policy::default();
+        assert_eq!(p.publish_host_ip(), "127.0.0.1");
+        assert!(p.is_publish_host_ip("127.0.0.1"));
+        assert!(!p.is_publish_host_ip("127.0.0.14") && !p.is_publish_host_ip("0.0.0.0"));
+        let p = Policy::default().publishing_on("::1");
+        assert!(p.is_publish_host_ip("0:0:0:0:0:0:0:1") && !p.is_publish_host_ip("127.0.0.1"));
     }
 }

@@ -246,7 +246,8 @@ async fn warmup_done(op: &Operator, env: &str, timeout: Duration) -> Value {
 async fn warmup_pre_pulls_a_templates_images_with_progress() {
     let registry = LocalRegistry::start();
     let image = registry.push(TEST_IMAGE, "aenv/warm:1");
-    let op = Operator::start(BIN, &[]).await;
+    // A registry on loopback: refused unless listed.
+    let op = Operator::start(BIN, &["--registry-allow", &registry.host()]).await;
     let name = unique_name("warm");
     let body = json!({"name": name, "version": "1", "artifacts": [{"type": "image", "content": image}]});
     let (code, resp) = op.post_json("/env", &body).await;
@@ -299,7 +300,7 @@ async fn openapi_document_is_served_and_every_path_exists() {
 async fn a_template_can_hold_a_compose_stack_and_warmup_pulls_each_service() {
     let registry = LocalRegistry::start();
     let side_image = registry.push(TEST_IMAGE, "aenv/side:1");
-    let op = Operator::start(BIN, &[]).await;
+    let op = Operator::start(BIN, &["--registry-allow", &registry.host()]).await;
     let name = unique_name("stacktmpl");
     let compose = format!(
         "services:\n  main:\n    image: {TEST_IMAGE}\n    labels: [aenv.main=true]\n    depends_on: [side]\n  side:\n    image: {side_image}\n"
@@ -324,4 +325,63 @@ async fn a_template_can_hold_a_compose_stack_and_warmup_pulls_each_service() {
     op.delete(&format!("/env-instance/{id}")).await;
     op.wait_for(&id, Duration::from_secs(20), |v| v["code"] == 404).await;
     docker(&["rmi", &side_image]);
+}
+
+#[tokio::test]
+async fn images_from_internal_registries_need_registry_allow() {
+    let registry = LocalRegistry::start();
+    let image = registry.push(TEST_IMAGE, "aenv/guarded:1");
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("registry");
+    // Loopback, link-local (cloud metadata), localhost: refused before anything is stored or pulled.
+    for refused in [image.as_str(), "169.254.169.254/latest/x:1", "localhost:5000/x", "10.1.2.3:80/x"] {
+        let body = aenv_testkit::create_body(&name, refused, json!({}));
+        let (code, resp) = op.post_json("/env-instance", &body).await;
+        assert_eq!(code, 400, "{refused}: {resp}");
+        let msg = resp["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("`image`") && msg.contains("--registry-allow"), "{refused}: {msg}");
+        // A compose service's image, and a template, the same.
+        let compose = format!("services:\n  web:\n    image: {refused}\n");
+        let body = json!({"name": name, "deployConfig": {"composeFile": compose}});
+        let (code, resp) = op.post_json("/env-instance", &body).await;
+        assert_eq!(code, 400, "{refused}: {resp}");
+        assert!(resp["message"].as_str().unwrap_or_default().contains("`services.web.image`"), "{resp}");
+        let body = json!({"name": name, "version": "1", "artifacts": [{"type": "image", "content": refused}]});
+        let (code, resp) = op.post_json("/env", &body).await;
+        assert_eq!(code, 400, "{refused}: {resp}");
+    }
+    let (_, list) = op.get(&format!("/env-instance?envName={name}")).await;
+    assert_eq!(list["data"], json!([]), "nothing was stored");
+    assert!(!docker(&["image", "inspect", &image]).status.success(), "nothing was pulled");
+
+    // Listed, it is pulled and runs.
+    let op = Operator::start(BIN, &["--registry-allow", &registry.host()]).await;
+    let (code, created) = op.post_json("/env-instance", &aenv_testkit::create_body(&name, &image, json!({}))).await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&id, Duration::from_secs(60), running).await;
+    // Another port of the same host is not listed.
+    let other = image.replace(&registry.host(), "127.0.0.1:1");
+    let (code, _) = op.post_json("/env-instance", &aenv_testkit::create_body(&name, &other, json!({}))).await;
+    assert_eq!(code, 400);
+    op.delete(&format!("/env-instance/{id}")).await;
+    op.wait_for(&id, Duration::from_secs(20), |v| v["code"] == 404).await;
+    docker(&["rmi", &image]);
+
+    // A template registered while the registry was listed, then the operator restarted without the flag: its
+    // warmup refuses before any pull, and a create from it is refused.
+    let mut op = op;
+    let body = json!({"name": name, "version": "1", "artifacts": [{"type": "image", "content": image}]});
+    let (code, resp) = op.post_json("/env", &body).await;
+    assert_eq!(code, 200, "{resp}");
+    op.restart_with(BIN, &[]).await;
+    let (code, started) = op.post_json(&format!("/env/{name}/1/warmup"), &json!({})).await;
+    assert_eq!(code, 202, "{started}");
+    let state = warmup_done(&op, &format!("{name}/1"), Duration::from_secs(20)).await;
+    assert_eq!(state["data"]["images"][0]["state"], "Failed", "{state}");
+    let detail = state["data"]["images"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("--registry-allow"), "{detail}");
+    assert!(!docker(&["image", "inspect", &image]).status.success(), "nothing was pulled");
+    let (code, resp) = op.post_json("/env-instance", &json!({"envName": format!("{name}@1")})).await;
+    assert_eq!(code, 400, "{resp}");
 }

@@ -371,3 +371,110 @@ async fn orphaned_stack_networks_and_volumes_are_swept() {
     assert!(names("volume", "aenv.io/operator-id=someone-else").contains(&other), "another operator's volume");
     docker_ok(&["volume", "rm", &other]);
 }
+
+#[tokio::test]
+async fn stack_ports_are_ephemeral_on_the_publish_address_unless_the_policy_allows() {
+    let op = Operator::start(BIN, &[]).await;
+    let _cleanup = Cleanup(op.operator_id.clone());
+    let name = unique_name("ports");
+    // A port on every interface, and a fixed port on another loopback address (a host service's, once it stops).
+    for (port, what) in [
+        ("\"0.0.0.0:18999:8081\"", "host address 0.0.0.0 and host port 18999"),
+        ("\"127.0.0.14:18700:8081\"", "host address 127.0.0.14 and host port 18700"),
+        ("\"18700:8081\"", "host port 18700"),
+        ("{target: 8081, published: 18999, host_ip: 0.0.0.0}", "host address 0.0.0.0 and host port 18999"),
+    ] {
+        let yaml = format!("services:\n  web:\n    image: ${{IMAGE}}\n    ports: [{port}]\n");
+        let (code, body) = op.post_json("/env-instance", &stack_body(&name, &yaml, json!({}))).await;
+        assert_eq!(code, 400, "{port}: {body}");
+        let msg = body["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("`services.web.ports[0]`") && msg.contains(what), "{port}: {msg}");
+        assert!(msg.contains("--allow host-ports"), "{msg}");
+    }
+    let (_, list) = op.get(&format!("/env-instance?envName={name}")).await;
+    assert_eq!(list["data"], json!([]), "nothing was stored");
+    assert!(names("container", &format!("aenv.env_name={name}")).is_empty());
+
+    // The container port alone: published on --publish-host-ip (loopback) at a port Docker picks.
+    let yaml = "services:\n  web:\n    image: ${IMAGE}\n    ports: [\"8081\", \"127.0.0.1::8082\"]\n";
+    let id = create_stack(&op, &name, yaml, json!({})).await;
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Running").await;
+    let bindings = &inspect(&format!("{id}-web-1"))["HostConfig"]["PortBindings"];
+    for key in ["8081/tcp", "8082/tcp"] {
+        assert_eq!(bindings[key][0]["HostIp"], "127.0.0.1", "{bindings}");
+        assert_eq!(bindings[key][0]["HostPort"], "", "ephemeral: {bindings}");
+    }
+    let ports = v["data"]["ports"].as_array().expect("ports in status");
+    let web = ports.iter().find(|p| p["containerPort"] == 8081).expect("8081 in status");
+    assert_eq!(web["hostIp"], "127.0.0.1");
+    let url = format!("http://127.0.0.1:{}/health", web["hostPort"].as_u64().unwrap());
+    let text = get_eventually(&op, &url).await;
+    assert!(text.contains("healthy"), "{text}");
+
+    // An operator started with --allow host-ports publishes what the file names.
+    let op = Operator::start(BIN, &["--allow", "host-ports"]).await;
+    let _cleanup = Cleanup(op.operator_id.clone());
+    let free = std::net::TcpListener::bind("127.0.0.14:0").and_then(|l| l.local_addr()).unwrap().port();
+    let yaml = format!("services:\n  web:\n    image: ${{IMAGE}}\n    ports: [\"127.0.0.14:{free}:8081\"]\n");
+    let id = create_stack(&op, &name, &yaml, json!({})).await;
+    op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Running").await;
+    let text = get_eventually(&op, &format!("http://127.0.0.14:{free}/health")).await;
+    assert!(text.contains("healthy"), "{text}");
+}
+
+/// The body of `GET url` once it answers (a service's server may start a moment after its container runs).
+async fn get_eventually(op: &Operator, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match op.http.get(url).send().await {
+            Ok(resp) => return resp.text().await.unwrap_or_default(),
+            Err(e) => assert!(Instant::now() < deadline, "{url} never answered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn permanent_start_failures_fail_the_stack_with_docker_s_reason() {
+    // --allow host-ports, so that a file may name a fixed host port (here one a host process holds).
+    let op = Operator::start(BIN, &["--allow", "host-ports"]).await;
+    let _cleanup = Cleanup(op.operator_id.clone());
+    let name = unique_name("startfail");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let cases = [
+        // Docker answers these starts with a 500: retried a few times (the port might be freed), then Failed.
+        (format!("    ports: [\"127.0.0.1:{port}:8081\"]\n"), format!("{port}"), true),
+        ("    volumes: [\"/proc\"]\n".to_string(), "/proc".to_string(), true),
+        // A 400: Failed at once.
+        ("    command: [\"/no/such/binary\"]\n".to_string(), "/no/such/binary".to_string(), false),
+    ];
+    for (line, reason, retried) in cases {
+        let yaml = format!("services:\n  web:\n    image: ${{IMAGE}}\n{line}");
+        let id = create_stack(&op, &name, &yaml, json!({})).await;
+        let started = Instant::now();
+        let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+        let msg = v["data"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("service web could not start") && msg.contains(&reason), "{line}: {msg}");
+        if retried {
+            assert!(msg.contains("gave up after"), "{line}: {msg}");
+            assert!(started.elapsed() >= Duration::from_secs(2), "retried with backoff first: {line}");
+        }
+        // It stays Failed: nothing retries it until its TTL.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, again) = op.get(&format!("/env-instance/{id}")).await;
+        assert_eq!(again["data"]["status"], "Failed", "{again}");
+    }
+    drop(held);
+
+    // An image for another platform: Docker starts it, the binary does not run; the message says why.
+    let foreign = aenv_testkit::ensure_foreign_test_image();
+    let yaml = format!("services:\n  web:\n    image: ${{IMAGE}}\n  arm:\n    image: {foreign}\n");
+    let id = create_stack(&op, &name, &yaml, json!({})).await;
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+    let msg = v["data"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("service arm exited with code") && msg.contains("service arm: its image is built for"),
+        "{msg}"
+    );
+}

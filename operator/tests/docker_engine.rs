@@ -151,3 +151,83 @@ async fn ready_flips_when_health_starts_answering() {
     assert_eq!(v["data"]["ready"], false, "{v}");
     assert!(containers_with_label(&format!("aenv.env_name={name}")).len() >= 2);
 }
+
+#[tokio::test]
+async fn ports_are_published_when_the_image_exposes_nothing() {
+    let image = aenv_testkit::ensure_bare_test_image();
+    let exposed = inspect(image)["Config"]["ExposedPorts"].clone();
+    assert!(exposed.is_null() || exposed == json!({}), "the fixture must declare no port: {exposed}");
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("bare");
+    let (code, created) =
+        op.post_json("/env-instance", &create_body(&name, image, json!({"ports": [8081, "9000/udp"]}))).await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| running(v) && v["data"]["ready"] == true).await;
+    let c = inspect(&id);
+    let exposed = c["Config"]["ExposedPorts"].as_object().expect("ExposedPorts set by the operator");
+    assert!(exposed.contains_key("8081/tcp") && exposed.contains_key("9000/udp"), "{exposed:?}");
+    // Both are published, each on an ephemeral loopback port, and status says where.
+    let ports = v["data"]["ports"].as_array().expect("ports in status");
+    assert_eq!(ports.len(), 2, "{v}");
+    let tcp = ports.iter().find(|p| p["containerPort"] == 8081).expect("8081 in status");
+    assert_eq!((tcp["protocol"].as_str(), tcp["hostIp"].as_str()), (Some("tcp"), Some("127.0.0.1")));
+    let udp = ports.iter().find(|p| p["containerPort"] == 9000).expect("9000/udp in status");
+    assert_eq!(udp["protocol"], "udp");
+    assert!(udp["hostPort"].as_u64().is_some_and(|p| p > 0), "{udp}");
+    let host_port = tcp["hostPort"].as_u64().unwrap();
+    let text = op.http.get(format!("http://127.0.0.1:{host_port}/health")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("healthy"), "{text}");
+}
+
+#[tokio::test]
+async fn compose_owned_labels_are_refused_on_single_containers() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("cl");
+    for (key, value) in [("com.docker.compose.project", "victim"), ("com.docker.compose.service", "web")] {
+        let mut body = create_body(&name, TEST_IMAGE, json!({}));
+        body["labels"] = json!({ key: value });
+        let (code, resp) = op.post_json("/env-instance", &body).await;
+        assert_eq!(code, 400, "{key}: {resp}");
+        let msg = resp["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("`labels`") && msg.contains(key), "{msg}");
+        let mut body = create_body(&name, TEST_IMAGE, json!({"labels": { key: value }}));
+        body.as_object_mut().unwrap().remove("labels");
+        let (code, resp) = op.post_json("/env-instance", &body).await;
+        assert_eq!(code, 400, "deployConfig.labels {key}: {resp}");
+    }
+    // Nothing was made; a label of another prefix still passes.
+    assert!(containers_with_label(&format!("aenv.env_name={name}")).is_empty());
+    let (code, resp) = op
+        .post_json("/env-instance", &create_body(&name, TEST_IMAGE, json!({"labels": {"com.docker.composer": "x"}})))
+        .await;
+    assert_eq!(code, 200, "{resp}");
+}
+
+#[tokio::test]
+async fn a_missing_executable_fails_the_container_with_docker_s_reason() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("noexec");
+    let id = create(&op, &name, json!({"arguments": ["/no/such/binary"]})).await;
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+    let msg = v["data"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("starting container") && msg.contains("/no/such/binary"), "{msg}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, again) = op.get(&format!("/env-instance/{id}")).await;
+    assert_eq!(again["data"]["status"], "Failed", "{again}");
+}
+
+#[tokio::test]
+async fn an_image_for_another_platform_fails_the_container_saying_so() {
+    let image = aenv_testkit::ensure_foreign_test_image();
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("platform");
+    let (code, created) = op.post_json("/env-instance", &create_body(&name, image, json!({"readiness": false}))).await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+    let msg = v["data"]["message"].as_str().unwrap_or_default();
+    let host = docker_ok(&["version", "-f", "{{.Server.Os}}/{{.Server.Arch}}"]);
+    assert!(msg.contains("exited with code") && msg.contains("its image is built for linux/"), "{msg}");
+    assert!(msg.contains(&format!("this Docker host runs {}", host.trim())), "{msg}");
+}

@@ -191,7 +191,9 @@ async fn container_that_exits_by_itself_fails_with_its_exit_code() {
 
 #[tokio::test]
 async fn missing_image_fails_with_the_daemons_message() {
-    let op = Operator::start(BIN, &[]).await;
+    // A registry on loopback, listed: the operator refuses such registries otherwise (--registry-allow).
+    let registry = LocalRegistry::start();
+    let op = Operator::start(BIN, &["--registry-allow", &registry.host()]).await;
     let name = unique_name("img");
     let body = create_body(&name, "aenv-test/does-not-exist:never", json!({"imagePullPolicy": "Never"}));
     let (_, created) = op.post_json("/env-instance", &body).await;
@@ -201,7 +203,6 @@ async fn missing_image_fails_with_the_daemons_message() {
 
     // IfNotPresent pulls: from a registry on loopback that lacks the image, the pull fails and says why; one
     // that has it serves it and the instance runs.
-    let registry = LocalRegistry::start();
     let body = create_body(&name, &format!("{}/aenv/none:1", registry.host()), json!({}));
     let (_, created) = op.post_json("/env-instance", &body).await;
     let id = created["data"]["id"].as_str().unwrap().to_string();
@@ -213,7 +214,7 @@ async fn missing_image_fails_with_the_daemons_message() {
     op.wait_for(&id, Duration::from_secs(60), is_running).await;
     assert_eq!(inspect(&id)["Config"]["Image"], image.as_str());
     // --no-pull (an offline host): a missing image fails at once, without asking any registry.
-    let offline = Operator::start(BIN, &["--no-pull"]).await;
+    let offline = Operator::start(BIN, &["--no-pull", "--registry-allow", &registry.host()]).await;
     let (_, created) = offline
         .post_json("/env-instance", &create_body(&name, &format!("{}/aenv/other:1", registry.host()), json!({})))
         .await;

@@ -30,18 +30,51 @@ pub fn docker_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The test image without `EXPOSE`: it declares no port, as many users' images do (the same entrypoint still
+/// answers `GET /health` on 8081).
+pub const BARE_TEST_IMAGE: &str = "aenv-test/sandbox:noexpose";
+
+/// Builds `tag` with `scripts/build-test-image.sh TAG EXPOSE` when it is not there yet.
+fn build_test_image(tag: &str, expose: &str) {
+    if docker(&["image", "inspect", tag]).status.success() {
+        return;
+    }
+    let script = workspace_root().join("scripts/build-test-image.sh");
+    let out = Command::new("bash").arg(&script).arg(tag).arg(expose).output().expect("run build-test-image.sh");
+    assert!(out.status.success(), "building {tag} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Builds the test image once per test process, when it is not there yet.
 pub fn ensure_test_image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| build_test_image(TEST_IMAGE, "8081"));
+    TEST_IMAGE
+}
+
+/// An image built for another platform than this host's (linux/arm64 here; its command an ELF header for that
+/// machine), made by `scripts/build-foreign-image.sh`: it starts and exits with `exec format error`.
+pub const FOREIGN_TEST_IMAGE: &str = "aenv-test/foreign-arch:local";
+
+/// Builds [`FOREIGN_TEST_IMAGE`] once per test process, when it is not there yet.
+pub fn ensure_foreign_test_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        if docker(&["image", "inspect", TEST_IMAGE]).status.success() {
+        if docker(&["image", "inspect", FOREIGN_TEST_IMAGE]).status.success() {
             return;
         }
-        let script = workspace_root().join("scripts/build-test-image.sh");
-        let out = Command::new("bash").arg(&script).arg(TEST_IMAGE).output().expect("run build-test-image.sh");
-        assert!(out.status.success(), "building {TEST_IMAGE} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let script = workspace_root().join("scripts/build-foreign-image.sh");
+        let out =
+            Command::new("bash").arg(&script).arg(FOREIGN_TEST_IMAGE).output().expect("run build-foreign-image.sh");
+        assert!(out.status.success(), "building {FOREIGN_TEST_IMAGE} failed: {}", String::from_utf8_lossy(&out.stderr));
     });
-    TEST_IMAGE
+    FOREIGN_TEST_IMAGE
+}
+
+/// Builds [`BARE_TEST_IMAGE`] once per test process, when it is not there yet.
+pub fn ensure_bare_test_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| build_test_image(BARE_TEST_IMAGE, ""));
+    BARE_TEST_IMAGE
 }
 
 /// Container names (without the leading '/') matching a label filter, all states.
@@ -191,6 +224,12 @@ impl Operator {
         self.spawn(bin).await;
     }
 
+    /// Starts the operator again on the same data dir with other flags (a policy changed across a restart).
+    pub async fn restart_with(&mut self, bin: &str, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        self.restart(bin).await;
+    }
+
     /// Every container labelled with this operator's id.
     pub fn containers(&self) -> Vec<String> {
         containers_with_label(&format!("aenv.io/operator-id={}", self.operator_id))
@@ -254,6 +293,16 @@ impl Drop for Operator {
                     args.extend(names.iter().map(String::as_str));
                     let _ = docker(&args);
                 }
+            }
+            // Then the user and owner networks it made (each holds one of the daemon's address pools).
+            let filter = format!("label=aenv.io/network-of={}", self.operator_id);
+            let out = docker(&["network", "ls", "-q", "--filter", &filter]);
+            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["network", "rm"];
+                args.extend(ids);
+                let _ = docker(&args);
             }
         }
     }

@@ -192,11 +192,21 @@ def test_compose_is_opt_in_with_the_docker_engine():
     assert '--disable-compose' not in args
 
 
+def test_docker_allow_and_registry_allow_become_flags():
+    args = operator_container(render({'docker': {'enabled': True}}))['args']
+    assert not any(a.startswith(('--allow', '--registry-allow')) for a in args), args
+    values = {'docker': {'enabled': True, 'allow': ['host-ports', 'cap-add'],
+                         'registryAllow': ['127.0.0.1:5000', '*.corp.example']}}
+    args = operator_container(render(values))['args']
+    assert '--allow=host-ports,cap-add' in args and '--registry-allow=127.0.0.1:5000,*.corp.example' in args, args
+
+
 def test_every_flag_the_chart_passes_is_one_the_binary_knows():
     help_text = subprocess.run([str(operator_binary()), 'serve', '--help'], capture_output=True, text=True, check=True).stdout
     for values in ({}, {'docker': {'enabled': False}}, {'gateway': {'auth': {'enabled': True, 'secretName': 't'}}},
                    {'gateway': {'auth': {'enabled': True, 'secretName': 't', 'proxyAuth': True}}},
-                   {'docker': {'enabled': True}}, {'docker': {'enabled': True, 'compose': {'enabled': True}}}):
+                   {'docker': {'enabled': True}}, {'docker': {'enabled': True, 'compose': {'enabled': True}}},
+                   {'docker': {'enabled': True, 'allow': ['host-ports'], 'registryAllow': ['127.0.0.1:5000']}}):
         for arg in operator_container(render(values))['args']:
             flag = arg.split('=')[0]
             assert f'{flag} ' in help_text or f'{flag}\n' in help_text or f'{flag} <' in help_text, f'{flag} is not a flag of serve'

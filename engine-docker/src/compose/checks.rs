@@ -18,7 +18,7 @@ use super::{
         ComposeFile, DependsOn, DependsOnOptions, Mount, Ports, SERVICE_KEYS, Service, ServiceDef, Shaped, TOP_KEYS,
         TopVolume, VolumeDef, join, scalar_text,
     },
-    spec::ServiceSpec,
+    spec::{ServiceSpec, StackSpec},
     values::short_volume_is_bind,
 };
 use crate::{Allowance, Policy};
@@ -338,13 +338,55 @@ pub(crate) fn label_key(k: &str, path: &str) -> Result<(), Refusal> {
     if k.is_empty() || k.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(Refusal::at(path, format!("`{path}` has an invalid label key {k:?}")));
     }
-    if aenv_core::labels::is_reserved(k) || k.starts_with("com.docker.compose.") {
+    if aenv_core::labels::is_reserved(k) || k.starts_with(super::COMPOSE_LABEL_PREFIX) {
         return Err(Refusal::at(
             path,
             format!(
                 "`{path}` sets the reserved label {k:?}: keys under aenv.io/, aenv.env_name and com.docker.compose. are the operator's"
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Stack ports follow the single-container rule: published on the operator's publish address at an ephemeral
+/// host port. A fixed host port or another host IP could listen on every interface or take a host service's port
+/// the moment it is free; only an operator started with `--allow host-ports` lets a file ask for them.
+pub(crate) fn host_ports(stack: &StackSpec, policy: &Policy) -> Result<(), Refusal> {
+    if policy.allows(Allowance::HostPorts) {
+        return Ok(());
+    }
+    for svc in &stack.services {
+        for (i, port) in svc.ports.iter().enumerate() {
+            let other_ip = port.host_ip.as_deref().filter(|ip| !policy.is_publish_host_ip(ip));
+            if port.host_port.is_none() && other_ip.is_none() {
+                continue;
+            }
+            let path = format!("services.{}.ports[{i}]", svc.name);
+            let what = match (port.host_port, other_ip) {
+                (Some(hp), Some(ip)) => format!("host address {ip} and host port {hp}"),
+                (Some(hp), None) => format!("host port {hp}"),
+                (None, Some(ip)) => format!("host address {ip}"),
+                (None, None) => continue,
+            };
+            return Err(Refusal::at(
+                &path,
+                format!(
+                    "`{path}` names {what}: ports are published on {} at a port Docker picks (status `ports` says which); write only the container port, e.g. \"{}/{}\" (an operator started with --allow host-ports permits fixed host ports and other addresses)",
+                    policy.publish_host_ip(),
+                    port.container_port,
+                    port.protocol
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every service's image comes from a registry the policy allows (`--registry-allow`).
+pub(crate) fn registries(stack: &StackSpec, policy: &Policy) -> Result<(), Refusal> {
+    for svc in &stack.services {
+        policy.check_image(&svc.image, &format!("services.{}.image", svc.name))?;
     }
     Ok(())
 }
@@ -425,6 +467,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("must be absolute"), "{e}");
+    }
+
+    #[test]
+    fn fixed_host_ports_and_other_addresses_need_the_policy() {
+        for (port, key, what) in [
+            ("\"0.0.0.0:18999:8081\"", "services.web.ports[0]", "host address 0.0.0.0 and host port 18999"),
+            ("\"127.0.0.14:18700:8081\"", "services.web.ports[0]", "host address 127.0.0.14 and host port 18700"),
+            ("\"18081:8081\"", "services.web.ports[0]", "host port 18081"),
+            ("\"0.0.0.0::8081/udp\"", "services.web.ports[0]", "host address 0.0.0.0"),
+            ("\"[::]::8081\"", "services.web.ports[0]", "host address ::"),
+            ("{target: 8081, published: 18999}", "services.web.ports[0]", "host port 18999"),
+            ("{target: 8081, host_ip: 0.0.0.0}", "services.web.ports[0]", "host address 0.0.0.0"),
+        ] {
+            // A harmless port first (the same form: a list is all short or all long), so the index is checked.
+            let first = if port.starts_with('{') { "{target: 9000}" } else { "\"9000\"" };
+            let yaml = format!("services:\n  web:\n    image: x\n    ports: [{first}, {port}]\n");
+            let yaml = yaml.replace("ports[0]", "ports[1]");
+            let e = super::super::parse(&yaml, &BTreeMap::new(), &Policy::default()).expect_err(&yaml);
+            let key = key.replace("ports[0]", "ports[1]");
+            assert_eq!(e.field, format!("deployConfig.composeFile.{key}"), "{yaml}");
+            assert!(e.message.contains(what) && e.message.contains("--allow host-ports"), "{yaml}: {}", e.message);
+            let allowed = Policy::allowing([crate::Allowance::HostPorts]);
+            parse(&yaml, &BTreeMap::new(), &allowed).unwrap_or_else(|e| panic!("{port} allowed: {e}"));
+        }
+        // The publish address itself, written out, is no other address; an ephemeral port on it passes.
+        ok("services:\n  web:\n    image: x\n    ports: [\"127.0.0.1::8081\"]\n");
+        ok("services:\n  web:\n    image: x\n    ports: [{target: 80, host_ip: 127.0.0.1}]\n");
+        let policy = Policy::default().publishing_on("10.1.2.3");
+        parse("services:\n  web:\n    image: x\n    ports: [\"10.1.2.3::8081\"]\n", &BTreeMap::new(), &policy)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = parse("services:\n  web:\n    image: x\n    ports: [\"127.0.0.1::8081\"]\n", &BTreeMap::new(), &policy)
+            .unwrap_err();
+        assert!(e.contains("published on 10.1.2.3"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{
         Labels, Mount, Port, Ports, Service, ServiceDef, Shaped, Tmpfs, VolumeDef, scalar_text,
     },
     spec::{Condition, Dependency, MountSpec, PortPublish, ServiceSpec, StackSpec, VolumeSpec},
-    values::{DEFAULT_HOST_IP, check_protocol, parse_bytes, parse_cpus, port_number, short_port, short_volume_is_bind},
+    values::{check_protocol, parse_bytes, parse_cpus, port_number, short_port, short_volume_is_bind},
 };
 
 /// The label that marks the main service.
@@ -370,12 +370,7 @@ fn long_port(port: &Port, path: &str) -> Result<PortPublish, Refusal> {
     Ok(PortPublish {
         container_port: port.target.0,
         protocol,
-        host_ip: port
-            .host_ip
-            .as_ref()
-            .map(|i| i.0.clone())
-            .filter(|i| !i.is_empty())
-            .unwrap_or_else(|| DEFAULT_HOST_IP.to_string()),
+        host_ip: port.host_ip.as_ref().map(|i| i.0.clone()).filter(|i| !i.is_empty()),
         host_port,
     })
 }

@@ -38,6 +38,9 @@ use crate::Policy;
 /// The request field that carries the file; every refusal of the file is under it.
 const FIELD: &str = "deployConfig.composeFile";
 
+/// The prefix of Compose's own labels.
+pub(crate) const COMPOSE_LABEL_PREFIX: &str = "com.docker.compose.";
+
 /// Compose's own labels.
 pub(crate) mod compose_labels {
     pub const PROJECT: &str = "com.docker.compose.project";
@@ -130,7 +133,10 @@ impl From<Refusal> for InvalidSpec {
 pub(crate) fn parse(yaml: &str, vars: &BTreeMap<String, String>, policy: &Policy) -> Result<StackSpec, InvalidSpec> {
     let read = model::read(yaml, vars)?;
     checks::file(&read.file, &read.doc, policy)?;
-    Ok(convert::stack(&read.file, &read.doc, vars)?)
+    let stack = convert::stack(&read.file, &read.doc, vars)?;
+    checks::host_ports(&stack, policy)?;
+    checks::registries(&stack, policy)?;
+    Ok(stack)
 }
 
 /// The check the API runs before it stores a stack instance, and again at apply time (the policy may have changed
@@ -202,7 +208,7 @@ x-note: ignored by design
     #[test]
     fn two_services_with_every_supported_shape() {
         let vars = BTreeMap::from([("PASSTHROUGH".to_string(), "yes".to_string()), ("C".into(), "from-env".into())]);
-        let s = parse(TWO, &vars, &Policy::default()).unwrap();
+        let s = parse(TWO, &vars, &Policy::allowing([crate::Allowance::HostPorts])).unwrap();
         assert_eq!(s.main, "main");
         assert_eq!(s.volumes, vec![VolumeSpec { name: "data".into(), labels: BTreeMap::new() }]);
         let main = s.service("main").unwrap();
@@ -216,10 +222,10 @@ x-note: ignored by design
         assert_eq!(main.ports.len(), 3);
         assert_eq!(
             main.ports[0],
-            PortPublish { container_port: 8081, protocol: "tcp".into(), host_ip: "127.0.0.1".into(), host_port: None }
+            PortPublish { container_port: 8081, protocol: "tcp".into(), host_ip: None, host_port: None }
         );
         assert_eq!(main.ports[1].host_port, Some(18081));
-        assert_eq!((main.ports[2].host_ip.as_str(), main.ports[2].protocol.as_str()), ("0.0.0.0", "udp"));
+        assert_eq!((main.ports[2].host_ip.as_deref(), main.ports[2].protocol.as_str()), (Some("0.0.0.0"), "udp"));
         assert_eq!(main.expose, ["8081/tcp", "9001/udp"]);
         assert_eq!(main.nano_cpus, Some(500_000_000));
         assert_eq!(main.memory, Some(256 * 1024 * 1024));

@@ -39,7 +39,7 @@ use super::{
 use crate::{
     DockerEngineConfig,
     containers::{self, Removal},
-    error::{classify, is_conflict, is_not_found},
+    error::{classify, classify_start, is_conflict, is_not_found},
     image::ensure_image,
 };
 
@@ -68,6 +68,7 @@ struct Ctx<'a> {
 pub(crate) async fn apply(
     docker: &Docker,
     config: &DockerEngineConfig,
+    platform: &containers::HostPlatform,
     inst: &EnvInstance,
     compose_file: &str,
 ) -> Result<Observed, EngineError> {
@@ -117,7 +118,19 @@ pub(crate) async fn apply(
         try_join_all(ctx.stack.services.iter().map(|svc| ctx.ensure_service(svc, existing.get(&svc.name)))).await?;
     }
     let after = ctx.inspect_all().await?;
-    Ok(status::observe(&ctx.id, &ctx.stack, &after, created_before))
+    let mut observed = status::observe(&ctx.id, &ctx.stack, &after, created_before);
+    if observed.phase == aenv_core::Phase::Failed {
+        // A service whose image is for another platform exits with nothing but `exec format error` to say why.
+        for svc in &ctx.stack.services {
+            let Some(Some(c)) = after.get(&svc.name) else { continue };
+            if let Some(why) = containers::platform_mismatch(docker, platform, c).await {
+                let msg = observed.message.unwrap_or_default();
+                observed.message = Some(format!("{msg}; service {}: {why}", svc.name));
+                break;
+            }
+        }
+    }
+    Ok(observed)
 }
 
 /// `deployConfig.cpu` / `memory` are the main service's limits when the file sets none for it.
@@ -241,7 +254,7 @@ impl Ctx<'_> {
                 continue;
             }
             seen.push(svc.image.clone());
-            ensure_image(self.docker, &svc.image, self.pull_policy)
+            ensure_image(self.docker, &svc.image, self.pull_policy, &self.config.policy)
                 .await
                 .map_err(|e| in_service(e, |m| format!("service {}: {m}", svc.name)))?;
         }
@@ -288,7 +301,7 @@ impl Ctx<'_> {
             Err(e) if is_not_found(&e) => {
                 Err(EngineError::transient(format!("container {name} disappeared before it started; retrying")))
             }
-            Err(e) => Err(in_service(classify(&format!("starting container {name}"), e), |m| {
+            Err(e) => Err(in_service(classify_start(&format!("starting container {name}"), e), |m| {
                 format!("service {} could not start: {m}", svc.name)
             })),
         }
@@ -365,7 +378,7 @@ impl Ctx<'_> {
                 exposed.push(key.clone());
             }
             bindings.entry(key).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(PortBinding {
-                host_ip: Some(p.host_ip.clone()),
+                host_ip: Some(p.host_ip.clone().unwrap_or_else(|| self.config.policy.publish_host_ip().to_string())),
                 host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
             });
         }
@@ -561,9 +574,10 @@ pub(crate) async fn remove_volume(docker: &Docker, name: &str) -> Result<(), Eng
     }
 }
 
-/// A permanent failure of one service, reworded to name it (others pass as they are).
+/// A failure of one service that may fail the instance (permanent, or a start failure), reworded to name it
+/// (others pass as they are).
 fn in_service(e: EngineError, reword: impl FnOnce(&str) -> String) -> EngineError {
-    if e.kind() == ErrorKind::Permanent { e.reworded(reword) } else { e }
+    if matches!(e.kind(), ErrorKind::Permanent | ErrorKind::StartFailed) { e.reworded(reword) } else { e }
 }
 
 /// A refusal that is only a race with a removal in flight: retried rather than failed.

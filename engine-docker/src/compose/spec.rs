@@ -60,7 +60,8 @@ pub(crate) struct Dependency {
 pub(crate) struct PortPublish {
     pub container_port: u16,
     pub protocol: String,
-    pub host_ip: String,
+    /// `None`: the operator's publish address (`--publish-host-ip`).
+    pub host_ip: Option<String>,
     /// `None`: an ephemeral port chosen by Docker.
     pub host_port: Option<u16>,
 }

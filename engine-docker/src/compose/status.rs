@@ -223,10 +223,13 @@ pub(crate) fn stack_phases(containers: &[ContainerSummary]) -> HashMap<(String, 
 }
 
 /// Networks and volumes labelled as this operator's, as owned objects. Their phase is their stack's, or `Creating` when the stack has no container (yet).
+/// Shared networks (user and owner networks, [`crate::network`]) are listed only when no network in `in_use` (the
+/// networks the operator's containers are on) has their name.
 pub(crate) async fn owned_networks_and_volumes(
     docker: &Docker,
     filters: &HashMap<String, Vec<String>>,
     phases: &HashMap<(String, String), Phase>,
+    in_use: &std::collections::HashSet<String>,
 ) -> Result<Vec<OwnedObject>, aenv_core::EngineError> {
     let mut out = Vec::new();
     let object = |l: &HashMap<String, String>, kind: OwnedKind, id: String, created: Option<Timestamp>| {
@@ -239,6 +242,20 @@ pub(crate) async fn owned_networks_and_volumes(
     for n in networks {
         let (Some(l), Some(id)) = (n.labels.as_ref(), n.id.clone()) else { continue };
         let created = n.created.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+        if labels::instance_of(|k| l.get(k)).is_none() && l.contains_key(crate::network::NETWORK_LABEL) {
+            let Some(name) = n.name.clone() else { continue };
+            if !in_use.contains(&name) {
+                out.push(OwnedObject {
+                    namespace: String::new(),
+                    instance: String::new(),
+                    kind: OwnedKind::SharedNetwork,
+                    id: name,
+                    phase: Phase::Terminated,
+                    created,
+                });
+            }
+            continue;
+        }
         out.extend(object(l, OwnedKind::Network, id, created));
     }
     let options = ListVolumesOptionsBuilder::default().filters(filters).build();

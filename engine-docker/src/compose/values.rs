@@ -23,10 +23,6 @@ pub(crate) fn port_number(s: &str, path: &str) -> Result<u16, Refusal> {
         .ok_or_else(|| Refusal::at(path, format!("`{path}`: {s:?} is not a port from 1 to 65535")))
 }
 
-/// Host IP of published ports when the file names none: loopback, so that a sandbox is not reachable from the
-/// network unless the file says so (Compose itself binds to all interfaces).
-pub(crate) const DEFAULT_HOST_IP: &str = "127.0.0.1";
-
 /// `[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]`, with `[v6]` host IPs.
 pub(crate) fn short_port(s: &str, path: &str) -> Result<PortPublish, Refusal> {
     let (spec, proto) = s.rsplit_once('/').unwrap_or((s, "tcp"));
@@ -58,7 +54,7 @@ pub(crate) fn short_port(s: &str, path: &str) -> Result<PortPublish, Refusal> {
     Ok(PortPublish {
         container_port: port_number(container, path)?,
         protocol: proto.to_string(),
-        host_ip: ip.filter(|i| !i.is_empty()).unwrap_or_else(|| DEFAULT_HOST_IP.to_string()),
+        host_ip: ip.filter(|i| !i.is_empty()),
         host_port: host.filter(|h| !h.is_empty()).map(|h| port_number(h, path)).transpose()?,
     })
 }
@@ -130,11 +126,13 @@ mod tests {
     fn short_ports() {
         let p = short_port("[::1]:8080:80/udp", "k").unwrap();
         assert_eq!(
-            (p.host_ip.as_str(), p.host_port, p.container_port, p.protocol.as_str()),
-            ("::1", Some(8080), 80, "udp")
+            (p.host_ip.as_deref(), p.host_port, p.container_port, p.protocol.as_str()),
+            (Some("::1"), Some(8080), 80, "udp")
         );
         let p = short_port("127.0.0.1::80", "k").unwrap();
         assert_eq!((p.host_port, p.container_port), (None, 80));
+        let p = short_port("8081", "k").unwrap();
+        assert_eq!((p.host_ip, p.host_port), (None, None), "no host IP named: the operator's publish address");
         assert!(short_port("a:b:c:d", "k").is_err());
         assert!(short_port("0", "k").is_err());
     }

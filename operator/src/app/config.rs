@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use aenv_engine_docker::{Allowance, ConnectOptions, DockerEngineConfig, Hardening, Policy};
+use aenv_engine_docker::{Allowance, ConnectOptions, DockerEngineConfig, Hardening, Policy, Registries};
 use clap::{Args, ValueEnum};
 
 use crate::{
@@ -73,7 +73,8 @@ pub struct ApiArgs {
     #[arg(long, default_value = "127.0.0.1:8081", env = "AENV_PROXY_LISTEN")]
     pub proxy_listen: SocketAddr,
     /// Bearer tokens, as JSON: {"tokens": [{"token": "...", "owner": "alice", "maxInstances": 20}]}. Requests
-    /// then need `Authorization: Bearer <token>`; each caller sees and deletes only its own instances.
+    /// then need `Authorization: Bearer <token>`; each caller sees and deletes only its own instances, and on the
+    /// Docker engine its sandboxes join networks of their own (no traffic between owners).
     #[arg(long, env = "AENV_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
     /// Serve a non-loopback --api-listen without --tokens-file (only behind something that authenticates).
@@ -145,12 +146,19 @@ pub struct DockerArgs {
     pub docker_network: String,
     /// What requests may ask of the Docker host, comma-separated: host-network, privileged, bind-mounts,
     /// host-namespaces (pid/ipc host), cap-add, devices, external-networks (join a network the operator did not
-    /// create). Default: none of them (sandboxes run untrusted code).
+    /// create), host-ports (a compose port with a fixed host port or a host IP other than --publish-host-ip).
+    /// Default: none of them (sandboxes run untrusted code).
     #[arg(long, value_delimiter = ',')]
     pub allow: Vec<Allowance>,
-    /// Host address that published ports (deployConfig.ports) bind to, each on an ephemeral port.
+    /// Host address that published ports bind to, each on an ephemeral port: deployConfig.ports, and a compose
+    /// service's ports (a fixed host port or another address there needs --allow host-ports).
     #[arg(long, default_value = "127.0.0.1")]
     pub publish_host_ip: String,
+    /// Registries images may be pulled from although they are loopback, link-local or private IP literals or
+    /// localhost (refused by default: a pull makes the daemon connect there), comma-separated: host, host:port,
+    /// or *.domain. Other registries are not restricted by this flag.
+    #[arg(long, value_delimiter = ',', env = "AENV_REGISTRY_ALLOW")]
+    pub registry_allow: Vec<String>,
     /// Grace period between SIGTERM and SIGKILL when an instance is removed (Go duration; also the Pods' grace
     /// period on Kubernetes); 0 kills at once, which suits sandboxes.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
@@ -190,8 +198,9 @@ impl DockerArgs {
         DockerEngineConfig {
             network: self.docker_network.clone(),
             host_display: self.connect_options().display_host(),
-            policy: Policy::allowing(self.allow.iter().copied()),
-            publish_host_ip: self.publish_host_ip.clone(),
+            policy: Policy::allowing(self.allow.iter().copied())
+                .publishing_on(self.publish_host_ip.clone())
+                .with_registries(Registries::allowing(self.registry_allow.iter().cloned())),
             stop_timeout: self.stop_timeout,
             hardening: Hardening {
                 pids_limit: self.pids_limit,

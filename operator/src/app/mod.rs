@@ -119,7 +119,12 @@ pub async fn open_engine(
         (EngineKind::Docker, _) => {
             let connect = config.docker.connect_options();
             let docker = aenv_engine_docker::connect(&connect).await?;
-            let engine = DockerEngine::new(docker, config.docker.engine_config(operator_id));
+            let engine_config = aenv_engine_docker::DockerEngineConfig {
+                // With tokens, owners are tenants: their sandboxes never share a network.
+                owner_networks: config.api.tokens_file.is_some(),
+                ..config.docker.engine_config(operator_id)
+            };
+            let engine = DockerEngine::new(docker, engine_config);
             info!(host = %connect.display_host(), "connected to the Docker daemon");
             Ok(Arc::new(engine))
         }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aenv_core::{Condition, EngineError, EnvInstance, EnvInstanceStatus, Observed, Phase};
+use aenv_core::{Condition, EngineError, EnvInstance, EnvInstanceStatus, ErrorKind, Observed, Phase};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -55,14 +55,22 @@ pub struct Decision {
     pub became_running: bool,
 }
 
+/// How many times a start that fails with [`ErrorKind::StartFailed`] is tried before the instance fails. The
+/// backend says why only in a message (a port in use may be freed; a mount onto /proc never works), so instead of
+/// reading it the controller gives it this many tries, over the error backoff (about 3 s in all), and then fails the
+/// instance with the backend's reason. The count lives in the controller (it restarts from zero with the process,
+/// which gives a restarted operator another few tries, no more).
+pub const START_ATTEMPTS: u32 = 4;
+
 /// Decides from the engine's report (`None` after [`Step::Keep`]) what the status becomes and when to look again.
 /// `failed_probes` counts the probes that failed in a row before this one: the next probe waits 250 ms, 500 ms,
-/// … up to 5 s.
+/// … up to 5 s. `failed_starts` counts the starts that failed ([`ErrorKind::StartFailed`]) before this one.
 pub fn decide(
     inst: &EnvInstance,
     observed: Option<Result<Observed, EngineError>>,
     now: Timestamp,
     failed_probes: u32,
+    failed_starts: u32,
 ) -> Decision {
     let expires = inst.expires_at().ok().flatten();
     let mut status = inst.status.clone().unwrap_or_default();
@@ -89,6 +97,12 @@ pub fn decide(
             status.phase = Phase::Failed;
             status.ip = None;
             status.message = Some(e.to_string());
+            set_ready_condition(&mut status, Phase::Failed, None, None);
+        }
+        Some(Err(e)) if e.kind() == ErrorKind::StartFailed && failed_starts.saturating_add(1) >= START_ATTEMPTS => {
+            status.phase = Phase::Failed;
+            status.ip = None;
+            status.message = Some(format!("{e} (gave up after {START_ATTEMPTS} attempts)"));
             set_ready_condition(&mut status, Phase::Failed, None, None);
         }
         Some(Err(e)) => {

@@ -47,13 +47,15 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Consecutive failed readiness probes per key, for the probe's backoff.
     probes: Mutex<HashMap<String, u32>>,
+    /// Failed starts per key ([`aenv_core::ErrorKind::StartFailed`]), bounded by [`decide::START_ATTEMPTS`].
+    starts: Mutex<HashMap<String, u32>>,
     /// The pool controller, run beside this one when pools are kept.
     pools: Option<Arc<pools::Pools>>,
 }
 
 impl Context {
     pub fn new(store: Arc<dyn ObjectStore<EnvInstance>>, engine: Arc<dyn Engine>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Context { store, engine, metrics, failures: Mutex::default(), probes: Mutex::default(), pools: None })
+        Self::build(store, engine, metrics, None)
     }
 
     /// The same context, also running the pool controller.
@@ -63,13 +65,23 @@ impl Context {
         metrics: Arc<Metrics>,
         pools: Arc<pools::Pools>,
     ) -> Arc<Self> {
+        Self::build(store, engine, metrics, Some(pools))
+    }
+
+    fn build(
+        store: Arc<dyn ObjectStore<EnvInstance>>,
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        pools: Option<Arc<pools::Pools>>,
+    ) -> Arc<Self> {
         Arc::new(Context {
             store,
             engine,
             metrics,
             failures: Mutex::default(),
             probes: Mutex::default(),
-            pools: Some(pools),
+            starts: Mutex::default(),
+            pools,
         })
     }
 
@@ -81,9 +93,14 @@ impl Context {
         self.probes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn starts(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.starts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn forget(&self, key: &str) {
         self.failures().remove(key);
         self.probes().remove(key);
+        self.starts().remove(key);
     }
 }
 
@@ -213,7 +230,8 @@ impl Context {
             }
         };
         let failed_probes = self.probes().get(&key).copied().unwrap_or(0);
-        let decision = decide::decide(&inst, observed, now, failed_probes);
+        let failed_starts = self.starts().get(&key).copied().unwrap_or(0);
+        let decision = decide::decide(&inst, observed, now, failed_probes, failed_starts);
         if decision.became_running {
             if let Some(created) = &inst.metadata.creation_timestamp {
                 let secs = (now.as_millisecond() - created.0.as_millisecond()).max(0) as f64 / 1000.0;
@@ -231,9 +249,13 @@ impl Context {
             self.store.write_status(&updated).await?;
         }
         if let Some(e) = decision.retry {
+            if e.kind() == aenv_core::ErrorKind::StartFailed {
+                *self.starts().entry(key).or_insert(0) += 1;
+            }
             return Err(e.into());
         }
         self.failures().remove(&key);
+        self.starts().remove(&key);
         if decision.probe_failed {
             *self.probes().entry(key).or_insert(0) += 1;
         } else {

@@ -44,12 +44,12 @@ pub(super) async fn resync(
         }
         // Instances are recorded before their containers are made, so a labelled container without a record is
         // left over from an instance that is gone.
-        warn!(instance = %object.instance, container = %object.id, "removing an orphaned container");
+        warn!(instance = %object.instance, kind = ?object.kind, id = %object.id, "removing an orphaned object");
         match ctx.engine.delete_owned(object).await {
             Ok(()) => {
                 ctx.metrics.orphans_removed.inc();
             }
-            Err(e) => warn!(error = %e, "could not remove an orphaned container"),
+            Err(e) => warn!(error = %e, kind = ?object.kind, id = %object.id, "could not remove an orphaned object"),
         }
     }
     let ours: HashSet<&str> = owned.iter().map(|o| o.id.as_str()).collect();

@@ -151,6 +151,53 @@ async fn a_retryable_error_keeps_the_phase_says_why_and_backs_off() {
 }
 
 #[tokio::test]
+async fn a_start_that_keeps_failing_fails_the_instance_after_a_few_attempts() {
+    let f = Fixture::new();
+    f.instance("a-000001", Some("30m")).await;
+    let refused = || {
+        EngineError::new(
+            aenv_core::ErrorKind::StartFailed,
+            "starting container a-000001: Bind for 127.0.0.1:18777 failed: port is already allocated",
+        )
+    };
+    for attempt in 1..decide::START_ATTEMPTS {
+        f.engine.script_apply(Err(refused()));
+        let err = f.reconcile("a-000001", attempt as i64 * 1000).await.unwrap_err();
+        assert_eq!(err.metric_label(), "start_failed");
+        let status = f.status("a-000001");
+        assert_eq!(status.phase, Phase::Pending, "attempt {attempt}: it may pass (the port may be freed)");
+        assert!(status.message.as_deref().unwrap_or_default().starts_with("waiting for the engine: "), "{status:?}");
+    }
+    // The last attempt fails it, with Docker's reason; nothing is retried after that.
+    f.engine.script_apply(Err(refused()));
+    f.reconcile("a-000001", 10_000).await.unwrap();
+    let status = f.status("a-000001");
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(
+        status.message.as_deref(),
+        Some(&*format!(
+            "starting container a-000001: Bind for 127.0.0.1:18777 failed: port is already allocated (gave up after {} attempts)",
+            decide::START_ATTEMPTS
+        ))
+    );
+
+    // Another kind of retryable error in between neither counts nor resets; a start that succeeds resets.
+    f.instance("b-000002", Some("30m")).await;
+    for _ in 1..decide::START_ATTEMPTS {
+        f.engine.script_apply(Err(refused()));
+        f.reconcile("b-000002", 0).await.unwrap_err();
+    }
+    f.engine.script_apply(Err(EngineError::unavailable("the Docker daemon does not answer")));
+    f.reconcile("b-000002", 0).await.unwrap_err();
+    assert_eq!(f.status("b-000002").phase, Phase::Pending);
+    f.reconcile("b-000002", 0).await.unwrap();
+    assert_eq!(f.status("b-000002").phase, Phase::Running);
+    f.engine.script_apply(Err(refused()));
+    f.reconcile("b-000002", 0).await.unwrap_err();
+    assert_eq!(f.status("b-000002").phase, Phase::Running, "counted from zero again");
+}
+
+#[tokio::test]
 async fn a_permanent_error_fails_the_instance_without_retrying() {
     let f = Fixture::new();
     f.instance("a-000001", None).await;
@@ -339,7 +386,7 @@ fn decide_is_pure_and_orders_deletion_before_expiry() {
     assert_eq!(decide::next_step(&inst, at(t0, MIN)), Step::Remove { expired: true });
     inst.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t0));
     assert_eq!(decide::next_step(&inst, t0), Step::Remove { expired: false });
-    let d = decide::decide(&inst, Some(Ok(running("a-000001"))), t0, 0);
+    let d = decide::decide(&inst, Some(Ok(running("a-000001"))), t0, 0, 0);
     assert!(d.became_running && !d.probe_failed && d.retry.is_none());
     assert_eq!(d.requeue, Some(Duration::from_millis(MIN as u64 + 1)));
     assert_eq!(
