@@ -117,7 +117,7 @@ async fn a_pool_hit_answers_running_with_the_ip_and_the_pool_refills() {
     let (code, _) = op.delete(&format!("/env-instance/{id}")).await;
     assert_eq!(code, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while containers_with_label(&format!("aenv.io/instance={id}")).len() > 0 {
+    while !containers_with_label(&format!("aenv.io/instance={id}")).is_empty() {
         assert!(Instant::now() < deadline, "claimed sandbox not removed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -314,14 +314,16 @@ async fn a_stack_template_pools_as_a_unit() {
     let id = created["data"]["id"].as_str().unwrap();
     let (code, _) = op.delete(&format!("/env-instance/{id}")).await;
     assert_eq!(code, 200);
+    // The stack goes as a unit: its containers, then the network it made.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !containers_with_label(&format!("aenv.io/instance={id}")).is_empty() {
-        assert!(Instant::now() < deadline, "stack not removed");
+    loop {
+        let networks = docker_ok(&["network", "ls", "--filter", &format!("label=aenv.io/instance={id}"), "-q"]);
+        if containers_with_label(&format!("aenv.io/instance={id}")).is_empty() && networks.trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stack not removed: networks {networks}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The network the stack made went with it.
-    let networks = docker_ok(&["network", "ls", "--filter", &format!("label=aenv.io/instance={id}"), "-q"]);
-    assert!(networks.trim().is_empty(), "{networks}");
 }
 
 /// With tokens, a pool is its owner's: another tenant neither sees it nor is served from it.

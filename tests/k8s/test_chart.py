@@ -123,7 +123,7 @@ def test_the_service_exposes_the_api_the_proxy_and_metrics():
 def test_chart_crds_equal_the_repository_crds_which_equal_the_binary_output():
     chart_crds = sorted(p.name for p in (CHART / 'crds').iterdir())
     repo_crds = sorted(p.name for p in (ROOT / 'crds').iterdir())
-    assert chart_crds == repo_crds == ['envinstances.aenv.io.yaml', 'environments.aenv.io.yaml']
+    assert chart_crds == repo_crds == ['envinstances.aenv.io.yaml', 'environments.aenv.io.yaml', 'envpools.aenv.io.yaml']
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([str(operator_binary()), 'crds', '--out-dir', out], check=True)
         for name in repo_crds:
