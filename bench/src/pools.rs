@@ -231,7 +231,10 @@ pub async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
             if !out.status.success() {
                 bail!("the SDK script failed: {}", String::from_utf8_lossy(&out.stderr));
             }
-            let v: Value = serde_json::from_slice(&out.stdout).context("the SDK script's output")?;
+            // The SDK logs to stdout too: the script's answer is its last line.
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            let v: Value = serde_json::from_str(last).with_context(|| format!("the SDK script's output: {stdout}"))?;
             let secs: Vec<Duration> = v["seconds"]
                 .as_array()
                 .into_iter()
