@@ -5,7 +5,8 @@
 //! - [`duration`]: TTLs in Go duration syntax (`90s`, `30m`, `1h30m`), as AEnvironment writes them;
 //! - [`quantity`]: cpu (`1C`, `2`, `500m`, `0.5`) and memory (`512Mi`, `2Gi`, `2G`, `512M`) quantities;
 //! - [`labels`]: the label keys put on every object an engine creates;
-//! - [`pool`]: the `EnvPool` custom resource (warm pools) and the rules of claiming a pooled sandbox.
+//! - [`pool`]: the `EnvPool` custom resource (warm pools) and the rules of claiming a pooled sandbox;
+//! - [`envservice`]: the `EnvService` custom resource (long-running replicas with storage) and its rules.
 //!
 //! Nothing here reads a clock, a socket or a file: callers pass `now` in.
 
@@ -14,6 +15,7 @@ pub mod engine;
 mod error;
 pub mod labels;
 pub mod pool;
+pub mod envservice;
 pub mod quantity;
 pub mod types;
 
@@ -22,8 +24,9 @@ pub use engine::{
     PullProgress, PullState,
 };
 pub use error::Error;
+pub use envservice::{EnvService, EnvServiceSpec, EnvServiceStatus, ServicePhase};
 pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PortSpec,
-    PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus, Workload,
+    PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus, VolumeMount, Workload,
 };
