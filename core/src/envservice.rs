@@ -154,7 +154,8 @@ pub fn volume_name(owner: Option<&str>, pvc: &str) -> String {
         None => format!("aenv-pvc-{pvc}"),
         Some(owner) => {
             // FNV-1a, 64 bits: stable across builds and platforms.
-            let hash = owner.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+            let hash =
+                owner.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
             format!("aenv-pvc-{hash:016x}-{pvc}")
         }
     }
@@ -162,7 +163,12 @@ pub fn volume_name(owner: Option<&str>, pvc: &str) -> String {
 
 /// What each replica of `service` runs, given the template's spec: the template with the service's environment
 /// variables, image, limits and storage, owned by the service's owner, never expiring.
-pub fn replica_spec(template: &EnvInstanceSpec, name: &str, version: &str, service: &EnvServiceSpec) -> EnvInstanceSpec {
+pub fn replica_spec(
+    template: &EnvInstanceSpec,
+    name: &str,
+    version: &str,
+    service: &EnvServiceSpec,
+) -> EnvInstanceSpec {
     let mut spec = template.clone();
     spec.env_name = name.to_string();
     spec.env_version = version.to_string();

@@ -12,10 +12,10 @@
 
 pub mod duration;
 pub mod engine;
+pub mod envservice;
 mod error;
 pub mod labels;
 pub mod pool;
-pub mod envservice;
 pub mod quantity;
 pub mod types;
 
@@ -23,8 +23,8 @@ pub use engine::{
     Engine, EngineError, EngineEvent, ErrorKind, InvalidSpec, ManagedObject, Observed, OwnedKind, OwnedObject,
     PullProgress, PullState,
 };
-pub use error::Error;
 pub use envservice::{EnvService, EnvServiceSpec, EnvServiceStatus, ServicePhase};
+pub use error::Error;
 pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PortSpec,

@@ -382,6 +382,9 @@ fn parse_request(obj: &Map<String, Value>, strictness: Strictness) -> Result<Cre
         resources: Resources { cpu, memory },
         ttl,
         labels,
+        // Named volumes are an EnvService's storage, made by the service controller only: a create through
+        // /env-instance cannot mount one (nor reach another tenant's).
+        volumes: Vec::new(),
     })))
 }
 
