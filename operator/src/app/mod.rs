@@ -199,7 +199,8 @@ pub async fn serve(
     let listener = bind(api.api_listen).await?;
     info!(addr = %local_addr(&listener, api.api_listen)?, "REST API listening");
     let proxy_listener = bind(api.proxy_listen).await?;
-    info!(proxy_addr = %local_addr(&proxy_listener, api.proxy_listen)?, "data-plane proxy listening");
+    let proxy_addr = local_addr(&proxy_listener, api.proxy_listen)?;
+    info!(proxy_addr = %proxy_addr, "data-plane proxy listening");
 
     let metrics = Arc::new(metrics::Metrics::default());
     let demand = Arc::new(Demand::default());
@@ -225,15 +226,21 @@ pub async fn serve(
         pool_loop,
         service_loop,
     );
-    let proxy = http::proxy::Proxy::new(instances.clone(), config.api.proxy_auth.then(|| auth.clone()));
     let namespace = match config.store {
         StoreKind::Kubernetes => config.kube.namespace.clone(),
         StoreKind::Embedded => store::DEFAULT_NAMESPACE.to_string(),
     };
+    let proxy = http::proxy::Proxy::new(
+        instances.clone(),
+        env_services.clone(),
+        namespace.clone(),
+        config.api.proxy_auth.then(|| auth.clone()),
+    );
     let services = Services::new(
         instances,
         templates,
         pools,
+        env_services,
         demand,
         engine,
         metrics.clone(),
@@ -241,6 +248,12 @@ pub async fn serve(
         api.default_ttl.clone(),
         config.limits.clone(),
     );
+    // Services' addresses: the proxy's, on loopback when it listens on every address.
+    let mut service_host = proxy_addr;
+    if service_host.ip().is_unspecified() {
+        service_host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let _ = services.proxy_url.set(format!("http://{service_host}"));
 
     let shutdown = shutdown.shared();
     let api = http::server::serve(

@@ -2,6 +2,7 @@
 //! - `/env-instance`: the AEnvironment api-service API the SDK uses ([`instances`]);
 //! - `/env`: Environment templates, as envhub serves them, with image warmup ([`templates`]);
 //! - `/env-pool`: warm pools, whose ready sandboxes serve `/env-instance` creates ([`pools`]);
+//! - `/env-service`: long-running services with replicas and storage ([`services`]);
 //! - `/pods`: the AEnvironment controller's API, for an api-service pointed at this operator ([`pods`]);
 //! - the data-plane proxy on its own listener ([`proxy`]).
 //!
@@ -13,6 +14,7 @@ mod instances;
 mod pods;
 mod pools;
 pub mod proxy;
+mod services;
 pub mod request;
 pub mod server;
 mod templates;
@@ -136,6 +138,8 @@ pub fn routes(
         .or(templates::routes(svc.clone(), who.clone()))
         .unify()
         .or(pools::routes(svc.clone(), who.clone()))
+        .unify()
+        .or(services::routes(svc.clone(), who.clone()))
         .unify()
         .or(pods::routes(svc, who))
         .unify()
