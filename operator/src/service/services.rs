@@ -312,29 +312,25 @@ impl Services {
     ) -> Result<(), ServiceError> {
         let current = self.service(id, caller)?;
         let key = self.key(id);
-        let mut version = current.metadata.resource_version.clone().unwrap_or_default();
         if delete_storage {
+            // Recorded on the service before the deletion, so that a restart still removes the volume at the end.
             let mut svc = (*current).clone();
             svc.metadata
                 .annotations
                 .get_or_insert_with(Default::default)
                 .insert(DELETE_STORAGE_ANNOTATION.into(), "true".into());
             let stored = self.env_services.replace(&svc).await.map_err(|e| match e {
-                Error::Conflict(_) => {
-                    ServiceError::Conflict(format!("service \"{id}\" changed meanwhile; try again"))
-                }
+                Error::Conflict(_) => ServiceError::Conflict(format!("service \"{id}\" changed meanwhile; try again")),
                 e => ServiceError::store("the service could not be marked for deletion", e),
             })?;
-            let stored = stored.ok_or_else(|| ServiceError::NotFound(format!("service \"{id}\" not found")))?;
-            version = stored.metadata.resource_version.clone().unwrap_or_default();
+            stored.ok_or_else(|| ServiceError::NotFound(format!("service \"{id}\" not found")))?;
         }
-        match self.env_services.request_delete_at(&key, &version, Timestamp::now()).await {
+        match self.env_services.request_delete(&key, Timestamp::now()).await {
             Ok(Some(_)) => {
                 info!(service = %id, delete_storage, "service deletion requested");
                 Ok(())
             }
             Ok(None) => Err(ServiceError::NotFound(format!("service \"{id}\" not found"))),
-            Err(Error::Conflict(_)) => Err(ServiceError::Conflict(format!("service \"{id}\" changed meanwhile; try again"))),
             Err(source) => Err(ServiceError::store("the deletion could not be recorded", source)),
         }
     }

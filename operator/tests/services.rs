@@ -1,0 +1,280 @@
+//! EnvService against the real binary and the real Docker daemon: a service keeps its replicas (probed), answers
+//! on its address over its ready replicas, rolls an update with a new replica ready before an old one goes, keeps
+//! the data of its volume across the update and across a delete without `deleteStorage`; a replica removed by hand
+//! is replaced; bad input is refused naming the field and changes nothing; kill -9 during an update converges.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use aenv_testkit::{Operator, TEST_IMAGE, containers_with_label, docker, docker_ok, inspect, unique_name};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aenv-operator");
+
+async fn register(op: &Operator, name: &str) {
+    let body = json!({"name": name, "version": "1.0.0", "artifacts": [{"type": "image", "content": TEST_IMAGE}]});
+    let (code, resp) = op.post_json("/env", &body).await;
+    assert_eq!(code, 200, "{resp}");
+}
+
+async fn wait_service(op: &Operator, id: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, body) = op.get(&format!("/env-service/{id}")).await;
+        if pred(&body["data"]) {
+            return body["data"].clone();
+        }
+        assert!(Instant::now() < deadline, "service {id} did not get there in {timeout:?}; last: {body}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The running replica containers of environment `name`.
+fn replicas(name: &str) -> Vec<String> {
+    let out = docker_ok(&["ps", "--filter", &format!("label=aenv.env_name={name}"), "--format", "{{.Names}}"]);
+    let mut names: Vec<String> = out.lines().filter(|l| !l.is_empty()).map(String::from).collect();
+    names.sort();
+    names
+}
+
+fn env_of(container: &str) -> Vec<String> {
+    inspect(container)["Config"]["Env"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect()
+}
+
+async fn put(op: &Operator, path: &str, body: Value) -> (u16, Value) {
+    let resp = op.http.put(op.url(path)).json(&body).send().await.expect("PUT");
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn running(s: &Value, n: u64) -> bool {
+    s["status"] == "Running" && s["available_replicas"] == n
+}
+
+#[tokio::test]
+async fn a_service_keeps_replicas_spreads_requests_rolls_updates_and_keeps_its_data() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("svc");
+    register(&op, &name).await;
+    let pvc = unique_name("data");
+    let id = unique_name("web");
+    let (code, created) = op
+        .post_json(
+            "/env-service",
+            &json!({"envName": format!("{name}@1.0.0"), "service_name": id, "replicas": 2, "port": 8081,
+                "pvc_name": pvc, "environment_variables": {"MODE": "a"}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{created}");
+    for key in ["id", "env", "status", "created_at", "updated_at", "replicas", "available_replicas", "service_url", "owner",
+        "environment_variables", "pvc_name"]
+    {
+        assert!(created["data"].get(key).is_some(), "{key} missing: {created}");
+    }
+    assert_eq!(created["data"]["id"], id.as_str());
+    let s = wait_service(&op, &id, Duration::from_secs(60), |s| running(s, 2)).await;
+    let url = s["service_url"].as_str().unwrap().to_string();
+    assert_eq!(url, op.proxy_url(&format!("/env-service/{id}")));
+
+    // Two replica containers, with the service's variables and the volume mounted at the default path.
+    let first = replicas(&name);
+    assert_eq!(first.len(), 2, "{first:?}");
+    for r in &first {
+        assert!(env_of(r).iter().any(|e| e == "MODE=a"), "{:?}", env_of(r));
+        let mounts = inspect(r)["Mounts"].clone();
+        assert_eq!(mounts[0]["Type"], "volume", "{mounts}");
+        assert_eq!(mounts[0]["Name"], format!("aenv-pvc-{pvc}"), "{mounts}");
+        assert_eq!(mounts[0]["Destination"], "/home/admin/data", "{mounts}");
+    }
+    // Replicas are the service's, not instances: not listed, not readable as instances.
+    let (_, list) = op.get("/env-instance/*/list").await;
+    let listed: Vec<&str> = list["data"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_str()).collect();
+    assert!(first.iter().all(|r| !listed.contains(&r.as_str())), "{list}");
+    assert_eq!(op.get(&format!("/env-instance/{}", first[0])).await.0, 404);
+    let (_, svcs) = op.get(&format!("/env-service/{name}/list")).await;
+    assert_eq!(svcs["data"].as_array().map(Vec::len), Some(1), "{svcs}");
+
+    // The address spreads requests over the ready replicas.
+    for r in &first {
+        docker_ok(&["exec", r, "sh", "-c", &format!("echo {r} > /www/who")]);
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..6 {
+        let resp = op.http.get(format!("{url}/who")).send().await.expect("service address");
+        assert_eq!(resp.status().as_u16(), 200);
+        seen.insert(resp.text().await.unwrap().trim().to_string());
+    }
+    assert_eq!(seen, first.iter().cloned().collect::<HashSet<_>>(), "both replicas answered");
+
+    // Data written to the volume...
+    docker_ok(&["exec", &first[0], "sh", "-c", "echo kept > /home/admin/data/f"]);
+
+    // ... survives a rolling update, during which the service never has fewer ready replicas.
+    let (code, updated) = put(&op, &format!("/env-service/{id}"), json!({"environment_variables": {"MODE": "b"}})).await;
+    assert_eq!(code, 200, "{updated}");
+    assert_eq!(updated["data"]["environment_variables"]["MODE"], "b");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut saw_updating = false;
+    loop {
+        let (_, body) = op.get(&format!("/env-service/{id}")).await;
+        let s = &body["data"];
+        saw_updating |= s["status"] == "Updating";
+        assert!(s["available_replicas"].as_u64() >= Some(2), "a ready replica went before its replacement: {body}");
+        let now = replicas(&name);
+        if s["status"] == "Running" && now.len() == 2 && now.iter().all(|r| !first.contains(r)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the update did not finish: {body} {now:?}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_updating, "the status said Updating while replicas were replaced");
+    let second = replicas(&name);
+    for r in &second {
+        assert!(env_of(r).iter().any(|e| e == "MODE=b"), "{:?}", env_of(r));
+        assert_eq!(docker_ok(&["exec", r, "cat", "/home/admin/data/f"]).trim(), "kept");
+    }
+
+    // A replica removed by hand is replaced.
+    docker_ok(&["rm", "-f", &second[0]]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = replicas(&name);
+        let (_, body) = op.get(&format!("/env-service/{id}")).await;
+        if running(&body["data"], 2) && now.len() == 2 && !now.contains(&second[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed replica was not replaced: {body} {now:?}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Scaling down to one.
+    let (code, resp) = put(&op, &format!("/env-service/{id}"), json!({"replicas": 1})).await;
+    assert_eq!(code, 200, "{resp}");
+    wait_service(&op, &id, Duration::from_secs(30), |s| running(s, 1)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replicas(&name).len() != 1 {
+        assert!(Instant::now() < deadline, "scale down left {:?}", replicas(&name));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Deleted without deleteStorage: containers go, the volume stays, and a new service with the pvc_name mounts it.
+    let (code, _) = op.delete(&format!("/env-service/{id}")).await;
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_with_label(&format!("aenv.env_name={name}")).is_empty() || op.get(&format!("/env-service/{id}")).await.0 != 404 {
+        assert!(Instant::now() < deadline, "replicas not removed\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let volume = format!("aenv-pvc-{pvc}");
+    assert!(docker(&["volume", "inspect", &volume]).status.success(), "the volume stays");
+    let (code, again) = op
+        .post_json("/env-service", &json!({"envName": format!("{name}@1.0.0"), "service_name": id, "port": 8081,
+            "pvc_name": pvc, "storage_size": "1Gi"}))
+        .await;
+    assert_eq!(code, 200, "{again}");
+    wait_service(&op, &id, Duration::from_secs(60), |s| running(s, 1)).await;
+    let third = replicas(&name);
+    assert_eq!(docker_ok(&["exec", &third[0], "cat", "/home/admin/data/f"]).trim(), "kept", "same pvc_name, same data");
+
+    // Deleted with deleteStorage: the volume goes too; updating it afterwards is a 404.
+    let (code, _) = op.delete(&format!("/env-service/{id}?deleteStorage=true")).await;
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while docker(&["volume", "inspect", &volume]).status.success() {
+        assert!(Instant::now() < deadline, "the volume was not removed\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(replicas(&name).is_empty());
+    let (code, resp) = put(&op, &format!("/env-service/{id}"), json!({"replicas": 2})).await;
+    assert_eq!(code, 404, "{resp}");
+}
+
+#[tokio::test]
+async fn bad_service_input_is_refused_naming_the_field_and_changes_nothing() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("svcbad");
+    register(&op, &name).await;
+    let env = format!("{name}@1.0.0");
+    for (body, fields) in [
+        (json!({"envName": env, "replicas": 2, "storage_size": "1Gi"}), &["`replicas`", "`storage_size`"][..]),
+        (json!({"envName": "nosuch@1.0.0"}), &["`envName`"]),
+        (json!({"envName": "noversion"}), &["`envName`"]),
+        (json!({"envName": env, "service_name": "Bad_Name"}), &["`service_name`"]),
+        (json!({"envName": env, "service_name": "a".repeat(64)}), &["`service_name`"]),
+        (json!({"envName": env, "replicas": -1}), &["`replicas`"]),
+        (json!({"envName": env, "replicas": "2"}), &["`replicas`"]),
+        (json!({"envName": env, "pvc_name": "/etc"}), &["`pvc_name`"]),
+        (json!({"envName": env, "pvc_name": "../x"}), &["`pvc_name`"]),
+        (json!({"envName": env, "pvc_name": "d", "mount_path": "relative/x"}), &["`mount_path`"]),
+        (json!({"envName": env, "pvc_name": "d", "mount_path": "/a/../etc"}), &["`mount_path`"]),
+        (json!({"envName": env, "port": 70000}), &["`port`"]),
+        (json!({"envName": env, "storage_size": "huge"}), &["`storage_size`"]),
+        (json!({"envName": env, "memory_limit": "lots"}), &["`memory_limit`"]),
+        (json!({"envName": env, "environment_variables": {"A=B": "x"}}), &["`environment_variables`"]),
+        (json!({"envName": env, "volumes": [{"name": "/"}]}), &["`volumes`"]),
+    ] {
+        let (code, resp) = op.post_json("/env-service", &body).await;
+        assert_eq!(code, 400, "{body}: {resp}");
+        for f in fields {
+            assert!(resp["message"].as_str().unwrap_or_default().contains(f), "{body}: {resp} should name {f}");
+        }
+    }
+    let (_, list) = op.get("/env-service/*/list").await;
+    assert_eq!(list["data"], json!([]), "nothing was made");
+    assert!(containers_with_label(&format!("aenv.env_name={name}")).is_empty());
+    assert_eq!(op.get("/env-service/nosuch").await.0, 404);
+    assert_eq!(put(&op, "/env-service/nosuch", json!({"replicas": 1})).await.0, 404);
+    assert_eq!(op.delete("/env-service/nosuch").await.0, 404);
+
+    // With storage_size a service keeps one replica: scaling it up is refused naming both fields.
+    let (code, resp) =
+        op.post_json("/env-service", &json!({"envName": env, "service_name": "one", "storage_size": "1Gi", "port": 8081})).await;
+    assert_eq!(code, 200, "{resp}");
+    let (code, resp) = put(&op, "/env-service/one", json!({"replicas": 3})).await;
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp["message"].as_str().unwrap().contains("`storage_size`"), "{resp}");
+    assert_eq!(put(&op, "/env-service/one", json!({})).await.0, 400);
+    assert_eq!(op.delete("/env-service/one?deleteStorage=maybe").await.0, 400);
+    let (code, _) = op.delete("/env-service/one?deleteStorage=true").await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn kill_9_during_a_rolling_update_converges_after_restart() {
+    let mut op = Operator::start(BIN, &[]).await;
+    let name = unique_name("svckill");
+    register(&op, &name).await;
+    let (code, resp) = op
+        .post_json("/env-service", &json!({"envName": format!("{name}@1.0.0"), "service_name": "k", "replicas": 2,
+            "port": 8081, "environment_variables": {"MODE": "a"}}))
+        .await;
+    assert_eq!(code, 200, "{resp}");
+    wait_service(&op, "k", Duration::from_secs(60), |s| running(s, 2)).await;
+    let (code, _) = put(&op, "/env-service/k", json!({"environment_variables": {"MODE": "b"}})).await;
+    assert_eq!(code, 200);
+    // Mid-update: new replicas being made, old ones still serving.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    op.kill9();
+    op.restart(BIN).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, body) = op.get("/env-service/k").await;
+        let now = replicas(&name);
+        let all_new = now.iter().all(|r| env_of(r).iter().any(|e| e == "MODE=b"));
+        let every = containers_with_label(&format!("aenv.env_name={name}"));
+        if running(&body["data"], 2) && now.len() == 2 && all_new && every.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no convergence: {body} running {now:?} all {every:?}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, _) = op.delete("/env-service/k").await;
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_with_label(&format!("aenv.env_name={name}")).is_empty() {
+        assert!(Instant::now() < deadline, "replicas left behind\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
