@@ -278,3 +278,35 @@ async fn kill_9_during_a_rolling_update_converges_after_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn the_python_sdk_service_calls_work_unchanged() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = std::env::var_os("AENV_TEST_VENV").map(std::path::PathBuf::from).unwrap_or_else(|| root.join(".venv"));
+    let python = venv.join("bin/python");
+    assert!(python.exists(), "{} is missing: run the suites through scripts/test (requirements-test.txt)", python.display());
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("sdksvc");
+    register(&op, &name).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(240),
+        tokio::process::Command::new(&python)
+            .arg(root.join("tests/sdk/sdk_services.py"))
+            .arg(op.url(""))
+            .arg(format!("{name}@1.0.0"))
+            .arg(unique_name("sdk-web"))
+            .output(),
+    )
+    .await
+    .expect("the SDK flow finished in time")
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SDK service flow failed:\n{stdout}\n{stderr}\n--- operator log ---\n{}", op.log());
+    assert!(stdout.contains("all SDK service steps passed"), "{stdout}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_with_label(&format!("aenv.env_name={name}")).is_empty() {
+        assert!(Instant::now() < deadline, "replicas left behind after delete_env_service");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -256,8 +256,32 @@ impl Services {
         caller: Option<&Principal>,
     ) -> Result<Arc<EnvService>, ServiceError> {
         let _quota = self.quota.lock().await;
-        let current = self.service(id, caller)?;
-        let mut svc = (*current).clone();
+        // The controller writes the status meanwhile (a new resource version): read again and retry a few times.
+        for _ in 0..8 {
+            let current = self.service(id, caller)?;
+            let svc = self.updated(&current, &update, caller)?;
+            match self.env_services.replace(&svc).await {
+                Ok(Some(stored)) => {
+                    info!(service = %id, replicas = stored.spec.replicas, "service updated");
+                    return Ok(stored);
+                }
+                Ok(None) => return Err(ServiceError::NotFound(format!("service \"{id}\" not found"))),
+                Err(Error::Conflict(_)) => continue,
+                Err(source) => return Err(ServiceError::store("the service could not be updated", source)),
+            }
+        }
+        Err(ServiceError::Conflict(format!("service \"{id}\" keeps changing; read it and try again")))
+    }
+
+    /// `current` with `update` applied and checked.
+    fn updated(
+        &self,
+        current: &EnvService,
+        update: &ServiceUpdate,
+        caller: Option<&Principal>,
+    ) -> Result<EnvService, ServiceError> {
+        let id = current.metadata.name.as_deref().unwrap_or_default();
+        let mut svc = current.clone();
         if let Some(r) = update.replicas {
             let replicas = check_replicas(r)?;
             if replicas > 1 && svc.spec.storage_size.is_some() {
@@ -268,15 +292,15 @@ impl Services {
             self.check_replica_room(caller, replicas.saturating_sub(svc.spec.replicas) as usize)?;
             svc.spec.replicas = replicas;
         }
-        if let Some(image) = update.image {
+        if let Some(image) = &update.image {
             if image.trim().is_empty() {
                 return Err(ServiceError::Invalid("field `image` must name an image, such as \"repo/app:2\"".into()));
             }
             svc.spec.image = Some(image.trim().to_string());
         }
-        if let Some(env) = update.env {
-            check_env(&env)?;
-            svc.spec.env = env;
+        if let Some(env) = &update.env {
+            check_env(env)?;
+            svc.spec.env = env.clone();
         }
         if let Some((name, version)) = svc.spec.template() {
             if let Ok((t, _)) = self.usable_template(name, version, caller) {
@@ -289,17 +313,7 @@ impl Services {
             .annotations
             .get_or_insert_with(Default::default)
             .insert(UPDATED_AT_ANNOTATION.into(), Timestamp::now().to_string());
-        match self.env_services.replace(&svc).await {
-            Ok(Some(stored)) => {
-                info!(service = %id, replicas = stored.spec.replicas, "service updated");
-                Ok(stored)
-            }
-            Ok(None) => Err(ServiceError::NotFound(format!("service \"{id}\" not found"))),
-            Err(Error::Conflict(_)) => {
-                Err(ServiceError::Conflict(format!("service \"{id}\" changed meanwhile; read it and try again")))
-            }
-            Err(source) => Err(ServiceError::store("the service could not be updated", source)),
-        }
+        Ok(svc)
     }
 
     /// Deletes a service: its replicas go, then (with `delete_storage`) its volume. Without it the volume stays,
@@ -310,21 +324,29 @@ impl Services {
         delete_storage: bool,
         caller: Option<&Principal>,
     ) -> Result<(), ServiceError> {
-        let current = self.service(id, caller)?;
         let key = self.key(id);
-        if delete_storage {
+        let mut marked = !delete_storage;
+        for _ in 0..8 {
+            if marked {
+                break;
+            }
             // Recorded on the service before the deletion, so that a restart still removes the volume at the end.
-            let mut svc = (*current).clone();
+            let mut svc = (*self.service(id, caller)?).clone();
             svc.metadata
                 .annotations
                 .get_or_insert_with(Default::default)
                 .insert(DELETE_STORAGE_ANNOTATION.into(), "true".into());
-            let stored = self.env_services.replace(&svc).await.map_err(|e| match e {
-                Error::Conflict(_) => ServiceError::Conflict(format!("service \"{id}\" changed meanwhile; try again")),
-                e => ServiceError::store("the service could not be marked for deletion", e),
-            })?;
-            stored.ok_or_else(|| ServiceError::NotFound(format!("service \"{id}\" not found")))?;
+            match self.env_services.replace(&svc).await {
+                Ok(Some(_)) => marked = true,
+                Ok(None) => return Err(ServiceError::NotFound(format!("service \"{id}\" not found"))),
+                Err(Error::Conflict(_)) => continue,
+                Err(e) => return Err(ServiceError::store("the service could not be marked for deletion", e)),
+            }
         }
+        if !marked {
+            return Err(ServiceError::Conflict(format!("service \"{id}\" keeps changing; try again")));
+        }
+        self.service(id, caller)?;
         match self.env_services.request_delete(&key, Timestamp::now()).await {
             Ok(Some(_)) => {
                 info!(service = %id, delete_storage, "service deletion requested");
