@@ -40,7 +40,13 @@ fn replicas(name: &str) -> Vec<String> {
 }
 
 fn env_of(container: &str) -> Vec<String> {
-    inspect(container)["Config"]["Env"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect()
+    inspect(container)["Config"]["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect()
 }
 
 async fn put(op: &Operator, path: &str, body: Value) -> (u16, Value) {
@@ -68,9 +74,19 @@ async fn a_service_keeps_replicas_spreads_requests_rolls_updates_and_keeps_its_d
         )
         .await;
     assert_eq!(code, 200, "{created}");
-    for key in ["id", "env", "status", "created_at", "updated_at", "replicas", "available_replicas", "service_url", "owner",
-        "environment_variables", "pvc_name"]
-    {
+    for key in [
+        "id",
+        "env",
+        "status",
+        "created_at",
+        "updated_at",
+        "replicas",
+        "available_replicas",
+        "service_url",
+        "owner",
+        "environment_variables",
+        "pvc_name",
+    ] {
         assert!(created["data"].get(key).is_some(), "{key} missing: {created}");
     }
     assert_eq!(created["data"]["id"], id.as_str());
@@ -112,7 +128,8 @@ async fn a_service_keeps_replicas_spreads_requests_rolls_updates_and_keeps_its_d
     docker_ok(&["exec", &first[0], "sh", "-c", "echo kept > /home/admin/data/f"]);
 
     // ... survives a rolling update, during which the service never has fewer ready replicas.
-    let (code, updated) = put(&op, &format!("/env-service/{id}"), json!({"environment_variables": {"MODE": "b"}})).await;
+    let (code, updated) =
+        put(&op, &format!("/env-service/{id}"), json!({"environment_variables": {"MODE": "b"}})).await;
     assert_eq!(code, 200, "{updated}");
     assert_eq!(updated["data"]["environment_variables"]["MODE"], "b");
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -163,15 +180,20 @@ async fn a_service_keeps_replicas_spreads_requests_rolls_updates_and_keeps_its_d
     let (code, _) = op.delete(&format!("/env-service/{id}")).await;
     assert_eq!(code, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !containers_with_label(&format!("aenv.env_name={name}")).is_empty() || op.get(&format!("/env-service/{id}")).await.0 != 404 {
+    while !containers_with_label(&format!("aenv.env_name={name}")).is_empty()
+        || op.get(&format!("/env-service/{id}")).await.0 != 404
+    {
         assert!(Instant::now() < deadline, "replicas not removed\n{}", op.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let volume = format!("aenv-pvc-{pvc}");
     assert!(docker(&["volume", "inspect", &volume]).status.success(), "the volume stays");
     let (code, again) = op
-        .post_json("/env-service", &json!({"envName": format!("{name}@1.0.0"), "service_name": id, "port": 8081,
-            "pvc_name": pvc, "storage_size": "1Gi"}))
+        .post_json(
+            "/env-service",
+            &json!({"envName": format!("{name}@1.0.0"), "service_name": id, "port": 8081,
+            "pvc_name": pvc, "storage_size": "1Gi"}),
+        )
         .await;
     assert_eq!(code, 200, "{again}");
     wait_service(&op, &id, Duration::from_secs(60), |s| running(s, 1)).await;
@@ -229,8 +251,9 @@ async fn bad_service_input_is_refused_naming_the_field_and_changes_nothing() {
     assert_eq!(op.delete("/env-service/nosuch").await.0, 404);
 
     // With storage_size a service keeps one replica: scaling it up is refused naming both fields.
-    let (code, resp) =
-        op.post_json("/env-service", &json!({"envName": env, "service_name": "one", "storage_size": "1Gi", "port": 8081})).await;
+    let (code, resp) = op
+        .post_json("/env-service", &json!({"envName": env, "service_name": "one", "storage_size": "1Gi", "port": 8081}))
+        .await;
     assert_eq!(code, 200, "{resp}");
     let (code, resp) = put(&op, "/env-service/one", json!({"replicas": 3})).await;
     assert_eq!(code, 400, "{resp}");
@@ -247,8 +270,11 @@ async fn kill_9_during_a_rolling_update_converges_after_restart() {
     let name = unique_name("svckill");
     register(&op, &name).await;
     let (code, resp) = op
-        .post_json("/env-service", &json!({"envName": format!("{name}@1.0.0"), "service_name": "k", "replicas": 2,
-            "port": 8081, "environment_variables": {"MODE": "a"}}))
+        .post_json(
+            "/env-service",
+            &json!({"envName": format!("{name}@1.0.0"), "service_name": "k", "replicas": 2,
+            "port": 8081, "environment_variables": {"MODE": "a"}}),
+        )
         .await;
     assert_eq!(code, 200, "{resp}");
     wait_service(&op, "k", Duration::from_secs(60), |s| running(s, 2)).await;
@@ -284,7 +310,11 @@ async fn the_python_sdk_service_calls_work_unchanged() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let venv = std::env::var_os("AENV_TEST_VENV").map(std::path::PathBuf::from).unwrap_or_else(|| root.join(".venv"));
     let python = venv.join("bin/python");
-    assert!(python.exists(), "{} is missing: run the suites through scripts/test (requirements-test.txt)", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing: run the suites through scripts/test (requirements-test.txt)",
+        python.display()
+    );
     let op = Operator::start(BIN, &[]).await;
     let name = unique_name("sdksvc");
     register(&op, &name).await;
@@ -309,4 +339,108 @@ async fn the_python_sdk_service_calls_work_unchanged() {
         assert!(Instant::now() < deadline, "replicas left behind after delete_env_service");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// With tokens, a service is its owner's: others neither see, change, delete nor reach it; its replicas count
+/// towards the owner's instance cap; two owners' `pvc_name` never name one volume.
+#[tokio::test]
+async fn services_are_owner_scoped_counted_in_quotas_and_volumes_are_per_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(
+        &tokens,
+        json!({"tokens": [
+            {"token": "alice-token-0123456789", "owner": "alice", "maxInstances": 3},
+            {"token": "bob-token-0123456789", "owner": "bob"},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let op = Operator::start(BIN, &["--tokens-file", &tokens.display().to_string(), "--proxy-auth"]).await;
+    const ALICE: &str = "alice-token-0123456789";
+    const BOB: &str = "bob-token-0123456789";
+    let name = unique_name("svcten");
+    let (code, resp) = send_as(
+        ALICE,
+        op.http.post(op.url("/env")).json(&json!({"name": name, "version": "1.0.0", "shared": true,
+            "artifacts": [{"type": "image", "content": TEST_IMAGE}]})),
+    )
+    .await;
+    assert_eq!(code, 200, "{resp}");
+    let pvc = unique_name("shared");
+    let create = |svc: &str| {
+        json!({"envName": format!("{name}@1.0.0"), "service_name": svc, "replicas": 2, "port": 8081, "pvc_name": pvc,
+            "owner": "bob"})
+    };
+    let (code, resp) = send_as(ALICE, op.http.post(op.url("/env-service")).json(&create("a-svc"))).await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(resp["data"]["owner"], "alice", "the token's owner, not the body's");
+    let url = resp["data"]["service_url"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = send_as(ALICE, op.http.get(op.url("/env-service/a-svc"))).await;
+        if running(&s["data"], 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Bob neither sees, changes, deletes nor reaches it.
+    assert_eq!(send_as(BOB, op.http.get(op.url("/env-service/a-svc"))).await.0, 404);
+    assert_eq!(send_as(BOB, op.http.get(op.url("/env-service/*/list"))).await.1["data"], json!([]));
+    assert_eq!(send_as(BOB, op.http.put(op.url("/env-service/a-svc")).json(&json!({"replicas": 0}))).await.0, 404);
+    assert_eq!(send_as(BOB, op.http.delete(op.url("/env-service/a-svc"))).await.0, 404);
+    assert_eq!(op.http.get(format!("{url}/health")).send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(op.http.get(format!("{url}/health")).bearer_auth(BOB).send().await.unwrap().status().as_u16(), 404);
+    assert_eq!(op.http.get(format!("{url}/health")).bearer_auth(ALICE).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        send_as(ALICE, op.http.get(op.url("/env-service/*/list"))).await.1["data"].as_array().map(Vec::len),
+        Some(1)
+    );
+
+    // Replicas count towards alice's cap of 3: two held, so one more instance, and no third replica... nor a fourth.
+    let (code, resp) = send_as(ALICE, op.http.put(op.url("/env-service/a-svc")).json(&json!({"replicas": 4}))).await;
+    assert_eq!(code, 403, "{resp}");
+    assert!(resp["message"].as_str().unwrap().contains("`replicas`"), "{resp}");
+    let body = aenv_testkit::create_body(&name, TEST_IMAGE, json!({}));
+    assert_eq!(send_as(ALICE, op.http.post(op.url("/env-instance")).json(&body)).await.0, 200);
+    let (code, resp) = send_as(ALICE, op.http.post(op.url("/env-instance")).json(&body)).await;
+    assert_eq!(code, 403, "replicas counted: {resp}");
+
+    // Bob's service with the same pvc_name gets a volume of its own: alice's data is not there.
+    let alice_replica = replicas(&name)
+        .into_iter()
+        .find(|r| inspect(r)["Mounts"].as_array().is_some_and(|m| !m.is_empty()))
+        .expect("a replica of alice's");
+    docker_ok(&["exec", &alice_replica, "sh", "-c", "echo alice-secret > /home/admin/data/s"]);
+    let (code, resp) = send_as(BOB, op.http.post(op.url("/env-service")).json(&create("b-svc"))).await;
+    assert_eq!(code, 200, "{resp}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = send_as(BOB, op.http.get(op.url("/env-service/b-svc"))).await;
+        if running(&s["data"], 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alice_volume = inspect(&alice_replica)["Mounts"][0]["Name"].as_str().unwrap().to_string();
+    let bob_replica = replicas(&name)
+        .into_iter()
+        .find(|r| inspect(r)["Mounts"][0]["Name"].as_str().is_some_and(|v| v != alice_volume))
+        .expect("bob's replica on a volume of its own");
+    let out = docker(&["exec", &bob_replica, "cat", "/home/admin/data/s"]);
+    assert!(!out.status.success(), "bob read alice's data: {}", String::from_utf8_lossy(&out.stdout));
+
+    for (token, svc) in [(ALICE, "a-svc"), (BOB, "b-svc")] {
+        let path = format!("/env-service/{svc}?deleteStorage=true");
+        assert_eq!(send_as(token, op.http.delete(op.url(&path))).await.0, 200);
+    }
+}
+
+async fn send_as(token: &str, req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.bearer_auth(token).send().await.expect("request");
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(Value::Null))
 }

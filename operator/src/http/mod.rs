@@ -14,9 +14,9 @@ mod instances;
 mod pods;
 mod pools;
 pub mod proxy;
-mod services;
 pub mod request;
 pub mod server;
+mod services;
 mod templates;
 pub mod wire;
 

@@ -128,7 +128,8 @@ impl Proxy {
     ) -> warp::reply::Response {
         let Some(target) = headers.get(TARGET_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string) else {
             if let Some(rest) = path.as_str().strip_prefix(SERVICE_PREFIX) {
-                let (service, tail) = rest.split_once('/').map_or((rest, "/".to_string()), |(s, t)| (s, format!("/{t}")));
+                let (service, tail) =
+                    rest.split_once('/').map_or((rest, "/".to_string()), |(s, t)| (s, format!("/{t}")));
                 return self.to_service(service, &tail, method, query, headers, body).await;
             }
             if path.as_str() == "/health" {
@@ -195,9 +196,11 @@ impl Proxy {
             }
             None => None,
         };
-        let Some(svc) = self.services.get(&crate::store::key(&self.namespace, service)).filter(|s| {
-            s.metadata.deletion_timestamp.is_none() && Services::service_visible(s, caller.as_ref())
-        }) else {
+        let Some(svc) = self
+            .services
+            .get(&crate::store::key(&self.namespace, service))
+            .filter(|s| s.metadata.deletion_timestamp.is_none() && Services::service_visible(s, caller.as_ref()))
+        else {
             return error(StatusCode::NOT_FOUND, &format!("service \"{service}\" not found"), "");
         };
         let mut ready: Vec<String> = self

@@ -89,9 +89,9 @@ fn variables(obj: &Map<String, Value>) -> Result<Option<BTreeMap<String, String>
 pub fn parse_create(body: &[u8]) -> Result<ServiceRequest, ApiError> {
     let obj = object(body)?;
     only(&obj, CREATE_FIELDS)?;
-    let env_name = string(&obj, "envName")?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("field `envName` is required: name@version of an environment, such as \"mini@1.0.0\""))?;
+    let env_name = string(&obj, "envName")?.filter(|s| !s.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("field `envName` is required: name@version of an environment, such as \"mini@1.0.0\"")
+    })?;
     // Requests (and ephemeral storage) are checked as quantities; Docker enforces limits only.
     for field in ["cpu_request", "memory_request", "ephemeral_storage_request", "ephemeral_storage_limit"] {
         let Some(q) = string(&obj, field)? else { continue };
@@ -101,7 +101,9 @@ pub fn parse_create(body: &[u8]) -> Result<ServiceRequest, ApiError> {
             aenv_core::quantity::parse_memory_bytes(&q).is_ok()
         };
         if !ok {
-            return Err(ApiError::bad_request(format!("field `{field}` must be a quantity such as \"1\" or \"2Gi\" (got {q:?})")));
+            return Err(ApiError::bad_request(format!(
+                "field `{field}` must be a quantity such as \"1\" or \"2Gi\" (got {q:?})"
+            )));
         }
     }
     let request = ServiceRequest {
@@ -171,11 +173,12 @@ pub fn routes(
             let items = svc.list_services(&env, c.as_ref()).iter().map(|s| render(&svc, s)).collect();
             reply::<ApiError>(Ok(Value::Array(items)))
         });
-    let get = warp::path!("env-service" / String).and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
-        |id: String, c: Option<Principal>, svc: Arc<Services>| {
-            reply(svc.service(&id, c.as_ref()).map(|s| render(&svc, &s)))
-        },
-    );
+    let get =
+        warp::path!("env-service" / String).and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
+            |id: String, c: Option<Principal>, svc: Arc<Services>| {
+                reply(svc.service(&id, c.as_ref()).map(|s| render(&svc, &s)))
+            },
+        );
     let update = warp::path!("env-service" / String)
         .and(warp::put())
         .and(who.clone())
@@ -223,7 +226,10 @@ mod tests {
             br#"{"envName":"mini@1.0.0","service_name":"web","replicas":2,"environment_variables":{"A":"1"},"owner":"me","port":8081,"cpu_request":"1","cpu_limit":"2"}"#,
         )
         .unwrap();
-        assert_eq!((ok.replicas, ok.port, ok.cpu.as_deref(), ok.owner.as_deref()), (Some(2), Some(8081), Some("2"), Some("me")));
+        assert_eq!(
+            (ok.replicas, ok.port, ok.cpu.as_deref(), ok.owner.as_deref()),
+            (Some(2), Some(8081), Some("2"), Some("me"))
+        );
         for (body, field) in [
             (&br#"{"replicas":1}"#[..], "`envName`"),
             (br#"{"envName":"m@1","replicas":"2"}"#, "`replicas`"),

@@ -160,7 +160,9 @@ impl Services {
     /// pool is nobody's instance yet: no one sees it until it is claimed. A service's replica is the service's:
     /// it is reached through `/env-service` and the service's address, not as an instance.
     pub fn visible(inst: &EnvInstance, caller: Option<&Principal>) -> bool {
-        inst.pool().is_none() && inst.service().is_none() && caller.is_none_or(|p| inst.spec.owner.as_deref() == Some(p.owner.as_str()))
+        inst.pool().is_none()
+            && inst.service().is_none()
+            && caller.is_none_or(|p| inst.spec.owner.as_deref() == Some(p.owner.as_str()))
     }
 
     /// The most instances the operator holds (`--max-instances`), pooled sandboxes included.

@@ -121,8 +121,7 @@ impl Services {
         req: ServiceRequest,
         caller: Option<&Principal>,
     ) -> Result<Arc<EnvService>, ServiceError> {
-        let Some((name, version)) = req.env_name.split_once('@').filter(|(n, v)| !n.is_empty() && !v.is_empty())
-        else {
+        let Some((name, version)) = req.env_name.split_once('@').filter(|(n, v)| !n.is_empty() && !v.is_empty()) else {
             return Err(ServiceError::Invalid(format!(
                 "field `envName` must be name@version of a registered environment (got {:?})",
                 req.env_name
@@ -166,8 +165,10 @@ impl Services {
             (Some(p), _, _) => Some(p.clone()),
             // Storage asked for without a name: named after the environment, as upstream does.
             (None, Some(_), _) | (None, None, Some(_)) => {
-                let n: String =
-                    name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+                let n: String = name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+                    .collect();
                 Some(n.trim_matches('-').chars().take(63).collect::<String>()).filter(|n| dns_label(n))
             }
             (None, None, None) => None,
@@ -185,8 +186,9 @@ impl Services {
             })?,
         };
         if let Some(cpu) = &req.cpu {
-            parse_cpu_millis(cpu)
-                .map_err(|e| ServiceError::Invalid(format!("field `cpu_limit` must be a cpu quantity such as \"2\": {e}")))?;
+            parse_cpu_millis(cpu).map_err(|e| {
+                ServiceError::Invalid(format!("field `cpu_limit` must be a cpu quantity such as \"2\": {e}"))
+            })?;
         }
         if let Some(memory) = &req.memory {
             parse_memory_bytes(memory).map_err(|e| {
