@@ -156,6 +156,8 @@ impl Services {
         };
         // A tenant pools only templates it may create from (its own, shared ones, ownerless ones).
         self.usable_template(name, version, caller)?;
+        // Held from the room check to the record, so that two racing creates cannot both fit.
+        let _one_at_a_time = self.quota.lock().await;
         self.check_room(caller, spec.ceiling(), None)?;
         let mut pool = EnvPool::new(&req.name, spec);
         pool.metadata.namespace = Some(self.namespace.clone());
@@ -198,6 +200,7 @@ impl Services {
         max_replicas: Option<u32>,
         caller: Option<&Principal>,
     ) -> Result<Arc<EnvPool>, ServiceError> {
+        let _one_at_a_time = self.quota.lock().await;
         for _ in 0..8 {
             let current = self.pool(name, caller)?;
             let max_replicas = max_replicas.or(current.spec.max_replicas.filter(|m| *m >= replicas));
