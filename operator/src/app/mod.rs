@@ -203,7 +203,7 @@ pub async fn serve(
     info!(proxy_addr = %proxy_addr, "data-plane proxy listening");
 
     let metrics = Arc::new(metrics::Metrics::default());
-    let demand = Arc::new(Demand::default());
+    let demand = Arc::new(Demand::new(config.pools.pool_demand_window));
     let pool_loop = controller::pools::Pools::new(
         pools.clone(),
         instances.clone(),

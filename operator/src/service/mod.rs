@@ -116,7 +116,8 @@ pub struct Services {
     default_ttl: DefaultTtl,
     limits: limits::CreateLimits,
     warmups: templates::Warmups,
-    /// Held from the quota check to the record, so that concurrent creates cannot overshoot a cap.
+    /// Held from the quota check to the record (of an instance, a claim, a pool's size), so that concurrent requests
+    /// cannot overshoot a cap.
     quota: tokio::sync::Mutex<()>,
 }
 
