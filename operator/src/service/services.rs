@@ -304,12 +304,12 @@ impl Services {
             check_env(env)?;
             svc.spec.env = env.clone();
         }
-        if let Some((name, version)) = svc.spec.template() {
-            if let Ok((t, _)) = self.usable_template(name, version, caller) {
-                self.engine
-                    .validate(&replica_spec(&t.spec.template, name, version, &svc.spec))
-                    .map_err(|e| ServiceError::Invalid(e.to_string()))?;
-            }
+        if let Some((name, version)) = svc.spec.template()
+            && let Ok((t, _)) = self.usable_template(name, version, caller)
+        {
+            self.engine
+                .validate(&replica_spec(&t.spec.template, name, version, &svc.spec))
+                .map_err(|e| ServiceError::Invalid(e.to_string()))?;
         }
         svc.metadata
             .annotations
