@@ -27,7 +27,7 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const MAX_SERVICE_REPLICAS: u32 = 100;
 
 /// A long-running service: replicas of an Environment template, optionally with storage.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "aenv.io",
     version = "v1alpha1",
@@ -73,6 +73,10 @@ pub struct EnvServiceSpec {
     /// Limits of each replica (the request's `cpu_limit` and `memory_limit`), replacing the template's.
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// An inline template (the controller API's `POST /services` body), used instead of looking up the
+    /// Environment `envName` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Box<EnvInstanceSpec>>,
 }
 
 fn default_port() -> u16 {

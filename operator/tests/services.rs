@@ -451,3 +451,75 @@ async fn send_as(token: &str, req: reqwest::RequestBuilder) -> (u16, Value) {
     let code = resp.status().as_u16();
     (code, resp.json().await.unwrap_or(Value::Null))
 }
+
+/// The controller's `/services` (what an api-service pointed at this operator calls): the Go controller's field order,
+/// trailing newline, 201 on create, plain-text errors; replicas run from the inline Env.
+#[tokio::test]
+async fn controller_services_api_field_for_field() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("ctlsvc");
+    let deploy = json!({"serviceName": "ctl-web", "replicas": 2, "port": 8081, "owner": "alice",
+        "environment_variables": {"K": "V"}, "cpuLimit": "1", "memoryLimit": "256Mi", "podTemplate": "singleContainer"});
+    let body = json!({"id": "", "name": name, "description": "", "version": "1.0.1", "tags": [], "code_url": "",
+        "status": 6, "artifacts": [{"id": "", "type": "image", "content": TEST_IMAGE}], "build_config": null,
+        "test_config": null, "deploy_config": deploy, "deployConfig": deploy, "created_at": "2025-10-10T11:11:11Z"});
+    let resp = op.http.post(op.url("/services")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("}\n"), "{text:?}");
+    assert!(
+        text.starts_with(r#"{"success":true,"code":0,"data":{"id":"ctl-web","status":"Creating","service_url":"#),
+        "{text}"
+    );
+    let created: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(created["data"]["envname"], name.as_str());
+    assert_eq!(
+        (created["data"]["version"].as_str(), created["data"]["owner"].as_str()),
+        (Some("1.0.1"), Some("alice"))
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: Value = op.http.get(op.url("/services/ctl-web")).send().await.unwrap().json().await.unwrap();
+        if v["data"]["status"] == "Running" && v["data"]["available_replicas"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for r in replicas(&name) {
+        assert!(env_of(&r).iter().any(|e| e == "K=V"), "{:?}", env_of(&r));
+    }
+    let list: Value =
+        op.http.get(op.url(&format!("/services?envName={name}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
+    // The REST API sees the same service, with the inline Env.
+    let (code, got) = op.get("/env-service/ctl-web").await;
+    assert_eq!((code, got["data"]["env"]["name"].as_str()), (200, Some(name.as_str())), "{got}");
+
+    let resp = op.http.put(op.url("/services/ctl-web")).json(&json!({"replicas": 1})).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let updated: Value = resp.json().await.unwrap();
+    assert_eq!((updated["data"]["status"].as_str(), updated["data"]["replicas"].as_u64()), (Some("Updating"), Some(1)));
+
+    let mut bad = body.clone();
+    bad["deployConfig"]["storageSize"] = json!("1Gi");
+    bad["deployConfig"]["serviceName"] = json!("ctl-bad");
+    let resp = op.http.post(op.url("/services")).json(&bad).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with("Invalid request body: ") && text.contains("`storage_size`"), "{text}");
+
+    let resp = op.http.delete(op.url("/services/ctl-web")).send().await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.text().await.unwrap().as_str()),
+        (200, "{\"success\":true,\"code\":0,\"data\":true}\n")
+    );
+    let resp = op.http.get(op.url("/services/ctl-web")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(resp.text().await.unwrap().ends_with("not found\n"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_with_label(&format!("aenv.env_name={name}")).is_empty() {
+        assert!(Instant::now() < deadline, "replicas left behind\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -185,6 +185,9 @@ impl ServiceLoop {
     pub fn model(&self, svc: &EnvService) -> Option<EnvInstanceSpec> {
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
         let (n, v) = svc.spec.template()?;
+        if let Some(inline) = &svc.spec.template {
+            return Some(replica_spec(inline, n, v, &svc.spec));
+        }
         let t = self.templates.get(&key(&namespace, &Environment::object_name(n, v)))?;
         (t.spec.name == n && t.spec.version == v && t.metadata.deletion_timestamp.is_none())
             .then(|| replica_spec(&t.spec.template, n, v, &svc.spec))

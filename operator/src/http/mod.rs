@@ -3,13 +3,15 @@
 //! - `/env`: Environment templates, as envhub serves them, with image warmup ([`templates`]);
 //! - `/env-pool`: warm pools, whose ready sandboxes serve `/env-instance` creates ([`pools`]);
 //! - `/env-service`: long-running services with replicas and storage ([`services`]);
-//! - `/pods`: the AEnvironment controller's API, for an api-service pointed at this operator ([`pods`]);
+//! - `/pods`: the AEnvironment controller's API, for an api-service pointed at this operator ([`pods`]), and its
+//!   `/services` ([`ctl_services`]);
 //! - the data-plane proxy on its own listener ([`proxy`]).
 //!
 //! Handlers parse the wire format ([`request`]), call a use-case, and render its answer ([`wire`]) or its
 //! [`ServiceError`] as one [`ApiError`].
 
 pub mod auth;
+mod ctl_services;
 mod instances;
 mod pods;
 mod pools;
@@ -141,7 +143,9 @@ pub fn routes(
         .unify()
         .or(services::routes(svc.clone(), who.clone()))
         .unify()
-        .or(pods::routes(svc, who))
+        .or(pods::routes(svc.clone(), who.clone()))
+        .unify()
+        .or(ctl_services::routes(svc, who))
         .unify()
         .or(health)
         .unify()

@@ -118,6 +118,7 @@ pub fn parse_create(body: &[u8]) -> Result<ServiceRequest, ApiError> {
         cpu: string(&obj, "cpu_limit")?,
         memory: string(&obj, "memory_limit")?,
         owner: string(&obj, "owner")?.filter(|o| !o.is_empty()),
+        inline: None,
     };
     Ok(request)
 }
@@ -137,7 +138,19 @@ pub fn parse_update(body: &[u8]) -> Result<ServiceUpdate, ApiError> {
 }
 
 fn render(svc: &Services, s: &aenv_core::EnvService) -> Value {
-    let template = s.spec.template().and_then(|(n, v)| svc.find_template(n, v));
+    let template = s.spec.template().and_then(|(n, v)| match &s.spec.template {
+        // An inline template (made through the controller API's /services) renders as an Env of that name.
+        Some(inline) => Some(Arc::new(aenv_core::Environment::new(
+            &aenv_core::Environment::object_name(n, v),
+            aenv_core::EnvironmentSpec {
+                name: n.into(),
+                version: v.into(),
+                template: (**inline).clone(),
+                ..Default::default()
+            },
+        ))),
+        None => svc.find_template(n, v),
+    });
     let available = svc.replicas_of(s).iter().filter(|r| r.member_state() == aenv_core::MemberState::Ready).count();
     wire::service(s, template.as_deref(), available as u32, svc.proxy_url.get().map(String::as_str))
 }

@@ -18,7 +18,7 @@ use crate::{Error, store::random_suffix};
 pub const UPDATED_AT_ANNOTATION: &str = "aenv.io/updated-at";
 
 /// `POST /env-service`, parsed (types checked; the rules are checked here).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServiceRequest {
     /// `name@version` of the template.
     pub env_name: String,
@@ -33,6 +33,8 @@ pub struct ServiceRequest {
     pub memory: Option<String>,
     /// The body's `owner`: taken only with tokens off (with them, the owner is the token's).
     pub owner: Option<String>,
+    /// An inline template (the controller API's `/services`), instead of a registered Environment.
+    pub inline: Option<aenv_core::EnvInstanceSpec>,
 }
 
 /// `PUT /env-service/{id}`, parsed.
@@ -127,14 +129,18 @@ impl Services {
                 req.env_name
             )));
         };
-        let template = match self.usable_template(name, version, caller) {
-            Ok((t, _)) => t,
-            Err(ServiceError::NotFound(_)) => {
+        let template = match (&req.inline, self.usable_template(name, version, caller)) {
+            (Some(inline), _) => Arc::new(aenv_core::Environment::new(
+                "inline",
+                aenv_core::EnvironmentSpec { template: inline.clone(), ..Default::default() },
+            )),
+            (None, Ok((t, _))) => t,
+            (None, Err(ServiceError::NotFound(_))) => {
                 return Err(ServiceError::Invalid(format!(
                     "field `envName`: environment \"{name}@{version}\" is not registered; register it with POST /env first"
                 )));
             }
-            Err(e) => return Err(e),
+            (None, Err(e)) => return Err(e),
         };
         let id = match req.service_name.as_deref() {
             Some(n) if dns_label(n) => n.to_string(),
@@ -210,6 +216,7 @@ impl Services {
             storage_size: req.storage_size,
             port,
             resources: Resources { cpu: req.cpu, memory: req.memory },
+            template: req.inline.clone().map(Box::new),
         };
         // What a replica runs must pass the engine's checks now, not fail later in the controller.
         self.engine
@@ -304,12 +311,16 @@ impl Services {
             check_env(env)?;
             svc.spec.env = env.clone();
         }
-        if let Some((name, version)) = svc.spec.template()
-            && let Ok((t, _)) = self.usable_template(name, version, caller)
-        {
-            self.engine
-                .validate(&replica_spec(&t.spec.template, name, version, &svc.spec))
-                .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        if let Some((name, version)) = svc.spec.template() {
+            let template = match &svc.spec.template {
+                Some(inline) => Some((**inline).clone()),
+                None => self.usable_template(name, version, caller).ok().map(|(t, _)| t.spec.template.clone()),
+            };
+            if let Some(template) = template {
+                self.engine
+                    .validate(&replica_spec(&template, name, version, &svc.spec))
+                    .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            }
         }
         svc.metadata
             .annotations
