@@ -5,6 +5,7 @@
 //! - [`duration`]: TTLs in Go duration syntax (`90s`, `30m`, `1h30m`), as AEnvironment writes them;
 //! - [`quantity`]: cpu (`1C`, `2`, `500m`, `0.5`) and memory (`512Mi`, `2Gi`, `2G`, `512M`) quantities;
 //! - [`labels`]: the label keys put on every object an engine creates;
+//! - [`ops`]: operations on a running sandbox (exec, files) and their checks;
 //! - [`pool`]: the `EnvPool` custom resource (warm pools) and the rules of claiming a pooled sandbox.
 //!
 //! Nothing here reads a clock, a socket or a file: callers pass `now` in.
@@ -13,6 +14,7 @@ pub mod duration;
 pub mod engine;
 mod error;
 pub mod labels;
+pub mod ops;
 pub mod pool;
 pub mod quantity;
 pub mod types;
@@ -22,6 +24,7 @@ pub use engine::{
     PullProgress, PullState,
 };
 pub use error::Error;
+pub use ops::{ExecExit, ExecOutput, ExecRequest, FileUpload, PathContent, PathError, SandboxPath};
 pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PortSpec,

@@ -8,8 +8,9 @@ use std::{
 };
 
 use aenv_core::{
-    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ErrorKind, InvalidSpec, ManagedObject, Observed,
-    OwnedKind, OwnedObject, Phase, PullPolicy, PullProgress, Workload,
+    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ErrorKind, ExecOutput, ExecRequest, FileUpload,
+    InvalidSpec, ManagedObject, Observed, OwnedKind, OwnedObject, PathContent, Phase, PullPolicy, PullProgress,
+    SandboxPath, Workload,
     labels::{self, InstanceLabels},
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
@@ -533,6 +534,26 @@ impl Engine for DockerEngine {
         )
     }
 
+    fn exec(&self, inst: &EnvInstance, request: ExecRequest) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
+        match single_container(inst) {
+            Ok(name) => crate::ops::exec(self.docker.clone(), name, request),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        }
+    }
+
+    async fn read_path(
+        &self,
+        inst: &EnvInstance,
+        path: &SandboxPath,
+        max_bytes: u64,
+    ) -> Result<PathContent, EngineError> {
+        crate::ops::read_path(&self.docker, &single_container(inst)?, path, max_bytes).await
+    }
+
+    async fn write_file(&self, inst: &EnvInstance, upload: FileUpload) -> Result<(), EngineError> {
+        crate::ops::write_file(&self.docker, &single_container(inst)?, upload).await
+    }
+
     async fn ping(&self) -> Result<(), EngineError> {
         self.docker.ping().await.map(|_| ()).map_err(|e| classify(&format!("pinging {}", self.config.host_display), e))
     }
@@ -551,6 +572,17 @@ fn no_compose_labels(spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
                 compose::COMPOSE_LABEL_PREFIX
             ),
         )),
+    }
+}
+
+/// The container an operation on `inst` acts on: the instance's own. A stack has one per service, and these
+/// operations do not choose among them yet.
+fn single_container(inst: &EnvInstance) -> Result<String, EngineError> {
+    match inst.spec.workload() {
+        Workload::Stack { .. } => Err(EngineError::unsupported(
+            "exec and files act on single-container instances; this instance is a compose stack (not supported yet)",
+        )),
+        _ => Ok(inst.metadata.name.clone().unwrap_or_default()),
     }
 }
 

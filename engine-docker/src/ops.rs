@@ -1,0 +1,299 @@
+//! Operations on a running container (issue 15): exec through the exec API (create, start attached, inspect for
+//! the exit code), files through the archive API (a tar of one file up, a tar of a path down).
+
+use std::{io::Read, time::Duration};
+
+use aenv_core::{
+    EngineError, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, PathContent, SandboxPath,
+};
+use bollard::{
+    Docker,
+    container::LogOutput,
+    exec::{StartExecOptions, StartExecResults},
+    models::ExecConfig,
+    query_parameters::{DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder},
+};
+use futures::{StreamExt, stream::BoxStream};
+use tokio::{io::AsyncWriteExt, sync::mpsc};
+use tracing::{debug, warn};
+
+use crate::error::classify;
+
+/// Sorts a failure of an operation on a container: its absence is [`ErrorKind::NotFound`], a container that is
+/// paused or stopped (the daemon's 409) [`ErrorKind::Conflict`]; anything else as [`classify`] does.
+pub(crate) fn classify_op(context: &str, err: bollard::errors::Error) -> EngineError {
+    match &err {
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, message } => {
+            EngineError::new(ErrorKind::NotFound, format!("{context}: {message}")).with_source(err)
+        }
+        bollard::errors::Error::DockerResponseServerError { status_code: 409, message } => {
+            EngineError::new(ErrorKind::Conflict, format!("{context}: {message}")).with_source(err)
+        }
+        _ => classify(context, err),
+    }
+}
+
+/// Runs `request` in `container`, streaming what it writes; the exit is the last item.
+pub(crate) fn exec(
+    docker: Docker,
+    container: String,
+    request: ExecRequest,
+) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
+    let (tx, rx) = mpsc::channel(32);
+    tokio::spawn(async move {
+        if let Err(e) = run_exec(&docker, &container, request, &tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+type Sender = mpsc::Sender<Result<ExecOutput, EngineError>>;
+
+async fn run_exec(docker: &Docker, container: &str, request: ExecRequest, tx: &Sender) -> Result<(), EngineError> {
+    let context = format!("running a command in {container}");
+    let config = ExecConfig {
+        attach_stdin: Some(request.stdin.is_some()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        env: (!request.env.is_empty()).then(|| request.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        cmd: Some(request.command.clone()),
+        user: request.user.clone(),
+        working_dir: request.workdir.clone(),
+        ..Default::default()
+    };
+    let created = docker.create_exec(container, config).await.map_err(|e| classify_op(&context, e))?;
+    let started = docker
+        .start_exec(&created.id, Some(StartExecOptions { detach: false, tty: false, output_capacity: None }))
+        .await;
+    let (mut output, input) = match started {
+        Ok(StartExecResults::Attached { output, input }) => (output, input),
+        Ok(StartExecResults::Detached) => {
+            return Err(EngineError::transient(format!("{context}: the daemon did not attach to the command")));
+        }
+        // The runtime could not start the program (no such file, not executable): the daemon may answer the
+        // start itself with its message; the exit code is in the inspect.
+        Err(bollard::errors::Error::DockerResponseServerError { status_code, message }) if status_code >= 500 => {
+            let _ = tx.send(Ok(ExecOutput::Stderr(format!("{message}\n").into_bytes()))).await;
+            let exit = finished(docker, &created.id, false, false, None).await;
+            let _ = tx.send(Ok(ExecOutput::Exited(exit))).await;
+            return Ok(());
+        }
+        Err(e) => return Err(classify_op(&context, e)),
+    };
+    // Input goes on its own task, so that a command that writes before it reads cannot block on us.
+    if let Some(stdin) = request.stdin {
+        let mut input = input;
+        tokio::spawn(async move {
+            if let Err(e) = input.write_all(&stdin).await {
+                debug!(error = %e, "writing a command's input");
+            }
+            // Closes the command's input (the daemon passes the half-close on).
+            let _ = input.shutdown().await;
+        });
+    } else {
+        drop(input);
+    }
+    let deadline = tokio::time::sleep(request.timeout);
+    tokio::pin!(deadline);
+    let mut gone = false;
+    let timed_out = loop {
+        tokio::select! {
+            item = output.next() => match item {
+                None => break false,
+                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                    if tx.send(Ok(ExecOutput::Stdout(message.to_vec()))).await.is_err() { gone = true; break false; }
+                }
+                Some(Ok(LogOutput::StdErr { message })) => {
+                    if tx.send(Ok(ExecOutput::Stderr(message.to_vec()))).await.is_err() { gone = true; break false; }
+                }
+                Some(Ok(LogOutput::StdIn { .. })) => {}
+                Some(Err(e)) => return Err(classify_op(&context, e)),
+            },
+            () = &mut deadline => break true,
+        }
+    };
+    // A caller that went away takes its command with it, as a timeout does.
+    let mut message = None;
+    let killed = if timed_out || gone {
+        match kill_exec(docker, &created.id).await {
+            Ok(()) => true,
+            Err(why) => {
+                warn!(container, reason = %why, "could not kill a command past its timeout");
+                message = Some(why);
+                false
+            }
+        }
+    } else {
+        false
+    };
+    let exit = finished(docker, &created.id, timed_out, killed, message).await;
+    let _ = tx.send(Ok(ExecOutput::Exited(exit))).await;
+    Ok(())
+}
+
+/// The exit of exec `id`: the daemon may mark it ended a moment after its output closes, so the inspect is
+/// repeated for up to 2 s.
+async fn finished(docker: &Docker, id: &str, timed_out: bool, killed: bool, message: Option<String>) -> ExecExit {
+    let mut exit_code = None;
+    for _ in 0..100 {
+        match docker.inspect_exec(id).await {
+            Ok(inspect) if inspect.running != Some(true) => {
+                exit_code = inspect.exit_code;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => {
+                debug!(error = %e, "inspecting an exec");
+                break;
+            }
+        }
+    }
+    ExecExit { exit_code, timed_out, killed, message }
+}
+
+/// Kills an exec's process and everything it started. Docker has no API for that: the process is found by the
+/// host pid the daemon reports, checked to be in the container's cgroup (a pid can be reused), and killed with
+/// its descendants. That needs the daemon on this host and the right to signal its processes (root, as the
+/// operator runs next to a local daemon); otherwise the reason is returned.
+async fn kill_exec(docker: &Docker, id: &str) -> Result<(), String> {
+    let inspect = docker.inspect_exec(id).await.map_err(|e| format!("the daemon did not say which process it is: {e}"))?;
+    if inspect.running == Some(false) {
+        return Ok(());
+    }
+    let (Some(pid), Some(container_id)) = (inspect.pid.filter(|p| *p > 0), inspect.container_id) else {
+        return Err("the daemon did not say which process it is".into());
+    };
+    let pid = i32::try_from(pid).map_err(|_| format!("the daemon reported pid {pid}"))?;
+    tokio::task::spawn_blocking(move || kill_tree(pid, &container_id))
+        .await
+        .map_err(|e| format!("the kill did not run: {e}"))?
+}
+
+fn kill_tree(pid: i32, container_id: &str) -> Result<(), String> {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
+        format!(
+            "process {pid} is not visible to the operator ({e}): the Docker daemon runs on another host or in another pid namespace; the command may still run"
+        )
+    })?;
+    if !cgroup.contains(container_id) {
+        return Err(format!("process {pid} is not the command's any more (it is not in the container's cgroup)"));
+    }
+    // Children first would race with them forking; SIGKILL the whole tree as found, top first: a killed parent
+    // cannot start more, and orphans keep their pid until reaped, so the list stays valid.
+    let mut tree = vec![pid];
+    let mut i = 0;
+    let table = process_table();
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(table.iter().filter(|(_, ppid)| *ppid == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    for p in &tree {
+        // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(*p, libc::SIGKILL) };
+        if rc != 0 && *p == pid {
+            return Err(format!("process {pid} could not be killed: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// (pid, parent pid) of every process in /proc.
+fn process_table() -> Vec<(i32, i32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|entry| {
+        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so read after the last `)`.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+        Some((pid, ppid))
+    })
+    .collect()
+}
+
+/// Reads `path` in `container` through the archive API: at most `max_bytes` of tar.
+pub(crate) async fn read_path(
+    docker: &Docker,
+    container: &str,
+    path: &SandboxPath,
+    max_bytes: u64,
+) -> Result<PathContent, EngineError> {
+    let context = format!("reading {} in {container}", path.as_str());
+    let options = DownloadFromContainerOptionsBuilder::default().path(path.as_str()).build();
+    let mut stream = docker.download_from_container(container, Some(options));
+    let mut tar = Vec::new();
+    // The archive of a file is the file, a 512-byte header and padding: allow for those over the limit.
+    let cap = max_bytes.saturating_add(64 * 1024);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| classify_op(&context, e))?;
+        tar.extend_from_slice(&chunk);
+        if tar.len() as u64 > cap {
+            return Err(EngineError::new(
+                ErrorKind::TooLarge,
+                format!("{} is larger than this operator serves ({max_bytes} bytes)", path.as_str()),
+            ));
+        }
+    }
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let mut entries = archive.entries().map_err(|e| bad_archive(&context, e))?;
+    let Some(first) = entries.next() else {
+        return Err(EngineError::transient(format!("{context}: the daemon sent an empty archive")));
+    };
+    let mut first = first.map_err(|e| bad_archive(&context, e))?;
+    let header = first.header();
+    if header.entry_type().is_dir() {
+        return Ok(PathContent::Directory { tar });
+    }
+    if !header.entry_type().is_file() {
+        return Err(EngineError::permanent(format!(
+            "{} is not a regular file or a directory (a link or a device): read what it points to",
+            path.as_str()
+        )));
+    }
+    let mode = header.mode().unwrap_or(0o644);
+    let size = header.size().unwrap_or(0);
+    if size > max_bytes {
+        return Err(EngineError::new(
+            ErrorKind::TooLarge,
+            format!("{} is {size} bytes, more than this operator serves ({max_bytes} bytes)", path.as_str()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    first.read_to_end(&mut bytes).map_err(|e| bad_archive(&context, e))?;
+    Ok(PathContent::File { bytes, mode })
+}
+
+fn bad_archive(context: &str, e: std::io::Error) -> EngineError {
+    EngineError::transient(format!("{context}: the daemon's archive does not read: {e}")).with_source(e)
+}
+
+/// Writes one file into `container`: a tar holding it, extracted in its parent directory.
+pub(crate) async fn write_file(docker: &Docker, container: &str, upload: FileUpload) -> Result<(), EngineError> {
+    let context = format!("writing {} in {container}", upload.path.as_str());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(upload.bytes.len() as u64);
+    header.set_mode(upload.mode.unwrap_or(0o644));
+    let (uid, gid) = upload.owner.unwrap_or((0, 0));
+    header.set_uid(uid);
+    header.set_gid(gid);
+    header.set_mtime(jiff::Timestamp::now().as_second().max(0) as u64);
+    header.set_entry_type(tar::EntryType::Regular);
+    let mut builder = tar::Builder::new(Vec::with_capacity(upload.bytes.len() + 2048));
+    builder
+        .append_data(&mut header, upload.path.file_name(), upload.bytes.as_slice())
+        .and_then(|()| builder.finish())
+        .map_err(|e| EngineError::permanent(format!("{context}: {e}")).with_source(e))?;
+    let tar = builder.into_inner().map_err(|e| EngineError::permanent(format!("{context}: {e}")).with_source(e))?;
+    let options = UploadToContainerOptionsBuilder::default()
+        .path(upload.path.parent())
+        // A file may not replace a directory (nor the reverse).
+        .no_overwrite_dir_non_dir("true")
+        .build();
+    docker
+        .upload_to_container(container, Some(options), bollard::body_full(tar.into()))
+        .await
+        .map_err(|e| classify_op(&context, e))
+}
