@@ -112,6 +112,7 @@ async fn run_exec(docker: &Docker, container: &str, request: ExecRequest, tx: &S
                 Some(Err(e)) => return Err(classify_op(&context, e)),
             },
             () = &mut deadline => break true,
+            () = tx.closed() => { gone = true; break false; }
         }
     };
     // A caller that went away takes its command with it, as a timeout does.

@@ -1,0 +1,141 @@
+//! Operations on a running sandbox (issue 15): exec and files. Each finds the instance the caller may see, checks
+//! that it is in a state to serve the operation, and hands it to the engine.
+
+use std::sync::Arc;
+
+use aenv_core::{
+    EngineError, EnvInstance, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, PathContent, Phase,
+    SandboxPath,
+};
+use futures::{StreamExt, stream::BoxStream};
+
+use super::{Principal, ServiceError, Services};
+
+/// Largest file (or directory archive) moved in or out of a sandbox in one request (64 MiB).
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Most output kept of each of a command's streams in a collected answer (16 MiB); past it the answer says
+/// `truncated` (a streamed exec has no such limit).
+pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
+
+/// A command's whole answer, collected.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ExecResult {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit: ExecExit,
+    /// Output beyond [`MAX_EXEC_OUTPUT`] was dropped.
+    pub truncated: bool,
+}
+
+impl From<EngineError> for ServiceError {
+    fn from(e: EngineError) -> Self {
+        ServiceError::Engine(e)
+    }
+}
+
+impl Services {
+    /// The instance `id` as an operation finds it: visible to `caller`, not being deleted, running.
+    fn operable(&self, id: &str, caller: Option<&Principal>) -> Result<Arc<EnvInstance>, ServiceError> {
+        let inst = self
+            .instance(id, caller)
+            .ok_or_else(|| ServiceError::NotFound(format!("env instance \"{id}\" not found")))?;
+        if inst.is_deleting() {
+            return Err(ServiceError::Conflict(format!("env instance \"{id}\" is being deleted")));
+        }
+        match inst.phase() {
+            Phase::Running => Ok(inst),
+            phase => Err(ServiceError::Conflict(format!(
+                "env instance \"{id}\" is {}, not Running: wait until it runs",
+                phase.as_str()
+            ))),
+        }
+    }
+
+    /// Runs a command in instance `id`: its output as it comes, then its exit.
+    pub fn exec(
+        &self,
+        id: &str,
+        caller: Option<&Principal>,
+        request: ExecRequest,
+    ) -> Result<BoxStream<'static, Result<ExecOutput, EngineError>>, ServiceError> {
+        let inst = self.operable(id, caller)?;
+        Ok(self.engine.exec(&inst, request))
+    }
+
+    /// Runs a command in instance `id` and collects its answer.
+    pub async fn exec_collected(
+        &self,
+        id: &str,
+        caller: Option<&Principal>,
+        request: ExecRequest,
+    ) -> Result<ExecResult, ServiceError> {
+        let mut stream = self.exec(id, caller, request)?;
+        let mut result = ExecResult::default();
+        let mut exited = false;
+        while let Some(item) = stream.next().await {
+            match item? {
+                ExecOutput::Stdout(bytes) => result.truncated |= keep(&mut result.stdout, &bytes),
+                ExecOutput::Stderr(bytes) => result.truncated |= keep(&mut result.stderr, &bytes),
+                ExecOutput::Exited(exit) => {
+                    result.exit = exit;
+                    exited = true;
+                }
+            }
+        }
+        if !exited {
+            return Err(ServiceError::Engine(EngineError::transient(
+                "the command's output ended without its exit; try again",
+            )));
+        }
+        Ok(result)
+    }
+
+    /// Reads `path` in instance `id` (a file, or a directory as a tar).
+    pub async fn read_path(
+        &self,
+        id: &str,
+        caller: Option<&Principal>,
+        path: &SandboxPath,
+    ) -> Result<PathContent, ServiceError> {
+        let inst = self.operable(id, caller)?;
+        Ok(self.engine.read_path(&inst, path, MAX_FILE_BYTES).await.map_err(not_found_path(path))?)
+    }
+
+    /// Writes one file in instance `id`.
+    pub async fn write_file(
+        &self,
+        id: &str,
+        caller: Option<&Principal>,
+        upload: FileUpload,
+    ) -> Result<(), ServiceError> {
+        if upload.bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(ServiceError::TooLarge(format!(
+                "the file is {} bytes; this operator takes at most {MAX_FILE_BYTES}",
+                upload.bytes.len()
+            )));
+        }
+        let inst = self.operable(id, caller)?;
+        let path = upload.path.clone();
+        self.engine.write_file(&inst, upload).await.map_err(not_found_path(&path))?;
+        Ok(())
+    }
+}
+
+/// A missing path says which (the daemon's message names the container's internals).
+fn not_found_path(path: &SandboxPath) -> impl FnOnce(EngineError) -> EngineError + '_ {
+    move |e| {
+        if e.kind() == ErrorKind::NotFound {
+            e.reworded(|daemon| format!("no such file or directory: {} ({daemon})", path.as_str()))
+        } else {
+            e
+        }
+    }
+}
+
+/// Appends what fits under [`MAX_EXEC_OUTPUT`]; true when some did not.
+fn keep(buf: &mut Vec<u8>, bytes: &[u8]) -> bool {
+    let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());
+    buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    bytes.len() > room
+}
