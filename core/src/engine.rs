@@ -301,7 +301,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Runs a command in the instance's container: what it writes as it writes it, then how it ended (always the
     /// last item). A command that cannot be started (no such program) ends with its exit code (126, 127) and the
     /// runtime's message on stderr, not an error. The default: this engine does not run commands.
-    fn exec(&self, _instance: &EnvInstance, _request: ExecRequest) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
+    fn exec(
+        &self,
+        _instance: &EnvInstance,
+        _request: ExecRequest,
+    ) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
         Box::pin(futures::stream::once(async {
             Err(EngineError::unsupported("this engine does not run commands in instances"))
         }))

@@ -3,15 +3,15 @@
 
 use std::{io::Read, time::Duration};
 
-use aenv_core::{
-    EngineError, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, PathContent, SandboxPath,
-};
+use aenv_core::{EngineError, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, PathContent, SandboxPath};
 use bollard::{
     Docker,
     container::LogOutput,
     exec::{StartExecOptions, StartExecResults},
     models::ExecConfig,
-    query_parameters::{DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder},
+    query_parameters::{
+        ContainerArchiveInfoOptionsBuilder, DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    },
 };
 use futures::{StreamExt, stream::BoxStream};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
@@ -159,7 +159,8 @@ async fn finished(docker: &Docker, id: &str, timed_out: bool, killed: bool, mess
 /// its descendants. That needs the daemon on this host and the right to signal its processes (root, as the
 /// operator runs next to a local daemon); otherwise the reason is returned.
 async fn kill_exec(docker: &Docker, id: &str) -> Result<(), String> {
-    let inspect = docker.inspect_exec(id).await.map_err(|e| format!("the daemon did not say which process it is: {e}"))?;
+    let inspect =
+        docker.inspect_exec(id).await.map_err(|e| format!("the daemon did not say which process it is: {e}"))?;
     if inspect.running == Some(false) {
         return Ok(());
     }
@@ -215,6 +216,26 @@ fn process_table() -> Vec<(i32, i32)> {
     .collect()
 }
 
+/// Go's `os.ModeDir`, as the archive API's path stat reports modes.
+const GO_MODE_DIR: u32 = 1 << 31;
+
+/// The daemon's stat of `path` (a HEAD of the archive API): `None` when there is nothing there.
+async fn stat(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+    context: &str,
+) -> Result<Option<bollard::container::PathStatResponse>, EngineError> {
+    let options = ContainerArchiveInfoOptionsBuilder::default().path(path).build();
+    match docker.get_container_archive_info(container, Some(options)).await {
+        Ok(stat) => Ok(Some(stat)),
+        Err(e) => match classify_op(context, e) {
+            e if e.kind() == ErrorKind::NotFound => Ok(None),
+            e => Err(e),
+        },
+    }
+}
+
 /// Reads `path` in `container` through the archive API: at most `max_bytes` of tar.
 pub(crate) async fn read_path(
     docker: &Docker,
@@ -223,6 +244,19 @@ pub(crate) async fn read_path(
     max_bytes: u64,
 ) -> Result<PathContent, EngineError> {
     let context = format!("reading {} in {container}", path.as_str());
+    // A file known to be too large is refused before a byte of it moves.
+    match stat(docker, container, path.as_str(), &context).await? {
+        None => {
+            return Err(EngineError::new(ErrorKind::NotFound, format!("no such file or directory: {}", path.as_str())));
+        }
+        Some(s) if s.file_mode & GO_MODE_DIR == 0 && s.size > 0 && s.size as u64 > max_bytes => {
+            return Err(EngineError::new(
+                ErrorKind::TooLarge,
+                format!("{} is {} bytes, more than this operator serves ({max_bytes} bytes)", path.as_str(), s.size),
+            ));
+        }
+        Some(_) => {}
+    }
     let options = DownloadFromContainerOptionsBuilder::default().path(path.as_str()).build();
     let mut stream = docker.download_from_container(container, Some(options));
     let mut tar = Vec::new();
@@ -274,6 +308,31 @@ fn bad_archive(context: &str, e: std::io::Error) -> EngineError {
 /// Writes one file into `container`: a tar holding it, extracted in its parent directory.
 pub(crate) async fn write_file(docker: &Docker, container: &str, upload: FileUpload) -> Result<(), EngineError> {
     let context = format!("writing {} in {container}", upload.path.as_str());
+    // The parent first: the daemon answers a stat under a file with a bare 500.
+    match stat(docker, container, upload.path.parent(), &context).await? {
+        Some(s) if s.file_mode & GO_MODE_DIR != 0 => {}
+        Some(_) => {
+            return Err(EngineError::new(
+                ErrorKind::Conflict,
+                format!("{} is not a directory: the file cannot go in it", upload.path.parent()),
+            ));
+        }
+        None => {
+            return Err(EngineError::new(
+                ErrorKind::NotFound,
+                format!("no such directory: {} (make it first, such as with exec mkdir -p)", upload.path.parent()),
+            ));
+        }
+    }
+    // The daemon answers a file over a directory with a bare 500: say it plainly, before anything is sent.
+    if let Some(s) = stat(docker, container, upload.path.as_str(), &context).await? {
+        if s.file_mode & GO_MODE_DIR != 0 {
+            return Err(EngineError::new(
+                ErrorKind::Conflict,
+                format!("{} is a directory: a file cannot replace it; name a path inside it", upload.path.as_str()),
+            ));
+        }
+    }
     let mut header = tar::Header::new_gnu();
     header.set_size(upload.bytes.len() as u64);
     header.set_mode(upload.mode.unwrap_or(0o644));

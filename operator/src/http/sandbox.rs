@@ -5,9 +5,9 @@
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use aenv_core::{ExecOutput, ExecRequest, FileUpload, PathContent, SandboxPath, duration::parse_go_duration};
-use warp::hyper::body::Buf;
 use futures::{Stream, StreamExt};
 use serde_json::{Map, Value, json};
+use warp::hyper::body::Buf;
 use warp::{Filter, Reply, hyper::body::Bytes};
 
 use super::{
@@ -91,7 +91,9 @@ pub fn parse_exec(body: &[u8]) -> Result<ExecRequest, ApiError> {
             }
             d
         }
-        Some(other) => return Err(bad(format!("field `timeout` must be a number of seconds, not {}", describe(other)))),
+        Some(other) => {
+            return Err(bad(format!("field `timeout` must be a number of seconds, not {}", describe(other))));
+        }
     };
     if timeout > MAX_EXEC_TIMEOUT {
         return Err(bad(format!(
@@ -211,7 +213,9 @@ async fn get_file(
             }
             r
         }
-        PathContent::Directory { tar } => warp::reply::with_header(tar, "content-type", "application/x-tar").into_response(),
+        PathContent::Directory { tar } => {
+            warp::reply::with_header(tar, "content-type", "application/x-tar").into_response()
+        }
     })
 }
 
@@ -331,8 +335,10 @@ mod tests {
 
     #[test]
     fn exec_bodies_are_checked_field_by_field() {
-        let r = parse_exec(br#"{"command":["ls","-l"],"env":{"A":"1"},"workdir":"/tmp","user":"1000","timeout":2.5,"stdin":"x"}"#)
-            .unwrap();
+        let r = parse_exec(
+            br#"{"command":["ls","-l"],"env":{"A":"1"},"workdir":"/tmp","user":"1000","timeout":2.5,"stdin":"x"}"#,
+        )
+        .unwrap();
         assert_eq!(r.command, ["ls", "-l"]);
         assert_eq!(r.timeout, Duration::from_millis(2500));
         assert_eq!(r.stdin.as_deref(), Some(&b"x"[..]));

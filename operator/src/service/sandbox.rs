@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use aenv_core::{
-    EngineError, EnvInstance, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, PathContent, Phase,
-    SandboxPath,
+    EngineError, EnvInstance, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, PathContent, Phase, SandboxPath,
 };
 use futures::{StreamExt, stream::BoxStream};
 
