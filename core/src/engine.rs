@@ -298,6 +298,11 @@ pub trait Engine: Send + Sync + 'static {
         Box::pin(futures::stream::empty())
     }
 
+    /// Whether this engine applies `spec.paused` to instances of `spec` (freezes them). The default: it does not.
+    fn can_pause(&self, _spec: &EnvInstanceSpec) -> Result<(), EngineError> {
+        Err(EngineError::unsupported("this engine does not pause instances"))
+    }
+
     /// Runs a command in the instance's container: what it writes as it writes it, then how it ended (always the
     /// last item). A command that cannot be started (no such program) ends with its exit code (126, 127) and the
     /// runtime's message on stderr, not an error. The default: this engine does not run commands.

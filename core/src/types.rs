@@ -38,6 +38,7 @@ pub enum Workload<'a> {
     category = "aenv",
     printcolumn = r#"{"name":"Env","type":"string","jsonPath":".spec.envName"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Paused","type":"boolean","jsonPath":".spec.paused","priority":1}"#,
     printcolumn = r#"{"name":"IP","type":"string","jsonPath":".status.ip"}"#,
     printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expireTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -87,6 +88,11 @@ pub struct EnvInstanceSpec {
     /// How to tell that the instance answers. Absent: `GET /health` on port 8081, as AEnvironment images serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<ReadinessProbe>,
+    /// Desired: the instance's processes frozen (the cgroup freezer; `docker pause`). Its memory and files stay;
+    /// it answers nothing until resumed (set back to false). Its TTL keeps running unless the operator runs with
+    /// `--pause-extends-ttl`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// A container port to publish.
@@ -170,6 +176,8 @@ pub enum Phase {
     Creating,
     /// The container runs.
     Running,
+    /// Its processes are frozen (`spec.paused`): memory and files kept, nothing runs until it is resumed.
+    Paused,
     /// It could not be created, or it stopped by itself.
     Failed,
     /// It was deleted, expired, or removed outside the operator.
@@ -177,13 +185,15 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [Phase::Pending, Phase::Creating, Phase::Running, Phase::Failed, Phase::Terminated];
+    pub const ALL: [Phase; 6] =
+        [Phase::Pending, Phase::Creating, Phase::Running, Phase::Paused, Phase::Failed, Phase::Terminated];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "Pending",
             Phase::Creating => "Creating",
             Phase::Running => "Running",
+            Phase::Paused => "Paused",
             Phase::Failed => "Failed",
             Phase::Terminated => "Terminated",
         }

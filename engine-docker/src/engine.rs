@@ -292,6 +292,32 @@ impl DockerEngine {
         Ok(observed)
     }
 
+    /// Pauses a running container whose instance asks to be paused (`spec.paused`), and unpauses a paused one
+    /// that no longer asks: the cgroup freezer, applied from the desired state on every reconcile, so that it
+    /// holds across an operator restart and a `kubectl patch`. A refusal is retried (the container may be
+    /// between states), never a reason to fail the instance.
+    async fn freeze_as_desired(
+        &self,
+        inst: &EnvInstance,
+        name: &str,
+        c: ContainerInspectResponse,
+    ) -> Result<ContainerInspectResponse, EngineError> {
+        let state = c.state.as_ref().and_then(|s| s.status);
+        let (result, what) = match (inst.spec.paused, state) {
+            (true, Some(ContainerStateStatusEnum::RUNNING)) => (self.docker.pause_container(name).await, "pausing"),
+            (false, Some(ContainerStateStatusEnum::PAUSED)) => (self.docker.unpause_container(name).await, "resuming"),
+            _ => return Ok(c),
+        };
+        result.map_err(|e| {
+            let e = classify(&format!("{what} container {name}"), e);
+            if e.kind() == ErrorKind::Unavailable { e } else { e.as_kind(ErrorKind::Transient) }
+        })?;
+        debug!(container = name, what, "applied the desired pause state");
+        self.inspect(name)
+            .await?
+            .ok_or_else(|| EngineError::transient(format!("container {name} disappeared while {what} it")))
+    }
+
     fn ours(&self, c: &ContainerInspectResponse) -> bool {
         c.config
             .as_ref()
@@ -353,6 +379,7 @@ impl Engine for DockerEngine {
         // A taken name (a create from before a restart) falls through to adoption below.
         if inst.status.as_ref().and_then(|s| s.container_id.as_ref()).is_none()
             && self.create_and_start(inst, &name).await? == Made::Created
+            && !inst.spec.paused
         {
             return self.observe_running(&inst.spec, &name).await;
         }
@@ -390,6 +417,7 @@ impl Engine for DockerEngine {
         let Some(container) = container else {
             return Err(EngineError::transient(format!("container {name} disappeared while it was being started")));
         };
+        let container = self.freeze_as_desired(inst, &name, container).await?;
         self.observed(&inst.spec, &name, &container).await
     }
 
@@ -552,6 +580,15 @@ impl Engine for DockerEngine {
 
     async fn write_file(&self, inst: &EnvInstance, upload: FileUpload) -> Result<(), EngineError> {
         crate::ops::write_file(&self.docker, &single_container(inst)?, upload).await
+    }
+
+    fn can_pause(&self, spec: &EnvInstanceSpec) -> Result<(), EngineError> {
+        match spec.workload() {
+            Workload::Stack { .. } => Err(EngineError::unsupported(
+                "pause acts on single-container instances; this instance is a compose stack (not supported yet)",
+            )),
+            _ => Ok(()),
+        }
     }
 
     async fn ping(&self) -> Result<(), EngineError> {

@@ -327,3 +327,87 @@ async fn another_tenant_can_neither_exec_nor_read_nor_write_files() {
     let listing = v["data"]["stdout"].as_str().unwrap();
     assert!(!listing.contains("pwned") && !listing.contains("owned"), "{v}");
 }
+
+fn docker_paused(container: &str) -> bool {
+    aenv_testkit::inspect(container)["State"]["Paused"] == true
+}
+
+#[tokio::test]
+async fn pause_freezes_the_sandbox_across_an_operator_restart_and_resume_brings_it_back_as_it_was() {
+    let mut op = Operator::start(BIN, &["--resync-interval", "1s"]).await;
+    let id = running_instance(&op, &unique_name("pause"), TEST_IMAGE).await;
+    // A process of the sandbox's own, and a file: both must be there after the pause.
+    let (_, body) =
+        exec(&op, &id, json!({"command": ["sh", "-c", "echo kept > /tmp/state; (sleep 1000 &) ; true"]})).await;
+    assert_eq!(body["data"]["exitCode"], 0, "{body}");
+    let started_at = aenv_testkit::inspect(&id)["State"]["StartedAt"].clone();
+
+    let t = Instant::now();
+    let (status, body) = op.post_json(&format!("/env-instance/{id}/pause"), &json!({})).await;
+    let answered = t.elapsed();
+    assert_eq!(status, 200, "{body}");
+    op.wait_for(&id, Duration::from_secs(10), |v| v["data"]["status"] == "Paused").await;
+    assert!(docker_paused(&id), "the container is not frozen");
+    eprintln!("pause answered in {answered:?}");
+
+    // A paused sandbox runs nothing: exec and files answer 409 and say what to do.
+    let (status, body) = exec(&op, &id, json!({"command": ["true"]})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("resume"), "{body}");
+    let resp = op.http.get(op.url(&format!("/env-instance/{id}/files?path=/tmp/state"))).send().await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let resp = op.http.put(op.url(&format!("/env-instance/{id}/files?path=/tmp/x"))).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 409);
+    // Pausing again changes nothing.
+    let (status, _) = op.post_json(&format!("/env-instance/{id}/pause"), &json!({})).await;
+    assert_eq!(status, 200);
+
+    // Across a restart of the operator (killed, no clean-up), it stays paused: the desired state is in the store.
+    op.restart(BIN).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, v) = op.get(&format!("/env-instance/{id}")).await;
+    assert_eq!(v["data"]["status"], "Paused", "{v}");
+    assert!(docker_paused(&id), "the restarted operator unfroze it");
+
+    // Unpaused outside the operator, it is frozen again: the spec holds.
+    aenv_testkit::docker_ok(&["unpause", &id]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !docker_paused(&id) {
+        assert!(Instant::now() < deadline, "not paused again after an unpause by hand");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (status, body) = op.post_json(&format!("/env-instance/{id}/resume"), &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    op.wait_for(&id, Duration::from_secs(10), |v| v["data"]["status"] == "Running").await;
+    assert!(!docker_paused(&id));
+    // The same container, its file and its process.
+    assert_eq!(aenv_testkit::inspect(&id)["State"]["StartedAt"], started_at);
+    let (_, body) =
+        exec(&op, &id, json!({"command": ["sh", "-c", "cat /tmp/state; ps -o args | grep -c '^sleep 1000'"]})).await;
+    assert_eq!(body["data"]["stdout"], "kept\n1\n", "{body}");
+}
+
+#[tokio::test]
+async fn pause_refuses_unknown_instances_and_a_paused_sandbox_still_expires() {
+    let op = Operator::start(BIN, &[]).await;
+    let (status, _) = op.post_json("/env-instance/nobody-123/pause", &json!({})).await;
+    assert_eq!(status, 404);
+    let (status, _) = op.post_json("/env-instance/nobody-123/resume", &json!({})).await;
+    assert_eq!(status, 404);
+    let (status, body) =
+        op.post_json("/env-instance", &create_body(&unique_name("pttl"), TEST_IMAGE, json!({"ttl": "6s"}))).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Running").await;
+    let (status, _) = op.post_json(&format!("/env-instance/{id}/pause"), &json!({})).await;
+    assert_eq!(status, 200);
+    op.wait_for(&id, Duration::from_secs(10), |v| v["data"]["status"] == "Paused").await;
+    // The TTL keeps running while paused: the instance and its (frozen) container go at the expiry.
+    op.wait_for(&id, Duration::from_secs(20), |v| v["code"] == 404 || v["data"].is_null()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while aenv_testkit::docker(&["inspect", "--type", "container", &id]).status.success() {
+        assert!(Instant::now() < deadline, "the paused container outlived its TTL");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

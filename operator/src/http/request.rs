@@ -382,6 +382,7 @@ fn parse_request(obj: &Map<String, Value>, strictness: Strictness) -> Result<Cre
         resources: Resources { cpu, memory },
         ttl,
         labels,
+        paused: false,
     })))
 }
 

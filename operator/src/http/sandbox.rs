@@ -1,6 +1,6 @@
 //! Operations on a running sandbox: `POST /env-instance/{id}/exec` (collected, or streamed as server-sent events)
-//! and `GET`/`PUT /env-instance/{id}/files?path=` (a file's raw bytes, a directory as a tar). Owner-scoped like the
-//! other instance routes.
+//! `GET`/`PUT /env-instance/{id}/files?path=` (a file's raw bytes, a directory as a tar), and
+//! `POST /env-instance/{id}/pause` and `/resume`. Owner-scoped like the other instance routes.
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
@@ -319,14 +319,29 @@ pub fn routes(
         });
     let put_file = warp::path!("env-instance" / String / "files")
         .and(warp::put())
-        .and(who)
+        .and(who.clone())
         .and(query)
         .and(warp::body::stream())
-        .and(with_services(svc))
+        .and(with_services(svc.clone()))
         .then(|id: String, c: Option<Principal>, q: HashMap<String, String>, body, svc: Arc<Services>| async move {
             put_file(svc, id, c, q, body).await.unwrap_or_else(ApiError::into_reply)
         });
-    exec.or(get_file).unify().or(put_file).unify()
+    let pause = warp::path!("env-instance" / String / String)
+        .and(warp::post())
+        .and_then(|id: String, action: String| async move {
+            match action.as_str() {
+                "pause" => Ok((id, true)),
+                "resume" => Ok((id, false)),
+                _ => Err(warp::reject::not_found()),
+            }
+        })
+        .untuple_one()
+        .and(who)
+        .and(with_services(svc))
+        .then(|id: String, paused: bool, c: Option<Principal>, svc: Arc<Services>| async move {
+            reply(svc.set_paused(&id, c.as_ref(), paused).await.map(|i| super::wire::instance(&i)))
+        });
+    exec.or(get_file).unify().or(put_file).unify().or(pause).unify()
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Operations on a running sandbox (issue 15): exec and files. Each finds the instance the caller may see, checks
+//! Operations on a running sandbox (issue 15): exec, files, pause and resume. Each finds the instance the caller may see, checks
 //! that it is in a state to serve the operation, and hands it to the engine.
 
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use aenv_core::{
     EngineError, EnvInstance, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, PathContent, Phase, SandboxPath,
 };
 use futures::{StreamExt, stream::BoxStream};
+use tracing::info;
 
 use super::{Principal, ServiceError, Services};
 
@@ -42,6 +43,11 @@ impl Services {
         if inst.is_deleting() {
             return Err(ServiceError::Conflict(format!("env instance \"{id}\" is being deleted")));
         }
+        if inst.spec.paused || inst.phase() == Phase::Paused {
+            return Err(ServiceError::Conflict(format!(
+                "env instance \"{id}\" is paused: resume it first (POST /env-instance/{id}/resume)"
+            )));
+        }
         match inst.phase() {
             Phase::Running => Ok(inst),
             phase => Err(ServiceError::Conflict(format!(
@@ -49,6 +55,48 @@ impl Services {
                 phase.as_str()
             ))),
         }
+    }
+
+    /// Asks for instance `id` to be paused (`paused`) or resumed: the desired state (`spec.paused`) is recorded,
+    /// durable when this returns, and the controller applies it. Asking for the state it already asks for changes
+    /// nothing.
+    pub async fn set_paused(
+        &self,
+        id: &str,
+        caller: Option<&Principal>,
+        paused: bool,
+    ) -> Result<Arc<EnvInstance>, ServiceError> {
+        for _ in 0..8 {
+            let inst = self
+                .instance(id, caller)
+                .ok_or_else(|| ServiceError::NotFound(format!("env instance \"{id}\" not found")))?;
+            if inst.is_deleting() {
+                return Err(ServiceError::Conflict(format!("env instance \"{id}\" is being deleted")));
+            }
+            self.engine.can_pause(&inst.spec)?;
+            if !matches!(inst.phase(), Phase::Running | Phase::Paused) {
+                return Err(ServiceError::Conflict(format!(
+                    "env instance \"{id}\" is {}: only a Running instance can be paused or resumed",
+                    inst.phase().as_str()
+                )));
+            }
+            if inst.spec.paused == paused {
+                return Ok(inst);
+            }
+            let mut next = (*inst).clone();
+            next.spec.paused = paused;
+            match self.instances.replace(&next).await {
+                Ok(Some(stored)) => {
+                    info!(instance = %id, paused, "pause state requested");
+                    return Ok(stored);
+                }
+                Ok(None) => return Err(ServiceError::NotFound(format!("env instance \"{id}\" not found"))),
+                // Its status changed meanwhile (the controller wrote it): read it again.
+                Err(crate::Error::Conflict(_)) => continue,
+                Err(source) => return Err(ServiceError::store("the pause state could not be recorded", source)),
+            }
+        }
+        Err(ServiceError::Busy(format!("env instance \"{id}\" kept changing; try again")))
     }
 
     /// Runs a command in instance `id`: its output as it comes, then its exit.
