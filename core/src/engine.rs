@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use crate::{
     EnvInstance, EnvInstanceSpec, Phase,
-    ops::{ExecOutput, ExecRequest, FileUpload, PathContent, SandboxPath},
+    ops::{ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, SandboxPath},
     types::{PortStatus, ServiceStatus},
 };
 
@@ -330,5 +330,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Writes one file into the instance (its parent directory must exist: [`ErrorKind::NotFound`] otherwise).
     async fn write_file(&self, _instance: &EnvInstance, _upload: FileUpload) -> Result<(), EngineError> {
         Err(EngineError::unsupported("this engine does not serve files"))
+    }
+
+    /// The instance's resource use, from one read of the backend's counters.
+    async fn stats(&self, _instance: &EnvInstance) -> Result<InstanceStats, EngineError> {
+        Err(EngineError::unsupported("this engine does not report per-instance stats"))
     }
 }

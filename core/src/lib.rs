@@ -24,7 +24,7 @@ pub use engine::{
     PullProgress, PullState,
 };
 pub use error::Error;
-pub use ops::{ExecExit, ExecOutput, ExecRequest, FileUpload, PathContent, PathError, SandboxPath};
+pub use ops::{ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, PathError, SandboxPath};
 pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PortSpec,

@@ -67,6 +67,25 @@ pub struct FileUpload {
     pub owner: Option<(u64, u64)>,
 }
 
+/// Resource use of an instance, from one read of the engine's counters.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStats {
+    /// CPU use over the engine's sampling interval, in percent of one CPU (200 = two CPUs busy); `None` when the
+    /// engine had no earlier sample to compare with.
+    pub cpu_percent: Option<f64>,
+    /// Memory in use, page cache not counted (as `docker stats` shows it).
+    pub memory_bytes: u64,
+    /// The memory limit (the host's memory when the instance has none).
+    pub memory_limit_bytes: Option<u64>,
+    /// Processes and threads.
+    pub pids: Option<u64>,
+    pub network_rx_bytes: u64,
+    pub network_tx_bytes: u64,
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
+}
+
 /// A path in an instance that is absolute and has no `.`, `..` or empty component: what the file routes accept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxPath(String);

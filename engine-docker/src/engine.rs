@@ -9,8 +9,8 @@ use std::{
 
 use aenv_core::{
     Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ErrorKind, ExecOutput, ExecRequest, FileUpload,
-    InvalidSpec, ManagedObject, Observed, OwnedKind, OwnedObject, PathContent, Phase, PullPolicy, PullProgress,
-    SandboxPath, Workload,
+    InstanceStats, InvalidSpec, ManagedObject, Observed, OwnedKind, OwnedObject, PathContent, Phase, PullPolicy,
+    PullProgress, SandboxPath, Workload,
     labels::{self, InstanceLabels},
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
@@ -580,6 +580,10 @@ impl Engine for DockerEngine {
 
     async fn write_file(&self, inst: &EnvInstance, upload: FileUpload) -> Result<(), EngineError> {
         crate::ops::write_file(&self.docker, &single_container(inst)?, upload).await
+    }
+
+    async fn stats(&self, inst: &EnvInstance) -> Result<InstanceStats, EngineError> {
+        crate::ops::stats(&self.docker, &single_container(inst)?).await
     }
 
     fn can_pause(&self, spec: &EnvInstanceSpec) -> Result<(), EngineError> {

@@ -3,14 +3,17 @@
 
 use std::{io::Read, time::Duration};
 
-use aenv_core::{EngineError, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, PathContent, SandboxPath};
+use aenv_core::{
+    EngineError, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, SandboxPath,
+};
 use bollard::{
     Docker,
     container::LogOutput,
     exec::{StartExecOptions, StartExecResults},
     models::ExecConfig,
     query_parameters::{
-        ContainerArchiveInfoOptionsBuilder, DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+        ContainerArchiveInfoOptionsBuilder, DownloadFromContainerOptionsBuilder, StatsOptionsBuilder,
+        UploadToContainerOptionsBuilder,
     },
 };
 use futures::{StreamExt, stream::BoxStream};
@@ -356,4 +359,60 @@ pub(crate) async fn write_file(docker: &Docker, container: &str, upload: FileUpl
         .upload_to_container(container, Some(options), bollard::body_full(tar.into()))
         .await
         .map_err(|e| classify_op(&context, e))
+}
+
+/// One stats read of `container`. Not `one_shot`: the daemon then takes its two samples a second apart within
+/// the one read, which is what a CPU percentage needs (a one-shot read has no earlier sample to compare with).
+pub(crate) async fn stats(docker: &Docker, container: &str) -> Result<InstanceStats, EngineError> {
+    let context = format!("reading the stats of {container}");
+    let options = StatsOptionsBuilder::default().stream(false).one_shot(false).build();
+    let read = docker
+        .stats(container, Some(options))
+        .next()
+        .await
+        .ok_or_else(|| EngineError::transient(format!("{context}: the daemon answered nothing")))?
+        .map_err(|e| classify_op(&context, e))?;
+    Ok(stats_of(&read))
+}
+
+/// What `docker stats` shows, from the daemon's counters.
+fn stats_of(s: &bollard::models::ContainerStatsResponse) -> InstanceStats {
+    let total = |c: Option<&bollard::models::ContainerCpuStats>| {
+        c.map(|c| (c.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0), c.system_cpu_usage.unwrap_or(0)))
+    };
+    let cpu_percent = match (total(s.cpu_stats.as_ref()), total(s.precpu_stats.as_ref())) {
+        (Some((cpu, sys)), Some((pre_cpu, pre_sys))) if sys > pre_sys && pre_sys > 0 => {
+            let cpus = s.cpu_stats.as_ref().and_then(|c| c.online_cpus.map(u64::from)).filter(|n| *n > 0).unwrap_or(1);
+            Some(cpu.saturating_sub(pre_cpu) as f64 / (sys - pre_sys) as f64 * cpus as f64 * 100.0)
+        }
+        _ => None,
+    };
+    let memory = s.memory_stats.as_ref();
+    let cache = memory
+        .and_then(|m| m.stats.as_ref())
+        .and_then(|st| st.get("total_inactive_file").or_else(|| st.get("inactive_file")).copied())
+        .unwrap_or(0);
+    let (mut rx, mut tx) = (0u64, 0u64);
+    for net in s.networks.iter().flat_map(|n| n.values()) {
+        rx = rx.saturating_add(net.rx_bytes.unwrap_or(0));
+        tx = tx.saturating_add(net.tx_bytes.unwrap_or(0));
+    }
+    let (mut read, mut write) = (0u64, 0u64);
+    for entry in s.blkio_stats.iter().flat_map(|b| b.io_service_bytes_recursive.iter().flatten()) {
+        match entry.op.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("read") => read = read.saturating_add(entry.value.unwrap_or(0)),
+            Some("write") => write = write.saturating_add(entry.value.unwrap_or(0)),
+            _ => {}
+        }
+    }
+    InstanceStats {
+        cpu_percent,
+        memory_bytes: memory.and_then(|m| m.usage).unwrap_or(0).saturating_sub(cache),
+        memory_limit_bytes: memory.and_then(|m| m.limit),
+        pids: s.pids_stats.as_ref().and_then(|p| p.current),
+        network_rx_bytes: rx,
+        network_tx_bytes: tx,
+        block_read_bytes: read,
+        block_write_bytes: write,
+    }
 }

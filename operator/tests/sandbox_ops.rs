@@ -411,3 +411,35 @@ async fn pause_refuses_unknown_instances_and_a_paused_sandbox_still_expires() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn stats_show_which_sandbox_eats_the_cpu_and_memory() {
+    let op = Operator::start(BIN, &[]).await;
+    let busy = running_instance(&op, &unique_name("busy"), TEST_IMAGE).await;
+    let idle = running_instance(&op, &unique_name("idle"), TEST_IMAGE).await;
+    // One sandbox spins a CPU and holds 40 MiB in /dev/shm (a tmpfs, charged to its memory).
+    let (_, body) = exec(
+        &op,
+        &busy,
+        json!({"command": ["sh", "-c", "(while :; do :; done) >/dev/null 2>&1 & dd if=/dev/zero of=/dev/shm/f bs=1M count=40 2>/dev/null; true"]}),
+    )
+    .await;
+    assert_eq!(body["data"]["exitCode"], 0, "{body}");
+    let (status, b) = op.get(&format!("/env-instance/{busy}/stats")).await;
+    assert_eq!(status, 200, "{b}");
+    let (_, i) = op.get(&format!("/env-instance/{idle}/stats")).await;
+    let (b, i) = (&b["data"], &i["data"]);
+    let cpu = |v: &Value| v["cpuPercent"].as_f64().unwrap_or(-1.0);
+    assert!(cpu(b) > 50.0, "busy: {b}");
+    assert!((0.0..20.0).contains(&cpu(i)), "idle: {i}");
+    assert!(b["memoryLimitBytes"].as_u64().unwrap_or(0) > 0, "{b}");
+    let mem = |v: &Value| v["memoryBytes"].as_u64().unwrap_or(0);
+    assert!(mem(b) >= 40 << 20 && mem(b) > mem(i) + (30 << 20), "busy {b}, idle {i}");
+    assert!(b["pids"].as_u64().unwrap_or(0) >= 2, "{b}");
+    for key in ["memoryBytes", "networkRxBytes", "networkTxBytes", "blockReadBytes", "blockWriteBytes"] {
+        assert!(b[key].is_u64(), "{key}: {b}");
+    }
+    // Missing and foreign instances: 404.
+    let (status, _) = op.get("/env-instance/nobody-9/stats").await;
+    assert_eq!(status, 404);
+}

@@ -1,6 +1,6 @@
 //! Operations on a running sandbox: `POST /env-instance/{id}/exec` (collected, or streamed as server-sent events)
-//! `GET`/`PUT /env-instance/{id}/files?path=` (a file's raw bytes, a directory as a tar), and
-//! `POST /env-instance/{id}/pause` and `/resume`. Owner-scoped like the other instance routes.
+//! `GET`/`PUT /env-instance/{id}/files?path=` (a file's raw bytes, a directory as a tar), `GET /env-instance/{id}/stats`,
+//! and `POST /env-instance/{id}/pause` and `/resume`. Owner-scoped like the other instance routes.
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
@@ -336,12 +336,17 @@ pub fn routes(
             }
         })
         .untuple_one()
-        .and(who)
-        .and(with_services(svc))
+        .and(who.clone())
+        .and(with_services(svc.clone()))
         .then(|id: String, paused: bool, c: Option<Principal>, svc: Arc<Services>| async move {
             reply(svc.set_paused(&id, c.as_ref(), paused).await.map(|i| super::wire::instance(&i)))
         });
-    exec.or(get_file).unify().or(put_file).unify().or(pause).unify()
+    let stats = warp::path!("env-instance" / String / "stats").and(warp::get()).and(who).and(with_services(svc)).then(
+        |id: String, c: Option<Principal>, svc: Arc<Services>| async move {
+            reply(svc.stats(&id, c.as_ref()).await.map(|s| serde_json::to_value(s).unwrap_or_default()))
+        },
+    );
+    exec.or(get_file).unify().or(stats).unify().or(put_file).unify().or(pause).unify()
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use aenv_core::{
-    EngineError, EnvInstance, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, PathContent, Phase, SandboxPath,
+    EngineError, EnvInstance, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent,
+    Phase, SandboxPath,
 };
 use futures::{StreamExt, stream::BoxStream};
 use tracing::info;
@@ -97,6 +98,20 @@ impl Services {
             }
         }
         Err(ServiceError::Busy(format!("env instance \"{id}\" kept changing; try again")))
+    }
+
+    /// The resource use of instance `id` (running or paused).
+    pub async fn stats(&self, id: &str, caller: Option<&Principal>) -> Result<InstanceStats, ServiceError> {
+        let inst = self
+            .instance(id, caller)
+            .ok_or_else(|| ServiceError::NotFound(format!("env instance \"{id}\" not found")))?;
+        if !matches!(inst.phase(), Phase::Running | Phase::Paused) || inst.is_deleting() {
+            return Err(ServiceError::Conflict(format!(
+                "env instance \"{id}\" is {}: stats are read from a Running or Paused instance",
+                aenv_core::Phase::as_str(inst.phase())
+            )));
+        }
+        Ok(self.engine.stats(&inst).await?)
     }
 
     /// Runs a command in instance `id`: its output as it comes, then its exit.
