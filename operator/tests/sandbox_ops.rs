@@ -443,3 +443,28 @@ async fn stats_show_which_sandbox_eats_the_cpu_and_memory() {
     let (status, _) = op.get("/env-instance/nobody-9/stats").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn with_pause_extends_ttl_the_clock_stops_while_paused_and_runs_again_on_resume() {
+    let op = Operator::start(BIN, &["--pause-extends-ttl"]).await;
+    let (status, body) =
+        op.post_json("/env-instance", &create_body(&unique_name("pext"), TEST_IMAGE, json!({"ttl": "8s"}))).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Running").await;
+    let (status, _) = op.post_json(&format!("/env-instance/{id}/pause"), &json!({})).await;
+    assert_eq!(status, 200);
+    // Well past its TTL, it is still there, paused.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (status, v) = op.get(&format!("/env-instance/{id}")).await;
+    assert_eq!(status, 200, "expired while paused: {v}");
+    assert_eq!(v["data"]["status"], "Paused", "{v}");
+    let resumed = Instant::now();
+    let (status, _) = op.post_json(&format!("/env-instance/{id}/resume"), &json!({})).await;
+    assert_eq!(status, 200);
+    // Then the rest of its TTL runs (at most 8 s of it), and it goes.
+    op.wait_for(&id, Duration::from_secs(20), |v| v["code"] == 404).await;
+    let lived = resumed.elapsed();
+    // It had about 7 s left when paused; without the stopped clock it would go at once on resume.
+    assert!(lived > Duration::from_secs(3) && lived < Duration::from_secs(10), "lived {lived:?} after resume");
+}

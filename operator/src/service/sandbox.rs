@@ -86,6 +86,13 @@ impl Services {
             }
             let mut next = (*inst).clone();
             next.spec.paused = paused;
+            let now = jiff::Timestamp::now();
+            if paused && self.limits.limits.pause_extends_ttl {
+                next.stop_ttl_clock(now);
+            } else if !paused {
+                next.restart_ttl_clock(now)
+                    .map_err(|e| ServiceError::Invalid(format!("field `deployConfig.ttl`: {e}")))?;
+            }
             match self.instances.replace(&next).await {
                 Ok(Some(stored)) => {
                     info!(instance = %id, paused, "pause state requested");
