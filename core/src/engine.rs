@@ -336,4 +336,16 @@ pub trait Engine: Send + Sync + 'static {
     async fn stats(&self, _instance: &EnvInstance) -> Result<InstanceStats, EngineError> {
         Err(EngineError::unsupported("this engine does not report per-instance stats"))
     }
+
+    /// Saves the instance's filesystem as an image named `reference` (`repo:tag`), to start instances from; its
+    /// id. Memory is not saved. The image carries none of the instance's labels.
+    async fn snapshot(&self, _instance: &EnvInstance, _reference: &str) -> Result<String, EngineError> {
+        Err(EngineError::unsupported("this engine does not snapshot instances"))
+    }
+
+    /// Removes a snapshot image made by [`Engine::snapshot`]. Succeeds when it is gone already;
+    /// [`ErrorKind::Conflict`] while containers still use it.
+    async fn remove_snapshot(&self, _reference: &str) -> Result<(), EngineError> {
+        Err(EngineError::unsupported("this engine does not snapshot instances"))
+    }
 }

@@ -586,6 +586,14 @@ impl Engine for DockerEngine {
         crate::ops::stats(&self.docker, &single_container(inst)?).await
     }
 
+    async fn snapshot(&self, inst: &EnvInstance, reference: &str) -> Result<String, EngineError> {
+        crate::ops::snapshot(&self.docker, &single_container(inst)?, reference, &self.config.operator_id).await
+    }
+
+    async fn remove_snapshot(&self, reference: &str) -> Result<(), EngineError> {
+        crate::ops::remove_snapshot(&self.docker, reference).await
+    }
+
     fn can_pause(&self, spec: &EnvInstanceSpec) -> Result<(), EngineError> {
         match spec.workload() {
             Workload::Stack { .. } => Err(EngineError::unsupported(

@@ -12,8 +12,8 @@ use bollard::{
     exec::{StartExecOptions, StartExecResults},
     models::ExecConfig,
     query_parameters::{
-        ContainerArchiveInfoOptionsBuilder, DownloadFromContainerOptionsBuilder, StatsOptionsBuilder,
-        UploadToContainerOptionsBuilder,
+        CommitContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, DownloadFromContainerOptionsBuilder,
+        RemoveImageOptionsBuilder, StatsOptionsBuilder, UploadToContainerOptionsBuilder,
     },
 };
 use futures::{StreamExt, stream::BoxStream};
@@ -414,5 +414,56 @@ fn stats_of(s: &bollard::models::ContainerStatsResponse) -> InstanceStats {
         network_tx_bytes: tx,
         block_read_bytes: read,
         block_write_bytes: write,
+    }
+}
+
+/// Label on a snapshot image: the instance it was taken from.
+pub(crate) const SNAPSHOT_OF: &str = "aenv.io/snapshot-of";
+
+/// Commits `container`'s filesystem as `reference` (`repo:tag`). Docker makes the container's config (its labels
+/// included) the image's, and containers inherit an image's labels: every label of the container is blanked in
+/// the image, so that no container started from it looks like this operator's, or carries an old expiry, unless
+/// the operator labels it itself.
+pub(crate) async fn snapshot(
+    docker: &Docker,
+    container: &str,
+    reference: &str,
+    operator_id: &str,
+) -> Result<String, EngineError> {
+    let context = format!("snapshotting {container}");
+    let (repo, tag) = reference
+        .rsplit_once(':')
+        .ok_or_else(|| EngineError::permanent(format!("{context}: {reference:?} has no tag")))?;
+    let inspect = docker
+        .inspect_container(container, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .map_err(|e| classify_op(&context, e))?;
+    let mut labels: std::collections::HashMap<String, String> =
+        inspect.config.and_then(|c| c.labels).unwrap_or_default().into_keys().map(|k| (k, String::new())).collect();
+    labels.insert(SNAPSHOT_OF.into(), container.to_string());
+    labels.insert("aenv.io/snapshot-by".into(), operator_id.to_string());
+    // A paused container is committed as it is (Docker pauses a running one for the commit itself).
+    let options = CommitContainerOptionsBuilder::default()
+        .container(container)
+        .repo(repo)
+        .tag(tag)
+        .comment("aenv-operator snapshot")
+        .pause(true)
+        .build();
+    let config = bollard::models::ContainerConfig { labels: Some(labels), ..Default::default() };
+    let made = docker.commit_container(options, config).await.map_err(|e| classify_op(&context, e))?;
+    Ok(made.id)
+}
+
+/// Removes a snapshot image (not forced: an image still in use is a conflict).
+pub(crate) async fn remove_snapshot(docker: &Docker, reference: &str) -> Result<(), EngineError> {
+    let context = format!("removing the snapshot image {reference}");
+    let options = RemoveImageOptionsBuilder::default().force(false).noprune(false).build();
+    match docker.remove_image(reference, Some(options), None).await {
+        Ok(_) => Ok(()),
+        Err(e) => match classify_op(&context, e) {
+            e if e.kind() == ErrorKind::NotFound => Ok(()),
+            e => Err(e),
+        },
     }
 }

@@ -468,3 +468,104 @@ async fn with_pause_extends_ttl_the_clock_stops_while_paused_and_runs_again_on_r
     // It had about 7 s left when paused; without the stopped clock it would go at once on resume.
     assert!(lived > Duration::from_secs(3) && lived < Duration::from_secs(10), "lived {lived:?} after resume");
 }
+
+fn image_exists(reference: &str) -> bool {
+    aenv_testkit::docker(&["image", "inspect", reference]).status.success()
+}
+
+#[tokio::test]
+async fn a_snapshot_is_a_template_of_the_sandbox_s_files_forks_start_from_it_and_it_goes_with_its_template() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("snap");
+    let id = running_instance(&op, &name, TEST_IMAGE).await;
+    let (_, body) = exec(&op, &id, json!({"command": ["sh", "-c", "echo saved-state > /tmp/state"]})).await;
+    assert_eq!(body["data"]["exitCode"], 0, "{body}");
+
+    // Bad input first: nothing is made.
+    for (body, field) in [
+        (json!({"version": "a b"}), "version"),
+        (json!({"version": "-x"}), "version"),
+        (json!({"version": 3}), "version"),
+        (json!({"tag": "x"}), "tag"),
+    ] {
+        let (status, answer) = op.post_json(&format!("/env-instance/{id}/snapshot"), &body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer["message"].as_str().unwrap().contains(field), "{answer}");
+    }
+    for body in [json!({}), json!({"count": 0}), json!({"count": 33}), json!({"count": "2"}), json!({"count": 1.5})] {
+        let (status, answer) = op.post_json(&format!("/env-instance/{id}/fork"), &body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer["message"].as_str().unwrap().contains("count"), "{answer}");
+    }
+    let (status, _) = op.post_json("/env-instance/nobody-4/snapshot", &json!({})).await;
+    assert_eq!(status, 404);
+    let (status, _) = op.post_json("/env-instance/nobody-4/fork", &json!({"count": 1})).await;
+    assert_eq!(status, 404);
+    let (_, list) = op.get(&format!("/env/{name}")).await;
+    assert!(!list.to_string().contains("aenv-snapshot"), "{list}");
+
+    let (status, body) = op.post_json(&format!("/env-instance/{id}/snapshot"), &json!({"version": "v2"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["envName"], format!("{name}@v2"));
+    let image = format!("aenv-snapshot/{name}:v2");
+    assert!(image_exists(&image));
+    // The image carries none of the sandbox's labels: a container started from it by hand is not the operator's.
+    let labels = aenv_testkit::docker_ok(&["image", "inspect", "-f", "{{json .Config.Labels}}", &image]);
+    let labels: Value = serde_json::from_str(&labels).unwrap();
+    for key in ["aenv.io/managed-by", "aenv.io/operator-id", "aenv.io/instance", "aenv.io/expire-at"] {
+        assert!(labels[key].as_str().unwrap_or_default().is_empty(), "{key}: {labels}");
+    }
+    // The same version again: 409, and the image stays the first one's.
+    let (status, _) = op.post_json(&format!("/env-instance/{id}/snapshot"), &json!({"version": "v2"})).await;
+    assert_eq!(status, 409);
+
+    // An SDK create from the snapshot starts with the saved files.
+    let (status, body) = op.post_json("/env-instance", &json!({"envName": format!("{name}@v2")})).await;
+    assert_eq!(status, 200, "{body}");
+    let from_snapshot = body["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&from_snapshot, Duration::from_secs(60), |v| v["data"]["status"] == "Running").await;
+    let (_, body) = exec(&op, &from_snapshot, json!({"command": ["cat", "/tmp/state"]})).await;
+    assert_eq!(body["data"]["stdout"], "saved-state\n", "{body}");
+
+    // A fork: a snapshot and N instances of it, each with the files.
+    let (status, body) = op.post_json(&format!("/env-instance/{id}/fork"), &json!({"count": 3})).await;
+    assert_eq!(status, 200, "{body}");
+    let fork_env = body["data"]["envName"].as_str().unwrap().to_string();
+    let forks: Vec<String> =
+        body["data"]["instances"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(forks.len(), 3, "{body}");
+    for f in &forks {
+        op.wait_for(f, Duration::from_secs(60), |v| v["data"]["status"] == "Running").await;
+        let (_, body) = exec(&op, f, json!({"command": ["cat", "/tmp/state"]})).await;
+        assert_eq!(body["data"]["stdout"], "saved-state\n", "{f}: {body}");
+    }
+
+    // The template cannot go while an instance runs from it; once they are gone, it goes with its image.
+    let (status, answer) = op.delete(&format!("/env/{name}/v2")).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(image_exists(&image));
+    op.delete(&format!("/env-instance/{from_snapshot}")).await;
+    op.wait_for(&from_snapshot, Duration::from_secs(30), |v| v["code"] == 404).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, answer) = op.delete(&format!("/env/{name}/v2")).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 409, "{answer}");
+        assert!(Instant::now() < deadline, "{answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!image_exists(&image), "the snapshot image outlived its template");
+    // The fork's snapshot goes the same way.
+    for f in &forks {
+        op.delete(&format!("/env-instance/{f}")).await;
+    }
+    let fork_version = fork_env.rsplit_once('@').unwrap().1.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while op.delete(&format!("/env/{name}/{fork_version}")).await.0 != 200 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!image_exists(&format!("aenv-snapshot/{name}:{fork_version}")));
+}

@@ -197,7 +197,7 @@ pub fn validate_env_name(name: &str, path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_version(version: &str, path: &str) -> Result<(), ApiError> {
+pub(super) fn validate_version(version: &str, path: &str) -> Result<(), ApiError> {
     let ok = version.len() <= 63
         && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
         && (version.is_empty()

@@ -1,6 +1,6 @@
 //! Operations on a running sandbox: `POST /env-instance/{id}/exec` (collected, or streamed as server-sent events)
 //! `GET`/`PUT /env-instance/{id}/files?path=` (a file's raw bytes, a directory as a tar), `GET /env-instance/{id}/stats`,
-//! and `POST /env-instance/{id}/pause` and `/resume`. Owner-scoped like the other instance routes.
+//! `POST /env-instance/{id}/pause` and `/resume`, `POST /env-instance/{id}/snapshot` and `/fork`. Owner-scoped like the other instance routes.
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
@@ -12,7 +12,7 @@ use warp::{Filter, Reply, hyper::body::Bytes};
 
 use super::{
     ApiError, Caller, MAX_BODY_BYTES, reply,
-    request::{describe, string_map, validate_env},
+    request::{describe, string_map, validate_env, validate_version},
     with_services,
 };
 use crate::service::{
@@ -219,9 +219,10 @@ async fn get_file(
     })
 }
 
-/// Reads a body of at most [`MAX_FILE_BYTES`], chunked or not: 413 past it.
+/// Reads a body of at most `limit` bytes, chunked or not: 413 past it.
 async fn bounded_body(
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    limit: u64,
 ) -> Result<Vec<u8>, ServiceError> {
     let mut body = body;
     let mut bytes = Vec::new();
@@ -229,9 +230,9 @@ async fn bounded_body(
         let mut chunk = chunk.map_err(|e| ServiceError::Invalid(format!("the body could not be read: {e}")))?;
         while chunk.has_remaining() {
             let piece = chunk.chunk();
-            if (bytes.len() + piece.len()) as u64 > MAX_FILE_BYTES {
+            if (bytes.len() + piece.len()) as u64 > limit {
                 return Err(ServiceError::TooLarge(format!(
-                    "the file is larger than this operator takes ({MAX_FILE_BYTES} bytes)"
+                    "the body is larger than this operator takes ({limit} bytes)"
                 )));
             }
             bytes.extend_from_slice(piece);
@@ -279,10 +280,69 @@ async fn put_file(
     if svc.instance(&id, caller.as_ref()).is_none() {
         return Err(ApiError::not_found(format!("env instance \"{id}\" not found")));
     }
-    let bytes = bounded_body(body).await?;
+    let bytes = bounded_body(body, MAX_FILE_BYTES).await?;
     let size = bytes.len();
     svc.write_file(&id, caller.as_ref(), FileUpload { path: path.clone(), bytes, mode, owner }).await?;
     Ok(reply::<ApiError>(Ok(json!({"path": path.as_str(), "size": size}))))
+}
+
+/// Most instances one fork starts.
+pub const MAX_FORK: u64 = 32;
+
+/// An optional JSON object body (absent or empty: `{}`), with only `keys`.
+async fn object_body(
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    keys: &[&str],
+) -> Result<Map<String, Value>, ApiError> {
+    let bytes = bounded_body(body, MAX_BODY_BYTES).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(obj)) => {
+            if let Some(unknown) = obj.keys().find(|k| !keys.contains(&k.as_str())) {
+                return Err(bad(format!("unknown field `{unknown}`; the fields are {}", keys.join(", "))));
+            }
+            Ok(obj)
+        }
+        Ok(other) => Err(bad(format!("the body must be a JSON object, not {}", describe(&other)))),
+        Err(e) => Err(bad(format!("the body is not JSON ({e})"))),
+    }
+}
+
+async fn snapshot(
+    svc: Arc<Services>,
+    id: String,
+    caller: Option<Principal>,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+) -> Result<Value, ApiError> {
+    let obj = object_body(body, &["version"]).await?;
+    let version = optional_string(&obj, "version")?;
+    if let Some(v) = &version {
+        if v.is_empty() {
+            return Err(bad("field `version` is empty; name a version or leave it out"));
+        }
+        validate_version(v, "version")?;
+    }
+    let t = svc.snapshot(&id, caller.as_ref(), version).await?;
+    Ok(json!({"envName": format!("{}@{}", t.spec.name, t.spec.version), "image": t.spec.template.image}))
+}
+
+async fn fork(
+    svc: Arc<Services>,
+    id: String,
+    caller: Option<Principal>,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+) -> Result<Value, ApiError> {
+    let obj = object_body(body, &["count"]).await?;
+    let count = match obj.get("count") {
+        Some(Value::Number(n)) => n.as_u64().filter(|c| (1..=MAX_FORK).contains(c)),
+        None => return Err(bad(format!("field `count` is required: how many instances to start (1 to {MAX_FORK})"))),
+        Some(_) => None,
+    }
+    .ok_or_else(|| bad(format!("field `count` must be a whole number from 1 to {MAX_FORK}")))?;
+    let (t, ids) = svc.fork(&id, caller.as_ref(), count as usize).await?;
+    Ok(json!({"envName": format!("{}@{}", t.spec.name, t.spec.version), "instances": ids}))
 }
 
 /// The sandbox-operation routes.
@@ -326,6 +386,22 @@ pub fn routes(
         .then(|id: String, c: Option<Principal>, q: HashMap<String, String>, body, svc: Arc<Services>| async move {
             put_file(svc, id, c, q, body).await.unwrap_or_else(ApiError::into_reply)
         });
+    let snapshot = warp::path!("env-instance" / String / "snapshot")
+        .and(warp::post())
+        .and(who.clone())
+        .and(warp::body::stream())
+        .and(with_services(svc.clone()))
+        .then(|id: String, c: Option<Principal>, body, svc: Arc<Services>| async move {
+            reply(snapshot(svc, id, c, body).await)
+        });
+    let fork = warp::path!("env-instance" / String / "fork")
+        .and(warp::post())
+        .and(who.clone())
+        .and(warp::body::stream())
+        .and(with_services(svc.clone()))
+        .then(|id: String, c: Option<Principal>, body, svc: Arc<Services>| async move {
+            reply(fork(svc, id, c, body).await)
+        });
     let pause = warp::path!("env-instance" / String / String)
         .and(warp::post())
         .and_then(|id: String, action: String| async move {
@@ -346,7 +422,18 @@ pub fn routes(
             reply(svc.stats(&id, c.as_ref()).await.map(|s| serde_json::to_value(s).unwrap_or_default()))
         },
     );
-    exec.or(get_file).unify().or(stats).unify().or(put_file).unify().or(pause).unify()
+    exec.or(get_file)
+        .unify()
+        .or(stats)
+        .unify()
+        .or(snapshot)
+        .unify()
+        .or(fork)
+        .unify()
+        .or(put_file)
+        .unify()
+        .or(pause)
+        .unify()
 }
 
 #[cfg(test)]

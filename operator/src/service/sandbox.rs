@@ -121,6 +121,93 @@ impl Services {
         Ok(self.engine.stats(&inst).await?)
     }
 
+    /// Saves instance `id`'s filesystem as a new template `name@version` (its environment's name; `version`, or
+    /// `snap-<random>`), owned by `caller`, whose image is the snapshot (never pulled). The image goes with the
+    /// template.
+    pub async fn snapshot(
+        &self,
+        id: &str,
+        caller: Option<&Principal>,
+        version: Option<String>,
+    ) -> Result<Arc<aenv_core::Environment>, ServiceError> {
+        let inst = self
+            .instance(id, caller)
+            .ok_or_else(|| ServiceError::NotFound(format!("env instance \"{id}\" not found")))?;
+        if inst.is_deleting() || !matches!(inst.phase(), Phase::Running | Phase::Paused) {
+            return Err(ServiceError::Conflict(format!(
+                "env instance \"{id}\" is {}: only a Running or Paused instance can be snapshotted",
+                if inst.is_deleting() { "being deleted" } else { inst.phase().as_str() }
+            )));
+        }
+        let name = inst.spec.env_name.clone();
+        let version = version.unwrap_or_else(|| format!("snap-{}", crate::store::random_suffix(8)));
+        if self.find_template(&name, &version).is_some() {
+            return Err(ServiceError::Conflict(format!(
+                "environment \"{name}@{version}\" exists already; name another version"
+            )));
+        }
+        let reference = format!("aenv-snapshot/{name}:{version}");
+        self.engine.snapshot(&inst, &reference).await?;
+        let mut spec = inst.spec.clone();
+        spec.image = Some(reference.clone());
+        spec.image_pull_policy = Some(aenv_core::PullPolicy::Never);
+        spec.compose_file = None;
+        spec.paused = false;
+        spec.owner = None;
+        spec.env_version = version;
+        let meta = super::TemplateMeta { description: format!("snapshot of env instance {id}"), ..Default::default() };
+        match self.register_template_of(spec, meta, caller, Some(reference.clone())).await {
+            Ok(template) => {
+                info!(instance = %id, image = %reference, "snapshot taken");
+                Ok(template)
+            }
+            Err(e) => {
+                // The template was not recorded: its image has no owner.
+                if let Err(rm) = self.engine.remove_snapshot(&reference).await {
+                    tracing::warn!(image = %reference, error = %rm, "could not remove an unregistered snapshot");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Snapshots instance `id` and starts `count` instances of the snapshot for `caller`: the template and the
+    /// new instances' ids. A create that is refused (a cap) stops the fork; the refusal names those made before.
+    pub async fn fork(
+        &self,
+        id: &str,
+        caller: Option<&Principal>,
+        count: usize,
+    ) -> Result<(Arc<aenv_core::Environment>, Vec<String>), ServiceError> {
+        let template = self.snapshot(id, caller, None).await?;
+        let (name, version) = (template.spec.name.clone(), template.spec.version.clone());
+        let ttl = self.instance(id, caller).and_then(|i| i.spec.ttl.clone());
+        let mut made = Vec::with_capacity(count);
+        for _ in 0..count {
+            let request = super::CreateRequest::FromTemplate {
+                name: name.clone(),
+                version: version.clone(),
+                overrides: super::Overrides { ttl: ttl.clone(), ..Default::default() },
+            };
+            let created = match self.resolve(request, caller) {
+                Ok(spec) => self.create(spec, caller).await,
+                Err(e) => Err(e),
+            };
+            match created {
+                Ok(inst) => made.push(inst.metadata.name.clone().unwrap_or_default()),
+                Err(e) if made.is_empty() => return Err(e),
+                Err(e) => {
+                    return Err(ServiceError::Forbidden(format!(
+                        "the fork stopped after {} of {count} instances ({}) of {name}@{version}: {e}",
+                        made.len(),
+                        made.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok((template, made))
+    }
+
     /// Runs a command in instance `id`: its output as it comes, then its exit.
     pub fn exec(
         &self,
