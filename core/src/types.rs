@@ -481,7 +481,7 @@ mod tests {
         let version = &crd.spec.versions[0];
         assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
         let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-        assert_eq!(columns, ["Env", "Phase", "IP", "Expires", "Age"]);
+        assert_eq!(columns, ["Env", "Phase", "Paused", "IP", "Expires", "Age"]);
     }
 
     #[test]
