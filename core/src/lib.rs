@@ -6,12 +6,14 @@
 //! - [`quantity`]: cpu (`1C`, `2`, `500m`, `0.5`) and memory (`512Mi`, `2Gi`, `2G`, `512M`) quantities;
 //! - [`labels`]: the label keys put on every object an engine creates;
 //! - [`ops`]: operations on a running sandbox (exec, files) and their checks;
-//! - [`pool`]: the `EnvPool` custom resource (warm pools) and the rules of claiming a pooled sandbox.
+//! - [`pool`]: the `EnvPool` custom resource (warm pools) and the rules of claiming a pooled sandbox;
+//! - [`envservice`]: the `EnvService` custom resource (long-running replicas with storage) and its rules.
 //!
 //! Nothing here reads a clock, a socket or a file: callers pass `now` in.
 
 pub mod duration;
 pub mod engine;
+pub mod envservice;
 mod error;
 pub mod labels;
 pub mod ops;
@@ -23,10 +25,11 @@ pub use engine::{
     Engine, EngineError, EngineEvent, ErrorKind, InvalidSpec, ManagedObject, Observed, OwnedKind, OwnedObject,
     PullProgress, PullState,
 };
+pub use envservice::{EnvService, EnvServiceSpec, EnvServiceStatus, ServicePhase};
 pub use error::Error;
 pub use ops::{ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, PathError, SandboxPath};
 pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PortSpec,
-    PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus, Workload,
+    PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus, VolumeMount, Workload,
 };

@@ -97,6 +97,48 @@ pub struct EnvInstanceSpec {
     /// `--pause-extends-ttl`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// Named volumes to mount (an EnvService's storage). Names only: never a host path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A named volume (a Docker volume; a PVC on Kubernetes) mounted into the container.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    /// The volume's name: letters, digits, '_', '.', '-', starting with a letter or digit. Never a path.
+    pub name: String,
+    /// Where it is mounted: an absolute path in the container.
+    pub mount_path: String,
+}
+
+impl VolumeMount {
+    /// Why this mount cannot be run, naming the field; `None` when it can.
+    pub fn check(&self) -> Option<String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 128
+            && self.name.as_bytes()[0].is_ascii_alphanumeric()
+            && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !name_ok {
+            return Some(format!(
+                "field `volumes.name` must be a volume name (letters, digits, '_', '.', '-', starting with a letter or digit), never a host path (got {:?})",
+                self.name
+            ));
+        }
+        let path = &self.mount_path;
+        let path_ok = path.starts_with('/')
+            && path != "/"
+            && path.len() <= 4096
+            && !path.split('/').any(|c| c == ".." || c == ".")
+            && !path.contains(':')
+            && !path.chars().any(char::is_control);
+        if !path_ok {
+            return Some(format!(
+                "field `volumes.mountPath` must be an absolute path other than `/`, without `.` or `..` components or ':' (got {path:?})"
+            ));
+        }
+        None
+    }
 }
 
 /// A container port to publish.

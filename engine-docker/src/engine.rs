@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use bollard::{
     Docker,
     models::{
-        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, PortBinding, PortMap,
-        RestartPolicy, RestartPolicyNameEnum,
+        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, Mount, MountType,
+        PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
     },
     query_parameters::{
         CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -190,6 +190,23 @@ impl DockerEngine {
             ..Default::default()
         };
         self.config.hardening.apply(&mut host_config);
+        // Named volumes only (an EnvService's storage): Docker makes a missing one on the first mount.
+        if let Some(why) = spec.volumes.iter().find_map(|v| v.check()) {
+            return Err(EngineError::permanent(why));
+        }
+        if !spec.volumes.is_empty() {
+            host_config.mounts = Some(
+                spec.volumes
+                    .iter()
+                    .map(|v| Mount {
+                        typ: Some(MountType::VOLUME),
+                        source: Some(v.name.clone()),
+                        target: Some(v.mount_path.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            );
+        }
         Ok(ContainerCreateBody {
             image: Some(image),
             cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
@@ -343,6 +360,15 @@ impl Engine for DockerEngine {
 
     fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
         no_compose_labels(spec)?;
+        if let Some(why) = spec.volumes.iter().find_map(|v| v.check()) {
+            return Err(InvalidSpec::new("volumes", why));
+        }
+        if !spec.volumes.is_empty() && spec.compose_file.is_some() {
+            return Err(InvalidSpec::new(
+                "volumes",
+                "field `volumes` applies to one container; a compose stack declares its volumes in its compose file",
+            ));
+        }
         if let Workload::Stack { compose_file } = spec.workload() {
             if !self.config.compose {
                 return Err(InvalidSpec::new(

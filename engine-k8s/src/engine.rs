@@ -163,6 +163,12 @@ impl Engine for KubeEngine {
                 "field `deployConfig.composeFile`: compose stacks run on the Docker engine only; this operator runs instances as Kubernetes Pods",
             ));
         }
+        if !spec.volumes.is_empty() {
+            return Err(InvalidSpec::new(
+                "volumes",
+                "field `volumes`: named volumes (EnvService storage) run on the Docker engine only for now; the Kubernetes engine runs instances as Pods without them",
+            ));
+        }
         if let Some(network) = spec.network.as_deref().filter(|n| !n.is_empty() && *n != "bridge") {
             return Err(InvalidSpec::new(
                 "deployConfig.network",

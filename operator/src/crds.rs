@@ -1,12 +1,12 @@
 //! The CRDs as YAML, as `aenv-operator crds` prints them and `crds/` keeps them.
 
-use aenv_core::{EnvInstance, EnvPool, Environment};
+use aenv_core::{EnvInstance, EnvPool, EnvService, Environment};
 use kube::CustomResourceExt;
 
 /// Each CRD as `(file name, YAML)`: `envinstances.aenv.io.yaml`, `environments.aenv.io.yaml`,
-/// `envpools.aenv.io.yaml`.
+/// `envpools.aenv.io.yaml`, `envservices.aenv.io.yaml`.
 pub fn files() -> Result<Vec<(String, String)>, crate::Error> {
-    [EnvInstance::crd(), Environment::crd(), EnvPool::crd()]
+    [EnvInstance::crd(), Environment::crd(), EnvPool::crd(), EnvService::crd()]
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();

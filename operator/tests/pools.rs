@@ -384,3 +384,24 @@ async fn pools_belong_to_their_owner() {
     let c = inspect(v["data"]["id"].as_str().unwrap());
     assert_eq!(c["Config"]["Labels"]["aenv.io/owner"], "alice", "the sandbox was made for its pool's owner");
 }
+
+/// Between `replicas` and `maxReplicas`, a pool grows with the creates of the demand window and shrinks back once
+/// they age out.
+#[tokio::test]
+async fn a_pool_grows_with_demand_and_shrinks_back_when_idle() {
+    let op = Operator::start(BIN, &["--pool-demand-window", "5s"]).await;
+    let name = unique_name("elastic");
+    register(&op, &name, json!({})).await;
+    let body = json!({"name": "e", "envName": format!("{name}@1.0.0"), "replicas": 1, "maxReplicas": 3});
+    assert_eq!(op.post_json("/env-pool", &body).await.0, 200);
+    wait_pool(&op, "e", Duration::from_secs(60), |p| p["ready"] == 1).await;
+    for _ in 0..2 {
+        let (code, v) = op.post_json("/env-instance", &sdk_create(&name, json!({}))).await;
+        assert_eq!(code, 200, "{v}");
+    }
+    let p = wait_pool(&op, "e", Duration::from_secs(60), |p| p["ready"] == 3).await;
+    assert_eq!(p["target"], 3, "1 + 2 creates, at most 3: {p}");
+    let p = wait_pool(&op, "e", Duration::from_secs(60), |p| p["target"] == 1 && p["ready"] == 1 && p["starting"] == 0)
+        .await;
+    assert_eq!(p["hits"].as_u64().unwrap() + p["misses"].as_u64().unwrap(), 2, "{p}");
+}

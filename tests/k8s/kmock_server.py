@@ -21,6 +21,9 @@ def declare_aenv(k: kmock.KubernetesEmulator) -> None:
     k.resources['aenv.io/v1alpha1/envpools'] = dict(
         kind='EnvPool', namespaced=True, singular='envpool', verbs=verbs,
         shortnames=['envpool'], categories=['aenv'], subresources=['status', 'scale'])
+    k.resources['aenv.io/v1alpha1/envservices'] = dict(
+        kind='EnvService', namespaced=True, singular='envservice', verbs=verbs,
+        shortnames=['envsvc'], categories=['aenv'], subresources=['status', 'scale'])
 
 
 async def main() -> None:

@@ -103,6 +103,8 @@ def test_instances_rbac_status_events_and_the_lease_with_replicas():
     assert '--leader-elect' in c['args'] and '--leader-elect-namespace=aenv' in c['args']
     r = rules(docs)
     assert ('aenv.io', 'envinstances/status', ('get', 'update', 'patch'), 'Role', 'aenv') in r
+    assert any(x[0] == 'aenv.io' and x[1] == 'envservices' and 'watch' in x[2] for x in r), r
+    assert any(x[1] == 'envservices/status' and 'patch' in x[2] for x in r), r
     assert ('events.k8s.io', 'events', ('create', 'patch'), 'Role', 'aenv') in r
     assert ('coordination.k8s.io', 'leases', ('get', 'list', 'watch', 'create', 'update', 'patch'), 'Role', 'aenv') in r
     single = render({})
@@ -123,7 +125,8 @@ def test_the_service_exposes_the_api_the_proxy_and_metrics():
 def test_chart_crds_equal_the_repository_crds_which_equal_the_binary_output():
     chart_crds = sorted(p.name for p in (CHART / 'crds').iterdir())
     repo_crds = sorted(p.name for p in (ROOT / 'crds').iterdir())
-    assert chart_crds == repo_crds == ['envinstances.aenv.io.yaml', 'environments.aenv.io.yaml', 'envpools.aenv.io.yaml']
+    assert chart_crds == repo_crds == [
+        'envinstances.aenv.io.yaml', 'environments.aenv.io.yaml', 'envpools.aenv.io.yaml', 'envservices.aenv.io.yaml']
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([str(operator_binary()), 'crds', '--out-dir', out], check=True)
         for name in repo_crds:

@@ -235,3 +235,37 @@ def test_a_pool_cr_fills_with_instance_crs_and_a_claim_is_answered_running(kmock
     assert status == 200
     wait_for('the pool CR to go', lambda: http('GET', f"{kmock_url}{pools}/warm")[0] == 404, timeout=30, log=op.log)
     wait_for('only the claimed sandbox left', lambda: op.containers() == [iid], timeout=30, log=op.log)
+
+
+def test_a_service_cr_runs_replicas_as_instance_crs_and_its_deletion_removes_them(kmock_url, make_operator, test_image):
+    ns = unique('e2e-svc')
+    op = make_operator(ns)
+    status, env = op.api('POST', '/env', {'name': 'served', 'version': '1.0.0',
+                                          'artifacts': [{'type': 'image', 'content': test_image}]})
+    assert status == 200, env
+    # What `kubectl apply -f service.yaml` sends.
+    svc = {'apiVersion': 'aenv.io/v1alpha1', 'kind': 'EnvService', 'metadata': {'name': 'web', 'namespace': ns},
+           'spec': {'envName': 'served@1.0.0', 'replicas': 2, 'port': 8081}}
+    services = f"{GROUP}/namespaces/{ns}/envservices"
+    status, created = http('POST', kmock_url + services, svc)
+    assert status in (200, 201), created
+
+    def available():
+        _, s = http('GET', f"{kmock_url}{services}/web")
+        st = (s or {}).get('status') or {}
+        return s if st.get('phase') == 'Running' and st.get('availableReplicas') == 2 else None
+
+    s = wait_for('the service to have 2 available replicas', available, timeout=90, log=op.log)
+    assert 'aenv.io/cleanup' in s['metadata'].get('finalizers', []), s['metadata']
+    _, listed = http('GET', kmock_url + cr_path(ns))
+    replicas = [i for i in listed['items'] if (i['metadata'].get('labels') or {}).get('aenv.io/service') == 'web']
+    assert len(replicas) == 2, listed
+    assert sorted(i['metadata']['name'] for i in replicas) == op.containers()
+    # The REST API reads the same object.
+    status, got = op.api('GET', '/env-service/web')
+    assert status == 200 and got['data']['available_replicas'] == 2, got
+
+    status, _ = http('DELETE', f"{kmock_url}{services}/web")
+    assert status == 200
+    wait_for('the service CR to go', lambda: http('GET', f"{kmock_url}{services}/web")[0] == 404, timeout=30, log=op.log)
+    wait_for('its replicas to go', lambda: op.containers() == [], timeout=30, log=op.log)

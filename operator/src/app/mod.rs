@@ -5,7 +5,7 @@ pub mod config;
 
 use std::sync::Arc;
 
-use aenv_core::{Engine, EnvInstance, EnvPool, Environment};
+use aenv_core::{Engine, EnvInstance, EnvPool, EnvService, Environment};
 use aenv_engine_docker::DockerEngine;
 use aenv_engine_k8s::{KubeEngine, KubeEngineConfig};
 pub use config::{ApiArgs, Config, DockerArgs, EngineKind, KubeArgs, LeaderArgs, StoreKind};
@@ -66,6 +66,7 @@ pub struct Stores {
     pub instances: Arc<dyn ObjectStore<EnvInstance>>,
     pub templates: Arc<dyn ObjectStore<Environment>>,
     pub pools: Arc<dyn ObjectStore<EnvPool>>,
+    pub services: Arc<dyn ObjectStore<EnvService>>,
     pub operator_id: String,
     /// A store made by this start (a new operator id): sandboxes of a lost one may be on the engine.
     pub fresh: bool,
@@ -90,8 +91,9 @@ pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Resul
             let store = store::KubeStore::<EnvInstance>::start(client.clone(), kube_config(true)).await?;
             let templates = store::KubeStore::<Environment>::start(client.clone(), kube_config(false)).await?;
             let pools = store::KubeStore::<EnvPool>::start(client.clone(), kube_config(true)).await?;
+            let services = store::KubeStore::<EnvService>::start(client.clone(), kube_config(true)).await?;
             info!(namespace = %config.kube.namespace, all_namespaces = config.kube.all_namespaces, instances = store.list().len(), operator_id = %operator_id, "store open (Kubernetes)");
-            Ok(Stores { instances: store, templates, pools, operator_id, fresh: false })
+            Ok(Stores { instances: store, templates, pools, services, operator_id, fresh: false })
         }
         (StoreKind::Kubernetes, None) => Err(Error::Config("the Kubernetes store needs a Kubernetes client".into())),
         (StoreKind::Embedded, _) => {
@@ -102,6 +104,7 @@ pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Resul
                 instances,
                 templates: db.store::<Environment>()?,
                 pools: db.store::<EnvPool>()?,
+                services: db.store::<EnvService>()?,
                 operator_id: db.operator_id().to_string(),
                 fresh: db.is_fresh(),
             })
@@ -186,7 +189,8 @@ pub async fn serve(
     let proxy_limits = api.conn_limits("proxy", budget).map_err(Error::Config)?;
     let uses_kube = config.store == StoreKind::Kubernetes || config.engine == EngineKind::Kubernetes;
     let client = if uses_kube { Some(kube_client(&config.kube).await?) } else { None };
-    let Stores { instances, templates, pools, operator_id, fresh } = open_store(&config, client.as_ref()).await?;
+    let Stores { instances, templates, pools, services: env_services, operator_id, fresh } =
+        open_store(&config, client.as_ref()).await?;
     let engine = open_engine(&config, &operator_id, client.as_ref()).await?;
     if fresh {
         tokio::spawn(report_other_operators(engine.clone(), operator_id.clone(), config.reconcile.orphan_grace));
@@ -195,10 +199,11 @@ pub async fn serve(
     let listener = bind(api.api_listen).await?;
     info!(addr = %local_addr(&listener, api.api_listen)?, "REST API listening");
     let proxy_listener = bind(api.proxy_listen).await?;
-    info!(proxy_addr = %local_addr(&proxy_listener, api.proxy_listen)?, "data-plane proxy listening");
+    let proxy_addr = local_addr(&proxy_listener, api.proxy_listen)?;
+    info!(proxy_addr = %proxy_addr, "data-plane proxy listening");
 
     let metrics = Arc::new(metrics::Metrics::default());
-    let demand = Arc::new(Demand::default());
+    let demand = Arc::new(Demand::new(config.pools.pool_demand_window));
     let pool_loop = controller::pools::Pools::new(
         pools.clone(),
         instances.clone(),
@@ -207,16 +212,35 @@ pub async fn serve(
         config.pools.clone(),
         config.limits.max_instances,
     );
-    let ctx = controller::Context::with_pools(instances.clone(), engine.clone(), metrics.clone(), pool_loop);
-    let proxy = http::proxy::Proxy::new(instances.clone(), config.api.proxy_auth.then(|| auth.clone()));
+    let service_loop = controller::services::ServiceLoop::new(
+        env_services.clone(),
+        instances.clone(),
+        templates.clone(),
+        engine.clone(),
+        config.limits.max_instances,
+    );
+    let ctx = controller::Context::with_pools_and_services(
+        instances.clone(),
+        engine.clone(),
+        metrics.clone(),
+        pool_loop,
+        service_loop,
+    );
     let namespace = match config.store {
         StoreKind::Kubernetes => config.kube.namespace.clone(),
         StoreKind::Embedded => store::DEFAULT_NAMESPACE.to_string(),
     };
+    let proxy = http::proxy::Proxy::new(
+        instances.clone(),
+        env_services.clone(),
+        namespace.clone(),
+        config.api.proxy_auth.then(|| auth.clone()),
+    );
     let services = Services::new(
         instances,
         templates,
         pools,
+        env_services,
         demand,
         engine,
         metrics.clone(),
@@ -224,6 +248,12 @@ pub async fn serve(
         api.default_ttl.clone(),
         config.limits.clone(),
     );
+    // Services' addresses: the proxy's, on loopback when it listens on every address.
+    let mut service_host = proxy_addr;
+    if service_host.ip().is_unspecified() {
+        service_host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let _ = services.proxy_url.set(format!("http://{service_host}"));
 
     let shutdown = shutdown.shared();
     let api = http::server::serve(

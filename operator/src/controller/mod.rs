@@ -9,6 +9,7 @@ mod fake;
 pub mod leader;
 pub mod pools;
 mod resync;
+pub mod services;
 #[cfg(test)]
 mod tests;
 
@@ -51,11 +52,13 @@ pub struct Context {
     starts: Mutex<HashMap<String, u32>>,
     /// The pool controller, run beside this one when pools are kept.
     pools: Option<Arc<pools::Pools>>,
+    /// The service controller, run beside this one when services are kept.
+    services: Option<Arc<services::ServiceLoop>>,
 }
 
 impl Context {
     pub fn new(store: Arc<dyn ObjectStore<EnvInstance>>, engine: Arc<dyn Engine>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Self::build(store, engine, metrics, None)
+        Self::build(store, engine, metrics, None, None)
     }
 
     /// The same context, also running the pool controller.
@@ -65,7 +68,18 @@ impl Context {
         metrics: Arc<Metrics>,
         pools: Arc<pools::Pools>,
     ) -> Arc<Self> {
-        Self::build(store, engine, metrics, Some(pools))
+        Self::build(store, engine, metrics, Some(pools), None)
+    }
+
+    /// The same context, also running the pool and the service controllers.
+    pub fn with_pools_and_services(
+        store: Arc<dyn ObjectStore<EnvInstance>>,
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        pools: Arc<pools::Pools>,
+        services: Arc<services::ServiceLoop>,
+    ) -> Arc<Self> {
+        Self::build(store, engine, metrics, Some(pools), Some(services))
     }
 
     fn build(
@@ -73,6 +87,7 @@ impl Context {
         engine: Arc<dyn Engine>,
         metrics: Arc<Metrics>,
         pools: Option<Arc<pools::Pools>>,
+        services: Option<Arc<services::ServiceLoop>>,
     ) -> Arc<Self> {
         Arc::new(Context {
             store,
@@ -82,6 +97,7 @@ impl Context {
             probes: Mutex::default(),
             starts: Mutex::default(),
             pools,
+            services,
         })
     }
 
@@ -174,6 +190,8 @@ pub async fn run(
 
     let pool_loop =
         ctx.pools.clone().map(|p| tokio::spawn(pools::run(p, config.resync_interval, std::future::pending())));
+    let service_loop =
+        ctx.services.clone().map(|s| tokio::spawn(services::run(s, config.resync_interval, std::future::pending())));
 
     Controller::for_stream(objects, reader)
         .with_config(ControllerConfig::default().concurrency(config.max_concurrent_reconciles.max(1)))
@@ -186,6 +204,9 @@ pub async fn run(
     resyncer.abort();
     if let Some(pool_loop) = pool_loop {
         pool_loop.abort();
+    }
+    if let Some(service_loop) = service_loop {
+        service_loop.abort();
     }
 }
 

@@ -47,12 +47,10 @@ pub struct PoolConfig {
     /// A pooled sandbox not ready this long after it was made (its readiness probe keeps failing) is replaced.
     #[arg(long, default_value = "2m", value_parser = crate::app::config::parse_duration)]
     pub pool_ready_timeout: Duration,
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        PoolConfig { pool_max_starting: 4, pool_ready_timeout: Duration::from_secs(120) }
-    }
+    /// How long a create that a pool could serve counts as demand: between `replicas` and `maxReplicas`, a pool
+    /// keeps `replicas` plus the creates of this window waiting, and shrinks back when they age out.
+    #[arg(long, default_value = "60s", value_parser = crate::app::config::parse_duration)]
+    pub pool_demand_window: Duration,
 }
 
 /// What the pool controller needs.

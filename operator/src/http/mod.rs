@@ -3,13 +3,16 @@
 //! - `/env-instance/{id}/exec`, `/files`: commands and files in a running sandbox ([`sandbox`]);
 //! - `/env`: Environment templates, as envhub serves them, with image warmup ([`templates`]);
 //! - `/env-pool`: warm pools, whose ready sandboxes serve `/env-instance` creates ([`pools`]);
-//! - `/pods`: the AEnvironment controller's API, for an api-service pointed at this operator ([`pods`]);
+//! - `/env-service`: long-running services with replicas and storage ([`services`]);
+//! - `/pods`: the AEnvironment controller's API, for an api-service pointed at this operator ([`pods`]), and its
+//!   `/services` ([`ctl_services`]);
 //! - the data-plane proxy on its own listener ([`proxy`]).
 //!
 //! Handlers parse the wire format ([`request`]), call a use-case, and render its answer ([`wire`]) or its
 //! [`ServiceError`] as one [`ApiError`].
 
 pub mod auth;
+mod ctl_services;
 mod instances;
 mod pods;
 mod pools;
@@ -17,6 +20,7 @@ pub mod proxy;
 pub mod request;
 mod sandbox;
 pub mod server;
+mod services;
 mod templates;
 pub mod wire;
 
@@ -157,7 +161,11 @@ pub fn routes(
         .unify()
         .or(pools::routes(svc.clone(), who.clone()))
         .unify()
-        .or(pods::routes(svc, who))
+        .or(services::routes(svc.clone(), who.clone()))
+        .unify()
+        .or(pods::routes(svc.clone(), who.clone()))
+        .unify()
+        .or(ctl_services::routes(svc, who))
         .unify()
         .or(health)
         .unify()

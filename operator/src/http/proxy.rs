@@ -7,8 +7,11 @@
 //! IP, or a port an instance published on this host), and refuses any other target with 403. The caller's
 //! `Authorization` and the proxy's routing headers (`AEnvCore-MCPProxy-URL`,
 //! `AEnvCore-EnvInstance-ID`) never reach the sandbox. With `--proxy-auth` a request needs a token of the tokens
-//! file and reaches only its owner's instances (clients send it as `Authorization: Bearer`; the Python SDK 0.1.7
-//! sends none on data-plane calls, so `--proxy-auth` is for clients that do).
+//! file and reaches only its owner's instances and services (clients send it as `Authorization: Bearer`; the Python
+//! SDK 0.1.7 sends none on data-plane calls, so `--proxy-auth` is for clients that do).
+//!
+//! Without the header, `/env-service/{id}/PATH` is a service's address (its `service_url`): each request goes to
+//! the next of the service's ready replicas (round robin), at the service's port, as `/PATH`.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -40,6 +43,9 @@ pub const TARGET_HEADER: &str = "aenvcore-mcpproxy-url";
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// The path prefix of services' addresses: `/env-service/{id}/...` reaches the service's ready replicas.
+pub const SERVICE_PREFIX: &str = "/env-service/";
+
 /// The SDK's header naming the instance (routing only; never forwarded).
 pub const INSTANCE_HEADER: &str = "aenvcore-envinstance-id";
 
@@ -63,6 +69,11 @@ const NOT_FOR_THE_SANDBOX: &[&str] = &["authorization", TARGET_HEADER, INSTANCE_
 /// The proxy's state.
 pub struct Proxy {
     instances: Arc<dyn ObjectStore<EnvInstance>>,
+    services: Arc<dyn ObjectStore<aenv_core::EnvService>>,
+    /// The namespace services made through the API live in.
+    namespace: String,
+    /// Turns of the round-robin over a service's ready replicas.
+    turn: std::sync::atomic::AtomicUsize,
     client: Client<HttpConnector, ProxyBody>,
     /// With `--proxy-auth`: the tokens; a caller reaches only its own instances.
     auth: Option<Arc<Auth>>,
@@ -70,10 +81,24 @@ pub struct Proxy {
 
 impl Proxy {
     /// The proxy; `auth` (from `--proxy-auth`) makes it require a token and reach only the caller's instances.
-    pub fn new(instances: Arc<dyn ObjectStore<EnvInstance>>, auth: Option<Arc<Auth>>) -> Arc<Self> {
+    pub fn new(
+        instances: Arc<dyn ObjectStore<EnvInstance>>,
+        services: Arc<dyn ObjectStore<aenv_core::EnvService>>,
+        namespace: String,
+        auth: Option<Arc<Auth>>,
+    ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        Arc::new(Proxy { instances, client: Client::builder(TokioExecutor::new()).build(connector), auth })
+        // Small requests and answers go out at once (Nagle against delayed ACKs cost ~40 ms per request).
+        connector.set_nodelay(true);
+        Arc::new(Proxy {
+            instances,
+            services,
+            namespace,
+            turn: Default::default(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            auth,
+        })
     }
 
     /// Whether `host:port` is an endpoint of a live instance of this operator that `caller` may reach (any
@@ -104,6 +129,11 @@ impl Proxy {
         body: impl futures::Stream<Item = Result<impl Buf + Send + 'static, warp::Error>> + Send + 'static,
     ) -> warp::reply::Response {
         let Some(target) = headers.get(TARGET_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string) else {
+            if let Some(rest) = path.as_str().strip_prefix(SERVICE_PREFIX) {
+                let (service, tail) =
+                    rest.split_once('/').map_or((rest, "/".to_string()), |(s, t)| (s, format!("/{t}")));
+                return self.to_service(service, &tail, method, query, headers, body).await;
+            }
             if path.as_str() == "/health" {
                 return warp::reply::json(&json!({"status": "healthy", "message": "MCP Gateway is running"}))
                     .into_response();
@@ -142,11 +172,80 @@ impl Proxy {
             return error(StatusCode::FORBIDDEN, "the target is not a running instance of this operator", &target);
         }
         let authority = format!("{}:{port}", uri.host().unwrap_or_default());
-        let path_and_query =
-            if query.is_empty() { path.as_str().to_string() } else { format!("{}?{query}", path.as_str()) };
+        self.relay(method, authority, path.as_str(), &query, headers, body, &target).await
+    }
+
+    /// A request to a service's address (`/env-service/{id}/...`): forwarded to its ready replicas in turn.
+    async fn to_service(
+        &self,
+        service: &str,
+        tail: &str,
+        method: Method,
+        query: String,
+        headers: HeaderMap,
+        body: impl futures::Stream<Item = Result<impl Buf + Send + 'static, warp::Error>> + Send + 'static,
+    ) -> warp::reply::Response {
+        let caller = match &self.auth {
+            Some(auth) => {
+                let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                match auth.authenticate(header) {
+                    Ok(caller) => caller,
+                    Err(e) => {
+                        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::UNAUTHORIZED);
+                        return error(status, &e.message, "");
+                    }
+                }
+            }
+            None => None,
+        };
+        let Some(svc) = self
+            .services
+            .get(&crate::store::key(&self.namespace, service))
+            .filter(|s| s.metadata.deletion_timestamp.is_none() && Services::service_visible(s, caller.as_ref()))
+        else {
+            return error(StatusCode::NOT_FOUND, &format!("service \"{service}\" not found"), "");
+        };
+        let mut ready: Vec<String> = self
+            .instances
+            .list_where(&|i: &EnvInstance| {
+                i.service() == Some(service)
+                    && i.namespace() == self.namespace
+                    && i.member_state() == aenv_core::MemberState::Ready
+            })
+            .iter()
+            .filter_map(|i| i.status.as_ref()?.ip.clone())
+            .collect();
+        if ready.is_empty() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("service \"{service}\" has no ready replica yet; try again shortly"),
+                "",
+            );
+        }
+        ready.sort();
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ip = &ready[turn % ready.len()];
+        let authority = format!("{ip}:{}", svc.spec.port);
+        let label = format!("service {service}");
+        self.relay(method, authority, tail, &query, headers, body, &label).await
+    }
+
+    /// Forwards the request to `authority` with `path` and `query`, streaming the answer back.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        method: Method,
+        authority: String,
+        path: &str,
+        query: &str,
+        headers: HeaderMap,
+        body: impl futures::Stream<Item = Result<impl Buf + Send + 'static, warp::Error>> + Send + 'static,
+        target: &str,
+    ) -> warp::reply::Response {
+        let path_and_query = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
         let upstream: Uri = match format!("http://{authority}{path_and_query}").parse() {
             Ok(u) => u,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad path: {e}"), &target),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad path: {e}"), target),
         };
         let body = StreamBody::new(body.map(|chunk| {
             chunk.map(|mut b| Frame::data(b.copy_to_bytes(b.remaining()))).map_err(|e| Box::new(e) as BoxError)
@@ -159,16 +258,16 @@ impl Proxy {
         }
         let request = match request.header(header::HOST, authority).body(BodyExt::boxed_unsync(body)) {
             Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot build the request: {e}"), &target),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot build the request: {e}"), target),
         };
-        debug!(target = %target, path = %path.as_str(), "forwarding");
+        debug!(target = %target, path = %path, "forwarding");
         let response = match self.client.request(request).await {
             Ok(r) => r,
             Err(e) => {
                 return error(
                     StatusCode::BAD_GATEWAY,
                     &format!("Failed to forward request to MCP server: {e}"),
-                    &target,
+                    target,
                 );
             }
         };

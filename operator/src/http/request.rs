@@ -383,6 +383,9 @@ fn parse_request(obj: &Map<String, Value>, strictness: Strictness) -> Result<Cre
         ttl,
         labels,
         paused: false,
+        // Named volumes are an EnvService's storage, made by the service controller only: a create through
+        // /env-instance cannot mount one (nor reach another tenant's).
+        volumes: Vec::new(),
     })))
 }
 

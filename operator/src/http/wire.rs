@@ -3,7 +3,7 @@
 
 use crate::service::WarmupState;
 use crate::service::status_string;
-use aenv_core::{EnvInstance, EnvInstanceSpec, EnvPool, Environment};
+use aenv_core::{EnvInstance, EnvInstanceSpec, EnvPool, EnvService, Environment};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -59,6 +59,58 @@ pub fn pool(p: &EnvPool) -> Value {
     });
     if let (Some(obj), Some(error)) = (out.as_object_mut(), status.last_error) {
         obj.insert("lastError".into(), json!(error));
+    }
+    out
+}
+
+/// A service as the SDK's `EnvService` reads it: `id, env, status, created_at, updated_at, replicas,
+/// available_replicas, service_url, owner, environment_variables, pvc_name`, with `mount_path`, `storage_size`,
+/// `port`, `image` and `message` (the last replica failure) besides. `available` counts ready replicas now;
+/// `proxy_url` is where the data-plane proxy answers (the service's address is `{proxy_url}/env-service/{id}`).
+pub fn service(s: &EnvService, template: Option<&Environment>, available: u32, proxy_url: Option<&str>) -> Value {
+    let id = s.metadata.name.clone().unwrap_or_default();
+    let created = s.metadata.creation_timestamp.as_ref().map(|t| format_time(t.0)).unwrap_or_default();
+    let updated = s
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::service::services::UPDATED_AT_ANNOTATION))
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map(format_time)
+        .unwrap_or_else(|| created.clone());
+    let status = s.status.clone().unwrap_or_default();
+    let env = template.map(|t| {
+        let mut v = self::template(t);
+        if let (Value::Object(fields), Some(image)) = (&mut v, &s.spec.image) {
+            fields.insert("artifacts".into(), json!([{"id": "", "type": "image", "content": image}]));
+        }
+        v
+    });
+    let mut out = json!({
+        "id": id,
+        "env": env,
+        "status": status.phase.as_str(),
+        "created_at": created,
+        "updated_at": updated,
+        "replicas": s.spec.replicas,
+        "available_replicas": available,
+        "service_url": proxy_url.map(|p| format!("{p}/env-service/{id}")),
+        "owner": s.spec.owner.clone().unwrap_or_default(),
+        "environment_variables": s.spec.env,
+        "pvc_name": s.spec.pvc_name,
+        "port": s.spec.port,
+    });
+    if let Some(obj) = out.as_object_mut() {
+        for (key, value) in [
+            ("mount_path", &s.spec.mount_path),
+            ("storage_size", &s.spec.storage_size),
+            ("image", &s.spec.image),
+            ("message", &status.last_error),
+        ] {
+            if let Some(v) = value {
+                obj.insert(key.into(), json!(v));
+            }
+        }
     }
     out
 }

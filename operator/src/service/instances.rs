@@ -124,8 +124,13 @@ impl Services {
         if let Some(p) = caller {
             spec.owner = Some(p.owner.clone());
             if let Some(max) = p.max_instances {
-                let held =
-                    self.instances.list_where(&|i: &EnvInstance| !i.is_deleting() && Self::visible(i, caller)).len();
+                // Its instances and its services' replicas (pooled sandboxes are counted by the pools' rules).
+                let held = self
+                    .instances
+                    .list_where(&|i: &EnvInstance| {
+                        !i.is_deleting() && i.pool().is_none() && i.spec.owner.as_deref() == Some(p.owner.as_str())
+                    })
+                    .len();
                 if held >= max {
                     return Err(ServiceError::Forbidden(format!(
                         "Instance count exceeds limit: {max} (owner {} holds {held}; delete one first)",

@@ -6,16 +6,18 @@ mod instances;
 pub mod limits;
 pub mod pools;
 pub mod sandbox;
+pub mod services;
 mod templates;
 
 use std::{sync::Arc, time::Duration};
 
-use aenv_core::{Engine, EnvInstance, EnvPool, Environment, duration::parse_go_duration};
+use aenv_core::{Engine, EnvInstance, EnvPool, EnvService, Environment, duration::parse_go_duration};
 use thiserror::Error;
 
 pub use instances::{CreateRequest, Overrides, status_string};
 pub use limits::{Limits, MaxTtl, Principal};
 pub use pools::{Demand, PoolRequest};
+pub use services::{ServiceRequest, ServiceUpdate};
 pub use templates::{TemplateAccess, TemplateMeta, WarmupState};
 
 use crate::{metrics::Metrics, store::ObjectStore};
@@ -107,6 +109,10 @@ pub struct Services {
     pub instances: Arc<dyn ObjectStore<EnvInstance>>,
     pub templates: Arc<dyn ObjectStore<Environment>>,
     pub pools: Arc<dyn ObjectStore<EnvPool>>,
+    /// Long-running services (`/env-service`).
+    pub env_services: Arc<dyn ObjectStore<EnvService>>,
+    /// Where the data-plane proxy answers, as `http://host:port`: services' `service_url` starts with it.
+    pub proxy_url: std::sync::OnceLock<String>,
     /// Creates that pools could serve, shared with the pool controller.
     pub demand: Arc<Demand>,
     /// Asked to validate specs before they are stored, to pre-pull images, to serve logs and readiness.
@@ -117,7 +123,8 @@ pub struct Services {
     default_ttl: DefaultTtl,
     limits: limits::CreateLimits,
     warmups: templates::Warmups,
-    /// Held from the quota check to the record, so that concurrent creates cannot overshoot a cap.
+    /// Held from the quota check to the record (of an instance, a claim, a pool's size), so that concurrent requests
+    /// cannot overshoot a cap.
     quota: tokio::sync::Mutex<()>,
 }
 
@@ -127,6 +134,7 @@ impl Services {
         instances: Arc<dyn ObjectStore<EnvInstance>>,
         templates: Arc<dyn ObjectStore<Environment>>,
         pools: Arc<dyn ObjectStore<EnvPool>>,
+        env_services: Arc<dyn ObjectStore<EnvService>>,
         demand: Arc<Demand>,
         engine: Arc<dyn Engine>,
         metrics: Arc<Metrics>,
@@ -138,6 +146,8 @@ impl Services {
             instances,
             templates,
             pools,
+            env_services,
+            proxy_url: Default::default(),
             demand,
             engine,
             metrics,
@@ -155,9 +165,12 @@ impl Services {
     }
 
     /// Whether `caller` may see `inst`: everyone when auth is off; the owner otherwise. A sandbox waiting in a
-    /// pool is nobody's instance yet: no one sees it until it is claimed.
+    /// pool is nobody's instance yet: no one sees it until it is claimed. A service's replica is the service's:
+    /// it is reached through `/env-service` and the service's address, not as an instance.
     pub fn visible(inst: &EnvInstance, caller: Option<&Principal>) -> bool {
-        inst.pool().is_none() && caller.is_none_or(|p| inst.spec.owner.as_deref() == Some(p.owner.as_str()))
+        inst.pool().is_none()
+            && inst.service().is_none()
+            && caller.is_none_or(|p| inst.spec.owner.as_deref() == Some(p.owner.as_str()))
     }
 
     /// The most instances the operator holds (`--max-instances`), pooled sandboxes included.

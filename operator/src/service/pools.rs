@@ -19,7 +19,8 @@ use tracing::{debug, info};
 use super::{Principal, ServiceError, Services};
 use crate::{Error, metrics::ClaimLabels, store::key_of};
 
-/// How long a create counts as demand when the pool controller sizes a pool.
+/// How long a create counts as demand when the pool controller sizes a pool, unless configured otherwise
+/// (`--pool-demand-window`).
 pub const DEMAND_WINDOW: Duration = Duration::from_secs(60);
 
 /// A pool as `POST /env-pool` and `PUT /env-pool/{name}` ask for it.
@@ -34,14 +35,20 @@ pub struct PoolRequest {
 
 /// What each pool was asked for lately, kept in memory between the API (which counts) and the pool controller
 /// (which sizes the pool by it and carries the counts into the pool's status).
-#[derive(Default)]
 pub struct Demand {
     pools: Mutex<HashMap<String, Counts>>,
+    window: Duration,
+}
+
+impl Default for Demand {
+    fn default() -> Self {
+        Demand::new(DEMAND_WINDOW)
+    }
 }
 
 #[derive(Default)]
 struct Counts {
-    /// When creates that the pool could serve came, within [`DEMAND_WINDOW`].
+    /// When creates that the pool could serve came, within the window.
     recent: VecDeque<Instant>,
     /// Hits and misses not yet written into the pool's status.
     hits: u64,
@@ -49,6 +56,11 @@ struct Counts {
 }
 
 impl Demand {
+    /// Counts creates as demand for `window` after they came.
+    pub fn new(window: Duration) -> Self {
+        Demand { pools: Mutex::default(), window }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Counts>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -58,7 +70,7 @@ impl Demand {
         let mut pools = self.lock();
         let counts = pools.entry(key.to_string()).or_default();
         counts.recent.push_back(now);
-        while counts.recent.front().is_some_and(|t| now.duration_since(*t) > DEMAND_WINDOW) {
+        while counts.recent.front().is_some_and(|t| now.duration_since(*t) > self.window) {
             counts.recent.pop_front();
         }
         if hit {
@@ -72,7 +84,7 @@ impl Demand {
     pub fn recent(&self, key: &str, now: Instant) -> u32 {
         let pools = self.lock();
         let Some(counts) = pools.get(key) else { return 0 };
-        let n = counts.recent.iter().filter(|t| now.duration_since(**t) <= DEMAND_WINDOW).count();
+        let n = counts.recent.iter().filter(|t| now.duration_since(**t) <= self.window).count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -156,6 +168,8 @@ impl Services {
         };
         // A tenant pools only templates it may create from (its own, shared ones, ownerless ones).
         self.usable_template(name, version, caller)?;
+        // Held from the room check to the record, so that two racing creates cannot both fit.
+        let _one_at_a_time = self.quota.lock().await;
         self.check_room(caller, spec.ceiling(), None)?;
         let mut pool = EnvPool::new(&req.name, spec);
         pool.metadata.namespace = Some(self.namespace.clone());
@@ -198,6 +212,7 @@ impl Services {
         max_replicas: Option<u32>,
         caller: Option<&Principal>,
     ) -> Result<Arc<EnvPool>, ServiceError> {
+        let _one_at_a_time = self.quota.lock().await;
         for _ in 0..8 {
             let current = self.pool(name, caller)?;
             let max_replicas = max_replicas.or(current.spec.max_replicas.filter(|m| *m >= replicas));

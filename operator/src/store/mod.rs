@@ -70,6 +70,12 @@ impl Slim for aenv_core::EnvPool {
     }
 }
 
+impl Slim for aenv_core::EnvService {
+    fn slim(&self) -> Self {
+        aenv_core::EnvService { metadata: slim_meta(&self.metadata), spec: Default::default(), status: None }
+    }
+}
+
 /// A status change worth telling as a Kubernetes Event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusEvent {
@@ -127,6 +133,19 @@ impl StatusEvents for aenv_core::EnvPool {
         (before != Some(error)).then(|| StatusEvent {
             warning: true,
             reason: "SandboxFailed".into(),
+            note: Some(error.clone()),
+        })
+    }
+}
+
+impl StatusEvents for aenv_core::EnvService {
+    /// A new failure of the service's replicas, as a `Warning`.
+    fn status_event(before: Option<&Self>, after: &Self) -> Option<StatusEvent> {
+        let error = after.status.as_ref()?.last_error.as_ref()?;
+        let before = before.and_then(|b| b.status.as_ref()).and_then(|s| s.last_error.as_ref());
+        (before != Some(error)).then(|| StatusEvent {
+            warning: true,
+            reason: "ReplicaFailed".into(),
             note: Some(error.clone()),
         })
     }

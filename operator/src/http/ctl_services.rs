@@ -1,0 +1,219 @@
+//! `/services`: the AEnvironment controller's service API, the `/pods` analogue, so that an api-service pointed at
+//! this operator (`--schedule-addr`) can run its `/env-service` calls here. The body of `POST /services` is an
+//! AEnvHubEnv (the Env with `artifacts` and `deployConfig`) whose `deployConfig` also carries `serviceName`,
+//! `replicas`, `pvcName`, `mountPath`, `storageSize`, `port`, `cpuLimit`, `memoryLimit`; answers are the Go
+//! controller's: JSON with a trailing newline in its field order, plain-text errors, 201 on create.
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use warp::{
+    Filter, Reply,
+    http::{StatusCode, header::CONTENT_TYPE},
+    hyper::body::Bytes,
+};
+
+use super::{
+    ApiError, Caller, MAX_BODY_BYTES,
+    request::{Strictness, parse_create},
+    with_services,
+};
+use crate::service::{Principal, ServiceError, ServiceRequest, ServiceUpdate, Services};
+
+#[derive(Serialize)]
+struct Envelope<T> {
+    success: bool,
+    code: i32,
+    data: T,
+}
+
+/// The controller's `HttpServiceResponseData`, field for field.
+#[derive(Serialize)]
+struct ServiceData {
+    id: String,
+    status: String,
+    service_url: String,
+    replicas: u32,
+    available_replicas: u32,
+    owner: String,
+    envname: String,
+    version: String,
+    pvc_name: String,
+    created_at: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    environment_variables: HashMap<String, String>,
+}
+
+fn json_line<T: Serialize>(status: StatusCode, data: T) -> warp::reply::Response {
+    let mut body = serde_json::to_string(&Envelope { success: true, code: 0, data }).unwrap_or_default();
+    body.push('\n');
+    warp::reply::with_status(warp::reply::with_header(body, CONTENT_TYPE, "application/json"), status).into_response()
+}
+
+fn text_error(status: u16, message: &str) -> warp::reply::Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    warp::reply::with_status(
+        warp::reply::with_header(format!("{message}\n"), CONTENT_TYPE, "text/plain; charset=utf-8"),
+        status,
+    )
+    .into_response()
+}
+
+fn go_time(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// The service as the controller reports it; its status as the controller words it (`Creating` while none is
+/// available, `Updating` while fewer than asked, else `Running`).
+fn data(svc: &Services, s: &aenv_core::EnvService) -> ServiceData {
+    let available =
+        svc.replicas_of(s).iter().filter(|r| r.member_state() == aenv_core::MemberState::Ready).count() as u32;
+    let id = s.metadata.name.clone().unwrap_or_default();
+    let (envname, version) = s.spec.template().map_or((String::new(), String::new()), |(n, v)| (n.into(), v.into()));
+    let created = s.metadata.creation_timestamp.as_ref().map(|t| go_time(t.0)).unwrap_or_default();
+    let status = match available {
+        0 => "Creating",
+        a if a < s.spec.replicas => "Updating",
+        _ => "Running",
+    };
+    ServiceData {
+        service_url: svc.proxy_url.get().map(|p| format!("{p}/env-service/{id}")).unwrap_or_default(),
+        id,
+        status: status.into(),
+        replicas: s.spec.replicas,
+        available_replicas: available,
+        owner: s.spec.owner.clone().unwrap_or_default(),
+        envname,
+        version,
+        pvc_name: s.spec.pvc_name.clone().unwrap_or_default(),
+        updated_at: go_time(jiff::Timestamp::now()),
+        created_at: created,
+        environment_variables: s.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+fn deploy_string(deploy: &Map<String, Value>, key: &str) -> Option<String> {
+    deploy.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+fn deploy_int(deploy: &Map<String, Value>, key: &str) -> Result<Option<i64>, ApiError> {
+    match deploy.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("field `deployConfig.{key}` must be a whole number (got {v})"))
+        }),
+    }
+}
+
+/// `POST /services`: the Env resolved like `/pods` does (inline, lenient), the service's keys from `deployConfig`.
+async fn create(svc: &Services, body: &[u8], caller: Option<Principal>) -> warp::reply::Response {
+    let made = async {
+        let (request, _) = parse_create(body, Strictness::Lenient)?;
+        let template = svc.resolve(request, caller.as_ref())?;
+        let raw: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let empty = Map::new();
+        let deploy = raw.get("deployConfig").and_then(Value::as_object).unwrap_or(&empty);
+        let name = template.env_name.clone();
+        let version = if template.env_version.is_empty() { "1.0.0".to_string() } else { template.env_version.clone() };
+        let mut inline = template.clone();
+        // The service's variables are the template's here; replicas do not expire.
+        inline.ttl = None;
+        let request = ServiceRequest {
+            env_name: format!("{name}@{version}"),
+            service_name: deploy_string(deploy, "serviceName"),
+            replicas: deploy_int(deploy, "replicas")?,
+            env: Default::default(),
+            pvc_name: deploy_string(deploy, "pvcName"),
+            mount_path: deploy_string(deploy, "mountPath"),
+            storage_size: deploy_string(deploy, "storageSize"),
+            port: deploy_int(deploy, "port")?,
+            cpu: deploy_string(deploy, "cpuLimit"),
+            memory: deploy_string(deploy, "memoryLimit"),
+            owner: deploy_string(deploy, "owner"),
+            inline: Some(inline),
+        };
+        Ok::<_, ApiError>(svc.create_service(request, caller.as_ref()).await?)
+    };
+    match made.await {
+        Ok(s) => json_line(StatusCode::CREATED, data(svc, &s)),
+        Err(e) if e.status == 400 => text_error(400, &format!("Invalid request body: {}", e.message)),
+        Err(e) => text_error(e.status, &format!("failed to create service: {}", e.message)),
+    }
+}
+
+fn not_found(what: &str, name: &str) -> warp::reply::Response {
+    text_error(404, &format!("failed to {what}: services \"{name}\" not found"))
+}
+
+/// The `/services` routes.
+pub fn routes(
+    svc: Arc<Services>,
+    who: Caller,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let body = warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes());
+    let post = warp::path!("services")
+        .and(warp::post())
+        .and(who.clone())
+        .and(body)
+        .and(with_services(svc.clone()))
+        .then(|c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move { create(&svc, &body, c).await });
+    let list = warp::path!("services")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(who.clone())
+        .and(with_services(svc.clone()))
+        .map(|q: HashMap<String, String>, c: Option<Principal>, svc: Arc<Services>| {
+            let env = q.get("envName").map(String::as_str).filter(|e| !e.is_empty()).unwrap_or("*");
+            let items: Vec<ServiceData> = svc.list_services(env, c.as_ref()).iter().map(|s| data(&svc, s)).collect();
+            json_line(StatusCode::OK, items)
+        });
+    let get = warp::path!("services" / String).and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
+        |name: String, c: Option<Principal>, svc: Arc<Services>| match svc.service(&name, c.as_ref()) {
+            Ok(s) => json_line(StatusCode::OK, data(&svc, &s)),
+            Err(_) => not_found("get deployment", &name),
+        },
+    );
+    let put = warp::path!("services" / String)
+        .and(warp::put())
+        .and(who.clone())
+        .and(body)
+        .and(with_services(svc.clone()))
+        .then(|name: String, c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move {
+            let update = match super::services::parse_update(&body) {
+                Ok(u) => u,
+                Err(e) => return text_error(400, &format!("Invalid request body: {}", e.message)),
+            };
+            let update = ServiceUpdate { ..update };
+            match svc.update_service(&name, update, c.as_ref()).await {
+                Ok(s) => {
+                    let mut d = data(&svc, &s);
+                    d.status = "Updating".into();
+                    json_line(StatusCode::OK, d)
+                }
+                Err(ServiceError::NotFound(_)) => not_found("get deployment", &name),
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    text_error(e.status, &format!("failed to update deployment: {}", e.message))
+                }
+            }
+        });
+    let delete = warp::path!("services" / String)
+        .and(warp::delete())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(who)
+        .and(with_services(svc))
+        .then(|name: String, q: HashMap<String, String>, c: Option<Principal>, svc: Arc<Services>| async move {
+            let delete_storage = q.get("deleteStorage").map(String::as_str) == Some("true");
+            match svc.delete_service(&name, delete_storage, c.as_ref()).await {
+                Ok(()) => json_line(StatusCode::OK, true),
+                Err(ServiceError::NotFound(_)) => not_found("delete deployment", &name),
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    text_error(e.status, &format!("failed to delete deployment: {}", e.message))
+                }
+            }
+        });
+    post.or(list).unify().or(get).unify().or(put).unify().or(delete).unify()
+}

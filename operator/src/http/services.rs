@@ -1,0 +1,262 @@
+//! `/env-service`: long-running services in the AEnvironment envelope, as the SDK 0.1.7 calls them. `POST
+//! /env-service` makes one, `GET /env-service/{id}` shows one, `GET /env-service/{name|*}/list` lists them, `PUT
+//! /env-service/{id}` `{"replicas"?, "image"?, "environment_variables"?}` changes one (rolling), `DELETE
+//! /env-service/{id}?deleteStorage=true` removes one (with its storage when asked).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde_json::{Map, Value};
+use warp::{Filter, hyper::body::Bytes};
+
+use super::{ApiError, Caller, MAX_BODY_BYTES, reply, wire, with_services};
+use crate::service::{Principal, ServiceRequest, ServiceUpdate, Services};
+
+/// The fields of `POST /env-service` (the SDK's `EnvServiceCreateRequest`).
+const CREATE_FIELDS: &[&str] = &[
+    "envName",
+    "service_name",
+    "replicas",
+    "environment_variables",
+    "owner",
+    "pvc_name",
+    "mount_path",
+    "storage_size",
+    "port",
+    "cpu_request",
+    "cpu_limit",
+    "memory_request",
+    "memory_limit",
+    "ephemeral_storage_request",
+    "ephemeral_storage_limit",
+];
+
+/// The fields of `PUT /env-service/{id}` (the SDK's `EnvServiceUpdateRequest`).
+const UPDATE_FIELDS: &[&str] = &["replicas", "image", "environment_variables"];
+
+fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+fn only(obj: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad_request(format!("unknown field `{k}`; the fields are {}", known.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+fn string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+        Some(v) => Err(ApiError::bad_request(format!("field `{field}` must be a string (got {v})"))),
+    }
+}
+
+fn integer(obj: &Map<String, Value>, field: &str) -> Result<Option<i64>, ApiError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("field `{field}` must be a whole number (got {v})"))),
+    }
+}
+
+fn variables(obj: &Map<String, Value>) -> Result<Option<BTreeMap<String, String>>, ApiError> {
+    match obj.get("environment_variables") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(vars)) => vars
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                other => Err(ApiError::bad_request(format!(
+                    "field `environment_variables.{k}` must be a string (got {other})"
+                ))),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "field `environment_variables` must be an object of strings, such as {{\"MODE\": \"prod\"}} (got {v})"
+        ))),
+    }
+}
+
+/// `POST /env-service`'s body.
+pub fn parse_create(body: &[u8]) -> Result<ServiceRequest, ApiError> {
+    let obj = object(body)?;
+    only(&obj, CREATE_FIELDS)?;
+    let env_name = string(&obj, "envName")?.filter(|s| !s.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("field `envName` is required: name@version of an environment, such as \"mini@1.0.0\"")
+    })?;
+    // Requests (and ephemeral storage) are checked as quantities; Docker enforces limits only.
+    for field in ["cpu_request", "memory_request", "ephemeral_storage_request", "ephemeral_storage_limit"] {
+        let Some(q) = string(&obj, field)? else { continue };
+        let ok = if field.starts_with("cpu") {
+            aenv_core::quantity::parse_cpu_millis(&q).is_ok()
+        } else {
+            aenv_core::quantity::parse_memory_bytes(&q).is_ok()
+        };
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "field `{field}` must be a quantity such as \"1\" or \"2Gi\" (got {q:?})"
+            )));
+        }
+    }
+    let request = ServiceRequest {
+        env_name,
+        service_name: string(&obj, "service_name")?,
+        replicas: integer(&obj, "replicas")?,
+        env: variables(&obj)?.unwrap_or_default(),
+        pvc_name: string(&obj, "pvc_name")?,
+        mount_path: string(&obj, "mount_path")?,
+        storage_size: string(&obj, "storage_size")?,
+        port: integer(&obj, "port")?,
+        cpu: string(&obj, "cpu_limit")?,
+        memory: string(&obj, "memory_limit")?,
+        owner: string(&obj, "owner")?.filter(|o| !o.is_empty()),
+        inline: None,
+    };
+    Ok(request)
+}
+
+/// `PUT /env-service/{id}`'s body.
+pub fn parse_update(body: &[u8]) -> Result<ServiceUpdate, ApiError> {
+    let obj = object(body)?;
+    only(&obj, UPDATE_FIELDS)?;
+    let update =
+        ServiceUpdate { replicas: integer(&obj, "replicas")?, image: string(&obj, "image")?, env: variables(&obj)? };
+    if update == ServiceUpdate::default() {
+        return Err(ApiError::bad_request(
+            "nothing to change: give at least one of `replicas`, `image`, `environment_variables`",
+        ));
+    }
+    Ok(update)
+}
+
+fn render(svc: &Services, s: &aenv_core::EnvService) -> Value {
+    let template = s.spec.template().and_then(|(n, v)| match &s.spec.template {
+        // An inline template (made through the controller API's /services) renders as an Env of that name.
+        Some(inline) => Some(Arc::new(aenv_core::Environment::new(
+            &aenv_core::Environment::object_name(n, v),
+            aenv_core::EnvironmentSpec {
+                name: n.into(),
+                version: v.into(),
+                template: (**inline).clone(),
+                ..Default::default()
+            },
+        ))),
+        None => svc.find_template(n, v),
+    });
+    let available = svc.replicas_of(s).iter().filter(|r| r.member_state() == aenv_core::MemberState::Ready).count();
+    wire::service(s, template.as_deref(), available as u32, svc.proxy_url.get().map(String::as_str))
+}
+
+#[derive(serde::Deserialize)]
+struct DeleteQuery {
+    #[serde(default, rename = "deleteStorage")]
+    delete_storage: Option<String>,
+}
+
+/// The `/env-service` routes.
+pub fn routes(
+    svc: Arc<Services>,
+    who: Caller,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let body = warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes());
+    let create =
+        warp::path!("env-service").and(warp::post()).and(who.clone()).and(body).and(with_services(svc.clone())).then(
+            |c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move {
+                let made = async {
+                    let request = parse_create(&body)?;
+                    let made = svc.create_service(request, c.as_ref()).await?;
+                    Ok::<_, ApiError>(render(&svc, &made))
+                };
+                reply(made.await)
+            },
+        );
+    let list = warp::path!("env-service" / String / "list")
+        .and(warp::get())
+        .and(who.clone())
+        .and(with_services(svc.clone()))
+        .map(|env: String, c: Option<Principal>, svc: Arc<Services>| {
+            let items = svc.list_services(&env, c.as_ref()).iter().map(|s| render(&svc, s)).collect();
+            reply::<ApiError>(Ok(Value::Array(items)))
+        });
+    let get =
+        warp::path!("env-service" / String).and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
+            |id: String, c: Option<Principal>, svc: Arc<Services>| {
+                reply(svc.service(&id, c.as_ref()).map(|s| render(&svc, &s)))
+            },
+        );
+    let update = warp::path!("env-service" / String)
+        .and(warp::put())
+        .and(who.clone())
+        .and(body)
+        .and(with_services(svc.clone()))
+        .then(|id: String, c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move {
+            let updated = async {
+                let update = parse_update(&body)?;
+                let s = svc.update_service(&id, update, c.as_ref()).await?;
+                Ok::<_, ApiError>(render(&svc, &s))
+            };
+            reply(updated.await)
+        });
+    let delete = warp::path!("env-service" / String)
+        .and(warp::delete())
+        .and(warp::query::<DeleteQuery>())
+        .and(who)
+        .and(with_services(svc))
+        .then(|id: String, q: DeleteQuery, c: Option<Principal>, svc: Arc<Services>| async move {
+            let result = async {
+                let delete_storage = match q.delete_storage.as_deref() {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(ApiError::bad_request(format!(
+                            "query `deleteStorage` must be true or false (got {other:?})"
+                        )));
+                    }
+                };
+                svc.delete_service(&id, delete_storage, c.as_ref()).await?;
+                Ok(Value::from("Deleted successfully"))
+            };
+            reply(result.await)
+        });
+    create.or(list).unify().or(get).unify().or(update).unify().or(delete).unify()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_checked_with_the_field_named() {
+        let ok = parse_create(
+            br#"{"envName":"mini@1.0.0","service_name":"web","replicas":2,"environment_variables":{"A":"1"},"owner":"me","port":8081,"cpu_request":"1","cpu_limit":"2"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.replicas, ok.port, ok.cpu.as_deref(), ok.owner.as_deref()),
+            (Some(2), Some(8081), Some("2"), Some("me"))
+        );
+        for (body, field) in [
+            (&br#"{"replicas":1}"#[..], "`envName`"),
+            (br#"{"envName":"m@1","replicas":"2"}"#, "`replicas`"),
+            (br#"{"envName":"m@1","replicas":1.5}"#, "`replicas`"),
+            (br#"{"envName":"m@1","environment_variables":{"A":1}}"#, "`environment_variables.A`"),
+            (br#"{"envName":"m@1","environment_variables":[]}"#, "`environment_variables`"),
+            (br#"{"envName":"m@1","memory_request":"lots"}"#, "`memory_request`"),
+            (br#"{"envName":"m@1","size":3}"#, "`size`"),
+        ] {
+            let e = parse_create(body).unwrap_err();
+            assert!(e.status == 400 && e.message.contains(field), "{}: {}", String::from_utf8_lossy(body), e.message);
+        }
+        assert!(parse_update(b"{}").unwrap_err().message.contains("nothing to change"));
+        assert!(parse_update(br#"{"replicas":-1}"#).is_ok(), "the range is the service's to check");
+        assert!(parse_update(br#"{"image":3}"#).unwrap_err().message.contains("`image`"));
+    }
+}

@@ -1,0 +1,396 @@
+//! Long-running services: `EnvService` objects (make, read, list, update, delete), as AEnvironment's
+//! `/env-service` asks for them. The service controller ([`crate::controller::services`]) keeps their replicas.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use aenv_core::{
+    EnvInstance, EnvService, EnvServiceSpec, Resources, VolumeMount,
+    envservice::{DEFAULT_MOUNT_PATH, DELETE_STORAGE_ANNOTATION, MAX_SERVICE_REPLICAS, replica_spec},
+    quantity::{parse_cpu_millis, parse_memory_bytes},
+};
+use jiff::Timestamp;
+use tracing::info;
+
+use super::{Principal, ServiceError, Services};
+use crate::{Error, store::random_suffix};
+
+/// Annotation of a service: when it was last changed through the API (the answer's `updated_at`).
+pub const UPDATED_AT_ANNOTATION: &str = "aenv.io/updated-at";
+
+/// `POST /env-service`, parsed (types checked; the rules are checked here).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceRequest {
+    /// `name@version` of the template.
+    pub env_name: String,
+    pub service_name: Option<String>,
+    pub replicas: Option<i64>,
+    pub env: BTreeMap<String, String>,
+    pub pvc_name: Option<String>,
+    pub mount_path: Option<String>,
+    pub storage_size: Option<String>,
+    pub port: Option<i64>,
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    /// The body's `owner`: taken only with tokens off (with them, the owner is the token's).
+    pub owner: Option<String>,
+    /// An inline template (the controller API's `/services`), instead of a registered Environment.
+    pub inline: Option<aenv_core::EnvInstanceSpec>,
+}
+
+/// `PUT /env-service/{id}`, parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceUpdate {
+    pub replicas: Option<i64>,
+    pub image: Option<String>,
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// A DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit.
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check_replicas(replicas: i64) -> Result<u32, ServiceError> {
+    u32::try_from(replicas).ok().filter(|r| *r <= MAX_SERVICE_REPLICAS).ok_or_else(|| {
+        ServiceError::Invalid(format!("field `replicas` must be between 0 and {MAX_SERVICE_REPLICAS} (got {replicas})"))
+    })
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), ServiceError> {
+    match env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        Some(k) => Err(ServiceError::Invalid(format!(
+            "field `environment_variables` has the name {k:?}: a variable name is not empty and holds no '=' or NUL"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The default service name of a template name: `{name}-svc-{6 random}` made DNS-safe.
+fn default_name(template_name: &str) -> String {
+    let base: String = template_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(48)
+        .collect();
+    let base = base.trim_matches('-');
+    let base = if base.is_empty() { "env" } else { base };
+    format!("{base}-svc-{}", random_suffix(6))
+}
+
+impl Services {
+    /// Whether `caller` may see and change `svc`: everyone when auth is off; its owner otherwise.
+    pub fn service_visible(svc: &EnvService, caller: Option<&Principal>) -> bool {
+        caller.is_none_or(|p| svc.spec.owner.as_deref() == Some(p.owner.as_str()))
+    }
+
+    /// Checks that `caller` may hold `more` replicas on top of what it holds (its instances, its pools' ceilings
+    /// are counted by their sandboxes, its services' replicas), and the operator its `--max-instances`.
+    fn check_replica_room(&self, caller: Option<&Principal>, more: usize) -> Result<(), ServiceError> {
+        if more == 0 {
+            return Ok(());
+        }
+        if let Some((owner, max)) = caller.and_then(|p| p.max_instances.map(|m| (p.owner.as_str(), m))) {
+            let held = self
+                .instances
+                .list_where(&|i: &EnvInstance| !i.is_deleting() && i.spec.owner.as_deref() == Some(owner))
+                .len();
+            if held + more > max {
+                return Err(ServiceError::Forbidden(format!(
+                    "owner {owner} may hold at most {max} sandboxes and holds {held}: `replicas` may add at most {} (service replicas count as instances)",
+                    max.saturating_sub(held)
+                )));
+            }
+        }
+        if let Some(max) = self.limits.limits.max_instances {
+            let live = self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len();
+            if live + more > max {
+                return Err(ServiceError::Forbidden(format!(
+                    "the operator holds {live} of its limit of {max} live instances: `replicas` may add at most {}",
+                    max.saturating_sub(live)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a service of an existing template; the service controller starts its replicas.
+    pub async fn create_service(
+        &self,
+        req: ServiceRequest,
+        caller: Option<&Principal>,
+    ) -> Result<Arc<EnvService>, ServiceError> {
+        let Some((name, version)) = req.env_name.split_once('@').filter(|(n, v)| !n.is_empty() && !v.is_empty()) else {
+            return Err(ServiceError::Invalid(format!(
+                "field `envName` must be name@version of a registered environment (got {:?})",
+                req.env_name
+            )));
+        };
+        let template = match (&req.inline, self.usable_template(name, version, caller)) {
+            (Some(inline), _) => Arc::new(aenv_core::Environment::new(
+                "inline",
+                aenv_core::EnvironmentSpec { template: inline.clone(), ..Default::default() },
+            )),
+            (None, Ok((t, _))) => t,
+            (None, Err(ServiceError::NotFound(_))) => {
+                return Err(ServiceError::Invalid(format!(
+                    "field `envName`: environment \"{name}@{version}\" is not registered; register it with POST /env first"
+                )));
+            }
+            (None, Err(e)) => return Err(e),
+        };
+        let id = match req.service_name.as_deref() {
+            Some(n) if dns_label(n) => n.to_string(),
+            Some(n) => {
+                return Err(ServiceError::Invalid(format!(
+                    "field `service_name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {n:?})"
+                )));
+            }
+            None => default_name(name),
+        };
+        let replicas = check_replicas(req.replicas.unwrap_or(1))?;
+        if let Some(size) = &req.storage_size {
+            parse_memory_bytes(size).map_err(|e| {
+                ServiceError::Invalid(format!("field `storage_size` must be a size such as \"10Gi\": {e}"))
+            })?;
+            if replicas > 1 {
+                return Err(ServiceError::Invalid(format!(
+                    "fields `replicas` and `storage_size`: a service with storage_size has one replica (got replicas {replicas}); leave out storage_size, or ask for replicas 1"
+                )));
+            }
+        }
+        let pvc_name = match (&req.pvc_name, &req.storage_size, &req.mount_path) {
+            (Some(p), _, _) if !dns_label(p) => {
+                return Err(ServiceError::Invalid(format!(
+                    "field `pvc_name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {p:?})"
+                )));
+            }
+            (Some(p), _, _) => Some(p.clone()),
+            // Storage asked for without a name: named after the environment, as upstream does.
+            (None, Some(_), _) | (None, None, Some(_)) => {
+                let n: String = name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+                    .collect();
+                Some(n.trim_matches('-').chars().take(63).collect::<String>()).filter(|n| dns_label(n))
+            }
+            (None, None, None) => None,
+        };
+        if let Some(path) = &req.mount_path {
+            let probe = VolumeMount { name: "probe".into(), mount_path: path.clone() };
+            if let Some(why) = probe.check() {
+                return Err(ServiceError::Invalid(why.replace("volumes.mountPath", "mount_path")));
+            }
+        }
+        let port = match req.port {
+            None => aenv_core::envservice::DEFAULT_PORT,
+            Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                ServiceError::Invalid(format!("field `port` must be a port number from 1 to 65535 (got {p})"))
+            })?,
+        };
+        if let Some(cpu) = &req.cpu {
+            parse_cpu_millis(cpu).map_err(|e| {
+                ServiceError::Invalid(format!("field `cpu_limit` must be a cpu quantity such as \"2\": {e}"))
+            })?;
+        }
+        if let Some(memory) = &req.memory {
+            parse_memory_bytes(memory).map_err(|e| {
+                ServiceError::Invalid(format!("field `memory_limit` must be a size such as \"4Gi\": {e}"))
+            })?;
+        }
+        check_env(&req.env)?;
+        let spec = EnvServiceSpec {
+            env_name: format!("{name}@{version}"),
+            replicas,
+            env: req.env,
+            image: None,
+            owner: match caller {
+                Some(p) => Some(p.owner.clone()),
+                None => req.owner.clone(),
+            },
+            mount_path: pvc_name.as_ref().map(|_| req.mount_path.clone().unwrap_or_else(|| DEFAULT_MOUNT_PATH.into())),
+            pvc_name,
+            storage_size: req.storage_size,
+            port,
+            resources: Resources { cpu: req.cpu, memory: req.memory },
+            template: req.inline.clone().map(Box::new),
+        };
+        // What a replica runs must pass the engine's checks now, not fail later in the controller.
+        self.engine
+            .validate(&replica_spec(&template.spec.template, name, version, &spec))
+            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let _quota = self.quota.lock().await;
+        self.check_replica_room(caller, replicas as usize)?;
+        let mut svc = EnvService::new(&id, spec);
+        svc.metadata.namespace = Some(self.namespace.clone());
+        match self.env_services.create(svc, Timestamp::now()).await {
+            Ok(stored) => {
+                info!(service = %id, env = %req.env_name, replicas, "service created");
+                Ok(stored)
+            }
+            Err(Error::AlreadyExists(_)) => Err(ServiceError::Conflict(format!(
+                "service \"{id}\" exists already; change it with PUT /env-service/{id}, or pick another service_name"
+            ))),
+            Err(source) => Err(ServiceError::store("the service could not be recorded", source)),
+        }
+    }
+
+    /// The service `id`, if `caller` may see it and it is not being deleted.
+    pub fn service(&self, id: &str, caller: Option<&Principal>) -> Result<Arc<EnvService>, ServiceError> {
+        self.env_services
+            .get(&self.key(id))
+            .filter(|s| Self::service_visible(s, caller) && s.metadata.deletion_timestamp.is_none())
+            .ok_or_else(|| ServiceError::NotFound(format!("service \"{id}\" not found")))
+    }
+
+    /// Services `caller` may see, of the environment `env` (`name` or `name@version`; `*` for all).
+    pub fn list_services(&self, env: &str, caller: Option<&Principal>) -> Vec<Arc<EnvService>> {
+        let namespace = self.namespace.as_str();
+        self.env_services.list_where(&|s: &EnvService| {
+            s.metadata.namespace.as_deref() == Some(namespace)
+                && s.metadata.deletion_timestamp.is_none()
+                && Self::service_visible(s, caller)
+                && (env == "*" || s.spec.env_name == env || s.spec.template().is_some_and(|(n, _)| n == env))
+        })
+    }
+
+    /// Changes a service's replicas, image or environment; the controller rolls the replicas over.
+    pub async fn update_service(
+        &self,
+        id: &str,
+        update: ServiceUpdate,
+        caller: Option<&Principal>,
+    ) -> Result<Arc<EnvService>, ServiceError> {
+        let _quota = self.quota.lock().await;
+        // The controller writes the status meanwhile (a new resource version): read again and retry a few times.
+        for _ in 0..8 {
+            let current = self.service(id, caller)?;
+            let svc = self.updated(&current, &update, caller)?;
+            match self.env_services.replace(&svc).await {
+                Ok(Some(stored)) => {
+                    info!(service = %id, replicas = stored.spec.replicas, "service updated");
+                    return Ok(stored);
+                }
+                Ok(None) => return Err(ServiceError::NotFound(format!("service \"{id}\" not found"))),
+                Err(Error::Conflict(_)) => continue,
+                Err(source) => return Err(ServiceError::store("the service could not be updated", source)),
+            }
+        }
+        Err(ServiceError::Conflict(format!("service \"{id}\" keeps changing; read it and try again")))
+    }
+
+    /// `current` with `update` applied and checked.
+    fn updated(
+        &self,
+        current: &EnvService,
+        update: &ServiceUpdate,
+        caller: Option<&Principal>,
+    ) -> Result<EnvService, ServiceError> {
+        let id = current.metadata.name.as_deref().unwrap_or_default();
+        let mut svc = current.clone();
+        if let Some(r) = update.replicas {
+            let replicas = check_replicas(r)?;
+            if replicas > 1 && svc.spec.storage_size.is_some() {
+                return Err(ServiceError::Invalid(format!(
+                    "fields `replicas` and `storage_size`: service \"{id}\" has storage_size and keeps one replica (got replicas {replicas})"
+                )));
+            }
+            self.check_replica_room(caller, replicas.saturating_sub(svc.spec.replicas) as usize)?;
+            svc.spec.replicas = replicas;
+        }
+        if let Some(image) = &update.image {
+            if image.trim().is_empty() {
+                return Err(ServiceError::Invalid("field `image` must name an image, such as \"repo/app:2\"".into()));
+            }
+            svc.spec.image = Some(image.trim().to_string());
+        }
+        if let Some(env) = &update.env {
+            check_env(env)?;
+            svc.spec.env = env.clone();
+        }
+        if let Some((name, version)) = svc.spec.template() {
+            let template = match &svc.spec.template {
+                Some(inline) => Some((**inline).clone()),
+                None => self.usable_template(name, version, caller).ok().map(|(t, _)| t.spec.template.clone()),
+            };
+            if let Some(template) = template {
+                self.engine
+                    .validate(&replica_spec(&template, name, version, &svc.spec))
+                    .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            }
+        }
+        svc.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(UPDATED_AT_ANNOTATION.into(), Timestamp::now().to_string());
+        Ok(svc)
+    }
+
+    /// Deletes a service: its replicas go, then (with `delete_storage`) its volume. Without it the volume stays,
+    /// and a later service with the same `pvc_name` (and owner) mounts the same data.
+    pub async fn delete_service(
+        &self,
+        id: &str,
+        delete_storage: bool,
+        caller: Option<&Principal>,
+    ) -> Result<(), ServiceError> {
+        let key = self.key(id);
+        let mut marked = !delete_storage;
+        for _ in 0..8 {
+            if marked {
+                break;
+            }
+            // Recorded on the service before the deletion, so that a restart still removes the volume at the end.
+            let mut svc = (*self.service(id, caller)?).clone();
+            svc.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(DELETE_STORAGE_ANNOTATION.into(), "true".into());
+            match self.env_services.replace(&svc).await {
+                Ok(Some(_)) => marked = true,
+                Ok(None) => return Err(ServiceError::NotFound(format!("service \"{id}\" not found"))),
+                Err(Error::Conflict(_)) => continue,
+                Err(e) => return Err(ServiceError::store("the service could not be marked for deletion", e)),
+            }
+        }
+        if !marked {
+            return Err(ServiceError::Conflict(format!("service \"{id}\" keeps changing; try again")));
+        }
+        self.service(id, caller)?;
+        match self.env_services.request_delete(&key, Timestamp::now()).await {
+            Ok(Some(_)) => {
+                info!(service = %id, delete_storage, "service deletion requested");
+                Ok(())
+            }
+            Ok(None) => Err(ServiceError::NotFound(format!("service \"{id}\" not found"))),
+            Err(source) => Err(ServiceError::store("the deletion could not be recorded", source)),
+        }
+    }
+
+    /// The replicas of service `id`, ready ones first.
+    pub fn replicas_of(&self, svc: &EnvService) -> Vec<Arc<EnvInstance>> {
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let namespace = svc.metadata.namespace.clone().unwrap_or_default();
+        self.instances.list_where(&|i: &EnvInstance| {
+            i.service() == Some(name.as_str()) && i.namespace() == namespace && !i.is_deleting()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert!(dns_label("web-1") && !dns_label("Web") && !dns_label("-a") && !dns_label("a_b") && !dns_label(""));
+        let n = default_name("Mini_Terminal");
+        assert!(n.starts_with("mini-terminal-svc-") && dns_label(&n), "{n}");
+        assert!(check_replicas(-1).unwrap_err().to_string().contains("`replicas`"));
+        assert!(check_replicas(i64::from(MAX_SERVICE_REPLICAS) + 1).is_err());
+        assert_eq!(check_replicas(3).unwrap(), 3);
+    }
+}

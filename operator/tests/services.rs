@@ -1,0 +1,525 @@
+//! EnvService against the real binary and the real Docker daemon: a service keeps its replicas (probed), answers
+//! on its address over its ready replicas, rolls an update with a new replica ready before an old one goes, keeps
+//! the data of its volume across the update and across a delete without `deleteStorage`; a replica removed by hand
+//! is replaced; bad input is refused naming the field and changes nothing; kill -9 during an update converges.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use aenv_testkit::{Operator, TEST_IMAGE, containers_with_label, docker, docker_ok, inspect, unique_name};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aenv-operator");
+
+async fn register(op: &Operator, name: &str) {
+    let body = json!({"name": name, "version": "1.0.0", "artifacts": [{"type": "image", "content": TEST_IMAGE}]});
+    let (code, resp) = op.post_json("/env", &body).await;
+    assert_eq!(code, 200, "{resp}");
+}
+
+async fn wait_service(op: &Operator, id: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, body) = op.get(&format!("/env-service/{id}")).await;
+        if pred(&body["data"]) {
+            return body["data"].clone();
+        }
+        assert!(Instant::now() < deadline, "service {id} did not get there in {timeout:?}; last: {body}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The running replica containers of environment `name`.
+fn replicas(name: &str) -> Vec<String> {
+    let out = docker_ok(&["ps", "--filter", &format!("label=aenv.env_name={name}"), "--format", "{{.Names}}"]);
+    let mut names: Vec<String> = out.lines().filter(|l| !l.is_empty()).map(String::from).collect();
+    names.sort();
+    names
+}
+
+/// The container's environment; empty when it is gone meanwhile (the controller may be removing it).
+fn env_of(container: &str) -> Vec<String> {
+    let out = docker(&["inspect", container]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v[0]["Config"]["Env"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect()
+}
+
+async fn put(op: &Operator, path: &str, body: Value) -> (u16, Value) {
+    let resp = op.http.put(op.url(path)).json(&body).send().await.expect("PUT");
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn running(s: &Value, n: u64) -> bool {
+    s["status"] == "Running" && s["available_replicas"] == n
+}
+
+#[tokio::test]
+async fn a_service_keeps_replicas_spreads_requests_rolls_updates_and_keeps_its_data() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("svc");
+    register(&op, &name).await;
+    let pvc = unique_name("data");
+    let id = unique_name("web");
+    let (code, created) = op
+        .post_json(
+            "/env-service",
+            &json!({"envName": format!("{name}@1.0.0"), "service_name": id, "replicas": 2, "port": 8081,
+                "pvc_name": pvc, "environment_variables": {"MODE": "a"}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{created}");
+    for key in [
+        "id",
+        "env",
+        "status",
+        "created_at",
+        "updated_at",
+        "replicas",
+        "available_replicas",
+        "service_url",
+        "owner",
+        "environment_variables",
+        "pvc_name",
+    ] {
+        assert!(created["data"].get(key).is_some(), "{key} missing: {created}");
+    }
+    assert_eq!(created["data"]["id"], id.as_str());
+    let s = wait_service(&op, &id, Duration::from_secs(60), |s| running(s, 2)).await;
+    let url = s["service_url"].as_str().unwrap().to_string();
+    assert_eq!(url, op.proxy_url(&format!("/env-service/{id}")));
+
+    // Two replica containers, with the service's variables and the volume mounted at the default path.
+    let first = replicas(&name);
+    assert_eq!(first.len(), 2, "{first:?}");
+    for r in &first {
+        assert!(env_of(r).iter().any(|e| e == "MODE=a"), "{:?}", env_of(r));
+        let mounts = inspect(r)["Mounts"].clone();
+        assert_eq!(mounts[0]["Type"], "volume", "{mounts}");
+        assert_eq!(mounts[0]["Name"], format!("aenv-pvc-{pvc}"), "{mounts}");
+        assert_eq!(mounts[0]["Destination"], "/home/admin/data", "{mounts}");
+    }
+    // Replicas are the service's, not instances: not listed, not readable as instances.
+    let (_, list) = op.get("/env-instance/*/list").await;
+    let listed: Vec<&str> = list["data"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_str()).collect();
+    assert!(first.iter().all(|r| !listed.contains(&r.as_str())), "{list}");
+    assert_eq!(op.get(&format!("/env-instance/{}", first[0])).await.0, 404);
+    let (_, svcs) = op.get(&format!("/env-service/{name}/list")).await;
+    assert_eq!(svcs["data"].as_array().map(Vec::len), Some(1), "{svcs}");
+
+    // The address spreads requests over the ready replicas.
+    for r in &first {
+        docker_ok(&["exec", r, "sh", "-c", &format!("echo {r} > /www/who")]);
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..6 {
+        let resp = op.http.get(format!("{url}/who")).send().await.expect("service address");
+        assert_eq!(resp.status().as_u16(), 200);
+        seen.insert(resp.text().await.unwrap().trim().to_string());
+    }
+    assert_eq!(seen, first.iter().cloned().collect::<HashSet<_>>(), "both replicas answered");
+    // And without Nagle's 40 ms stall per request (the listener sets TCP_NODELAY): the median of 30 small requests
+    // through the address stays well under that (it was 44 ms before).
+    let mut took = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        assert_eq!(op.http.get(format!("{url}/health")).send().await.unwrap().status().as_u16(), 200);
+        took.push(t.elapsed());
+    }
+    took.sort();
+    assert!(took[15] < Duration::from_millis(25), "median {:?} per request through the service address", took[15]);
+
+    // Data written to the volume...
+    docker_ok(&["exec", &first[0], "sh", "-c", "echo kept > /home/admin/data/f"]);
+
+    // ... survives a rolling update, during which the service never has fewer ready replicas.
+    let (code, updated) =
+        put(&op, &format!("/env-service/{id}"), json!({"environment_variables": {"MODE": "b"}})).await;
+    assert_eq!(code, 200, "{updated}");
+    assert_eq!(updated["data"]["environment_variables"]["MODE"], "b");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut saw_updating = false;
+    loop {
+        let (_, body) = op.get(&format!("/env-service/{id}")).await;
+        let s = &body["data"];
+        saw_updating |= s["status"] == "Updating";
+        assert!(s["available_replicas"].as_u64() >= Some(2), "a ready replica went before its replacement: {body}");
+        let now = replicas(&name);
+        if s["status"] == "Running" && now.len() == 2 && now.iter().all(|r| !first.contains(r)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the update did not finish: {body} {now:?}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_updating, "the status said Updating while replicas were replaced");
+    let second = replicas(&name);
+    for r in &second {
+        assert!(env_of(r).iter().any(|e| e == "MODE=b"), "{:?}", env_of(r));
+        assert_eq!(docker_ok(&["exec", r, "cat", "/home/admin/data/f"]).trim(), "kept");
+    }
+
+    // A replica removed by hand is replaced.
+    docker_ok(&["rm", "-f", &second[0]]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = replicas(&name);
+        let (_, body) = op.get(&format!("/env-service/{id}")).await;
+        if running(&body["data"], 2) && now.len() == 2 && !now.contains(&second[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed replica was not replaced: {body} {now:?}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Scaling down to one.
+    let (code, resp) = put(&op, &format!("/env-service/{id}"), json!({"replicas": 1})).await;
+    assert_eq!(code, 200, "{resp}");
+    wait_service(&op, &id, Duration::from_secs(30), |s| running(s, 1)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replicas(&name).len() != 1 {
+        assert!(Instant::now() < deadline, "scale down left {:?}", replicas(&name));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Deleted without deleteStorage: containers go, the volume stays, and a new service with the pvc_name mounts it.
+    let (code, _) = op.delete(&format!("/env-service/{id}")).await;
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_with_label(&format!("aenv.env_name={name}")).is_empty()
+        || op.get(&format!("/env-service/{id}")).await.0 != 404
+    {
+        assert!(Instant::now() < deadline, "replicas not removed\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let volume = format!("aenv-pvc-{pvc}");
+    assert!(docker(&["volume", "inspect", &volume]).status.success(), "the volume stays");
+    let (code, again) = op
+        .post_json(
+            "/env-service",
+            &json!({"envName": format!("{name}@1.0.0"), "service_name": id, "port": 8081,
+            "pvc_name": pvc, "storage_size": "1Gi"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{again}");
+    wait_service(&op, &id, Duration::from_secs(60), |s| running(s, 1)).await;
+    let third = replicas(&name);
+    assert_eq!(docker_ok(&["exec", &third[0], "cat", "/home/admin/data/f"]).trim(), "kept", "same pvc_name, same data");
+
+    // Deleted with deleteStorage: the volume goes too; updating it afterwards is a 404.
+    let (code, _) = op.delete(&format!("/env-service/{id}?deleteStorage=true")).await;
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while docker(&["volume", "inspect", &volume]).status.success() {
+        assert!(Instant::now() < deadline, "the volume was not removed\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(replicas(&name).is_empty());
+    let (code, resp) = put(&op, &format!("/env-service/{id}"), json!({"replicas": 2})).await;
+    assert_eq!(code, 404, "{resp}");
+}
+
+#[tokio::test]
+async fn bad_service_input_is_refused_naming_the_field_and_changes_nothing() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("svcbad");
+    register(&op, &name).await;
+    let env = format!("{name}@1.0.0");
+    for (body, fields) in [
+        (json!({"envName": env, "replicas": 2, "storage_size": "1Gi"}), &["`replicas`", "`storage_size`"][..]),
+        (json!({"envName": "nosuch@1.0.0"}), &["`envName`"]),
+        (json!({"envName": "noversion"}), &["`envName`"]),
+        (json!({"envName": env, "service_name": "Bad_Name"}), &["`service_name`"]),
+        (json!({"envName": env, "service_name": "a".repeat(64)}), &["`service_name`"]),
+        (json!({"envName": env, "replicas": -1}), &["`replicas`"]),
+        (json!({"envName": env, "replicas": "2"}), &["`replicas`"]),
+        (json!({"envName": env, "pvc_name": "/etc"}), &["`pvc_name`"]),
+        (json!({"envName": env, "pvc_name": "../x"}), &["`pvc_name`"]),
+        (json!({"envName": env, "pvc_name": "d", "mount_path": "relative/x"}), &["`mount_path`"]),
+        (json!({"envName": env, "pvc_name": "d", "mount_path": "/a/../etc"}), &["`mount_path`"]),
+        (json!({"envName": env, "port": 70000}), &["`port`"]),
+        (json!({"envName": env, "storage_size": "huge"}), &["`storage_size`"]),
+        (json!({"envName": env, "memory_limit": "lots"}), &["`memory_limit`"]),
+        (json!({"envName": env, "environment_variables": {"A=B": "x"}}), &["`environment_variables`"]),
+        (json!({"envName": env, "volumes": [{"name": "/"}]}), &["`volumes`"]),
+    ] {
+        let (code, resp) = op.post_json("/env-service", &body).await;
+        assert_eq!(code, 400, "{body}: {resp}");
+        for f in fields {
+            assert!(resp["message"].as_str().unwrap_or_default().contains(f), "{body}: {resp} should name {f}");
+        }
+    }
+    let (_, list) = op.get("/env-service/*/list").await;
+    assert_eq!(list["data"], json!([]), "nothing was made");
+    assert!(containers_with_label(&format!("aenv.env_name={name}")).is_empty());
+    assert_eq!(op.get("/env-service/nosuch").await.0, 404);
+    assert_eq!(put(&op, "/env-service/nosuch", json!({"replicas": 1})).await.0, 404);
+    assert_eq!(op.delete("/env-service/nosuch").await.0, 404);
+
+    // With storage_size a service keeps one replica: scaling it up is refused naming both fields.
+    let (code, resp) = op
+        .post_json("/env-service", &json!({"envName": env, "service_name": "one", "storage_size": "1Gi", "port": 8081}))
+        .await;
+    assert_eq!(code, 200, "{resp}");
+    let (code, resp) = put(&op, "/env-service/one", json!({"replicas": 3})).await;
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp["message"].as_str().unwrap().contains("`storage_size`"), "{resp}");
+    assert_eq!(put(&op, "/env-service/one", json!({})).await.0, 400);
+    assert_eq!(op.delete("/env-service/one?deleteStorage=maybe").await.0, 400);
+    let (code, _) = op.delete("/env-service/one?deleteStorage=true").await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn kill_9_during_a_rolling_update_converges_after_restart() {
+    let mut op = Operator::start(BIN, &[]).await;
+    let name = unique_name("svckill");
+    register(&op, &name).await;
+    let (code, resp) = op
+        .post_json(
+            "/env-service",
+            &json!({"envName": format!("{name}@1.0.0"), "service_name": "k", "replicas": 2,
+            "port": 8081, "environment_variables": {"MODE": "a"}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{resp}");
+    wait_service(&op, "k", Duration::from_secs(60), |s| running(s, 2)).await;
+    let (code, _) = put(&op, "/env-service/k", json!({"environment_variables": {"MODE": "b"}})).await;
+    assert_eq!(code, 200);
+    // Mid-update: new replicas being made, old ones still serving.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    op.kill9();
+    op.restart(BIN).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, body) = op.get("/env-service/k").await;
+        let now = replicas(&name);
+        let all_new = now.iter().all(|r| env_of(r).iter().any(|e| e == "MODE=b"));
+        let every = containers_with_label(&format!("aenv.env_name={name}"));
+        if running(&body["data"], 2) && now.len() == 2 && all_new && every.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no convergence: {body} running {now:?} all {every:?}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, _) = op.delete("/env-service/k").await;
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_with_label(&format!("aenv.env_name={name}")).is_empty() {
+        assert!(Instant::now() < deadline, "replicas left behind\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_python_sdk_service_calls_work_unchanged() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = std::env::var_os("AENV_TEST_VENV").map(std::path::PathBuf::from).unwrap_or_else(|| root.join(".venv"));
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run the suites through scripts/test (requirements-test.txt)",
+        python.display()
+    );
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("sdksvc");
+    register(&op, &name).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(240),
+        tokio::process::Command::new(&python)
+            .arg(root.join("tests/sdk/sdk_services.py"))
+            .arg(op.url(""))
+            .arg(format!("{name}@1.0.0"))
+            .arg(unique_name("sdk-web"))
+            .output(),
+    )
+    .await
+    .expect("the SDK flow finished in time")
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SDK service flow failed:\n{stdout}\n{stderr}\n--- operator log ---\n{}", op.log());
+    assert!(stdout.contains("all SDK service steps passed"), "{stdout}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_with_label(&format!("aenv.env_name={name}")).is_empty() {
+        assert!(Instant::now() < deadline, "replicas left behind after delete_env_service");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With tokens, a service is its owner's: others neither see, change, delete nor reach it; its replicas count
+/// towards the owner's instance cap; two owners' `pvc_name` never name one volume.
+#[tokio::test]
+async fn services_are_owner_scoped_counted_in_quotas_and_volumes_are_per_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(
+        &tokens,
+        json!({"tokens": [
+            {"token": "alice-token-0123456789", "owner": "alice", "maxInstances": 3},
+            {"token": "bob-token-0123456789", "owner": "bob"},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let op = Operator::start(BIN, &["--tokens-file", &tokens.display().to_string(), "--proxy-auth"]).await;
+    const ALICE: &str = "alice-token-0123456789";
+    const BOB: &str = "bob-token-0123456789";
+    let name = unique_name("svcten");
+    let (code, resp) = send_as(
+        ALICE,
+        op.http.post(op.url("/env")).json(&json!({"name": name, "version": "1.0.0", "shared": true,
+            "artifacts": [{"type": "image", "content": TEST_IMAGE}]})),
+    )
+    .await;
+    assert_eq!(code, 200, "{resp}");
+    let pvc = unique_name("shared");
+    let create = |svc: &str| {
+        json!({"envName": format!("{name}@1.0.0"), "service_name": svc, "replicas": 2, "port": 8081, "pvc_name": pvc,
+            "owner": "bob"})
+    };
+    let (code, resp) = send_as(ALICE, op.http.post(op.url("/env-service")).json(&create("a-svc"))).await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(resp["data"]["owner"], "alice", "the token's owner, not the body's");
+    let url = resp["data"]["service_url"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = send_as(ALICE, op.http.get(op.url("/env-service/a-svc"))).await;
+        if running(&s["data"], 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Bob neither sees, changes, deletes nor reaches it.
+    assert_eq!(send_as(BOB, op.http.get(op.url("/env-service/a-svc"))).await.0, 404);
+    assert_eq!(send_as(BOB, op.http.get(op.url("/env-service/*/list"))).await.1["data"], json!([]));
+    assert_eq!(send_as(BOB, op.http.put(op.url("/env-service/a-svc")).json(&json!({"replicas": 0}))).await.0, 404);
+    assert_eq!(send_as(BOB, op.http.delete(op.url("/env-service/a-svc"))).await.0, 404);
+    assert_eq!(op.http.get(format!("{url}/health")).send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(op.http.get(format!("{url}/health")).bearer_auth(BOB).send().await.unwrap().status().as_u16(), 404);
+    assert_eq!(op.http.get(format!("{url}/health")).bearer_auth(ALICE).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        send_as(ALICE, op.http.get(op.url("/env-service/*/list"))).await.1["data"].as_array().map(Vec::len),
+        Some(1)
+    );
+
+    // Replicas count towards alice's cap of 3: two held, so one more instance, and no third replica... nor a fourth.
+    let (code, resp) = send_as(ALICE, op.http.put(op.url("/env-service/a-svc")).json(&json!({"replicas": 4}))).await;
+    assert_eq!(code, 403, "{resp}");
+    assert!(resp["message"].as_str().unwrap().contains("`replicas`"), "{resp}");
+    let body = aenv_testkit::create_body(&name, TEST_IMAGE, json!({}));
+    assert_eq!(send_as(ALICE, op.http.post(op.url("/env-instance")).json(&body)).await.0, 200);
+    let (code, resp) = send_as(ALICE, op.http.post(op.url("/env-instance")).json(&body)).await;
+    assert_eq!(code, 403, "replicas counted: {resp}");
+
+    // Bob's service with the same pvc_name gets a volume of its own: alice's data is not there.
+    let alice_replica = replicas(&name)
+        .into_iter()
+        .find(|r| inspect(r)["Mounts"].as_array().is_some_and(|m| !m.is_empty()))
+        .expect("a replica of alice's");
+    docker_ok(&["exec", &alice_replica, "sh", "-c", "echo alice-secret > /home/admin/data/s"]);
+    let (code, resp) = send_as(BOB, op.http.post(op.url("/env-service")).json(&create("b-svc"))).await;
+    assert_eq!(code, 200, "{resp}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = send_as(BOB, op.http.get(op.url("/env-service/b-svc"))).await;
+        if running(&s["data"], 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alice_volume = inspect(&alice_replica)["Mounts"][0]["Name"].as_str().unwrap().to_string();
+    let bob_replica = replicas(&name)
+        .into_iter()
+        .find(|r| inspect(r)["Mounts"][0]["Name"].as_str().is_some_and(|v| v != alice_volume))
+        .expect("bob's replica on a volume of its own");
+    let out = docker(&["exec", &bob_replica, "cat", "/home/admin/data/s"]);
+    assert!(!out.status.success(), "bob read alice's data: {}", String::from_utf8_lossy(&out.stdout));
+
+    for (token, svc) in [(ALICE, "a-svc"), (BOB, "b-svc")] {
+        let path = format!("/env-service/{svc}?deleteStorage=true");
+        assert_eq!(send_as(token, op.http.delete(op.url(&path))).await.0, 200);
+    }
+}
+
+async fn send_as(token: &str, req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.bearer_auth(token).send().await.expect("request");
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The controller's `/services` (what an api-service pointed at this operator calls): the Go controller's field order,
+/// trailing newline, 201 on create, plain-text errors; replicas run from the inline Env.
+#[tokio::test]
+async fn controller_services_api_field_for_field() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("ctlsvc");
+    let deploy = json!({"serviceName": "ctl-web", "replicas": 2, "port": 8081, "owner": "alice",
+        "environment_variables": {"K": "V"}, "cpuLimit": "1", "memoryLimit": "256Mi", "podTemplate": "singleContainer"});
+    let body = json!({"id": "", "name": name, "description": "", "version": "1.0.1", "tags": [], "code_url": "",
+        "status": 6, "artifacts": [{"id": "", "type": "image", "content": TEST_IMAGE}], "build_config": null,
+        "test_config": null, "deploy_config": deploy, "deployConfig": deploy, "created_at": "2025-10-10T11:11:11Z"});
+    let resp = op.http.post(op.url("/services")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("}\n"), "{text:?}");
+    assert!(
+        text.starts_with(r#"{"success":true,"code":0,"data":{"id":"ctl-web","status":"Creating","service_url":"#),
+        "{text}"
+    );
+    let created: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(created["data"]["envname"], name.as_str());
+    assert_eq!(
+        (created["data"]["version"].as_str(), created["data"]["owner"].as_str()),
+        (Some("1.0.1"), Some("alice"))
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: Value = op.http.get(op.url("/services/ctl-web")).send().await.unwrap().json().await.unwrap();
+        if v["data"]["status"] == "Running" && v["data"]["available_replicas"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for r in replicas(&name) {
+        assert!(env_of(&r).iter().any(|e| e == "K=V"), "{:?}", env_of(&r));
+    }
+    let list: Value =
+        op.http.get(op.url(&format!("/services?envName={name}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
+    // The REST API sees the same service, with the inline Env.
+    let (code, got) = op.get("/env-service/ctl-web").await;
+    assert_eq!((code, got["data"]["env"]["name"].as_str()), (200, Some(name.as_str())), "{got}");
+
+    let resp = op.http.put(op.url("/services/ctl-web")).json(&json!({"replicas": 1})).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let updated: Value = resp.json().await.unwrap();
+    assert_eq!((updated["data"]["status"].as_str(), updated["data"]["replicas"].as_u64()), (Some("Updating"), Some(1)));
+
+    let mut bad = body.clone();
+    bad["deployConfig"]["storageSize"] = json!("1Gi");
+    bad["deployConfig"]["serviceName"] = json!("ctl-bad");
+    let resp = op.http.post(op.url("/services")).json(&bad).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with("Invalid request body: ") && text.contains("`storage_size`"), "{text}");
+
+    let resp = op.http.delete(op.url("/services/ctl-web")).send().await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.text().await.unwrap().as_str()),
+        (200, "{\"success\":true,\"code\":0,\"data\":true}\n")
+    );
+    let resp = op.http.get(op.url("/services/ctl-web")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(resp.text().await.unwrap().ends_with("not found\n"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_with_label(&format!("aenv.env_name={name}")).is_empty() {
+        assert!(Instant::now() < deadline, "replicas left behind\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
