@@ -21,7 +21,7 @@ use crate::{
     stats::{ms, summarize},
 };
 
-const IMAGE: &str = "aenv-test/sandbox:local";
+pub(crate) const IMAGE: &str = "aenv-test/sandbox:local";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
@@ -107,7 +107,7 @@ pub(crate) async fn wait_gone(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(what: &str, ours: &[Duration], peer: &[Duration], peer_name: &str) {
+pub(crate) fn report(what: &str, ours: &[Duration], peer: &[Duration], peer_name: &str) {
     let (Some(o), Some(p)) = (summarize(ours), summarize(peer)) else { return };
     println!("{what}: n={}", o.n);
     println!("  aenv-operator   median {:>8}  p90 {:>8}  min {:>8}", ms(o.median), ms(o.p90), ms(o.min));

@@ -8,10 +8,14 @@
 //!   aenv-bench compose --rounds 10      # a stack to Running: aenv-operator vs `docker compose up -d`
 //!   aenv-bench claim --pool 50          # a create answered Running from a warm pool vs cold vs `docker run -d`
 //!   aenv-bench sdk --rounds 5           # the real SDK's initialize() without and with a warm pool
+//!   aenv-bench exec --rounds 50         # exec `true` vs Docker's exec API and CLI; a 1 MiB file round trip
+//!   aenv-bench pause --rounds 20        # pause/resume answers and freeze times vs Docker's pause API
+//!   aenv-bench fork --count 8           # a fork of 8 from a snapshot until all run vs 8 cold creates
 
 mod compose;
 mod containers;
 mod operator;
+mod ops;
 mod pools;
 mod stats;
 
@@ -40,6 +44,12 @@ enum Command {
     /// SDK-form creates served from a warm pool (answered Running), against the cold path and `docker run -d`;
     /// a burst of claims; memory per waiting sandbox.
     Claim(pools::ClaimArgs),
+    /// Exec of `true` through the operator against Docker's own exec API and CLI; a 1 MiB file round trip.
+    Exec(ops::ExecArgs),
+    /// Pause and resume through the operator (answer, and until the daemon reports it) against Docker's API.
+    Pause(ops::PauseArgs),
+    /// A fork of N from a snapshot until all run, against N cold creates.
+    Fork(ops::ForkArgs),
     /// The real Python SDK's `Environment(...).initialize()` to healthy, without and with a warm pool.
     Sdk(pools::SdkArgs),
 }
@@ -54,5 +64,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Delete(args) => containers::delete(args).await,
         Command::Claim(args) => pools::claim(args).await,
         Command::Sdk(args) => pools::sdk(args).await,
+        Command::Exec(args) => ops::exec(args).await,
+        Command::Pause(args) => ops::pause(args).await,
+        Command::Fork(args) => ops::fork(args).await,
     }
 }

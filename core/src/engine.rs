@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::{
     EnvInstance, EnvInstanceSpec, Phase,
+    ops::{ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, SandboxPath},
     types::{PortStatus, ServiceStatus},
 };
 
@@ -118,6 +119,12 @@ pub enum ErrorKind {
     /// It may pass (the port is freed) but mostly does not: the controller retries it a few times, then fails the
     /// instance with the backend's reason.
     StartFailed,
+    /// What the operation names does not exist (a path in a sandbox, a container gone).
+    NotFound,
+    /// The instance is not in a state for it (paused, stopped).
+    Conflict,
+    /// What was asked for is larger than the operator allows.
+    TooLarge,
 }
 
 /// Why an engine call failed: a [`kind`](EngineError::kind) that callers decide on, a message for users (what
@@ -196,6 +203,9 @@ impl EngineError {
             ErrorKind::Transient => "other",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::StartFailed => "start_failed",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::TooLarge => "too_large",
         }
     }
 }
@@ -286,5 +296,56 @@ pub trait Engine: Send + Sync + 'static {
     /// reports nothing (an engine whose nodes pull for themselves).
     fn warmup(&self, _spec: &EnvInstanceSpec) -> BoxStream<'static, PullProgress> {
         Box::pin(futures::stream::empty())
+    }
+
+    /// Whether this engine applies `spec.paused` to instances of `spec` (freezes them). The default: it does not.
+    fn can_pause(&self, _spec: &EnvInstanceSpec) -> Result<(), EngineError> {
+        Err(EngineError::unsupported("this engine does not pause instances"))
+    }
+
+    /// Runs a command in the instance's container: what it writes as it writes it, then how it ended (always the
+    /// last item). A command that cannot be started (no such program) ends with its exit code (126, 127) and the
+    /// runtime's message on stderr, not an error. The default: this engine does not run commands.
+    fn exec(
+        &self,
+        _instance: &EnvInstance,
+        _request: ExecRequest,
+    ) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
+        Box::pin(futures::stream::once(async {
+            Err(EngineError::unsupported("this engine does not run commands in instances"))
+        }))
+    }
+
+    /// Reads `path` in the instance: a file's bytes, or a directory as a tar. More than `max_bytes` is
+    /// [`ErrorKind::TooLarge`]; a missing path [`ErrorKind::NotFound`].
+    async fn read_path(
+        &self,
+        _instance: &EnvInstance,
+        _path: &SandboxPath,
+        _max_bytes: u64,
+    ) -> Result<PathContent, EngineError> {
+        Err(EngineError::unsupported("this engine does not serve files"))
+    }
+
+    /// Writes one file into the instance (its parent directory must exist: [`ErrorKind::NotFound`] otherwise).
+    async fn write_file(&self, _instance: &EnvInstance, _upload: FileUpload) -> Result<(), EngineError> {
+        Err(EngineError::unsupported("this engine does not serve files"))
+    }
+
+    /// The instance's resource use, from one read of the backend's counters.
+    async fn stats(&self, _instance: &EnvInstance) -> Result<InstanceStats, EngineError> {
+        Err(EngineError::unsupported("this engine does not report per-instance stats"))
+    }
+
+    /// Saves the instance's filesystem as an image named `reference` (`repo:tag`), to start instances from; its
+    /// id. Memory is not saved. The image carries none of the instance's labels.
+    async fn snapshot(&self, _instance: &EnvInstance, _reference: &str) -> Result<String, EngineError> {
+        Err(EngineError::unsupported("this engine does not snapshot instances"))
+    }
+
+    /// Removes a snapshot image made by [`Engine::snapshot`]. Succeeds when it is gone already;
+    /// [`ErrorKind::Conflict`] while containers still use it.
+    async fn remove_snapshot(&self, _reference: &str) -> Result<(), EngineError> {
+        Err(EngineError::unsupported("this engine does not snapshot instances"))
     }
 }

@@ -5,6 +5,7 @@
 //! - [`duration`]: TTLs in Go duration syntax (`90s`, `30m`, `1h30m`), as AEnvironment writes them;
 //! - [`quantity`]: cpu (`1C`, `2`, `500m`, `0.5`) and memory (`512Mi`, `2Gi`, `2G`, `512M`) quantities;
 //! - [`labels`]: the label keys put on every object an engine creates;
+//! - [`ops`]: operations on a running sandbox (exec, files) and their checks;
 //! - [`pool`]: the `EnvPool` custom resource (warm pools) and the rules of claiming a pooled sandbox;
 //! - [`envservice`]: the `EnvService` custom resource (long-running replicas with storage) and its rules.
 //!
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod envservice;
 mod error;
 pub mod labels;
+pub mod ops;
 pub mod pool;
 pub mod quantity;
 pub mod types;
@@ -25,6 +27,7 @@ pub use engine::{
 };
 pub use envservice::{EnvService, EnvServiceSpec, EnvServiceStatus, ServicePhase};
 pub use error::Error;
+pub use ops::{ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, PathError, SandboxPath};
 pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PortSpec,

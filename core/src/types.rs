@@ -16,6 +16,10 @@ use crate::{Error, duration::parse_go_duration};
 /// make.
 pub const EXPIRE_AT_ANNOTATION: &str = crate::labels::EXPIRE_AT;
 
+/// Annotation holding when a paused instance's TTL clock was stopped (`--pause-extends-ttl`, RFC 3339): while it is
+/// there the instance does not expire; resuming moves `aenv.io/expire-at` later by the time it was stopped.
+pub const TTL_STOPPED_AT_ANNOTATION: &str = "aenv.io/ttl-stopped-at";
+
 /// What an instance runs, resolved once from its spec: engines match on this rather than asking the spec's
 /// fields again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +42,7 @@ pub enum Workload<'a> {
     category = "aenv",
     printcolumn = r#"{"name":"Env","type":"string","jsonPath":".spec.envName"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Paused","type":"boolean","jsonPath":".spec.paused","priority":1}"#,
     printcolumn = r#"{"name":"IP","type":"string","jsonPath":".status.ip"}"#,
     printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expireTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -87,6 +92,11 @@ pub struct EnvInstanceSpec {
     /// How to tell that the instance answers. Absent: `GET /health` on port 8081, as AEnvironment images serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<ReadinessProbe>,
+    /// Desired: the instance's processes frozen (the cgroup freezer; `docker pause`). Its memory and files stay;
+    /// it answers nothing until resumed (set back to false). Its TTL keeps running unless the operator runs with
+    /// `--pause-extends-ttl`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// Named volumes to mount (an EnvService's storage). Names only: never a host path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMount>,
@@ -212,6 +222,8 @@ pub enum Phase {
     Creating,
     /// The container runs.
     Running,
+    /// Its processes are frozen (`spec.paused`): memory and files kept, nothing runs until it is resumed.
+    Paused,
     /// It could not be created, or it stopped by itself.
     Failed,
     /// It was deleted, expired, or removed outside the operator.
@@ -219,13 +231,15 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [Phase::Pending, Phase::Creating, Phase::Running, Phase::Failed, Phase::Terminated];
+    pub const ALL: [Phase; 6] =
+        [Phase::Pending, Phase::Creating, Phase::Running, Phase::Paused, Phase::Failed, Phase::Terminated];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "Pending",
             Phase::Creating => "Creating",
             Phase::Running => "Running",
+            Phase::Paused => "Paused",
             Phase::Failed => "Failed",
             Phase::Terminated => "Terminated",
         }
@@ -341,6 +355,10 @@ impl EnvInstance {
     /// `None` without a TTL or a creation timestamp; an unparseable TTL is an error.
     pub fn expires_at(&self) -> Result<Option<Timestamp>, Error> {
         let Some(ttl) = self.ttl()? else { return Ok(None) };
+        if self.ttl_stopped_at().is_some() {
+            // Paused with its clock stopped (`--pause-extends-ttl`): it does not expire until resumed.
+            return Ok(None);
+        }
         let stamped = self.metadata.annotations.as_ref().and_then(|a| a.get(EXPIRE_AT_ANNOTATION));
         if let Some(at) = stamped.and_then(|s| s.parse::<Timestamp>().ok()) {
             return Ok(Some(at));
@@ -360,6 +378,36 @@ impl EnvInstance {
                 .annotations
                 .get_or_insert_with(Default::default)
                 .insert(EXPIRE_AT_ANNOTATION.into(), at.to_string());
+        }
+        Ok(())
+    }
+
+    /// When its TTL clock was stopped by a pause (`--pause-extends-ttl`), if it is.
+    pub fn ttl_stopped_at(&self) -> Option<Timestamp> {
+        self.metadata.annotations.as_ref()?.get(TTL_STOPPED_AT_ANNOTATION)?.parse().ok()
+    }
+
+    /// Stops the TTL clock at `now` (a pause under `--pause-extends-ttl`): [`EnvInstance::expires_at`] is `None`
+    /// until [`EnvInstance::restart_ttl_clock`].
+    pub fn stop_ttl_clock(&mut self, now: Timestamp) {
+        self.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(TTL_STOPPED_AT_ANNOTATION.into(), now.to_string());
+    }
+
+    /// Starts the TTL clock again at `now`: the expiry moves later by the time it was stopped.
+    pub fn restart_ttl_clock(&mut self, now: Timestamp) -> Result<(), Error> {
+        let Some(stopped) = self.ttl_stopped_at() else { return Ok(()) };
+        let annotations = self.metadata.annotations.get_or_insert_with(Default::default);
+        annotations.remove(TTL_STOPPED_AT_ANNOTATION);
+        if let Some(at) = self.expires_at()? {
+            let stopped_for = now.duration_since(stopped).max(SignedDuration::ZERO);
+            let later = at.checked_add(stopped_for).unwrap_or(Timestamp::MAX);
+            self.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(EXPIRE_AT_ANNOTATION.into(), later.to_string());
         }
         Ok(())
     }
@@ -434,6 +482,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stopped_ttl_clock_holds_the_expiry_and_moves_it_by_the_pause() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut inst = EnvInstance::new("x", EnvInstanceSpec { ttl: Some("10m".into()), ..Default::default() });
+        inst.stamp_expiry(t0).unwrap();
+        let exp = inst.expires_at().unwrap().unwrap();
+        inst.stop_ttl_clock(t0 + SignedDuration::from_mins(2));
+        assert_eq!(inst.expires_at().unwrap(), None, "no expiry while the clock is stopped");
+        inst.restart_ttl_clock(t0 + SignedDuration::from_mins(32)).unwrap();
+        assert_eq!(inst.expires_at().unwrap(), Some(exp + SignedDuration::from_mins(30)));
+        assert_eq!(inst.ttl_stopped_at(), None);
+        // Restarting a clock that runs changes nothing.
+        inst.restart_ttl_clock(t0 + SignedDuration::from_mins(40)).unwrap();
+        assert_eq!(inst.expires_at().unwrap(), Some(exp + SignedDuration::from_mins(30)));
+    }
+
+    #[test]
     fn expiry_is_creation_plus_ttl() {
         let mut inst =
             EnvInstance::new("demo-abc123", EnvInstanceSpec { ttl: Some("1h30m".into()), ..Default::default() });
@@ -459,7 +523,7 @@ mod tests {
         let version = &crd.spec.versions[0];
         assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
         let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-        assert_eq!(columns, ["Env", "Phase", "IP", "Expires", "Age"]);
+        assert_eq!(columns, ["Env", "Phase", "Paused", "IP", "Expires", "Age"]);
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub(crate) fn observe(name: &str, c: &ContainerInspectResponse) -> Observed {
     };
     let (phase, message) = match state.status {
         Some(ContainerStateStatusEnum::RUNNING) => (Phase::Running, None),
-        Some(ContainerStateStatusEnum::PAUSED) => (Phase::Running, Some("the container is paused".to_string())),
+        Some(ContainerStateStatusEnum::PAUSED) => (Phase::Paused, None),
         Some(ContainerStateStatusEnum::RESTARTING) => (Phase::Running, Some("the container is restarting".into())),
         Some(ContainerStateStatusEnum::CREATED) | None | Some(ContainerStateStatusEnum::EMPTY) => {
             (Phase::Creating, None)

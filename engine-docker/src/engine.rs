@@ -8,8 +8,9 @@ use std::{
 };
 
 use aenv_core::{
-    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ErrorKind, InvalidSpec, ManagedObject, Observed,
-    OwnedKind, OwnedObject, Phase, PullPolicy, PullProgress, Workload,
+    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ErrorKind, ExecOutput, ExecRequest, FileUpload,
+    InstanceStats, InvalidSpec, ManagedObject, Observed, OwnedKind, OwnedObject, PathContent, Phase, PullPolicy,
+    PullProgress, SandboxPath, Workload,
     labels::{self, InstanceLabels},
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
@@ -308,6 +309,32 @@ impl DockerEngine {
         Ok(observed)
     }
 
+    /// Pauses a running container whose instance asks to be paused (`spec.paused`), and unpauses a paused one
+    /// that no longer asks: the cgroup freezer, applied from the desired state on every reconcile, so that it
+    /// holds across an operator restart and a `kubectl patch`. A refusal is retried (the container may be
+    /// between states), never a reason to fail the instance.
+    async fn freeze_as_desired(
+        &self,
+        inst: &EnvInstance,
+        name: &str,
+        c: ContainerInspectResponse,
+    ) -> Result<ContainerInspectResponse, EngineError> {
+        let state = c.state.as_ref().and_then(|s| s.status);
+        let (result, what) = match (inst.spec.paused, state) {
+            (true, Some(ContainerStateStatusEnum::RUNNING)) => (self.docker.pause_container(name).await, "pausing"),
+            (false, Some(ContainerStateStatusEnum::PAUSED)) => (self.docker.unpause_container(name).await, "resuming"),
+            _ => return Ok(c),
+        };
+        result.map_err(|e| {
+            let e = classify(&format!("{what} container {name}"), e);
+            if e.kind() == ErrorKind::Unavailable { e } else { e.as_kind(ErrorKind::Transient) }
+        })?;
+        debug!(container = name, what, "applied the desired pause state");
+        self.inspect(name)
+            .await?
+            .ok_or_else(|| EngineError::transient(format!("container {name} disappeared while {what} it")))
+    }
+
     fn ours(&self, c: &ContainerInspectResponse) -> bool {
         c.config
             .as_ref()
@@ -378,6 +405,7 @@ impl Engine for DockerEngine {
         // A taken name (a create from before a restart) falls through to adoption below.
         if inst.status.as_ref().and_then(|s| s.container_id.as_ref()).is_none()
             && self.create_and_start(inst, &name).await? == Made::Created
+            && !inst.spec.paused
         {
             return self.observe_running(&inst.spec, &name).await;
         }
@@ -415,6 +443,7 @@ impl Engine for DockerEngine {
         let Some(container) = container else {
             return Err(EngineError::transient(format!("container {name} disappeared while it was being started")));
         };
+        let container = self.freeze_as_desired(inst, &name, container).await?;
         self.observed(&inst.spec, &name, &container).await
     }
 
@@ -559,6 +588,47 @@ impl Engine for DockerEngine {
         )
     }
 
+    fn exec(&self, inst: &EnvInstance, request: ExecRequest) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
+        match single_container(inst) {
+            Ok(name) => crate::ops::exec(self.docker.clone(), name, request),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        }
+    }
+
+    async fn read_path(
+        &self,
+        inst: &EnvInstance,
+        path: &SandboxPath,
+        max_bytes: u64,
+    ) -> Result<PathContent, EngineError> {
+        crate::ops::read_path(&self.docker, &single_container(inst)?, path, max_bytes).await
+    }
+
+    async fn write_file(&self, inst: &EnvInstance, upload: FileUpload) -> Result<(), EngineError> {
+        crate::ops::write_file(&self.docker, &single_container(inst)?, upload).await
+    }
+
+    async fn stats(&self, inst: &EnvInstance) -> Result<InstanceStats, EngineError> {
+        crate::ops::stats(&self.docker, &single_container(inst)?).await
+    }
+
+    async fn snapshot(&self, inst: &EnvInstance, reference: &str) -> Result<String, EngineError> {
+        crate::ops::snapshot(&self.docker, &single_container(inst)?, reference, &self.config.operator_id).await
+    }
+
+    async fn remove_snapshot(&self, reference: &str) -> Result<(), EngineError> {
+        crate::ops::remove_snapshot(&self.docker, reference).await
+    }
+
+    fn can_pause(&self, spec: &EnvInstanceSpec) -> Result<(), EngineError> {
+        match spec.workload() {
+            Workload::Stack { .. } => Err(EngineError::unsupported(
+                "pause acts on single-container instances; this instance is a compose stack (not supported yet)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     async fn ping(&self) -> Result<(), EngineError> {
         self.docker.ping().await.map(|_| ()).map_err(|e| classify(&format!("pinging {}", self.config.host_display), e))
     }
@@ -577,6 +647,17 @@ fn no_compose_labels(spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
                 compose::COMPOSE_LABEL_PREFIX
             ),
         )),
+    }
+}
+
+/// The container an operation on `inst` acts on: the instance's own. A stack has one per service, and these
+/// operations do not choose among them yet.
+fn single_container(inst: &EnvInstance) -> Result<String, EngineError> {
+    match inst.spec.workload() {
+        Workload::Stack { .. } => Err(EngineError::unsupported(
+            "exec and files act on single-container instances; this instance is a compose stack (not supported yet)",
+        )),
+        _ => Ok(inst.metadata.name.clone().unwrap_or_default()),
     }
 }
 

@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod image;
 mod network;
+mod ops;
 mod policy;
 mod probe;
 mod registry;

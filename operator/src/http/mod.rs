@@ -1,5 +1,6 @@
 //! The REST API (warp), answered from the stores' in-memory indexes through [`crate::service`]:
 //! - `/env-instance`: the AEnvironment api-service API the SDK uses ([`instances`]);
+//! - `/env-instance/{id}/exec`, `/files`: commands and files in a running sandbox ([`sandbox`]);
 //! - `/env`: Environment templates, as envhub serves them, with image warmup ([`templates`]);
 //! - `/env-pool`: warm pools, whose ready sandboxes serve `/env-instance` creates ([`pools`]);
 //! - `/env-service`: long-running services with replicas and storage ([`services`]);
@@ -17,6 +18,7 @@ mod pods;
 mod pools;
 pub mod proxy;
 pub mod request;
+mod sandbox;
 pub mod server;
 mod services;
 mod templates;
@@ -81,12 +83,28 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict(_) => 409,
             ServiceError::RateLimited { .. } => 429,
             ServiceError::Store { .. } | ServiceError::Busy(_) => 503,
+            ServiceError::TooLarge(_) => 413,
+            ServiceError::Engine(e) => engine_status(e.kind()),
         };
         let retry_after = match &e {
             ServiceError::RateLimited { retry_after } => Some(*retry_after),
             _ => None,
         };
         ApiError { status, message: e.to_string(), retry_after }
+    }
+}
+
+/// The answer to an engine's failure of an operation on a sandbox.
+fn engine_status(kind: aenv_core::ErrorKind) -> u16 {
+    use aenv_core::ErrorKind as K;
+    match kind {
+        K::NotFound => 404,
+        K::Conflict => 409,
+        K::TooLarge => 413,
+        K::Permanent => 400,
+        K::Unsupported => 501,
+        K::Unavailable | K::Transient => 503,
+        K::StartFailed => 500,
     }
 }
 
@@ -137,6 +155,8 @@ pub fn routes(
             .into_response()
     });
     instances::routes(svc.clone(), who.clone())
+        .or(sandbox::routes(svc.clone(), who.clone()))
+        .unify()
         .or(templates::routes(svc.clone(), who.clone()))
         .unify()
         .or(pools::routes(svc.clone(), who.clone()))

@@ -106,7 +106,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::bad_request(msg)
 }
 
-fn describe(v: &Value) -> &'static str {
+pub(super) fn describe(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -127,7 +127,7 @@ fn string_field(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Optio
     }
 }
 
-fn string_map(v: &Value, path: &str) -> Result<BTreeMap<String, String>, ApiError> {
+pub(super) fn string_map(v: &Value, path: &str) -> Result<BTreeMap<String, String>, ApiError> {
     let obj = match v {
         Value::Null => return Ok(BTreeMap::new()),
         Value::Object(o) => o,
@@ -153,7 +153,7 @@ fn string_map(v: &Value, path: &str) -> Result<BTreeMap<String, String>, ApiErro
         .collect()
 }
 
-fn validate_env(env: &BTreeMap<String, String>, path: &str) -> Result<(), ApiError> {
+pub(super) fn validate_env(env: &BTreeMap<String, String>, path: &str) -> Result<(), ApiError> {
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(bad(format!(
@@ -197,7 +197,7 @@ pub fn validate_env_name(name: &str, path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_version(version: &str, path: &str) -> Result<(), ApiError> {
+pub(super) fn validate_version(version: &str, path: &str) -> Result<(), ApiError> {
     let ok = version.len() <= 63
         && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
         && (version.is_empty()
@@ -382,6 +382,7 @@ fn parse_request(obj: &Map<String, Value>, strictness: Strictness) -> Result<Cre
         resources: Resources { cpu, memory },
         ttl,
         labels,
+        paused: false,
         // Named volumes are an EnvService's storage, made by the service controller only: a create through
         // /env-instance cannot mount one (nor reach another tenant's).
         volumes: Vec::new(),

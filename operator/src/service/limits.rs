@@ -33,6 +33,11 @@ pub struct Limits {
     /// field. --default-ttl must not be longer.
     #[arg(long, default_value = "168h", value_parser = parse_max_ttl, env = "AENV_MAX_TTL")]
     pub max_ttl: MaxTtl,
+    /// Stop a paused instance's TTL clock while it is paused through the API (POST /env-instance/{id}/pause): the
+    /// expiry moves later by the time it was paused. Off: the TTL keeps running while paused. A pause set with
+    /// `kubectl patch` keeps the clock running either way.
+    #[arg(long, env = "AENV_PAUSE_EXTENDS_TTL")]
+    pub pause_extends_ttl: bool,
 }
 
 /// The longest TTL, with the text it was given as (for messages).

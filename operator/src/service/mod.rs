@@ -5,6 +5,7 @@
 mod instances;
 pub mod limits;
 pub mod pools;
+pub mod sandbox;
 pub mod services;
 mod templates;
 
@@ -51,6 +52,12 @@ pub enum ServiceError {
     /// Nothing went wrong for good, but the request could not be served now (no free instance id was drawn).
     #[error("{0}")]
     Busy(String),
+    /// More than the operator takes (a file over the limit).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The engine failed an operation on a sandbox; its kind decides the answer.
+    #[error(transparent)]
+    Engine(aenv_core::EngineError),
 }
 
 impl ServiceError {

@@ -14,6 +14,9 @@ use tracing::info;
 use super::{Principal, ServiceError, Services};
 use crate::Error;
 
+/// Annotation of a template made by a snapshot: the image it owns, removed with it.
+pub const SNAPSHOT_IMAGE_ANNOTATION: &str = "aenv.io/snapshot-image";
+
 /// What a template carries beyond its spec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TemplateMeta {
@@ -84,6 +87,18 @@ impl Services {
         meta: TemplateMeta,
         caller: Option<&Principal>,
     ) -> Result<Arc<Environment>, ServiceError> {
+        self.register_template_of(spec, meta, caller, None).await
+    }
+
+    /// [`Services::register_template`], marking the template as the owner of snapshot image `snapshot` (removed
+    /// with it).
+    pub(super) async fn register_template_of(
+        &self,
+        spec: EnvInstanceSpec,
+        meta: TemplateMeta,
+        caller: Option<&Principal>,
+        snapshot: Option<String>,
+    ) -> Result<Arc<Environment>, ServiceError> {
         if spec.env_version.is_empty() {
             return Err(ServiceError::Invalid("field `version` is required for an Environment".into()));
         }
@@ -104,6 +119,12 @@ impl Services {
             },
         );
         env.metadata.namespace = Some(self.namespace.clone());
+        if let Some(image) = snapshot {
+            env.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(SNAPSHOT_IMAGE_ANNOTATION.into(), image);
+        }
         match self.templates.create(env, Timestamp::now()).await {
             Ok(stored) => {
                 info!(env = %format!("{name}@{version}"), owner = ?caller.map(|p| &p.owner), "environment registered");
@@ -178,6 +199,18 @@ impl Services {
             return Err(ServiceError::Conflict(format!(
                 "environment \"{name}@{version}\" is used by pool \"{pool}\": delete the pool first (DELETE /env-pool/{pool})"
             )));
+        }
+        // A snapshot's image goes with its template, once no instance runs from it.
+        if let Some(image) = t.metadata.annotations.as_ref().and_then(|a| a.get(SNAPSHOT_IMAGE_ANNOTATION)) {
+            let users = self.instances.list_where(&|i: &aenv_core::EnvInstance| i.spec.image.as_deref() == Some(image));
+            if let Some(user) = users.first() {
+                return Err(ServiceError::Conflict(format!(
+                    "environment \"{name}@{version}\" is a snapshot that {} instance(s) still run from (such as \"{}\"): delete them first",
+                    users.len(),
+                    user.metadata.name.as_deref().unwrap_or_default()
+                )));
+            }
+            self.engine.remove_snapshot(image).await?;
         }
         let key = self.key(&Environment::object_name(name, version));
         self.templates.purge(&key).await.map_err(|source| ServiceError::store("could not delete", source))
