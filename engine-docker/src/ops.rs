@@ -232,6 +232,9 @@ async fn stat(
     let options = ContainerArchiveInfoOptionsBuilder::default().path(path).build();
     match docker.get_container_archive_info(container, Some(options)).await {
         Ok(stat) => Ok(Some(stat)),
+        // A path under a file (`/etc/passwd/x`): the daemon's stat fails with a bare 500 rather than a 404. Its
+        // container exists (the instance is running), so there is nothing at that path.
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 500, .. }) => Ok(None),
         Err(e) => match classify_op(context, e) {
             e if e.kind() == ErrorKind::NotFound => Ok(None),
             e => Err(e),
