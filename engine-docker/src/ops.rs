@@ -331,13 +331,13 @@ pub(crate) async fn write_file(docker: &Docker, container: &str, upload: FileUpl
         }
     }
     // The daemon answers a file over a directory with a bare 500: say it plainly, before anything is sent.
-    if let Some(s) = stat(docker, container, upload.path.as_str(), &context).await? {
-        if s.file_mode & GO_MODE_DIR != 0 {
-            return Err(EngineError::new(
-                ErrorKind::Conflict,
-                format!("{} is a directory: a file cannot replace it; name a path inside it", upload.path.as_str()),
-            ));
-        }
+    if let Some(s) = stat(docker, container, upload.path.as_str(), &context).await?
+        && s.file_mode & GO_MODE_DIR != 0
+    {
+        return Err(EngineError::new(
+            ErrorKind::Conflict,
+            format!("{} is a directory: a file cannot replace it; name a path inside it", upload.path.as_str()),
+        ));
     }
     let mut header = tar::Header::new_gnu();
     header.set_size(upload.bytes.len() as u64);
