@@ -120,17 +120,6 @@ async fn a_service_keeps_replicas_spreads_requests_rolls_updates_and_keeps_its_d
         seen.insert(resp.text().await.unwrap().trim().to_string());
     }
     assert_eq!(seen, first.iter().cloned().collect::<HashSet<_>>(), "both replicas answered");
-    // And without Nagle's 40 ms stall per request (the listener sets TCP_NODELAY): the median of 30 small requests
-    // through the address stays well under that (it was 44 ms before).
-    let mut took = Vec::new();
-    for _ in 0..30 {
-        let t = Instant::now();
-        assert_eq!(op.http.get(format!("{url}/health")).send().await.unwrap().status().as_u16(), 200);
-        took.push(t.elapsed());
-    }
-    took.sort();
-    assert!(took[15] < Duration::from_millis(25), "median {:?} per request through the service address", took[15]);
-
     // Data written to the volume...
     docker_ok(&["exec", &first[0], "sh", "-c", "echo kept > /home/admin/data/f"]);
 
