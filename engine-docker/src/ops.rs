@@ -232,6 +232,9 @@ async fn stat(
     let options = ContainerArchiveInfoOptionsBuilder::default().path(path).build();
     match docker.get_container_archive_info(container, Some(options)).await {
         Ok(stat) => Ok(Some(stat)),
+        // A path under a file (`/etc/passwd/x`): the daemon's stat fails with a bare 500 rather than a 404. Its
+        // container exists (the instance is running), so there is nothing at that path.
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 500, .. }) => Ok(None),
         Err(e) => match classify_op(context, e) {
             e if e.kind() == ErrorKind::NotFound => Ok(None),
             e => Err(e),
@@ -328,13 +331,13 @@ pub(crate) async fn write_file(docker: &Docker, container: &str, upload: FileUpl
         }
     }
     // The daemon answers a file over a directory with a bare 500: say it plainly, before anything is sent.
-    if let Some(s) = stat(docker, container, upload.path.as_str(), &context).await? {
-        if s.file_mode & GO_MODE_DIR != 0 {
-            return Err(EngineError::new(
-                ErrorKind::Conflict,
-                format!("{} is a directory: a file cannot replace it; name a path inside it", upload.path.as_str()),
-            ));
-        }
+    if let Some(s) = stat(docker, container, upload.path.as_str(), &context).await?
+        && s.file_mode & GO_MODE_DIR != 0
+    {
+        return Err(EngineError::new(
+            ErrorKind::Conflict,
+            format!("{} is a directory: a file cannot replace it; name a path inside it", upload.path.as_str()),
+        ));
     }
     let mut header = tar::Header::new_gnu();
     header.set_size(upload.bytes.len() as u64);

@@ -235,8 +235,10 @@ async fn files_refuse_escaping_paths_missing_paths_and_oversized_uploads() {
     let resp = op.http.get(op.url(&format!("/env-instance/{id}/files"))).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     // Missing: a path, a parent directory, an instance.
-    let resp = op.http.get(op.url(&format!("/env-instance/{id}/files?path=/no/such/file"))).send().await.unwrap();
-    assert_eq!(resp.status(), 404);
+    for missing in ["/no/such/file", "/etc/passwd/x", "/etc/passwd/x/y"] {
+        let resp = op.http.get(op.url(&format!("/env-instance/{id}/files?path={missing}"))).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{missing}");
+    }
     let resp = put("/no/such/dir/file", b"x".to_vec()).await.unwrap();
     assert_eq!(resp.status(), 404, "{}", resp.text().await.unwrap());
     let resp = op.http.get(op.url("/env-instance/nobody-1/files?path=/etc/passwd")).send().await.unwrap();

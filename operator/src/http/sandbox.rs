@@ -71,10 +71,10 @@ pub fn parse_exec(body: &[u8]) -> Result<ExecRequest, ApiError> {
         SandboxPath::parse(dir).map_err(|e| bad(format!("field `workdir`: {e}")))?;
     }
     let user = optional_string(&obj, "user")?;
-    if let Some(u) = &user {
-        if u.is_empty() || u.len() > 256 || u.contains(['\0', '\n']) {
-            return Err(bad("field `user` must be a user or uid, optionally `:group` (such as \"1000:1000\")"));
-        }
+    if let Some(u) = &user
+        && (u.is_empty() || u.len() > 256 || u.contains(['\0', '\n']))
+    {
+        return Err(bad("field `user` must be a user or uid, optionally `:group` (such as \"1000:1000\")"));
     }
     let timeout = match obj.get("timeout") {
         None | Some(Value::Null) => DEFAULT_EXEC_TIMEOUT,
