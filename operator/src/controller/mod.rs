@@ -141,6 +141,41 @@ pub(crate) fn object_ref(namespace: &str, name: &str) -> ObjectRef<EnvInstance> 
     ObjectRef::new(name).within(namespace)
 }
 
+/// Every change of an instance, as the object it belongs to (`owner`: a pool for its sandboxes, a service for its
+/// replicas): what wakes that object's controller.
+pub(crate) fn owners_of<K>(
+    instances: &dyn ObjectStore<EnvInstance>,
+    owner: fn(&EnvInstance) -> Option<ObjectRef<K>>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + 'static,
+{
+    instances.watch().filter_map(move |e| {
+        futures::future::ready(match e {
+            watcher::Event::Apply(i) | watcher::Event::InitApply(i) | watcher::Event::Delete(i) => owner(&i),
+            _ => None,
+        })
+    })
+}
+
+/// A task that runs `sweep` every `every` (the first at once), logging a failure as the sweep of `what`.
+pub(crate) fn spawn_sweeper<F, Fut>(every: Duration, what: &'static str, sweep: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), Error>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sweep().await {
+                warn!(error = %e, "{what} sweep failed; trying again later");
+            }
+        }
+    })
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,

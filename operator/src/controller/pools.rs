@@ -361,23 +361,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (reader, objects) = pools.pools.controller_feed();
-    let members = pools.instances.watch().filter_map(|e| {
-        futures::future::ready(match e {
-            watcher::Event::Apply(i) | watcher::Event::InitApply(i) | watcher::Event::Delete(i) => pool_of(&i),
-            _ => None,
-        })
-    });
+    let members = super::owners_of(pools.instances.as_ref(), pool_of);
     let sweeper = {
         let pools = pools.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(sweep_every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = pools.sweep().await {
-                    warn!(error = %e, "pool sweep failed; trying again later");
-                }
-            }
+        super::spawn_sweeper(sweep_every, "pool", move || {
+            let pools = pools.clone();
+            async move { pools.sweep().await }
         })
     };
     // One pool at a time: the cap on starting sandboxes is counted over all pools.

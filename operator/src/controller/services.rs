@@ -315,23 +315,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (reader, objects) = services.services.controller_feed();
-    let replicas = services.instances.watch().filter_map(|e| {
-        futures::future::ready(match e {
-            watcher::Event::Apply(i) | watcher::Event::InitApply(i) | watcher::Event::Delete(i) => service_of(&i),
-            _ => None,
-        })
-    });
+    let replicas = super::owners_of(services.instances.as_ref(), service_of);
     let sweeper = {
         let services = services.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(sweep_every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = services.sweep().await {
-                    warn!(error = %e, "service sweep failed; trying again later");
-                }
-            }
+        super::spawn_sweeper(sweep_every, "service", move || {
+            let services = services.clone();
+            async move { services.sweep().await }
         })
     };
     Controller::for_stream(objects.map(Ok::<_, watcher::Error>), reader)

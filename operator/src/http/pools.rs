@@ -8,25 +8,12 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use warp::{Filter, hyper::body::Bytes};
 
-use super::{ApiError, Caller, MAX_BODY_BYTES, reply, wire, with_services};
+use super::{
+    ApiError, Caller, MAX_BODY_BYTES, reply,
+    request::{object, only},
+    wire, with_services,
+};
 use crate::service::{PoolRequest, Principal, Services};
-
-/// The body as a JSON object, or a 400 saying what it must be.
-fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(obj)) => Ok(obj),
-        Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
-    }
-}
-
-/// Refuses keys other than `known`, naming the first.
-fn only(obj: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
-    match obj.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::bad_request(format!("unknown field `{k}`; the fields are {}", known.join(", ")))),
-        None => Ok(()),
-    }
-}
 
 /// A count field: absent → `None`; a whole number from 0 to `u32::MAX` → `Some`; anything else → 400.
 fn count(obj: &Map<String, Value>, field: &str) -> Result<Option<u32>, ApiError> {

@@ -42,6 +42,23 @@ const MAX_COMPOSE_BYTES: usize = 256 * 1024;
 
 const MAX_NAME_LEN: usize = 56;
 
+/// A body that must be a JSON object (the `/env-pool` and `/env-service` bodies), or a 400 saying so.
+pub(super) fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+/// Refuses keys of `obj` other than `known`, naming the first and listing the fields.
+pub(super) fn only(obj: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad_request(format!("unknown field `{k}`; the fields are {}", known.join(", ")))),
+        None => Ok(()),
+    }
+}
+
 /// How strict to be with deployConfig keys this engine does not know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strictness {

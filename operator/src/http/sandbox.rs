@@ -300,9 +300,7 @@ async fn object_body(
     }
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(obj)) => {
-            if let Some(unknown) = obj.keys().find(|k| !keys.contains(&k.as_str())) {
-                return Err(bad(format!("unknown field `{unknown}`; the fields are {}", keys.join(", "))));
-            }
+            super::request::only(&obj, keys)?;
             Ok(obj)
         }
         Ok(other) => Err(bad(format!("the body must be a JSON object, not {}", describe(&other)))),

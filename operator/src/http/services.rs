@@ -8,7 +8,11 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde_json::{Map, Value};
 use warp::{Filter, hyper::body::Bytes};
 
-use super::{ApiError, Caller, MAX_BODY_BYTES, reply, wire, with_services};
+use super::{
+    ApiError, Caller, MAX_BODY_BYTES, reply,
+    request::{object, only},
+    wire, with_services,
+};
 use crate::service::{Principal, ServiceRequest, ServiceUpdate, Services};
 
 /// The fields of `POST /env-service` (the SDK's `EnvServiceCreateRequest`).
@@ -32,21 +36,6 @@ const CREATE_FIELDS: &[&str] = &[
 
 /// The fields of `PUT /env-service/{id}` (the SDK's `EnvServiceUpdateRequest`).
 const UPDATE_FIELDS: &[&str] = &["replicas", "image", "environment_variables"];
-
-fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(obj)) => Ok(obj),
-        Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
-    }
-}
-
-fn only(obj: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
-    match obj.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::bad_request(format!("unknown field `{k}`; the fields are {}", known.join(", ")))),
-        None => Ok(()),
-    }
-}
 
 fn string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
     match obj.get(field) {
