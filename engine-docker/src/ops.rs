@@ -1,7 +1,7 @@
 //! Operations on a running container (issue 15): exec through the exec API (create, start attached, inspect for
 //! the exit code), files through the archive API (a tar of one file up, a tar of a path down).
 
-use std::{io::Read, time::Duration};
+use std::time::Duration;
 
 use aenv_core::{
     EngineError, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, SandboxPath,
@@ -278,37 +278,7 @@ pub(crate) async fn read_path(
             ));
         }
     }
-    let mut archive = tar::Archive::new(tar.as_slice());
-    let mut entries = archive.entries().map_err(|e| bad_archive(&context, e))?;
-    let Some(first) = entries.next() else {
-        return Err(EngineError::transient(format!("{context}: the daemon sent an empty archive")));
-    };
-    let mut first = first.map_err(|e| bad_archive(&context, e))?;
-    let header = first.header();
-    if header.entry_type().is_dir() {
-        return Ok(PathContent::Directory { tar });
-    }
-    if !header.entry_type().is_file() {
-        return Err(EngineError::permanent(format!(
-            "{} is not a regular file or a directory (a link or a device): read what it points to",
-            path.as_str()
-        )));
-    }
-    let mode = header.mode().unwrap_or(0o644);
-    let size = header.size().unwrap_or(0);
-    if size > max_bytes {
-        return Err(EngineError::new(
-            ErrorKind::TooLarge,
-            format!("{} is {size} bytes, more than this operator serves ({max_bytes} bytes)", path.as_str()),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(size as usize);
-    first.read_to_end(&mut bytes).map_err(|e| bad_archive(&context, e))?;
-    Ok(PathContent::File { bytes, mode })
-}
-
-fn bad_archive(context: &str, e: std::io::Error) -> EngineError {
-    EngineError::transient(format!("{context}: the daemon's archive does not read: {e}")).with_source(e)
+    PathContent::from_tar(path, tar, max_bytes)
 }
 
 /// Writes one file into `container`: a tar holding it, extracted in its parent directory.
@@ -339,20 +309,9 @@ pub(crate) async fn write_file(docker: &Docker, container: &str, upload: FileUpl
             format!("{} is a directory: a file cannot replace it; name a path inside it", upload.path.as_str()),
         ));
     }
-    let mut header = tar::Header::new_gnu();
-    header.set_size(upload.bytes.len() as u64);
-    header.set_mode(upload.mode.unwrap_or(0o644));
-    let (uid, gid) = upload.owner.unwrap_or((0, 0));
-    header.set_uid(uid);
-    header.set_gid(gid);
-    header.set_mtime(jiff::Timestamp::now().as_second().max(0) as u64);
-    header.set_entry_type(tar::EntryType::Regular);
-    let mut builder = tar::Builder::new(Vec::with_capacity(upload.bytes.len() + 2048));
-    builder
-        .append_data(&mut header, upload.path.file_name(), upload.bytes.as_slice())
-        .and_then(|()| builder.finish())
+    let tar = upload
+        .to_tar(jiff::Timestamp::now().as_second().max(0) as u64)
         .map_err(|e| EngineError::permanent(format!("{context}: {e}")).with_source(e))?;
-    let tar = builder.into_inner().map_err(|e| EngineError::permanent(format!("{context}: {e}")).with_source(e))?;
     let options = UploadToContainerOptionsBuilder::default()
         .path(upload.path.parent())
         // A file may not replace a directory (nor the reverse).
