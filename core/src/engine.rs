@@ -316,11 +316,13 @@ pub trait Engine: Send + Sync + 'static {
         }))
     }
 
-    /// Reads `path` in the instance: a file's bytes, or a directory as a tar. More than `max_bytes` is
-    /// [`ErrorKind::TooLarge`]; a missing path [`ErrorKind::NotFound`].
+    /// Reads `path` in the instance (in `service` of a compose stack, its main service when `None`): a file's
+    /// bytes, or a directory as a tar. More than `max_bytes` is [`ErrorKind::TooLarge`]; a missing path
+    /// [`ErrorKind::NotFound`].
     async fn read_path(
         &self,
         _instance: &EnvInstance,
+        _service: Option<&str>,
         _path: &SandboxPath,
         _max_bytes: u64,
     ) -> Result<PathContent, EngineError> {
@@ -332,8 +334,9 @@ pub trait Engine: Send + Sync + 'static {
         Err(EngineError::unsupported("this engine does not serve files"))
     }
 
-    /// The instance's resource use, from one read of the backend's counters.
-    async fn stats(&self, _instance: &EnvInstance) -> Result<InstanceStats, EngineError> {
+    /// The instance's resource use (of `service` of a compose stack, its main service when `None`), from one read
+    /// of the backend's counters.
+    async fn stats(&self, _instance: &EnvInstance, _service: Option<&str>) -> Result<InstanceStats, EngineError> {
         Err(EngineError::unsupported("this engine does not report per-instance stats"))
     }
 

@@ -23,6 +23,9 @@ pub struct ExecRequest {
     pub stdin: Option<Vec<u8>>,
     /// How long the command may run; it is killed past that.
     pub timeout: Duration,
+    /// Which service of a compose stack runs it (the stack's main service when `None`); a single-container
+    /// instance takes none.
+    pub service: Option<String>,
 }
 
 /// One piece of what a command writes, or its end.
@@ -67,6 +70,8 @@ pub struct FileUpload {
     pub mode: Option<u32>,
     /// Numeric owner (`uid`, `gid`); root when `None`.
     pub owner: Option<(u64, u64)>,
+    /// Which service of a compose stack it goes into (see [`ExecRequest::service`]).
+    pub service: Option<String>,
 }
 
 impl FileUpload {
@@ -233,8 +238,13 @@ mod tests {
     #[test]
     fn an_upload_tar_reads_back_as_the_file() {
         let path = SandboxPath::parse("/tmp/a.txt").unwrap();
-        let upload =
-            FileUpload { path: path.clone(), bytes: b"hello".to_vec(), mode: Some(0o600), owner: Some((7, 8)) };
+        let upload = FileUpload {
+            path: path.clone(),
+            bytes: b"hello".to_vec(),
+            mode: Some(0o600),
+            owner: Some((7, 8)),
+            service: None,
+        };
         let tar = upload.to_tar(0).unwrap();
         let mut archive = tar::Archive::new(tar.as_slice());
         let entry = archive.entries().unwrap().next().unwrap().unwrap();

@@ -589,7 +589,7 @@ impl Engine for DockerEngine {
     }
 
     fn exec(&self, inst: &EnvInstance, request: ExecRequest) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
-        match single_container(inst) {
+        match self.container_of(inst, request.service.as_deref()) {
             Ok(name) => crate::ops::exec(self.docker.clone(), name, request),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         }
@@ -598,18 +598,20 @@ impl Engine for DockerEngine {
     async fn read_path(
         &self,
         inst: &EnvInstance,
+        service: Option<&str>,
         path: &SandboxPath,
         max_bytes: u64,
     ) -> Result<PathContent, EngineError> {
-        crate::ops::read_path(&self.docker, &single_container(inst)?, path, max_bytes).await
+        crate::ops::read_path(&self.docker, &self.container_of(inst, service)?, path, max_bytes).await
     }
 
     async fn write_file(&self, inst: &EnvInstance, upload: FileUpload) -> Result<(), EngineError> {
-        crate::ops::write_file(&self.docker, &single_container(inst)?, upload).await
+        let container = self.container_of(inst, upload.service.as_deref())?;
+        crate::ops::write_file(&self.docker, &container, upload).await
     }
 
-    async fn stats(&self, inst: &EnvInstance) -> Result<InstanceStats, EngineError> {
-        crate::ops::stats(&self.docker, &single_container(inst)?).await
+    async fn stats(&self, inst: &EnvInstance, service: Option<&str>) -> Result<InstanceStats, EngineError> {
+        crate::ops::stats(&self.docker, &self.container_of(inst, service)?).await
     }
 
     async fn snapshot(&self, inst: &EnvInstance, reference: &str) -> Result<String, EngineError> {
@@ -650,8 +652,37 @@ fn no_compose_labels(spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
     }
 }
 
-/// The container an operation on `inst` acts on: the instance's own. A stack has one per service, and these
-/// operations do not choose among them yet.
+impl DockerEngine {
+    /// The container an operation on `inst` acts on: a single container's own, or the container of `service` of a
+    /// stack (its main service when `None`: the one labelled `aenv.main`, else the first). A service the stack
+    /// does not have, or one named for a single container, is a bad request naming the services there are.
+    fn container_of(&self, inst: &EnvInstance, service: Option<&str>) -> Result<String, EngineError> {
+        let id = inst.metadata.name.clone().unwrap_or_default();
+        match inst.spec.workload() {
+            Workload::Stack { compose_file } => {
+                let stack = compose::plan(&inst.spec, compose_file, &self.config.policy)?;
+                let service = service.unwrap_or(&stack.main);
+                if !stack.services.iter().any(|s| s.name == service) {
+                    let names: Vec<&str> = stack.services.iter().map(|s| s.name.as_str()).collect();
+                    return Err(EngineError::permanent(format!(
+                        "query `service`: the stack has no service {service:?}; its services are {}",
+                        names.join(", ")
+                    )));
+                }
+                Ok(compose::container_name(&id, service))
+            }
+            _ => match service {
+                Some(service) => Err(EngineError::permanent(format!(
+                    "query `service` ({service:?}) chooses a service of a compose stack; this instance is a single container: leave it out"
+                ))),
+                None => Ok(id),
+            },
+        }
+    }
+}
+
+/// The container an operation on `inst` acts on: the instance's own. A stack has one per service; snapshots do
+/// not choose among them.
 fn single_container(inst: &EnvInstance) -> Result<String, EngineError> {
     match inst.spec.workload() {
         Workload::Stack { .. } => Err(EngineError::unsupported(

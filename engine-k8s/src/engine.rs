@@ -282,19 +282,30 @@ impl Engine for KubeEngine {
     }
 
     fn exec(&self, inst: &EnvInstance, request: ExecRequest) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
+        if let Some(service) = request.service.as_deref() {
+            let e = no_services(service);
+            return futures::stream::once(async move { Err(e) }).boxed();
+        }
         crate::ops::exec(self.pods.clone(), inst.metadata.name.clone().unwrap_or_default(), request)
     }
 
     async fn read_path(
         &self,
         inst: &EnvInstance,
+        service: Option<&str>,
         path: &SandboxPath,
         max_bytes: u64,
     ) -> Result<PathContent, EngineError> {
+        if let Some(service) = service {
+            return Err(no_services(service));
+        }
         crate::ops::read_path(&self.pods, inst.metadata.name.as_deref().unwrap_or_default(), path, max_bytes).await
     }
 
     async fn write_file(&self, inst: &EnvInstance, upload: FileUpload) -> Result<(), EngineError> {
+        if let Some(service) = upload.service.as_deref() {
+            return Err(no_services(service));
+        }
         crate::ops::write_file(&self.pods, inst.metadata.name.as_deref().unwrap_or_default(), upload).await
     }
 
@@ -304,7 +315,7 @@ impl Engine for KubeEngine {
         ))
     }
 
-    async fn stats(&self, _inst: &EnvInstance) -> Result<InstanceStats, EngineError> {
+    async fn stats(&self, _inst: &EnvInstance, _service: Option<&str>) -> Result<InstanceStats, EngineError> {
         Err(EngineError::unsupported(
             "the Kubernetes engine does not read per-sandbox stats; the cluster's metrics pipeline has them (`kubectl top pod -n <sandbox namespace> <id>`, metrics-server)",
         ))
@@ -327,6 +338,13 @@ impl Engine for KubeEngine {
             .map(|_| ())
             .map_err(|e| classify("listing Pods", e))
     }
+}
+
+/// A service named for a Pod, which has one container.
+fn no_services(service: &str) -> EngineError {
+    EngineError::permanent(format!(
+        "query `service` ({service:?}) chooses a service of a compose stack; a Pod of the Kubernetes engine has one container: leave it out"
+    ))
 }
 
 /// The instance a Pod event is about.

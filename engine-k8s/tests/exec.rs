@@ -473,10 +473,16 @@ async fn bad_requests_and_missing_pods_are_clear_errors() {
     assert!(e.kind() == ErrorKind::Permanent && e.message().contains("field `env`"), "{e}");
     assert!(api.calls().is_empty(), "a refused request reached the API server");
 
+    let mut req = request(&["true"]);
+    req.service = Some("db".into());
+    let e = exec_error(&engine, &instance("box-1"), req).await;
+    assert!(e.kind() == ErrorKind::Permanent && e.message().contains("query `service`"), "{e}");
+    assert!(api.calls().is_empty(), "a refused request reached the API server");
+
     let e = exec_error(&engine, &instance("gone"), request(&["true"])).await;
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     let path = SandboxPath::parse("/etc/hostname").unwrap();
-    let e = engine.read_path(&instance("gone"), &path, 1024).await.unwrap_err();
+    let e = engine.read_path(&instance("gone"), None, &path, 1024).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
 }
 
@@ -489,7 +495,13 @@ async fn a_v4_server_answers_too() {
 }
 
 fn upload(path: &Path, bytes: &[u8], mode: Option<u32>) -> FileUpload {
-    FileUpload { path: SandboxPath::parse(path.to_str().unwrap()).unwrap(), bytes: bytes.to_vec(), mode, owner: None }
+    FileUpload {
+        path: SandboxPath::parse(path.to_str().unwrap()).unwrap(),
+        bytes: bytes.to_vec(),
+        mode,
+        owner: None,
+        service: None,
+    }
 }
 
 fn sandbox_path(path: &Path) -> SandboxPath {
@@ -511,7 +523,7 @@ async fn files_go_in_and_come_out() {
     assert_eq!(std::fs::read(&file).unwrap(), bytes);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777, 0o600);
-    match engine.read_path(&inst, &sandbox_path(&file), 1 << 20).await.unwrap() {
+    match engine.read_path(&inst, None, &sandbox_path(&file), 1 << 20).await.unwrap() {
         PathContent::File { bytes: read, mode } => {
             assert_eq!(read, bytes);
             assert_eq!(mode & 0o7777, 0o600);
@@ -525,7 +537,7 @@ async fn files_go_in_and_come_out() {
     // A directory comes as a tar under its own name.
     std::fs::create_dir(root.join("tree")).unwrap();
     std::fs::write(root.join("tree/a.txt"), b"A").unwrap();
-    match engine.read_path(&inst, &sandbox_path(&root.join("tree")), 1 << 20).await.unwrap() {
+    match engine.read_path(&inst, None, &sandbox_path(&root.join("tree")), 1 << 20).await.unwrap() {
         PathContent::Directory { tar } => {
             let names: Vec<String> = tar::Archive::new(tar.as_slice())
                 .entries()
@@ -556,9 +568,9 @@ async fn file_errors_say_what_is_wrong() {
 
     let kind = |r: Result<(), aenv_core::EngineError>| r.unwrap_err().kind();
     // Missing things are 404s.
-    let e = engine.read_path(&inst, &sandbox_path(&root.join("nothing")), 100).await.unwrap_err();
+    let e = engine.read_path(&inst, None, &sandbox_path(&root.join("nothing")), 100).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-    let e = engine.read_path(&inst, &sandbox_path(&root.join("file/under")), 100).await.unwrap_err();
+    let e = engine.read_path(&inst, None, &sandbox_path(&root.join("file/under")), 100).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert_eq!(kind(engine.write_file(&inst, upload(&root.join("no/dir/x"), b"x", None)).await), ErrorKind::NotFound);
     // A parent that is a file, and a file over a directory: conflicts.
@@ -566,15 +578,15 @@ async fn file_errors_say_what_is_wrong() {
     assert_eq!(kind(engine.write_file(&inst, upload(&root.join("sub"), b"x", None)).await), ErrorKind::Conflict);
     assert!(root.join("sub").is_dir());
     // Too large: refused before the bytes move, and a directory past the limit as it streams.
-    let e = engine.read_path(&inst, &sandbox_path(&root.join("file")), 9).await.unwrap_err();
+    let e = engine.read_path(&inst, None, &sandbox_path(&root.join("file")), 9).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
     assert!(e.message().contains("10 bytes"), "{e}");
     std::fs::write(root.join("sub/big"), vec![b'x'; 300_000]).unwrap();
-    let e = engine.read_path(&inst, &sandbox_path(&root.join("sub")), 1000).await.unwrap_err();
+    let e = engine.read_path(&inst, None, &sandbox_path(&root.join("sub")), 1000).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
     // A link is not followed.
     std::os::unix::fs::symlink("/etc/hostname", root.join("link")).unwrap();
-    let e = engine.read_path(&inst, &sandbox_path(&root.join("link")), 1 << 20).await.unwrap_err();
+    let e = engine.read_path(&inst, None, &sandbox_path(&root.join("link")), 1 << 20).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Permanent, "{e}");
 
     // Names with shell syntax are names, not commands.
@@ -604,7 +616,7 @@ async fn an_image_without_tar_or_sh_is_told_what_files_need() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("f");
     std::fs::write(&file, b"x").unwrap();
-    let e = engine.read_path(&inst, &sandbox_path(&file), 100).await.unwrap_err();
+    let e = engine.read_path(&inst, None, &sandbox_path(&file), 100).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     assert!(e.message().contains("`tar`"), "{e}");
     let e = engine.write_file(&inst, upload(&dir.path().join("g"), b"y", None)).await.unwrap_err();
@@ -612,7 +624,7 @@ async fn an_image_without_tar_or_sh_is_told_what_files_need() {
     assert!(!dir.path().join("g").exists());
 
     let api = FakeApi::start(Behaviour { missing: vec!["sh".into()], ..host() }).await;
-    let e = api.engine().read_path(&inst, &sandbox_path(&file), 100).await.unwrap_err();
+    let e = api.engine().read_path(&inst, None, &sandbox_path(&file), 100).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     assert!(e.message().contains("`sh`"), "{e}");
 }

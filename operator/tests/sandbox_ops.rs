@@ -571,3 +571,80 @@ async fn a_snapshot_is_a_template_of_the_sandbox_s_files_forks_start_from_it_and
     }
     assert!(!image_exists(&format!("aenv-snapshot/{name}:{fork_version}")));
 }
+
+/// Two services, each writing its name where the other does: which container an operation reached shows.
+const TWO_SERVICES: &str = r#"
+services:
+  app:
+    image: ${IMAGE}
+    labels: ["aenv.main=true"]
+    command: ["sh", "-c", "echo app > /tmp/who; exec sleep 3600"]
+  db:
+    image: ${IMAGE}
+    command: ["sh", "-c", "echo db > /tmp/who; exec sleep 3600"]
+"#;
+
+#[tokio::test]
+async fn on_a_compose_stack_exec_files_and_stats_reach_the_service_named_and_the_main_one_by_default() {
+    let op = Operator::start(BIN, &[]).await;
+    let body = json!({"name": unique_name("stackops"), "version": "1.0.0", "owner": "test",
+        "deployConfig": {"composeFile": TWO_SERVICES, "environment_variables": {"IMAGE": TEST_IMAGE}, "ttl": "10m"}});
+    let (code, created) = op.post_json("/env-instance", &body).await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&id, Duration::from_secs(90), |v| v["data"]["status"] == "Running").await;
+    let who = json!({"command": ["cat", "/tmp/who"]});
+
+    // The main service by default, the one named otherwise.
+    let (code, out) = exec(&op, &id, who.clone()).await;
+    assert_eq!((code, out["data"]["stdout"].as_str()), (200, Some("app\n")), "{out}");
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/exec?service=db"), &who).await;
+    assert_eq!((code, out["data"]["stdout"].as_str()), (200, Some("db\n")), "{out}");
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/exec?service=app"), &who).await;
+    assert_eq!((code, out["data"]["stdout"].as_str()), (200, Some("app\n")), "{out}");
+
+    // A file put into db is in db, not in app.
+    let resp = op
+        .http
+        .put(op.url(&format!("/env-instance/{id}/files?path=/tmp/only-db&service=db")))
+        .body("db's file")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let resp =
+        op.http.get(op.url(&format!("/env-instance/{id}/files?path=/tmp/only-db&service=db"))).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"db's file");
+    let resp = op.http.get(op.url(&format!("/env-instance/{id}/files?path=/tmp/only-db"))).send().await.unwrap();
+    assert_eq!(resp.status(), 404, "the main service has db's file");
+
+    // Stats of one service.
+    let (code, stats) = op.get(&format!("/env-instance/{id}/stats?service=db")).await;
+    assert_eq!(code, 200, "{stats}");
+    assert!(stats["data"]["pids"].as_u64().unwrap_or(0) >= 1, "{stats}");
+
+    // A service the stack does not have: 400 naming those it has; never another container of the host.
+    let other = running_instance(&op, &unique_name("single"), TEST_IMAGE).await;
+    for service in ["nope", "../db", other.as_str()] {
+        let (code, out) = op.post_json(&format!("/env-instance/{id}/exec?service={service}"), &who).await;
+        assert_eq!(code, 400, "{service}: {out}");
+        assert!(out["message"].as_str().unwrap().contains("app, db"), "{out}");
+    }
+    let (code, out) = op.get(&format!("/env-instance/{id}/stats?service=nope")).await;
+    assert_eq!(code, 400, "{out}");
+    let resp =
+        op.http.get(op.url(&format!("/env-instance/{id}/files?path=/tmp/who&service=nope"))).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    // A single container takes no service.
+    let (code, out) = op.post_json(&format!("/env-instance/{other}/exec?service=app"), &who).await;
+    assert_eq!(code, 400, "{out}");
+    assert!(out["message"].as_str().unwrap().contains("query `service`"), "{out}");
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/exec?service="), &who).await;
+    assert_eq!(code, 400, "{out}");
+
+    for i in [&id, &other] {
+        let (code, _) = op.delete(&format!("/env-instance/{i}")).await;
+        assert_eq!(code, 200);
+    }
+}
