@@ -622,13 +622,9 @@ impl Engine for DockerEngine {
         crate::ops::remove_snapshot(&self.docker, reference).await
     }
 
-    fn can_pause(&self, spec: &EnvInstanceSpec) -> Result<(), EngineError> {
-        match spec.workload() {
-            Workload::Stack { .. } => Err(EngineError::unsupported(
-                "pause acts on single-container instances; this instance is a compose stack (not supported yet)",
-            )),
-            _ => Ok(()),
-        }
+    fn can_pause(&self, _spec: &EnvInstanceSpec) -> Result<(), EngineError> {
+        // A single container, or every container of a stack.
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), EngineError> {

@@ -648,3 +648,51 @@ async fn on_a_compose_stack_exec_files_and_stats_reach_the_service_named_and_the
         assert_eq!(code, 200);
     }
 }
+
+#[tokio::test]
+async fn a_paused_stack_freezes_every_service_stays_frozen_across_a_restart_and_resumes_as_it_was() {
+    let mut op = Operator::start(BIN, &[]).await;
+    let body = json!({"name": unique_name("stackpause"), "version": "1.0.0", "owner": "test",
+        "deployConfig": {"composeFile": TWO_SERVICES, "environment_variables": {"IMAGE": TEST_IMAGE}, "ttl": "10m"}});
+    let (code, created) = op.post_json("/env-instance", &body).await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&id, Duration::from_secs(90), |v| v["data"]["status"] == "Running").await;
+    let containers = [format!("{id}-app-1"), format!("{id}-db-1")];
+    let started: Vec<Value> =
+        containers.iter().map(|c| aenv_testkit::inspect(c)["State"]["StartedAt"].clone()).collect();
+
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/pause"), &json!({})).await;
+    assert_eq!(code, 200, "{out}");
+    op.wait_for(&id, Duration::from_secs(10), |v| v["data"]["status"] == "Paused").await;
+    for c in &containers {
+        assert!(docker_paused(c), "{c} is not frozen");
+    }
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/exec?service=db"), &json!({"command": ["true"]})).await;
+    assert_eq!(code, 409, "{out}");
+
+    // A kill and restart of the operator keeps it paused; a service unpaused by hand is frozen again.
+    op.restart(BIN).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, v) = op.get(&format!("/env-instance/{id}")).await;
+    assert_eq!(v["data"]["status"], "Paused", "{v}");
+    aenv_testkit::docker_ok(&["unpause", &containers[1]]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !docker_paused(&containers[1]) {
+        assert!(Instant::now() < deadline, "db was not paused again after an unpause by hand");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/resume"), &json!({})).await;
+    assert_eq!(code, 200, "{out}");
+    op.wait_for(&id, Duration::from_secs(10), |v| v["data"]["status"] == "Running").await;
+    for (c, at) in containers.iter().zip(&started) {
+        assert!(!docker_paused(c), "{c} is still frozen");
+        assert_eq!(&aenv_testkit::inspect(c)["State"]["StartedAt"], at, "{c} was restarted, not resumed");
+    }
+    let (_, out) =
+        op.post_json(&format!("/env-instance/{id}/exec?service=db"), &json!({"command": ["cat", "/tmp/who"]})).await;
+    assert_eq!(out["data"]["stdout"], "db\n", "{out}");
+    let (code, _) = op.delete(&format!("/env-instance/{id}")).await;
+    assert_eq!(code, 200);
+}
