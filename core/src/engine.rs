@@ -71,6 +71,18 @@ pub struct ManagedObject {
     pub expires_at: Option<Timestamp>,
 }
 
+/// A snapshot image ([`Engine::snapshot`]) the backend holds, as its labels tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotImage {
+    /// The image's reference (`aenv-snapshot/<name>:<version>`).
+    pub reference: String,
+    /// The operator that made it (`aenv.io/snapshot-by`).
+    pub operator_id: String,
+    /// The template it was made for (`name@version`, `aenv.io/snapshot-template`), when it says.
+    pub template: Option<String>,
+    pub created: Option<Timestamp>,
+}
+
 /// A change the engine noticed outside the operator's own calls (a container died or was removed by hand).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineEvent {
@@ -344,6 +356,12 @@ pub trait Engine: Send + Sync + 'static {
     /// id. Memory is not saved. The image carries none of the instance's labels.
     async fn snapshot(&self, _instance: &EnvInstance, _reference: &str) -> Result<String, EngineError> {
         Err(EngineError::unsupported("this engine does not snapshot instances"))
+    }
+
+    /// Every snapshot image any aenv-operator made on this backend (one list call), whichever operator id it
+    /// carries. The default: none (an engine that makes no snapshots).
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotImage>, EngineError> {
+        Ok(Vec::new())
     }
 
     /// Removes a snapshot image made by [`Engine::snapshot`]. Succeeds when it is gone already;

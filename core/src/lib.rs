@@ -23,7 +23,7 @@ pub mod types;
 
 pub use engine::{
     Engine, EngineError, EngineEvent, ErrorKind, InvalidSpec, ManagedObject, Observed, OwnedKind, OwnedObject,
-    PullProgress, PullState,
+    PullProgress, PullState, SnapshotImage,
 };
 pub use envservice::{EnvService, EnvServiceSpec, EnvServiceStatus, ServicePhase};
 pub use error::Error;

@@ -622,6 +622,10 @@ impl Engine for DockerEngine {
         crate::ops::remove_snapshot(&self.docker, reference).await
     }
 
+    async fn list_snapshots(&self) -> Result<Vec<aenv_core::SnapshotImage>, EngineError> {
+        crate::ops::list_snapshots(&self.docker).await
+    }
+
     fn can_pause(&self, _spec: &EnvInstanceSpec) -> Result<(), EngineError> {
         // A single container, or every container of a stack.
         Ok(())

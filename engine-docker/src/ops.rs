@@ -381,6 +381,12 @@ fn stats_of(s: &bollard::models::ContainerStatsResponse) -> InstanceStats {
 
 /// Label on a snapshot image: the instance it was taken from.
 pub(crate) const SNAPSHOT_OF: &str = "aenv.io/snapshot-of";
+/// Label on a snapshot image: the operator id that made it.
+pub(crate) const SNAPSHOT_BY: &str = "aenv.io/snapshot-by";
+/// Label on a snapshot image: the template (`name@version`) it was made for.
+pub(crate) const SNAPSHOT_TEMPLATE: &str = "aenv.io/snapshot-template";
+/// Where snapshot images are named: `aenv-snapshot/<name>:<version>` is the image of template `name@version`.
+pub(crate) const SNAPSHOT_REPO_PREFIX: &str = "aenv-snapshot/";
 
 /// Commits `container`'s filesystem as `reference` (`repo:tag`). Docker makes the container's config (its labels
 /// included) the image's, and containers inherit an image's labels: every label of the container is blanked in
@@ -403,7 +409,10 @@ pub(crate) async fn snapshot(
     let mut labels: std::collections::HashMap<String, String> =
         inspect.config.and_then(|c| c.labels).unwrap_or_default().into_keys().map(|k| (k, String::new())).collect();
     labels.insert(SNAPSHOT_OF.into(), container.to_string());
-    labels.insert("aenv.io/snapshot-by".into(), operator_id.to_string());
+    labels.insert(SNAPSHOT_BY.into(), operator_id.to_string());
+    if let Some(name) = repo.strip_prefix(SNAPSHOT_REPO_PREFIX) {
+        labels.insert(SNAPSHOT_TEMPLATE.into(), format!("{name}@{tag}"));
+    }
     // A paused container is committed as it is (Docker pauses a running one for the commit itself).
     let options = CommitContainerOptionsBuilder::default()
         .container(container)
@@ -415,6 +424,29 @@ pub(crate) async fn snapshot(
     let config = bollard::models::ContainerConfig { labels: Some(labels), ..Default::default() };
     let made = docker.commit_container(options, config).await.map_err(|e| classify_op(&context, e))?;
     Ok(made.id)
+}
+
+/// Every snapshot image on the daemon (labelled `aenv.io/snapshot-by` with a value), one per reference under
+/// `aenv-snapshot/`.
+pub(crate) async fn list_snapshots(docker: &Docker) -> Result<Vec<aenv_core::SnapshotImage>, EngineError> {
+    let filters = std::collections::HashMap::from([("label", vec![SNAPSHOT_BY])]);
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::default().filters(&filters).build();
+    let images = docker.list_images(Some(options)).await.map_err(|e| classify("listing snapshot images", e))?;
+    let mut out = Vec::new();
+    for image in images {
+        let Some(operator_id) = image.labels.get(SNAPSHOT_BY).filter(|v| !v.is_empty()) else { continue };
+        let template = image.labels.get(SNAPSHOT_TEMPLATE).filter(|v| !v.is_empty()).cloned();
+        let created = jiff::Timestamp::from_second(image.created).ok();
+        for reference in image.repo_tags.iter().filter(|r| r.starts_with(SNAPSHOT_REPO_PREFIX)) {
+            out.push(aenv_core::SnapshotImage {
+                reference: reference.clone(),
+                operator_id: operator_id.clone(),
+                template: template.clone(),
+                created,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Removes a snapshot image (not forced: an image still in use is a conflict).

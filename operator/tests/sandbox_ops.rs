@@ -696,3 +696,69 @@ async fn a_paused_stack_freezes_every_service_stays_frozen_across_a_restart_and_
     let (code, _) = op.delete(&format!("/env-instance/{id}")).await;
     assert_eq!(code, 200);
 }
+
+/// A snapshot image made by hand as the operator labels its own (`docker commit` of a container of the test
+/// image): what a lost template, or a crash between the commit and the template's record, leaves on the daemon.
+fn labelled_snapshot(reference: &str, operator_id: &str, template: &str) {
+    let base = unique_name("snapbase");
+    docker_ok(&["create", "--name", &base, TEST_IMAGE]);
+    docker_ok(&[
+        "commit",
+        "-c",
+        &format!("LABEL aenv.io/snapshot-by={operator_id} aenv.io/snapshot-template={template}"),
+        &base,
+        reference,
+    ]);
+    docker_ok(&["rm", "-f", &base]);
+}
+
+#[tokio::test]
+async fn snapshot_images_no_template_owns_are_swept_and_owned_used_or_foreign_ones_stay() {
+    let op = Operator::start(BIN, &["--orphan-grace", "1s", "--resync-interval", "1s"]).await;
+    // A real snapshot, with its template: it stays.
+    let name = unique_name("sweep");
+    let id = running_instance(&op, &name, TEST_IMAGE).await;
+    let (code, snap) = op.post_json(&format!("/env-instance/{id}/snapshot"), &json!({"version": "kept"})).await;
+    assert_eq!(code, 200, "{snap}");
+    let kept = snap["data"]["image"].as_str().unwrap().to_string();
+    assert_eq!(aenv_testkit::inspect(&kept)["Config"]["Labels"]["aenv.io/snapshot-template"], format!("{name}@kept"));
+    assert_eq!(aenv_testkit::inspect(&kept)["Config"]["Labels"]["aenv.io/snapshot-by"], op.operator_id.as_str());
+
+    // This operator's, with no template: swept. Another operator's: left alone. This operator's, without a
+    // template but used by a container: left alone.
+    let orphan = format!("aenv-snapshot/{}:lost", unique_name("orphan"));
+    labelled_snapshot(&orphan, &op.operator_id, "gone@lost");
+    let foreign = format!("aenv-snapshot/{}:theirs", unique_name("foreign"));
+    labelled_snapshot(&foreign, "another-operator-id", "theirs@1");
+    let used = format!("aenv-snapshot/{}:used", unique_name("used"));
+    labelled_snapshot(&used, &op.operator_id, "gone@used");
+    let user = unique_name("snapuser");
+    docker_ok(&["create", "--name", &user, &used]);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while image_exists(&orphan) {
+        assert!(Instant::now() < deadline, "the snapshot image no template owns was not swept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Several sweeps later, the others are still there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(image_exists(&kept), "a snapshot with its template was swept");
+    assert!(image_exists(&foreign), "another operator's snapshot was swept");
+    assert!(image_exists(&used), "a snapshot a container uses was swept");
+
+    docker_ok(&["rm", "-f", &user]);
+    docker_ok(&["rmi", &foreign, &used]);
+    let (code, _) = op.delete(&format!("/env-instance/{id}")).await;
+    assert_eq!(code, 200);
+    let (name, version) = (name.as_str(), "kept");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = op.delete(&format!("/env/{name}/{version}")).await;
+        if code == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the template could not be deleted: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!image_exists(&kept));
+}
