@@ -71,6 +71,16 @@ pub struct ManagedObject {
     pub expires_at: Option<Timestamp>,
 }
 
+/// Whether the engine could save a sandbox's memory and processes (CRIU checkpoints), as detected at start.
+/// Snapshots save the filesystem either way.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSupport {
+    pub available: bool,
+    /// Why not, or what was found.
+    pub reason: String,
+}
+
 /// A snapshot image ([`Engine::snapshot`]) the backend holds, as its labels tell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotImage {
@@ -356,6 +366,12 @@ pub trait Engine: Send + Sync + 'static {
     /// id. Memory is not saved. The image carries none of the instance's labels.
     async fn snapshot(&self, _instance: &EnvInstance, _reference: &str) -> Result<String, EngineError> {
         Err(EngineError::unsupported("this engine does not snapshot instances"))
+    }
+
+    /// Whether memory checkpoints (CRIU) could be taken on this backend, as detected at start. The default: not
+    /// on this engine.
+    fn checkpoints(&self) -> CheckpointSupport {
+        CheckpointSupport { available: false, reason: format!("the {} engine has no memory checkpoints", self.name()) }
     }
 
     /// Every snapshot image any aenv-operator made on this backend (one list call), whichever operator id it

@@ -49,6 +49,8 @@ pub struct DockerEngine {
     /// Serialises user-network creation: Docker allows two networks of one name, so two instances creating the
     /// same network at once would make it ambiguous.
     network_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What [`DockerEngine::detect_checkpoints`] found.
+    checkpoints: Arc<std::sync::OnceLock<aenv_core::CheckpointSupport>>,
 }
 
 impl DockerEngine {
@@ -59,7 +61,28 @@ impl DockerEngine {
             prober: Prober::default(),
             platform: containers::HostPlatform::default(),
             network_lock: Arc::default(),
+            checkpoints: Arc::default(),
         }
+    }
+
+    /// Finds out, once (at start), whether the daemon could take memory checkpoints: its experimental mode (from
+    /// `/info`) and `criu` on this host (where a local daemon runs it). The operator does not take them yet
+    /// (snapshots save the filesystem); this is what it reports.
+    pub async fn detect_checkpoints(&self) -> aenv_core::CheckpointSupport {
+        let experimental = match self.docker.info().await {
+            Ok(info) => info.experimental_build,
+            Err(e) => {
+                debug!(error = %e, "reading the daemon's /info for checkpoints");
+                None
+            }
+        };
+        let criu = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join("criu"))
+            .find(|p| p.is_file());
+        let found = crate::ops::checkpoint_support(experimental, criu.as_deref());
+        self.checkpoints.get_or_init(|| found).clone()
     }
 
     /// The Docker network an instance joins: the one its spec names, else the operator's; scoped to the
@@ -620,6 +643,13 @@ impl Engine for DockerEngine {
 
     async fn remove_snapshot(&self, reference: &str) -> Result<(), EngineError> {
         crate::ops::remove_snapshot(&self.docker, reference).await
+    }
+
+    fn checkpoints(&self) -> aenv_core::CheckpointSupport {
+        self.checkpoints.get().cloned().unwrap_or_else(|| aenv_core::CheckpointSupport {
+            available: false,
+            reason: "not detected (the daemon was not asked)".into(),
+        })
     }
 
     async fn list_snapshots(&self) -> Result<Vec<aenv_core::SnapshotImage>, EngineError> {

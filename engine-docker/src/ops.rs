@@ -426,6 +426,33 @@ pub(crate) async fn snapshot(
     Ok(made.id)
 }
 
+/// Whether memory checkpoints could be taken, from the daemon's experimental flag and `criu` on the host.
+pub(crate) fn checkpoint_support(
+    experimental: Option<bool>,
+    criu: Option<&std::path::Path>,
+) -> aenv_core::CheckpointSupport {
+    let (available, reason) = match (experimental, criu) {
+        (None, _) => (false, "the daemon's /info could not be read".to_string()),
+        (Some(false), _) => (
+            false,
+            "the Docker daemon's experimental mode is off (memory checkpoints need \"experimental\": true in its daemon.json, and CRIU on its host)"
+                .to_string(),
+        ),
+        (Some(true), None) => (
+            false,
+            "the daemon's experimental mode is on, but criu is not on this host's PATH (apt-get install criu)".to_string(),
+        ),
+        (Some(true), Some(path)) => (
+            true,
+            format!(
+                "the daemon's experimental mode is on and criu is at {}; this operator does not take memory checkpoints yet (snapshots save the filesystem)",
+                path.display()
+            ),
+        ),
+    };
+    aenv_core::CheckpointSupport { available, reason }
+}
+
 /// Every snapshot image on the daemon (labelled `aenv.io/snapshot-by` with a value), one per reference under
 /// `aenv-snapshot/`.
 pub(crate) async fn list_snapshots(docker: &Docker) -> Result<Vec<aenv_core::SnapshotImage>, EngineError> {
@@ -459,5 +486,22 @@ pub(crate) async fn remove_snapshot(docker: &Docker, reference: &str) -> Result<
             e if e.kind() == ErrorKind::NotFound => Ok(()),
             e => Err(e),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_need_the_experimental_daemon_and_criu() {
+        let off = checkpoint_support(Some(false), Some(std::path::Path::new("/usr/sbin/criu")));
+        assert!(!off.available && off.reason.contains("experimental mode is off"), "{off:?}");
+        let no_criu = checkpoint_support(Some(true), None);
+        assert!(!no_criu.available && no_criu.reason.contains("criu is not"), "{no_criu:?}");
+        let unknown = checkpoint_support(None, None);
+        assert!(!unknown.available && unknown.reason.contains("/info"), "{unknown:?}");
+        let both = checkpoint_support(Some(true), Some(std::path::Path::new("/usr/sbin/criu")));
+        assert!(both.available && both.reason.contains("/usr/sbin/criu"), "{both:?}");
     }
 }

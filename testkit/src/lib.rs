@@ -339,10 +339,15 @@ impl PrivateDaemon {
     /// Starts the daemon and loads the test image into it. `live_restore` keeps containers running across a
     /// daemon restart.
     pub fn start(tls: bool, live_restore: bool) -> PrivateDaemon {
+        Self::start_with_config(tls, live_restore, "{}")
+    }
+
+    /// [`PrivateDaemon::start`] with `daemon_json` as its own daemon.json (such as `{"experimental": true}`).
+    pub fn start_with_config(tls: bool, live_restore: bool, daemon_json: &str) -> PrivateDaemon {
         ensure_test_image();
         let dir = tempfile::Builder::new().prefix("aenv-dockerd-").tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
-        std::fs::write(root.join("daemon.json"), "{}").expect("daemon.json");
+        std::fs::write(root.join("daemon.json"), daemon_json).expect("daemon.json");
         let socket = format!("unix://{}", root.join("docker.sock").display());
         let bridge = make_bridge();
         let mut args: Vec<String> = vec![

@@ -129,6 +129,12 @@ pub async fn open_engine(
             };
             let engine = DockerEngine::new(docker, engine_config);
             info!(host = %connect.display_host(), "connected to the Docker daemon");
+            let checkpoints = engine.detect_checkpoints().await;
+            info!(
+                available = checkpoints.available,
+                reason = %checkpoints.reason,
+                "memory checkpoints (CRIU): snapshots save the filesystem only"
+            );
             Ok(Arc::new(engine))
         }
         (EngineKind::Kubernetes, Some(client)) => {

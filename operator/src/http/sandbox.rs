@@ -336,7 +336,12 @@ async fn snapshot(
         validate_version(v, "version")?;
     }
     let t = svc.snapshot(&id, caller.as_ref(), version).await?;
-    Ok(json!({"envName": format!("{}@{}", t.spec.name, t.spec.version), "image": t.spec.template.image}))
+    Ok(json!({
+        "envName": format!("{}@{}", t.spec.name, t.spec.version),
+        "image": t.spec.template.image,
+        // Memory and processes are not saved (see /readyz `memoryCheckpoints` for what the daemon could do).
+        "filesystemOnly": true,
+    }))
 }
 
 async fn fork(
