@@ -360,6 +360,12 @@ impl Engine for DockerEngine {
 
     fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
         no_compose_labels(spec)?;
+        if spec.placement.is_some() {
+            return Err(InvalidSpec::new(
+                "deployConfig.placement",
+                "field `deployConfig.placement` places instances over the nodes of a Docker Swarm; this operator runs them on one Docker host (--engine docker): remove it, or run the operator with --engine swarm",
+            ));
+        }
         if let Some(why) = spec.volumes.iter().find_map(|v| v.check()) {
             return Err(InvalidSpec::new("volumes", why));
         }

@@ -328,7 +328,8 @@ pub struct PrivateDaemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
     args: Vec<String>,
-    bridge: String,
+    /// The bridge interface of its default network (`aenvt...`).
+    pub bridge: String,
     /// `unix:///.../docker.sock`
     pub socket: String,
     /// `tcp://127.0.0.1:PORT` when TLS is on.
@@ -464,6 +465,96 @@ impl Drop for PrivateDaemon {
         self.stop();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
         let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("exec")).stderr(Stdio::null()).status();
+    }
+}
+
+/// A private daemon in swarm mode, the single manager of its own swarm (`docker swarm init --advertise-addr
+/// 127.0.0.1`), with the test image loaded. Its `docker_gwbridge` is made first with a bridge interface named by
+/// the test (`aenvg...`), so it never takes the host's `docker_gwbridge` name; the swarm listens on a loopback port
+/// of its own. Swarm's gossip port (7946) cannot be moved, so swarm daemons are held one at a time on the host (a
+/// file lock), by every test process. When dropped it leaves the swarm, stops, and its interfaces are deleted.
+pub struct SwarmDaemon {
+    pub daemon: PrivateDaemon,
+    gwbridge: String,
+    _lock: std::fs::File,
+}
+
+impl SwarmDaemon {
+    pub fn start() -> SwarmDaemon {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("aenv-test-swarm.lock"))
+            .expect("swarm lock file");
+        lock.lock().expect("swarm lock");
+        let daemon = PrivateDaemon::start(false, false);
+        let gwbridge = format!("aenvg{}", &daemon.bridge[5..]);
+        let out = daemon.docker(&[
+            "network",
+            "create",
+            "--driver",
+            "bridge",
+            "--opt",
+            &format!("com.docker.network.bridge.name={gwbridge}"),
+            "--opt",
+            "com.docker.network.bridge.enable_icc=false",
+            "--opt",
+            "com.docker.network.bridge.enable_ip_masquerade=true",
+            "docker_gwbridge",
+        ]);
+        let swarm = SwarmDaemon { daemon, gwbridge, _lock: lock };
+        assert!(out.status.success(), "docker_gwbridge: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let out = swarm.daemon.docker(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "127.0.0.1",
+            "--listen-addr",
+            &format!("127.0.0.1:{port}"),
+        ]);
+        assert!(out.status.success(), "swarm init: {}\n{}", String::from_utf8_lossy(&out.stderr), swarm.daemon.log());
+        swarm
+    }
+
+    /// `docker -H <socket> ARGS`.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.daemon.docker(args)
+    }
+
+    /// `docker -H <socket> ARGS`, which must succeed; its stdout, trimmed.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The id of this (only) node.
+    pub fn node_id(&self) -> String {
+        self.docker_ok(&["node", "ls", "-q"])
+    }
+}
+
+impl Drop for SwarmDaemon {
+    fn drop(&mut self) {
+        let services = String::from_utf8_lossy(&self.daemon.docker(&["service", "ls", "-q"]).stdout).into_owned();
+        let services: Vec<&str> = services.split_whitespace().collect();
+        if !services.is_empty() {
+            let mut args = vec!["service", "rm"];
+            args.extend(services);
+            let _ = self.daemon.docker(&args);
+        }
+        let ids = String::from_utf8_lossy(&self.daemon.docker(&["ps", "-aq"]).stdout).into_owned();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            let _ = self.daemon.docker(&args);
+        }
+        let _ = self.daemon.docker(&["swarm", "leave", "--force"]);
+        self.daemon.stop();
+        let _ = Command::new("ip").args(["link", "del", &self.gwbridge]).stderr(Stdio::null()).status();
     }
 }
 

@@ -1,0 +1,181 @@
+//! The Swarm engine (`--engine swarm`) end to end: the real binary as a host process against a private Docker
+//! daemon that is the single manager of a swarm of its own (`testkit::SwarmDaemon`, root only), with the test image
+//! loaded into it. The operator reaches instances through ports published in Swarm's host mode on the node
+//! (`--swarm-reach published`, the default): the overlay network's addresses are not reachable from the host.
+
+use std::time::{Duration, Instant};
+
+use aenv_testkit::{Operator, SwarmDaemon, TEST_IMAGE, create_body, unique_name};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aenv-operator");
+
+fn running(v: &Value) -> bool {
+    v["data"]["status"] == "Running"
+}
+
+async fn operator_on(swarm: &SwarmDaemon) -> Operator {
+    Operator::start(BIN, &["--engine", "swarm", "--docker-host", &swarm.daemon.socket]).await
+}
+
+/// `docker service inspect` of a service on the swarm, as JSON (`None` when there is none).
+fn service(swarm: &SwarmDaemon, name: &str) -> Option<Value> {
+    let out = swarm.docker(&["service", "inspect", name]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).ok()?.into_iter().next()
+}
+
+/// The ids of every task of a service.
+fn tasks(swarm: &SwarmDaemon, name: &str) -> Vec<String> {
+    swarm.docker_ok(&["service", "ps", "-q", "--no-trunc", name]).split_whitespace().map(String::from).collect()
+}
+
+async fn create(op: &Operator, name: &str, deploy: Value) -> String {
+    let (code, body) = op.post_json("/env-instance", &create_body(name, TEST_IMAGE, deploy)).await;
+    assert_eq!(code, 200, "{body}");
+    body["data"]["id"].as_str().unwrap().to_string()
+}
+
+async fn wait_gone(swarm: &SwarmDaemon, name: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while service(swarm, name).is_some() {
+        assert!(Instant::now() < deadline, "service {name} is still there after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn instances_are_single_replica_services() {
+    let swarm = SwarmDaemon::start();
+    let mut op = operator_on(&swarm).await;
+
+    // Running with an address, ready by its probe through the published port, reachable through the proxy.
+    let name = unique_name("sw");
+    let id = create(&op, &name, json!({"memory": "256Mi", "cpu": "250m"})).await;
+    let v = op.wait_for(&id, Duration::from_secs(60), |v| running(v) && v["data"]["ready"] == true).await;
+    let ip = v["data"]["ip"].as_str().unwrap().to_string();
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "an address on the overlay network: {v}");
+    let resp = op
+        .http
+        .get(op.proxy_url("/health"))
+        .header("AEnvCore-MCPProxy-URL", format!("http://{ip}:8081"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("MCP server is healthy"));
+    // A port of the instance's address that it did not publish is not dialled elsewhere (nor is any other host).
+    let resp = op
+        .http
+        .get(op.proxy_url("/health"))
+        .header("AEnvCore-MCPProxy-URL", "http://127.0.0.1:2375")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    // The service: one replica, never restarted, the labels, limits and reservations, the sandbox defaults.
+    let svc = service(&swarm, &id).expect("the instance's service");
+    let spec = &svc["Spec"];
+    assert_eq!(spec["Mode"]["Replicated"]["Replicas"], 1);
+    let task = &spec["TaskTemplate"];
+    assert_eq!(task["RestartPolicy"]["Condition"], "none");
+    assert_eq!(spec["Labels"]["aenv.io/operator-id"], op.operator_id.as_str());
+    assert_eq!(spec["Labels"]["aenv.env_name"], name.as_str());
+    assert_eq!(task["Resources"]["Limits"]["MemoryBytes"], 256 << 20);
+    assert_eq!(task["Resources"]["Limits"]["NanoCPUs"], 250_000_000);
+    assert_eq!(task["Resources"]["Limits"]["Pids"], 1024);
+    assert_eq!(task["Resources"]["Reservations"]["MemoryBytes"], 256 << 20);
+    // The container Swarm made on the node carries them.
+    let container = swarm.docker_ok(&["ps", "-q", "--filter", &format!("label=com.docker.swarm.service.name={id}")]);
+    let inspect: Vec<Value> = serde_json::from_str(&swarm.docker_ok(&["inspect", &container])).unwrap();
+    let host = &inspect[0]["HostConfig"];
+    assert_eq!(host["Memory"], 256 << 20);
+    assert_eq!(host["PidsLimit"], 1024);
+    assert_eq!(host["CapDrop"], json!(["ALL"]));
+    let caps = host["CapAdd"].as_array().unwrap();
+    assert!(caps.iter().any(|c| c == "CAP_CHOWN") && !caps.iter().any(|c| c == "CAP_NET_RAW"), "{host}");
+    assert_eq!(inspect[0]["Config"]["Labels"]["aenv.io/instance"], id.as_str());
+
+    // kill -9 and a restart: the same service is adopted, not made again.
+    let service_id = svc["ID"].as_str().unwrap().to_string();
+    let task_ids = tasks(&swarm, &id);
+    op.restart(BIN).await;
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| running(v) && v["data"]["ready"] == true).await;
+    assert_eq!(v["data"]["ip"], ip.as_str());
+    assert_eq!(service(&swarm, &id).unwrap()["ID"], service_id.as_str(), "adopted, not recreated");
+    assert_eq!(tasks(&swarm, &id), task_ids, "the same task runs");
+    assert_eq!(swarm.docker_ok(&["service", "ls", "-q"]).lines().count(), 1);
+
+    // DELETE removes the service.
+    let (code, _) = op.delete(&format!("/env-instance/{id}")).await;
+    assert_eq!(code, 200);
+    op.wait_for(&id, Duration::from_secs(20), |v| v["code"] == 404).await;
+    wait_gone(&swarm, &id, Duration::from_secs(10)).await;
+
+    // A TTL removes it at its expiry.
+    let ttl_id = create(&op, &unique_name("swttl"), json!({"ttl": "4s", "readiness": false})).await;
+    op.wait_for(&ttl_id, Duration::from_secs(30), running).await;
+    assert!(service(&swarm, &ttl_id).is_some());
+    op.wait_for(&ttl_id, Duration::from_secs(30), |v| v["code"] == 404).await;
+    wait_gone(&swarm, &ttl_id, Duration::from_secs(10)).await;
+
+    // Placement: a bad constraint is a 400 naming the field, and nothing is made.
+    for (deploy, field) in [
+        (json!({"placement": {"constraints": ["node.labels.gpu=true"]}}), "deployConfig.placement.constraints[0]"),
+        (json!({"placement": {"constraints": ["gpu==true"]}}), "deployConfig.placement.constraints[0]"),
+        (json!({"placement": {"preferences": ["zone"]}}), "deployConfig.placement.preferences[0]"),
+        (json!({"placement": ["node.role==worker"]}), "deployConfig.placement"),
+        (json!({"composeFile": "services:\n  main:\n    image: x\n"}), "deployConfig.composeFile"),
+        (json!({"network": "host"}), "deployConfig.network"),
+    ] {
+        let (code, body) = op.post_json("/env-instance", &create_body(&unique_name("swbad"), TEST_IMAGE, deploy)).await;
+        assert_eq!(code, 400, "{body}");
+        assert!(body["message"].as_str().unwrap().contains(field), "{body} names {field}");
+    }
+    assert_eq!(swarm.docker_ok(&["service", "ls", "-q"]), "", "a refused create makes nothing");
+
+    // A constraint no node meets keeps the instance waiting with Swarm's reason; labelling the node places it.
+    let gpu =
+        create(&op, &unique_name("swgpu"), json!({"placement": {"constraints": ["node.labels.gpu==true"]}})).await;
+    let v = op
+        .wait_for(&gpu, Duration::from_secs(30), |v| {
+            v["data"]["message"].as_str().is_some_and(|m| m.contains("no suitable node"))
+        })
+        .await;
+    assert_ne!(v["data"]["status"], "Running", "{v}");
+    swarm.docker_ok(&["node", "update", "--label-add", "gpu=true", &swarm.node_id()]);
+    op.wait_for(&gpu, Duration::from_secs(60), |v| running(v) && v["data"]["ready"] == true).await;
+    op.delete(&format!("/env-instance/{gpu}")).await;
+    wait_gone(&swarm, &gpu, Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn a_drained_node_fails_its_instance_and_nothing_is_made_again() {
+    let swarm = SwarmDaemon::start();
+    let op = operator_on(&swarm).await;
+    let id = create(&op, &unique_name("swdrain"), json!({})).await;
+    op.wait_for(&id, Duration::from_secs(60), |v| running(v) && v["data"]["ready"] == true).await;
+    let before = tasks(&swarm, &id);
+    assert_eq!(before.len(), 1);
+
+    let node = swarm.node_id();
+    swarm.docker_ok(&["node", "update", "--availability", "drain", &node]);
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+    let message = v["data"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("shut") && message.contains("not moved"), "the task's fate: {v}");
+
+    // The node is back: the instance stays Failed, Swarm made no second task, and the operator made no service.
+    swarm.docker_ok(&["node", "update", "--availability", "active", &node]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, v) = op.get(&format!("/env-instance/{id}")).await;
+    assert_eq!(v["data"]["status"], "Failed", "{v}");
+    assert_eq!(tasks(&swarm, &id), before, "no task made again");
+    assert_eq!(swarm.docker_ok(&["service", "ls", "-q"]).lines().count(), 1);
+
+    op.delete(&format!("/env-instance/{id}")).await;
+    op.wait_for(&id, Duration::from_secs(20), |v| v["code"] == 404).await;
+    wait_gone(&swarm, &id, Duration::from_secs(10)).await;
+}
