@@ -10,7 +10,7 @@ use tracing::warn;
 
 /// Follows the daemon's container events for this operator's containers, reconnecting with backoff, until the
 /// receiving side goes away. After each reconnect it sends `Resync`, since events were missed meanwhile.
-pub async fn pump_events(docker: Docker, operator_id: String, tx: mpsc::Sender<EngineEvent>) {
+pub(crate) async fn pump_events(docker: Docker, operator_id: String, tx: mpsc::Sender<EngineEvent>) {
     let filters = HashMap::from([
         ("type".to_string(), vec!["container".to_string()]),
         ("label".to_string(), vec![format!("{}={operator_id}", labels::OPERATOR_ID)]),

@@ -24,7 +24,6 @@ pub use config::{DEFAULT_CAPABILITIES, DockerEngineConfig, Hardening};
 pub use connect::{ConnectOptions, connect};
 pub use engine::DockerEngine;
 pub use error::{Error, classify, is_conflict, is_not_found};
-pub use events::pump_events;
 pub use image::{ensure_image, warmup};
 pub use network::{NETWORK_LABEL, owner_scoped};
 pub use policy::{Allowance, Policy};

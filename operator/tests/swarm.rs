@@ -155,7 +155,52 @@ async fn instances_are_single_replica_services() {
 #[tokio::test]
 async fn a_drained_node_fails_its_instance_and_nothing_is_made_again() {
     let swarm = SwarmDaemon::start();
-    let op = operator_on(&swarm).await;
+    let op = Operator::start(
+        BIN,
+        &[
+            "--engine",
+            "swarm",
+            "--docker-host",
+            &swarm.daemon.socket,
+            "--resync-interval",
+            "1s",
+            "--orphan-grace",
+            "1s",
+        ],
+    )
+    .await;
+
+    // A service removed by hand: its instance is Terminated, and nothing is made again.
+    let by_hand = create(&op, &unique_name("swhand"), json!({"readiness": false})).await;
+    op.wait_for(&by_hand, Duration::from_secs(60), running).await;
+    swarm.docker_ok(&["service", "rm", &by_hand]);
+    op.wait_for(&by_hand, Duration::from_secs(20), |v| v["data"]["status"] == "Terminated").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(service(&swarm, &by_hand).is_none(), "not made again");
+    op.delete(&format!("/env-instance/{by_hand}")).await;
+
+    // An orphan (this operator's labels, no instance) is swept; another operator's service is left alone.
+    let labels = |operator: &str, instance: &str| {
+        [
+            "--label".to_string(),
+            "aenv.io/managed-by=aenv-operator".to_string(),
+            "--label".to_string(),
+            format!("aenv.io/operator-id={operator}"),
+            "--label".to_string(),
+            format!("aenv.io/instance={instance}"),
+        ]
+    };
+    for (name, operator) in [("swarm-orphan", op.operator_id.as_str()), ("swarm-foreign", "another-operator")] {
+        let mut args: Vec<String> =
+            ["service", "create", "-d", "--restart-condition", "none", "--name", name].map(String::from).to_vec();
+        args.extend(labels(operator, name));
+        args.push(TEST_IMAGE.to_string());
+        swarm.docker_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    wait_gone(&swarm, "swarm-orphan", Duration::from_secs(30)).await;
+    assert!(service(&swarm, "swarm-foreign").is_some(), "another operator's service is not this one's to sweep");
+    swarm.docker_ok(&["service", "rm", "swarm-foreign"]);
+
     let id = create(&op, &unique_name("swdrain"), json!({})).await;
     op.wait_for(&id, Duration::from_secs(60), |v| running(v) && v["data"]["ready"] == true).await;
     let before = tasks(&swarm, &id);
