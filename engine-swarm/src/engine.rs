@@ -119,10 +119,11 @@ impl SwarmEngine {
         labels.and_then(|l| l.get(labels::OPERATOR_ID)).is_some_and(|id| *id == self.config.docker.operator_id)
     }
 
-    /// The node's address and name.
-    async fn node(&self, node_id: &str) -> Option<(String, String)> {
+    /// The node's address, name and state.
+    async fn node(&self, node_id: &str) -> Option<spec::NodeSeen> {
         let node = self.docker.inspect_node(node_id).await.ok()?;
         let name = node.description.and_then(|d| d.hostname).unwrap_or_else(|| node_id.to_string());
+        let up = node.status.as_ref().and_then(|s| s.state).is_none_or(|s| s == bollard::models::NodeState::READY);
         let mut addr = node.status.and_then(|s| s.addr).unwrap_or_default();
         if addr.is_empty() || addr == "0.0.0.0" {
             // A manager that advertised no address: its management address's host.
@@ -132,7 +133,7 @@ impl SwarmEngine {
                 .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
                 .unwrap_or_default();
         }
-        Some((addr, name))
+        Some(spec::NodeSeen { addr, name, up })
     }
 
     /// What the service and its task mean for the instance, readiness included.
@@ -144,8 +145,7 @@ impl SwarmEngine {
             Some(node_id) => self.node(node_id).await,
             None => None,
         };
-        let mut observed =
-            spec::observe_task(&id, task, service_ip(svc), node.as_ref().map(|(a, n)| (a.as_str(), n.as_str())));
+        let mut observed = spec::observe_task(&id, task, service_ip(svc), node.as_ref());
         (observed.ready, observed.ready_message) = self.readiness(spec, &observed).await;
         Ok(observed)
     }
@@ -463,19 +463,30 @@ async fn remove_service(docker: &Docker, name: &str) -> Result<(), EngineError> 
     }
 }
 
+/// What the task watch keeps of one service (by service id): its instance (namespace, name), and each task's id,
+/// state with its node's, and desired state.
+type Watched = ((String, String), Vec<(String, String, String)>);
+
 /// Docker's event stream says nothing of tasks on other nodes, so the engine watches them by listing: every
-/// [`TASK_POLL`], one list of this operator's services and one of tasks; an instance whose task changed (state,
-/// desired state, a new task) or whose service went is woken. A list that fails is retried; once it works again
+/// [`TASK_POLL`], one list of nodes, one of this operator's services and one of tasks; an instance whose task
+/// changed (state, desired state, its node's state, a new task) or whose service went is woken. A list that fails is retried; once it works again
 /// a `Resync` is sent, since changes were missed meanwhile.
 async fn watch_tasks(engine: SwarmEngine, tx: mpsc::Sender<EngineEvent>) {
-    let mut seen: HashMap<String, ((String, String), Vec<(String, String, String)>)> = HashMap::new();
+    let mut seen: HashMap<String, Watched> = HashMap::new();
     let mut broken = false;
     let mut first = true;
     loop {
         if tx.is_closed() {
             return;
         }
-        let listed = async { Ok::<_, EngineError>((engine.list_services(false).await?, engine.all_tasks().await?)) };
+        let listed = async {
+            let nodes = engine
+                .docker
+                .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
+                .await
+                .map_err(|e| classify("listing nodes", e))?;
+            Ok::<_, EngineError>((engine.list_services(false).await?, engine.all_tasks().await?, nodes))
+        };
         match listed.await {
             Err(e) => {
                 if !broken {
@@ -483,7 +494,13 @@ async fn watch_tasks(engine: SwarmEngine, tx: mpsc::Sender<EngineEvent>) {
                 }
                 broken = true;
             }
-            Ok((services, tasks)) => {
+            Ok((services, tasks, nodes)) => {
+                let node_state: HashMap<String, String> = nodes
+                    .iter()
+                    .filter_map(|n| {
+                        Some((n.id.clone()?, n.status.as_ref()?.state.map(|s| s.to_string()).unwrap_or_default()))
+                    })
+                    .collect();
                 if broken {
                     broken = false;
                     info!("the swarm's task list answers again; resyncing");
@@ -491,7 +508,7 @@ async fn watch_tasks(engine: SwarmEngine, tx: mpsc::Sender<EngineEvent>) {
                         return;
                     }
                 }
-                let mut now: HashMap<String, ((String, String), Vec<(String, String, String)>)> = HashMap::new();
+                let mut now: HashMap<String, Watched> = HashMap::new();
                 for svc in &services {
                     let spec = svc.spec.as_ref();
                     let (Some(key), Some(id)) =
@@ -506,7 +523,8 @@ async fn watch_tasks(engine: SwarmEngine, tx: mpsc::Sender<EngineEvent>) {
                         .map(|t| {
                             let state = t.status.as_ref().and_then(|s| s.state).unwrap_or(TaskState::NEW);
                             let desired = t.desired_state.unwrap_or(TaskState::NEW);
-                            (t.id.clone().unwrap_or_default(), state.to_string(), desired.to_string())
+                            let node = t.node_id.as_ref().and_then(|n| node_state.get(n)).cloned().unwrap_or_default();
+                            (t.id.clone().unwrap_or_default(), format!("{state}/{node}"), desired.to_string())
                         })
                         .collect();
                     sig.sort();

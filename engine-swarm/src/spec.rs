@@ -251,13 +251,23 @@ pub(crate) fn the_task(tasks: &[Task]) -> Option<&Task> {
     })
 }
 
+/// The node a task runs on, as far as the manager knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NodeSeen {
+    /// Its address (what published ports are dialled at).
+    pub addr: String,
+    pub name: String,
+    /// Whether the manager hears from it (its state is `ready`).
+    pub up: bool,
+}
+
 /// What a service's task means for the instance (readiness aside). `ip`: the instance's address on its overlay
-/// network; `node`: the address and name of the task's node, when known.
+/// network; `node`: the task's node, when known.
 pub(crate) fn observe_task(
     service_id: &str,
     task: Option<&Task>,
     ip: Option<String>,
-    node: Option<(&str, &str)>,
+    node: Option<&NodeSeen>,
 ) -> Observed {
     let Some(task) = task else {
         return Observed {
@@ -272,7 +282,7 @@ pub(crate) fn observe_task(
     let desired = task.desired_state.unwrap_or(TaskState::RUNNING);
     let id = task.id.clone().unwrap_or_default();
     let short = id.get(..12).unwrap_or(&id);
-    let on = node.map(|(_, name)| format!(" on node {name}")).unwrap_or_default();
+    let on = node.map(|n| format!(" on node {}", n.name)).unwrap_or_default();
     let why = [status.err.as_deref(), status.message.as_deref()]
         .into_iter()
         .flatten()
@@ -280,7 +290,16 @@ pub(crate) fn observe_task(
         .map(|s| format!(": {s}"))
         .unwrap_or_default();
     let exit = status.container_status.as_ref().and_then(|c| c.exit_code);
+    let node_down = node.is_some_and(|n| !n.up);
     let (phase, message) = match state {
+        // Swarm keeps a task of a node it lost `running` (then orphaned, a day later): the node is what tells.
+        TaskState::RUNNING if node_down => (
+            Phase::Failed,
+            Some(format!(
+                "node{} is down (the manager does not hear from it): task {short} is lost with it; the instance is not moved to another node",
+                node.map(|n| format!(" {}", n.name)).unwrap_or_default()
+            )),
+        ),
         TaskState::RUNNING if desired == TaskState::RUNNING => (Phase::Running, None),
         TaskState::RUNNING => (
             Phase::Failed,
@@ -337,7 +356,7 @@ pub(crate) fn observe_task(
             Some(PortStatus {
                 container_port: u16::try_from(p.target_port?).ok()?,
                 protocol: p.protocol.map(|p| p.to_string()).unwrap_or_else(|| "tcp".into()),
-                host_ip: node.map(|(addr, _)| addr.to_string()).unwrap_or_default(),
+                host_ip: node.map(|n| n.addr.clone()).unwrap_or_default(),
                 host_port: u16::try_from(p.published_port?).ok()?,
                 service: None,
             })
@@ -485,7 +504,8 @@ mod tests {
 
     #[test]
     fn a_task_s_fate_is_the_instance_s() {
-        let node = Some(("10.1.0.5", "n1"));
+        let seen = NodeSeen { addr: "10.1.0.5".into(), name: "n1".into(), up: true };
+        let node = Some(&seen);
         let run = task(TaskState::RUNNING, TaskState::RUNNING, None, None);
         let o = observe_task("svc", Some(&run), Some("10.0.1.5".into()), node);
         assert_eq!(o.phase, Phase::Running);
@@ -496,6 +516,11 @@ mod tests {
             (o.ports[0].host_ip.as_str(), o.ports[0].host_port, o.ports[0].container_port),
             ("10.1.0.5", 30001, 8081)
         );
+
+        let lost = NodeSeen { up: false, ..seen.clone() };
+        let o = observe_task("svc", Some(&run), Some("10.0.1.5".into()), Some(&lost));
+        assert_eq!(o.phase, Phase::Failed);
+        assert!(o.message.unwrap().contains("node n1 is down"));
 
         let drained = task(TaskState::RUNNING, TaskState::SHUTDOWN, None, None);
         let o = observe_task("svc", Some(&drained), Some("10.0.1.5".into()), node);

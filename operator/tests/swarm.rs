@@ -224,3 +224,46 @@ async fn a_drained_node_fails_its_instance_and_nothing_is_made_again() {
     op.wait_for(&id, Duration::from_secs(20), |v| v["code"] == 404).await;
     wait_gone(&swarm, &id, Duration::from_secs(10)).await;
 }
+
+#[tokio::test]
+async fn a_second_node_runs_what_is_placed_there_and_its_loss_fails_it() {
+    let mut swarm = SwarmDaemon::start_with_worker();
+    let op = operator_on(&swarm).await;
+    let worker_addr = swarm.manager_addr.trim_end_matches(".1").to_string() + ".2";
+
+    // Placement by node label: one instance on each node, each reached at its own node's published port.
+    let on_worker =
+        create(&op, &unique_name("swwk"), json!({"placement": {"constraints": ["node.labels.aenv.node==worker"]}}))
+            .await;
+    let on_manager =
+        create(&op, &unique_name("swmg"), json!({"placement": {"constraints": ["node.labels.aenv.node==manager"]}}))
+            .await;
+    for (id, node_addr) in [(&on_worker, worker_addr.as_str()), (&on_manager, swarm.manager_addr.as_str())] {
+        let v = op.wait_for(id, Duration::from_secs(60), |v| running(v) && v["data"]["ready"] == true).await;
+        let ports = v["data"]["ports"].as_array().cloned().unwrap_or_default();
+        assert!(
+            ports.iter().any(|p| p["hostIp"] == node_addr && p["containerPort"] == 8081),
+            "published on {node_addr}: {v}"
+        );
+        let ip = v["data"]["ip"].as_str().unwrap();
+        let resp = op
+            .http
+            .get(op.proxy_url("/health"))
+            .header("AEnvCore-MCPProxy-URL", format!("http://{ip}:8081"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "the proxy reaches the instance on {node_addr}");
+    }
+    let worker_tasks = tasks(&swarm, &on_worker);
+
+    // The worker is lost (its daemon stops): its instance fails with the node's fate and is not moved; the
+    // manager's instance keeps running.
+    swarm.worker.as_mut().unwrap().stop();
+    let v = op.wait_for(&on_worker, Duration::from_secs(60), |v| v["data"]["status"] == "Failed").await;
+    assert!(v["data"]["message"].as_str().unwrap_or_default().contains("not moved"), "{v}");
+    let (_, v) = op.get(&format!("/env-instance/{on_manager}")).await;
+    assert!(running(&v), "{v}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(tasks(&swarm, &on_worker), worker_tasks, "no task made again on the manager");
+}
