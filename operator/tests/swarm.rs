@@ -267,3 +267,86 @@ async fn a_second_node_runs_what_is_placed_there_and_its_loss_fails_it() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(tasks(&swarm, &on_worker), worker_tasks, "no task made again on the manager");
 }
+
+#[tokio::test]
+async fn owners_get_overlay_networks_of_their_own() {
+    let swarm = SwarmDaemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let body = json!({"tokens": [{"token": "alice-token-0123456789", "owner": "alice"}, {"token": "bob-token-0123456789", "owner": "bob"}]});
+    std::fs::write(&tokens, body.to_string()).unwrap();
+    let tokens = tokens.display().to_string();
+    let op = Operator::start(
+        BIN,
+        &[
+            "--engine",
+            "swarm",
+            "--docker-host",
+            &swarm.daemon.socket,
+            "--tokens-file",
+            &tokens,
+            "--resync-interval",
+            "1s",
+            "--orphan-grace",
+            "1s",
+        ],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for token in ["alice-token-0123456789", "bob-token-0123456789"] {
+        let req = op.http.post(op.url("/env-instance")).bearer_auth(token).json(&create_body(
+            &unique_name("swten"),
+            TEST_IMAGE,
+            json!({"readiness": false}),
+        ));
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        ids.push(v["data"]["id"].as_str().unwrap_or_else(|| panic!("{v}")).to_string());
+    }
+    // Each service is on its owner's overlay, made by the operator and labelled with the owner.
+    let mut networks = Vec::new();
+    for (id, owner) in ids.iter().zip(["alice", "bob"]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while service(&swarm, id).is_none() {
+            assert!(Instant::now() < deadline, "no service for {id}:\n{}", op.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let svc = service(&swarm, id).unwrap();
+        let attached = svc["Spec"]["TaskTemplate"]["Networks"].as_array().cloned().unwrap_or_default();
+        assert_eq!(attached.len(), 1, "{svc}");
+        let net: Vec<Value> =
+            serde_json::from_str(&swarm.docker_ok(&["network", "inspect", attached[0]["Target"].as_str().unwrap()]))
+                .unwrap();
+        let net = &net[0];
+        assert!(net["Name"].as_str().unwrap().starts_with("aenv-o-"), "{net}");
+        assert_eq!(net["Driver"], "overlay");
+        assert_eq!(net["Labels"]["aenv.io/owner"], owner);
+        assert_eq!(net["Labels"]["aenv.io/network-of"], op.operator_id.as_str());
+        networks.push(net["Name"].as_str().unwrap().to_string());
+    }
+    assert_ne!(networks[0], networks[1], "two owners, two overlays");
+    // Bob cannot see or delete Alice's instance.
+    let resp = op
+        .http
+        .delete(op.url(&format!("/env-instance/{}", ids[0])))
+        .bearer_auth("bob-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(service(&swarm, &ids[0]).is_some());
+    // An owner's overlay goes once no service of the operator is on it (the sweep).
+    let resp = op
+        .http
+        .delete(op.url(&format!("/env-instance/{}", ids[0])))
+        .bearer_auth("alice-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while swarm.docker(&["network", "inspect", &networks[0]]).status.success() {
+        assert!(Instant::now() < deadline, "alice's overlay is still there:\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(swarm.docker(&["network", "inspect", &networks[1]]).status.success(), "bob's overlay is in use");
+}
