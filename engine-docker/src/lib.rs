@@ -20,6 +20,7 @@ mod policy;
 mod probe;
 mod registry;
 
+pub use auth::credentials_for;
 pub use config::{DEFAULT_CAPABILITIES, DockerEngineConfig, Hardening};
 pub use connect::{ConnectOptions, connect};
 pub use engine::DockerEngine;

@@ -176,12 +176,17 @@ impl SwarmEngine {
     async fn create(&self, inst: &EnvInstance, name: &str) -> Result<(), EngineError> {
         let network = self.prepare_network(&inst.spec).await?;
         let spec = spec::service_spec(inst, &self.config, &network)?;
-        if let Some(image) =
-            spec.task_template.as_ref().and_then(|t| t.container_spec.as_ref()).and_then(|c| c.image.as_deref())
-        {
-            self.config.docker.policy.check_registry(image).map_err(EngineError::permanent)?;
-        }
-        match self.docker.create_service(spec, None).await {
+        let image = spec
+            .task_template
+            .as_ref()
+            .and_then(|t| t.container_spec.as_ref())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        self.config.docker.policy.check_registry(&image).map_err(EngineError::permanent)?;
+        // The nodes pull with the credentials `docker login` left for the image's registry, as the CLI's
+        // `docker service create --with-registry-auth` passes them.
+        let credentials = aenv_engine_docker::credentials_for(&image);
+        match self.docker.create_service(spec, credentials).await {
             Ok(created) => {
                 debug!(service = ?created.id, "service created");
                 Ok(())

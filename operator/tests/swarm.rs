@@ -115,10 +115,28 @@ async fn instances_are_single_replica_services() {
     op.wait_for(&id, Duration::from_secs(20), |v| v["code"] == 404).await;
     wait_gone(&swarm, &id, Duration::from_secs(10)).await;
 
-    // A TTL removes it at its expiry.
-    let ttl_id = create(&op, &unique_name("swttl"), json!({"ttl": "4s", "readiness": false})).await;
+    // A TTL removes it at its expiry. Meanwhile: its logs are the service's, and what needs the task's container
+    // (exec, files, pause, stats) is a 501.
+    let ttl_id = create(
+        &op,
+        &unique_name("swttl"),
+        json!({"ttl": "6s", "readiness": false, "arguments": ["sh", "-c", "echo hello-from-swarm; exec sleep 60"]}),
+    )
+    .await;
     op.wait_for(&ttl_id, Duration::from_secs(30), running).await;
     assert!(service(&swarm, &ttl_id).is_some());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = op.http.get(op.url(&format!("/env-instance/{ttl_id}/logs"))).send().await.unwrap();
+        assert_eq!(logs.status(), 200);
+        if logs.text().await.unwrap().contains("hello-from-swarm") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the service's logs never showed the line");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, body) = op.post_json(&format!("/env-instance/{ttl_id}/exec"), &json!({"command": ["true"]})).await;
+    assert_eq!(code, 501, "{body}");
     op.wait_for(&ttl_id, Duration::from_secs(30), |v| v["code"] == 404).await;
     wait_gone(&swarm, &ttl_id, Duration::from_secs(10)).await;
 
