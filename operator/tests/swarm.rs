@@ -368,3 +368,61 @@ async fn owners_get_overlay_networks_of_their_own() {
     }
     assert!(swarm.docker(&["network", "inspect", &networks[1]]).status.success(), "bob's overlay is in use");
 }
+
+#[tokio::test]
+async fn a_warm_pool_of_services_serves_creates_with_the_template_s_placement() {
+    let swarm = SwarmDaemon::start();
+    let op = operator_on(&swarm).await;
+    let name = unique_name("swpool");
+    // A template that places by node label: its pool's sandboxes are placed by it too.
+    let body = json!({"name": name, "version": "1.0.0", "artifacts": [{"type": "image", "content": TEST_IMAGE}],
+        "deployConfig": {"placement": {"constraints": ["node.role==manager"]}}});
+    let (code, resp) = op.post_json("/env", &body).await;
+    assert_eq!(code, 200, "{resp}");
+    let (code, resp) =
+        op.post_json("/env-pool", &json!({"name": "swp", "envName": format!("{name}@1.0.0"), "replicas": 1})).await;
+    assert_eq!(code, 200, "{resp}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, p) = op.get("/env-pool/swp").await;
+        if p["data"]["ready"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool did not fill: {p}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let waiting = swarm.docker_ok(&["service", "ls", "--format", "{{.Name}}"]);
+    let waiting: Vec<&str> = waiting.lines().collect();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    let svc = service(&swarm, waiting[0]).unwrap();
+    assert_eq!(svc["Spec"]["TaskTemplate"]["Placement"]["Constraints"], json!(["node.role==manager"]));
+
+    // The SDK's create is answered Running from the pool, with an address the proxy reaches.
+    let create = json!({"envName": format!("{name}@1.0.0"), "datasource": "", "ttl": "30m",
+        "environment_variables": {"envNAME": name, "envversion": "1.0.0"}, "arguments": [], "labels": {}});
+    let (code, created) = op.post_json("/env-instance", &create).await;
+    assert_eq!(code, 200, "{created}");
+    assert_eq!(created["data"]["status"], "Running", "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(id, waiting[0], "served by the waiting service");
+    let ip = created["data"]["ip"].as_str().unwrap();
+    let resp = op
+        .http
+        .get(op.proxy_url("/health"))
+        .header("AEnvCore-MCPProxy-URL", format!("http://{ip}:8081"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // Deleting the claimed instance removes its service; deleting the pool removes the one that refilled it.
+    op.delete(&format!("/env-instance/{id}")).await;
+    wait_gone(&swarm, &id, Duration::from_secs(20)).await;
+    let (code, _) = op.delete("/env-pool/swp").await;
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !swarm.docker_ok(&["service", "ls", "-q"]).is_empty() {
+        assert!(Instant::now() < deadline, "services left after the pool went:\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
