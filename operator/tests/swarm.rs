@@ -426,3 +426,32 @@ async fn a_warm_pool_of_services_serves_creates_with_the_template_s_placement() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A daemon that is no swarm manager is refused at start-up, saying what to do (the host's daemon, which is in no
+/// swarm: only read).
+#[tokio::test]
+async fn a_daemon_outside_a_swarm_is_refused_at_start() {
+    let state = aenv_testkit::docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).stdout;
+    if String::from_utf8_lossy(&state).trim() != "inactive" {
+        eprintln!("skipped: the host's Docker daemon is part of a swarm");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--engine",
+            "swarm",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not part of a swarm") && stderr.contains("docker swarm init"), "{stderr}");
+}
