@@ -10,7 +10,7 @@ use aenv_core::{
     Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, InvalidSpec, ManagedObject, Observed, OwnedKind,
     OwnedObject, Phase, PullProgress, Workload, labels,
 };
-use aenv_engine_docker::{NETWORK_LABEL, Prober, classify, is_conflict, is_not_found, owner_scoped};
+use aenv_engine_docker::{Allowance, NETWORK_LABEL, Prober, classify, is_conflict, is_not_found, owner_scoped};
 use async_trait::async_trait;
 use bollard::{
     Docker,
@@ -94,7 +94,16 @@ impl SwarmEngine {
         let name = self.network_of(spec);
         let _one_at_a_time = self.network_lock.lock().await;
         let owner = spec.owner.as_deref().filter(|_| self.config.docker.owner_networks);
-        network::ensure(&self.docker, &name, &self.config.docker.operator_id, owner).await?;
+        let foreign_ok = || {
+            if name == self.config.network {
+                return Ok(());
+            }
+            self.config.docker.policy.check(Allowance::ExternalNetworks, "deployConfig.network").map_err(|e| {
+                let msg = format!("network {name} exists and was not created by aenv-operator: {}", e.message);
+                EngineError::permanent(msg).with_source(e)
+            })
+        };
+        network::ensure(&self.docker, &name, &self.config.docker.operator_id, owner, foreign_ok).await?;
         Ok(name)
     }
 

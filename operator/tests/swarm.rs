@@ -155,6 +155,16 @@ async fn instances_are_single_replica_services() {
     }
     assert_eq!(swarm.docker_ok(&["service", "ls", "-q"]), "", "a refused create makes nothing");
 
+    // An overlay the operator did not make (a team's application network) is not joined because a request named
+    // it: the instance fails saying which flag allows it, and no service is made.
+    swarm.docker_ok(&["network", "create", "-d", "overlay", "--attachable", "team-backend"]);
+    let foreign = create(&op, &unique_name("swforeign"), json!({"network": "team-backend"})).await;
+    let v = op.wait_for(&foreign, Duration::from_secs(20), |v| v["data"]["status"] == "Failed").await;
+    assert!(v["data"]["message"].as_str().unwrap_or_default().contains("--allow external-networks"), "{v}");
+    assert!(service(&swarm, &foreign).is_none());
+    op.delete(&format!("/env-instance/{foreign}")).await;
+    swarm.docker_ok(&["network", "rm", "team-backend"]);
+
     // A constraint no node meets keeps the instance waiting with Swarm's reason; labelling the node places it.
     let gpu =
         create(&op, &unique_name("swgpu"), json!({"placement": {"constraints": ["node.labels.gpu==true"]}})).await;
