@@ -465,3 +465,17 @@ async fn a_daemon_outside_a_swarm_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not part of a swarm") && stderr.contains("docker swarm init"), "{stderr}");
 }
+
+/// The stack file that deploys the operator on a swarm reads as a valid compose file for `docker stack deploy`
+/// (the CLI's own check, `docker stack config`), runs the Swarm engine, and takes the tokens from a Swarm secret.
+#[test]
+fn the_operator_s_stack_file_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/swarm/aenv-operator.yml");
+    let out = std::process::Command::new("docker").args(["stack", "config", "-c", path]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--engine=swarm", "--tokens-file=/run/secrets/aenv-tokens", "external: true", "node.role == manager"]
+    {
+        assert!(config.contains(needle), "{needle} in:\n{config}");
+    }
+}
