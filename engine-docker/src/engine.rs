@@ -81,7 +81,12 @@ impl DockerEngine {
             .flat_map(std::env::split_paths)
             .map(|dir| dir.join("criu"))
             .find(|p| p.is_file());
-        let found = crate::ops::checkpoint_support(experimental, criu.as_deref());
+        // `criu check`: whether CRIU can work on this kernel at all (what a checkpoint create would need).
+        let check = match (&experimental, &criu) {
+            (Some(true), Some(path)) => Some(crate::ops::criu_check(path).await),
+            _ => None,
+        };
+        let found = crate::ops::checkpoint_support(experimental, criu.as_deref(), check);
         self.checkpoints.get_or_init(|| found).clone()
     }
 

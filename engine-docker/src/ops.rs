@@ -430,7 +430,17 @@ pub(crate) async fn snapshot(
 pub(crate) fn checkpoint_support(
     experimental: Option<bool>,
     criu: Option<&std::path::Path>,
+    check: Option<Result<(), String>>,
 ) -> aenv_core::CheckpointSupport {
+    if let (Some(true), Some(path), Some(Err(why))) = (experimental, criu, &check) {
+        return aenv_core::CheckpointSupport {
+            available: false,
+            reason: format!(
+                "the daemon's experimental mode is on and criu is at {}, but `criu check` fails on this host: {why}",
+                path.display()
+            ),
+        };
+    }
     let (available, reason) = match (experimental, criu) {
         (None, _) => (false, "the daemon's /info could not be read".to_string()),
         (Some(false), _) => (
@@ -451,6 +461,21 @@ pub(crate) fn checkpoint_support(
         ),
     };
     aenv_core::CheckpointSupport { available, reason }
+}
+
+/// Runs `criu check` (at most 10 s): its complaint when it fails.
+pub(crate) async fn criu_check(criu: &std::path::Path) -> Result<(), String> {
+    let run = tokio::process::Command::new(criu).arg("check").kill_on_drop(true).output();
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let text = String::from_utf8_lossy(&out.stderr);
+            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string();
+            Err(format!("{} ({last})", out.status))
+        }
+        Ok(Err(e)) => Err(format!("it could not be run: {e}")),
+        Err(_) => Err("it did not finish in 10 s".into()),
+    }
 }
 
 /// Every snapshot image on the daemon (labelled `aenv.io/snapshot-by` with a value), one per reference under
@@ -495,13 +520,19 @@ mod tests {
 
     #[test]
     fn checkpoints_need_the_experimental_daemon_and_criu() {
-        let off = checkpoint_support(Some(false), Some(std::path::Path::new("/usr/sbin/criu")));
+        let criu = Some(std::path::Path::new("/usr/sbin/criu"));
+        let off = checkpoint_support(Some(false), criu, None);
         assert!(!off.available && off.reason.contains("experimental mode is off"), "{off:?}");
-        let no_criu = checkpoint_support(Some(true), None);
+        let no_criu = checkpoint_support(Some(true), None, None);
         assert!(!no_criu.available && no_criu.reason.contains("criu is not"), "{no_criu:?}");
-        let unknown = checkpoint_support(None, None);
+        let unknown = checkpoint_support(None, None, None);
         assert!(!unknown.available && unknown.reason.contains("/info"), "{unknown:?}");
-        let both = checkpoint_support(Some(true), Some(std::path::Path::new("/usr/sbin/criu")));
+        let broken = checkpoint_support(Some(true), criu, Some(Err("exit status: 1 (no vdso)".into())));
+        assert!(
+            !broken.available && broken.reason.contains("criu check") && broken.reason.contains("vdso"),
+            "{broken:?}"
+        );
+        let both = checkpoint_support(Some(true), criu, Some(Ok(())));
         assert!(both.available && both.reason.contains("/usr/sbin/criu"), "{both:?}");
     }
 }

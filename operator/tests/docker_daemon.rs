@@ -175,6 +175,13 @@ async fn memory_checkpoint_support_is_detected_from_the_daemon_and_reported() {
     let ready: Value = op.http.get(op.url("/readyz")).send().await.unwrap().json().await.unwrap();
     let reason = ready["memoryCheckpoints"]["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("experimental mode is on"), "{ready}");
-    let criu_here = std::process::Command::new("sh").args(["-c", "command -v criu"]).output().unwrap().status.success();
-    assert_eq!(ready["memoryCheckpoints"]["available"], criu_here, "{ready}");
+    // Available only where criu is installed and `criu check` passes on this kernel (it does not in a Firecracker
+    // VM: its vdso cannot be read).
+    let criu_works = std::process::Command::new("sh")
+        .args(["-c", "command -v criu >/dev/null && criu check >/dev/null 2>&1"])
+        .status()
+        .unwrap()
+        .success();
+    assert_eq!(ready["memoryCheckpoints"]["available"], criu_works, "{ready}");
+    eprintln!("memoryCheckpoints on an experimental daemon: {}", ready["memoryCheckpoints"]);
 }
