@@ -73,10 +73,33 @@ pub struct EnvServiceSpec {
     /// Limits of each replica (the request's `cpu_limit` and `memory_limit`), replacing the template's.
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// What each replica asks to be reserved (the request's `cpu_request` and `memory_request`): a Pod's
+    /// requests on Kubernetes; on Docker a memory reservation and a cpu weight. Absent: the limits.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub requests: Resources,
+    /// Scratch disk of each replica (the request's `ephemeral_storage_request` and `_limit`): a Pod's
+    /// `ephemeral-storage` on Kubernetes; not enforced by Docker.
+    #[serde(default, skip_serializing_if = "EphemeralStorage::is_empty")]
+    pub ephemeral_storage: EphemeralStorage,
     /// An inline template (the controller API's `POST /services` body), used instead of looking up the
     /// Environment `envName` names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<Box<EnvInstanceSpec>>,
+}
+
+/// A replica's scratch disk, as quantities (`10Gi`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct EphemeralStorage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+}
+
+impl EphemeralStorage {
+    pub fn is_empty(&self) -> bool {
+        self.request.is_none() && self.limit.is_none()
+    }
 }
 
 fn default_port() -> u16 {

@@ -55,6 +55,13 @@ def test_docker_disabled_runs_pods_with_pod_rbac_in_the_sandbox_namespace_only()
     assert not any(e['name'].startswith('DOCKER_') for e in c['env'])
     pods = [r for r in rules(docs) if r[1] == 'pods']
     assert pods == [('', 'pods', ('get', 'list', 'watch', 'create', 'delete'), 'Role', 'aenv-sandbox')], pods
+    # EnvServices: Deployment, Service and claim, in the sandbox namespace too.
+    service_objects = [r for r in rules(docs) if r[1] in ('deployments', 'services', 'persistentvolumeclaims')]
+    assert service_objects == [
+        ('apps', 'deployments', ('get', 'create', 'update', 'delete'), 'Role', 'aenv-sandbox'),
+        ('', 'services', ('get', 'create', 'delete'), 'Role', 'aenv-sandbox'),
+        ('', 'persistentvolumeclaims', ('get', 'create', 'delete'), 'Role', 'aenv-sandbox'),
+    ], service_objects
     binding = one(docs, 'RoleBinding', '-pods')
     assert binding['metadata']['namespace'] == 'aenv-sandbox'
     assert binding['subjects'] == [{'kind': 'ServiceAccount', 'name': 'demo-aenv-operator', 'namespace': 'aenv'}]
@@ -68,6 +75,7 @@ def test_docker_enabled_with_the_socket_mounts_it_and_grants_no_pods():
     volumes = one(docs, 'Deployment')['spec']['template']['spec']['volumes']
     assert volumes == [{'name': 'docker-socket', 'hostPath': {'path': '/var/run/docker.sock', 'type': 'Socket'}}]
     assert not any(r[1] == 'pods' for r in rules(docs)), rules(docs)
+    assert not any(r[1] in ('deployments', 'persistentvolumeclaims') for r in rules(docs)), rules(docs)
     assert not any(e['name'].startswith('DOCKER_TLS') for e in c['env'])
 
 

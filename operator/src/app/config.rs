@@ -228,6 +228,10 @@ pub struct KubeArgs {
     /// reference to their EnvInstance only when both share a namespace.
     #[arg(long, env = "AENV_SANDBOX_NAMESPACE")]
     pub sandbox_namespace: Option<String>,
+    /// The cluster's DNS suffix of Services (--engine kubernetes): an EnvService's `service_url` is
+    /// `http://<name>.<sandbox namespace>.<suffix>:<port>`. AEnvironment's SERVICE_DOMAIN_SUFFIX.
+    #[arg(long, default_value = "svc.cluster.local", env = "SERVICE_DOMAIN_SUFFIX")]
+    pub service_domain_suffix: String,
     /// A kubeconfig file. Default: the in-cluster service account, else $KUBECONFIG or ~/.kube/config.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,

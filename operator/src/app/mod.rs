@@ -138,11 +138,15 @@ pub async fn open_engine(
                 KubeEngineConfig {
                     owner_references: config.store == StoreKind::Kubernetes,
                     grace_period_seconds: config.docker.stop_timeout.as_secs().min(i64::MAX as u64) as i64,
+                    service_domain_suffix: Some(config.kube.service_domain_suffix.as_str())
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or("svc.cluster.local")
+                        .to_string(),
                     ..KubeEngineConfig::new(operator_id, &namespace)
                 },
             )?;
             engine.check().await?;
-            info!(namespace = %namespace, "Kubernetes engine ready: instances run as Pods");
+            info!(namespace = %namespace, "Kubernetes engine ready: instances run as Pods, services as Deployments");
             Ok(Arc::new(engine))
         }
         (EngineKind::Kubernetes, None) => Err(Error::Config("the Kubernetes engine needs a Kubernetes client".into())),
@@ -235,6 +239,7 @@ pub async fn serve(
         env_services.clone(),
         namespace.clone(),
         config.api.proxy_auth.then(|| auth.clone()),
+        engine.clone(),
     );
     let services = Services::new(
         instances,

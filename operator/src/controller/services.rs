@@ -19,8 +19,8 @@ use std::{
 };
 
 use aenv_core::{
-    Engine, EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, Environment, MemberState, OwnedKind,
-    OwnedObject, Phase, ServicePhase,
+    Engine, EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, Environment, MemberState, NativeServices,
+    OwnedKind, OwnedObject, Phase, ServicePhase,
     envservice::{DELETE_STORAGE_ANNOTATION, SERVICE_LABEL, replica_spec},
 };
 use futures::StreamExt;
@@ -198,6 +198,9 @@ impl ServiceLoop {
         let svc_key = key_of(svc);
         let Some(svc) = self.services.get(&svc_key) else { return Ok(Action::await_change()) };
         self.services.hold(&svc).await?;
+        if let Some(native) = self.engine.native_services() {
+            return self.reconcile_native(&svc, native).await;
+        }
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
         let model = self.model(&svc);
@@ -267,6 +270,55 @@ impl ServiceLoop {
             None => Duration::from_secs(10),
         };
         Ok(Action::requeue(again))
+    }
+
+    /// One look at a service the engine runs natively (Kubernetes: a Deployment, a Service, a claim): the engine
+    /// makes its objects match and reports their state; deletion removes them (the claim only when asked), then
+    /// the service. A refusal that no retry cures (a 422, a name taken by someone else) is the service's
+    /// `Failed` phase with the reason; a backend that does not answer is retried.
+    async fn reconcile_native(&self, svc: &EnvService, native: &dyn NativeServices) -> Result<Action, Error> {
+        let svc_key = key_of(svc);
+        if svc.metadata.deletion_timestamp.is_some() {
+            let with_storage =
+                svc.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(DELETE_STORAGE_ANNOTATION));
+            native.delete_service(svc, with_storage).await.map_err(Error::Engine)?;
+            self.services.purge(&svc_key).await?;
+            info!(with_storage, "service deleted");
+            return Ok(Action::await_change());
+        }
+        let previous = svc.status.clone().unwrap_or_default();
+        let status = match self.model(svc) {
+            None => EnvServiceStatus {
+                last_error: Some(format!(
+                    "environment \"{}\" not found: register it again, or delete the service",
+                    svc.spec.env_name
+                )),
+                ..previous.clone()
+            },
+            Some(model) => match native.apply_service(svc, &model).await {
+                Ok(status) => status,
+                Err(e) if e.is_retryable() => return Err(Error::Engine(e)),
+                Err(e) => {
+                    warn!(error = %e, "the engine refuses the service");
+                    EnvServiceStatus {
+                        phase: ServicePhase::Failed,
+                        last_error: Some(e.to_string()),
+                        ..previous.clone()
+                    }
+                }
+            },
+        };
+        if svc.status.as_ref() != Some(&status) {
+            let mut updated = svc.clone();
+            updated.status = Some(status.clone());
+            self.services.write_status(&updated).await?;
+        }
+        // The engine's objects send no events here: look again soon while the service is not settled.
+        Ok(Action::requeue(if status.phase == ServicePhase::Running {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(1)
+        }))
     }
 
     async fn create_replica(&self, svc: &EnvService, model: &EnvInstanceSpec) -> Result<(), Error> {

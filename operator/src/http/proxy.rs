@@ -77,6 +77,8 @@ pub struct Proxy {
     client: Client<HttpConnector, ProxyBody>,
     /// With `--proxy-auth`: the tokens; a caller reaches only its own instances.
     auth: Option<Arc<Auth>>,
+    /// The engine, for the in-cluster address of a service it runs natively (Kubernetes).
+    engine: Arc<dyn aenv_core::Engine>,
 }
 
 impl Proxy {
@@ -86,6 +88,7 @@ impl Proxy {
         services: Arc<dyn ObjectStore<aenv_core::EnvService>>,
         namespace: String,
         auth: Option<Arc<Auth>>,
+        engine: Arc<dyn aenv_core::Engine>,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -97,6 +100,7 @@ impl Proxy {
             namespace,
             turn: Default::default(),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            engine,
             auth,
         })
     }
@@ -205,6 +209,12 @@ impl Proxy {
         else {
             return error(StatusCode::NOT_FOUND, &format!("service \"{service}\" not found"), "");
         };
+        // A service the engine runs natively has a Service of its own that spreads requests over the ready
+        // replicas: it is reached by its in-cluster address (from an operator that runs in the cluster).
+        if let Some(native) = self.engine.native_services() {
+            let label = format!("service {service}");
+            return self.relay(method, native.service_address(&svc), tail, &query, headers, body, &label).await;
+        }
         let mut ready: Vec<String> = self
             .instances
             .list_where(&|i: &EnvInstance| {

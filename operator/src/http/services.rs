@@ -81,7 +81,7 @@ pub fn parse_create(body: &[u8]) -> Result<ServiceRequest, ApiError> {
     let env_name = string(&obj, "envName")?.filter(|s| !s.is_empty()).ok_or_else(|| {
         ApiError::bad_request("field `envName` is required: name@version of an environment, such as \"mini@1.0.0\"")
     })?;
-    // Requests (and ephemeral storage) are checked as quantities; Docker enforces limits only.
+    // Requests and ephemeral storage are checked as quantities here (the field named at once).
     for field in ["cpu_request", "memory_request", "ephemeral_storage_request", "ephemeral_storage_limit"] {
         let Some(q) = string(&obj, field)? else { continue };
         let ok = if field.starts_with("cpu") {
@@ -106,6 +106,11 @@ pub fn parse_create(body: &[u8]) -> Result<ServiceRequest, ApiError> {
         port: integer(&obj, "port")?,
         cpu: string(&obj, "cpu_limit")?,
         memory: string(&obj, "memory_limit")?,
+        requests: aenv_core::Resources { cpu: string(&obj, "cpu_request")?, memory: string(&obj, "memory_request")? },
+        ephemeral_storage: aenv_core::envservice::EphemeralStorage {
+            request: string(&obj, "ephemeral_storage_request")?,
+            limit: string(&obj, "ephemeral_storage_limit")?,
+        },
         owner: string(&obj, "owner")?.filter(|o| !o.is_empty()),
         inline: None,
     };
@@ -140,8 +145,14 @@ fn render(svc: &Services, s: &aenv_core::EnvService) -> Value {
         ))),
         None => svc.find_template(n, v),
     });
-    let available = svc.replicas_of(s).iter().filter(|r| r.member_state() == aenv_core::MemberState::Ready).count();
-    wire::service(s, template.as_deref(), available as u32, svc.proxy_url.get().map(String::as_str))
+    let available = svc.available_replicas(s);
+    let url = match svc.native_address(s) {
+        Some(address) => Some(format!("http://{address}")),
+        None => {
+            svc.proxy_url.get().map(|p| format!("{p}/env-service/{}", s.metadata.name.as_deref().unwrap_or_default()))
+        }
+    };
+    wire::service(s, template.as_deref(), available, url.as_deref())
 }
 
 #[derive(serde::Deserialize)]

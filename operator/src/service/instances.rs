@@ -130,7 +130,8 @@ impl Services {
                     .list_where(&|i: &EnvInstance| {
                         !i.is_deleting() && i.pool().is_none() && i.spec.owner.as_deref() == Some(p.owner.as_str())
                     })
-                    .len();
+                    .len()
+                    + self.native_replicas(Some(p.owner.as_str()));
                 if held >= max {
                     return Err(ServiceError::Forbidden(format!(
                         "Instance count exceeds limit: {max} (owner {} holds {held}; delete one first)",
@@ -145,7 +146,8 @@ impl Services {
         }
         if let Some(max) = self.limits.limits.max_instances {
             // Sandboxes waiting in pools count: they hold the host's resources as instances do.
-            let live = self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len();
+            let live =
+                self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len() + self.native_replicas(None);
             if live >= max {
                 return Err(ServiceError::Forbidden(format!(
                     "the operator holds its limit of {max} live instances; try again when some are gone"
