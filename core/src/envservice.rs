@@ -23,6 +23,8 @@ pub const DELETE_STORAGE_ANNOTATION: &str = "aenv.io/delete-storage";
 pub const DEFAULT_MOUNT_PATH: &str = "/home/admin/data";
 /// The port the service answers on unless the request says otherwise (AEnvironment's default).
 pub const DEFAULT_PORT: u16 = 8080;
+/// Prefix of a service's network (Docker): `aenv-svc-<service>`, scoped to the owner as owner networks are.
+pub const SERVICE_NETWORK_PREFIX: &str = "aenv-svc-";
 /// Most replicas one service may have.
 pub const MAX_SERVICE_REPLICAS: u32 = 100;
 
@@ -214,6 +216,26 @@ pub fn replica_spec(
     spec.owner = service.owner.clone();
     spec.ttl = None;
     spec.volumes.extend(service.volume());
+    spec
+}
+
+/// The network of service `service` (Docker): its replicas join it and answer there to the service's name; an
+/// instance joins it with `deployConfig.network: "aenv-svc-<service>"`. With tokens the engine scopes it to the
+/// owner (`aenv-o-<owner hash>-aenv-svc-<service>`), as every network an owner names.
+pub fn service_network(service: &str) -> String {
+    format!("{SERVICE_NETWORK_PREFIX}{service}")
+}
+
+/// The service whose network `network` is, if it is one.
+pub fn service_of_network(network: &str) -> Option<&str> {
+    network.strip_prefix(SERVICE_NETWORK_PREFIX).filter(|s| !s.is_empty())
+}
+
+/// A replica of `service` as [`replica_spec`] makes it, on the service's network and answering there to the
+/// service's name.
+pub fn on_service_network(mut spec: EnvInstanceSpec, service: &str) -> EnvInstanceSpec {
+    spec.network = Some(service_network(service));
+    spec.network_aliases = vec![service.to_string()];
     spec
 }
 

@@ -100,6 +100,10 @@ pub struct EnvInstanceSpec {
     /// Named volumes to mount (an EnvService's storage). Names only: never a host path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMount>,
+    /// Other names the instance answers to on its (user) network: a service's replicas answer to the service's
+    /// name on its network. DNS labels; set by the service controller only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_aliases: Vec<String>,
 }
 
 /// A named volume (a Docker volume; a PVC on Kubernetes) mounted into the container.

@@ -21,7 +21,7 @@ use std::{
 use aenv_core::{
     Engine, EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, Environment, MemberState, NativeServices,
     OwnedKind, OwnedObject, Phase, ServicePhase,
-    envservice::{DELETE_STORAGE_ANNOTATION, SERVICE_LABEL, replica_spec},
+    envservice::{DELETE_STORAGE_ANNOTATION, SERVICE_LABEL, on_service_network, replica_spec},
 };
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -181,16 +181,18 @@ impl ServiceLoop {
         u32::try_from(max.saturating_sub(live)).unwrap_or(u32::MAX)
     }
 
-    /// What a replica of `svc` runs now; `None` when its template is gone.
+    /// What a replica of `svc` runs now (on the service's network, answering there to its name); `None` when its
+    /// template is gone.
     pub fn model(&self, svc: &EnvService) -> Option<EnvInstanceSpec> {
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
         let (n, v) = svc.spec.template()?;
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
         if let Some(inline) = &svc.spec.template {
-            return Some(replica_spec(inline, n, v, &svc.spec));
+            return Some(on_service_network(replica_spec(inline, n, v, &svc.spec), name));
         }
         let t = self.templates.get(&key(&namespace, &Environment::object_name(n, v)))?;
         (t.spec.name == n && t.spec.version == v && t.metadata.deletion_timestamp.is_none())
-            .then(|| replica_spec(&t.spec.template, n, v, &svc.spec))
+            .then(|| on_service_network(replica_spec(&t.spec.template, n, v, &svc.spec), name))
     }
 
     /// One look at a service: plan, remove, create, write the status.

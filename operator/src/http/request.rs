@@ -403,6 +403,8 @@ fn parse_request(obj: &Map<String, Value>, strictness: Strictness) -> Result<Cre
         // Named volumes are an EnvService's storage, made by the service controller only: a create through
         // /env-instance cannot mount one (nor reach another tenant's).
         volumes: Vec::new(),
+        // Likewise the names a service's replicas answer to on its network.
+        network_aliases: Vec::new(),
     })))
 }
 

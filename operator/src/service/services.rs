@@ -298,6 +298,13 @@ impl Services {
                 info!(service = %id, env = %req.env_name, replicas, "service created");
                 Ok(stored)
             }
+            Err(Error::AlreadyExists(_))
+                if self.env_services.get(&self.key(&id)).is_some_and(|s| s.metadata.deletion_timestamp.is_some()) =>
+            {
+                Err(ServiceError::Conflict(format!(
+                    "service \"{id}\" is still being deleted (its replicas are going); try again in a few seconds, or pick another service_name"
+                )))
+            }
             Err(Error::AlreadyExists(_)) => Err(ServiceError::Conflict(format!(
                 "service \"{id}\" exists already; change it with PUT /env-service/{id}, or pick another service_name"
             ))),
