@@ -534,7 +534,7 @@ fn answers(from: &str, host: &str) -> bool {
 /// The service's replicas answer to its name on the service's network (owner-scoped with tokens); a sandbox of the
 /// same owner that names that network (`deployConfig.network: "aenv-svc-<service>"`) resolves the name to the
 /// replicas and gets an answer; another tenant can neither join the network (400 naming the field) nor resolve the
-/// name from its own sandboxes.
+/// name from its own sandboxes. The replicas are listed, and each one's output read, by the owner only.
 #[tokio::test]
 async fn sandboxes_on_a_service_network_reach_it_by_name_and_other_tenants_cannot_join_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -552,10 +552,12 @@ async fn sandboxes_on_a_service_network_reach_it_by_name_and_other_tenants_canno
     const ALICE: &str = "alice-token-0123456789";
     const BOB: &str = "bob-token-0123456789";
     let name = unique_name("svcdns");
+    // Replicas say something first, for their logs.
     let (code, resp) = send_as(
         ALICE,
         op.http.post(op.url("/env")).json(&json!({"name": name, "version": "1.0.0", "shared": true,
-            "artifacts": [{"type": "image", "content": TEST_IMAGE}]})),
+            "artifacts": [{"type": "image", "content": TEST_IMAGE}],
+            "deployConfig": {"arguments": ["sh", "-c", "echo replica-log-line; exec /bin/aenv-entrypoint"]}})),
     )
     .await;
     assert_eq!(code, 200, "{resp}");
@@ -624,6 +626,29 @@ async fn sandboxes_on_a_service_network_reach_it_by_name_and_other_tenants_canno
     for ip in &replica_ips {
         assert!(lookup.contains(ip.as_str()), "{svc} resolves to every replica ({ip}): {lookup}");
     }
+
+    // The replicas through the API, and each one's output; alice's own instance is no replica of the service.
+    let (code, listed) = send_as(ALICE, op.http.get(op.url(&format!("/env-service/{svc}/replicas")))).await;
+    assert_eq!(code, 200, "{listed}");
+    let items = listed["data"].as_array().unwrap();
+    let mut ids: Vec<String> = items.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, replicas(&name).into_iter().filter(|r| *r != client).collect::<Vec<_>>());
+    assert!(items.iter().all(|r| r["ready"] == true && r["status"] == "Running" && r["ip"] != ""), "{listed}");
+    let logs_of = |token: &'static str, replica: &str| {
+        let req =
+            op.http.get(op.url(&format!("/env-service/{svc}/replicas/{replica}/logs?tail=50"))).bearer_auth(token);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (code, text) = logs_of(ALICE, &ids[0]).await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("replica-log-line"), "{text:?}");
+    assert_eq!(logs_of(ALICE, &client).await.0, 404, "not a replica of the service");
+    assert_eq!(logs_of(BOB, &ids[0]).await.0, 404, "not bob's service");
+    assert_eq!(send_as(BOB, op.http.get(op.url(&format!("/env-service/{svc}/replicas")))).await.0, 404);
 
     // Bob cannot join alice's service network: refused, naming the field, nothing made.
     let (code, resp) = start(BOB, join).await;

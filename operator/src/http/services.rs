@@ -3,7 +3,10 @@
 //! /env-service/{id}` `{"replicas"?, "image"?, "environment_variables"?}` changes one (rolling), `DELETE
 //! /env-service/{id}?deleteStorage=true` removes one (with its storage when asked).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde_json::{Map, Value};
 use warp::{Filter, hyper::body::Bytes};
@@ -208,8 +211,8 @@ pub fn routes(
     let delete = warp::path!("env-service" / String)
         .and(warp::delete())
         .and(warp::query::<DeleteQuery>())
-        .and(who)
-        .and(with_services(svc))
+        .and(who.clone())
+        .and(with_services(svc.clone()))
         .then(|id: String, q: DeleteQuery, c: Option<Principal>, svc: Arc<Services>| async move {
             let result = async {
                 let delete_storage = match q.delete_storage.as_deref() {
@@ -226,7 +229,80 @@ pub fn routes(
             };
             reply(result.await)
         });
-    create.or(list).unify().or(get).unify().or(update).unify().or(delete).unify()
+    let query = warp::query::<HashMap<String, String>>();
+    let replicas = warp::path!("env-service" / String / "replicas")
+        .and(warp::get())
+        .and(who.clone())
+        .and(with_services(svc.clone()))
+        .map(|id: String, c: Option<Principal>, svc: Arc<Services>| reply(replicas(&svc, &id, c.as_ref())));
+    let logs = warp::path!("env-service" / String / "replicas" / String / "logs")
+        .and(warp::get())
+        .and(who)
+        .and(query)
+        .and(with_services(svc))
+        .map(|id: String, replica: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+            replica_logs(&svc, &id, &replica, c.as_ref(), &q).unwrap_or_else(ApiError::into_reply)
+        });
+    create.or(replicas).unify().or(logs).unify().or(list).unify().or(get).unify().or(update).unify().or(delete).unify()
+}
+
+/// A service the engine runs natively has no replica of its own to show.
+fn native_refusal(svc: &Services, s: &aenv_core::EnvService) -> Result<(), ApiError> {
+    match svc.native_address(s) {
+        None => Ok(()),
+        Some(_) => Err(ApiError::new(
+            501,
+            format!(
+                "service \"{}\" runs as a Kubernetes Deployment: list its Pods with `kubectl get pods -l aenv.io/service={0}` and read their output with `kubectl logs`",
+                s.metadata.name.as_deref().unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+/// `GET /env-service/{id}/replicas`: the service's replicas, oldest first: `id`, `status`, `ready`, `ip`,
+/// `created_at`, `message`. Only the owner's service (404 otherwise).
+fn replicas(svc: &Services, id: &str, caller: Option<&Principal>) -> Result<Value, ApiError> {
+    let s = svc.service(id, caller)?;
+    native_refusal(svc, &s)?;
+    let mut members = svc.replicas_of(&s);
+    members.sort_by_key(|m| (m.metadata.creation_timestamp.as_ref().map(|t| t.0), m.metadata.name.clone()));
+    Ok(Value::Array(
+        members
+            .iter()
+            .map(|m| {
+                let status = m.status.clone().unwrap_or_default();
+                serde_json::json!({
+                    "id": m.metadata.name.clone().unwrap_or_default(),
+                    "status": m.phase().to_string(),
+                    "ready": m.member_state() == aenv_core::MemberState::Ready,
+                    "ip": status.ip.unwrap_or_default(),
+                    "created_at": m.metadata.creation_timestamp.as_ref().map(|t| wire::format_time(t.0)).unwrap_or_default(),
+                    "message": status.message.unwrap_or_default(),
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// `GET /env-service/{id}/replicas/{replica}/logs?follow=true&tail=N`: one replica's output as plain text. The
+/// replica must be one of the service's, and the service the caller's.
+fn replica_logs(
+    svc: &Services,
+    id: &str,
+    replica: &str,
+    caller: Option<&Principal>,
+    q: &HashMap<String, String>,
+) -> Result<warp::reply::Response, ApiError> {
+    let s = svc.service(id, caller)?;
+    native_refusal(svc, &s)?;
+    let member =
+        svc.replicas_of(&s).into_iter().find(|m| m.metadata.name.as_deref() == Some(replica)).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "service \"{id}\" has no replica \"{replica}\"; list them with GET /env-service/{id}/replicas"
+            ))
+        })?;
+    super::instances::stream_logs(svc, &member, q)
 }
 
 #[cfg(test)]
