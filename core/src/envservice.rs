@@ -83,6 +83,10 @@ pub struct EnvServiceSpec {
     /// `ephemeral-storage` on Kubernetes; not enforced by Docker.
     #[serde(default, skip_serializing_if = "EphemeralStorage::is_empty")]
     pub ephemeral_storage: EphemeralStorage,
+    /// A replica not ready this many seconds after it was made is replaced (Docker engine); absent: the
+    /// operator's `--service-ready-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout_seconds: Option<u32>,
     /// An inline template (the controller API's `POST /services` body), used instead of looking up the
     /// Environment `envName` names.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -672,3 +672,65 @@ async fn sandboxes_on_a_service_network_reach_it_by_name_and_other_tenants_canno
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A replica whose readiness probe never passes (the test image answering /health only after an hour) is removed
+/// and replaced once the service's ready timeout passes, the reason in the service's `message`; the timeout is
+/// checked as input.
+#[tokio::test]
+async fn a_replica_never_ready_is_replaced_after_the_ready_timeout_with_the_reason() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("svcslow");
+    let body = json!({"name": name, "version": "1.0.0", "artifacts": [{"type": "image", "content": TEST_IMAGE}],
+        "deployConfig": {"environment_variables": {"AENV_HEALTH_DELAY": "3600"}}});
+    let (code, resp) = op.post_json("/env", &body).await;
+    assert_eq!(code, 200, "{resp}");
+    let id = unique_name("slow");
+    let create = |timeout: Value| {
+        json!({"envName": format!("{name}@1.0.0"), "service_name": id, "replicas": 1, "port": 8081,
+            "ready_timeout_seconds": timeout})
+    };
+    for bad in [json!(0), json!(-5), json!(86_401), json!("2")] {
+        let (code, resp) = op.post_json("/env-service", &create(bad.clone())).await;
+        assert_eq!(code, 400, "{bad}: {resp}");
+        assert!(resp["message"].as_str().unwrap().contains("ready_timeout_seconds"), "{resp}");
+    }
+    let (code, resp) = op.post_json("/env-service", &create(json!(2))).await;
+    assert_eq!(code, 200, "{resp}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let [one] = replicas(&name).as_slice() {
+            break one.clone();
+        }
+        assert!(Instant::now() < deadline, "no replica started\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let s = wait_service(&op, &id, Duration::from_secs(30), |s| {
+        s["message"].as_str().is_some_and(|m| m.contains("not ready") && m.contains("ready timeout 2s"))
+    })
+    .await;
+    assert_eq!(s["available_replicas"], 0, "{s}");
+    assert!(s["message"].as_str().unwrap().contains(first.as_str()), "the message names the replica: {s}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replicas(&name).first() == Some(&first) || replicas(&name).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the never-ready replica was not replaced: {:?}\n{}",
+            replicas(&name),
+            op.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while docker(&["inspect", &first]).status.success() {
+        assert!(Instant::now() < deadline, "the timed-out replica's container is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(op.delete(&format!("/env-service/{id}")).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !replicas(&name).is_empty() {
+        assert!(Instant::now() < deadline, "replicas left behind");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -40,6 +40,11 @@ pub struct Config {
     pub reconcile: LoopConfig,
     #[command(flatten, next_help_heading = "Warm pools")]
     pub pools: PoolConfig,
+    /// A service replica (Docker engine) not ready this long after it was made (its readiness probe keeps
+    /// failing) is removed and replaced, with the reason in the service's lastError. A service's own
+    /// `readyTimeoutSeconds` (`ready_timeout_seconds` at create) overrides it.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, help_heading = "Services")]
+    pub service_ready_timeout: std::time::Duration,
 }
 
 /// Where objects live.

@@ -222,6 +222,7 @@ pub async fn serve(
         templates.clone(),
         engine.clone(),
         config.limits.max_instances,
+        config.service_ready_timeout,
     );
     let ctx = controller::Context::with_pools_and_services(
         instances.clone(),

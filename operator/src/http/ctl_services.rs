@@ -143,6 +143,7 @@ async fn create(svc: &Services, body: &[u8], caller: Option<Principal>) -> warp:
                 limit: deploy_string(deploy, "ephemeralStorageLimit"),
             },
             owner: deploy_string(deploy, "owner"),
+            ready_timeout_seconds: None,
             inline: Some(inline),
         };
         Ok::<_, ApiError>(svc.create_service(request, caller.as_ref()).await?)

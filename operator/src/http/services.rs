@@ -35,6 +35,7 @@ const CREATE_FIELDS: &[&str] = &[
     "memory_limit",
     "ephemeral_storage_request",
     "ephemeral_storage_limit",
+    "ready_timeout_seconds",
 ];
 
 /// The fields of `PUT /env-service/{id}` (the SDK's `EnvServiceUpdateRequest`).
@@ -115,6 +116,7 @@ pub fn parse_create(body: &[u8]) -> Result<ServiceRequest, ApiError> {
             limit: string(&obj, "ephemeral_storage_limit")?,
         },
         owner: string(&obj, "owner")?.filter(|o| !o.is_empty()),
+        ready_timeout_seconds: integer(&obj, "ready_timeout_seconds")?,
         inline: None,
     };
     Ok(request)

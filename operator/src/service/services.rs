@@ -35,6 +35,8 @@ pub struct ServiceRequest {
     pub requests: Resources,
     /// `ephemeral_storage_request`, `ephemeral_storage_limit`.
     pub ephemeral_storage: aenv_core::envservice::EphemeralStorage,
+    /// `ready_timeout_seconds` (ours): a replica not ready this long is replaced.
+    pub ready_timeout_seconds: Option<i64>,
     /// The body's `owner`: taken only with tokens off (with them, the owner is the token's).
     pub owner: Option<String>,
     /// An inline template (the controller API's `/services`), instead of a registered Environment.
@@ -268,6 +270,16 @@ impl Services {
                 )));
             }
         }
+        let ready_timeout_seconds = req
+            .ready_timeout_seconds
+            .map(|t| {
+                u32::try_from(t).ok().filter(|t| (1..=86_400).contains(t)).ok_or_else(|| {
+                    ServiceError::Invalid(format!(
+                        "field `ready_timeout_seconds` must be from 1 to 86400 seconds (got {t})"
+                    ))
+                })
+            })
+            .transpose()?;
         check_env(&req.env)?;
         let spec = EnvServiceSpec {
             env_name: format!("{name}@{version}"),
@@ -285,6 +297,7 @@ impl Services {
             resources: Resources { cpu: req.cpu, memory: req.memory },
             requests: req.requests,
             ephemeral_storage: req.ephemeral_storage,
+            ready_timeout_seconds,
             template: req.inline.clone().map(Box::new),
         };
         // What a replica runs must pass the engine's checks now, not fail later in the controller.
