@@ -164,6 +164,36 @@ impl Resources {
 }
 
 impl EnvServiceSpec {
+    /// A request above its limit (`cpu_request` over `cpu_limit`, ...), as the field and a message naming it:
+    /// Kubernetes refuses such a Pod and Docker such a container.
+    pub fn request_above_limit(&self) -> Option<(&'static str, String)> {
+        use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
+        for (field, request, limit, cpu) in [
+            ("cpu_request", self.requests.cpu.as_deref(), self.resources.cpu.as_deref(), true),
+            ("memory_request", self.requests.memory.as_deref(), self.resources.memory.as_deref(), false),
+            (
+                "ephemeral_storage_request",
+                self.ephemeral_storage.request.as_deref(),
+                self.ephemeral_storage.limit.as_deref(),
+                false,
+            ),
+        ] {
+            let (Some(request), Some(limit)) = (request, limit) else { continue };
+            let above = if cpu {
+                parse_cpu_millis(request).ok() > parse_cpu_millis(limit).ok()
+            } else {
+                parse_memory_bytes(request).ok() > parse_memory_bytes(limit).ok()
+            };
+            if above {
+                return Some((
+                    field,
+                    format!("field `{field}` ({request}) is above its limit ({limit}): a request is at most the limit"),
+                ));
+            }
+        }
+        None
+    }
+
     /// `(name, version)` of the template; `None` unless `envName` is `name@version`.
     pub fn template(&self) -> Option<(&str, &str)> {
         self.env_name.split_once('@').filter(|(n, v)| !n.is_empty() && !v.is_empty())
@@ -216,6 +246,9 @@ pub fn replica_spec(
     }
     if service.resources.memory.is_some() {
         spec.resources.memory = service.resources.memory.clone();
+    }
+    if !service.requests.is_empty() {
+        spec.requests = service.requests.clone();
     }
     spec.owner = service.owner.clone();
     spec.ttl = None;

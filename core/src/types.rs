@@ -72,6 +72,11 @@ pub struct EnvInstanceSpec {
     /// CPU and memory limits.
     #[serde(default)]
     pub resources: Resources,
+    /// CPU and memory to reserve, below the limits (an EnvService's `cpu_request`, `memory_request`): a Pod's
+    /// requests on Kubernetes; on Docker a memory reservation and a relative cpu weight (`CpuShares`, 1024 per
+    /// core). Absent: the limits are the requests (Kubernetes), nothing is reserved (Docker).
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub requests: Resources,
     /// Time to live from creation, in Go duration syntax (`30m`, `1h30m`). Absent: the instance never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,

@@ -160,6 +160,24 @@ impl DockerEngine {
             .transpose()
             .map_err(|e| EngineError::permanent(e.to_string()))?
             .map(|b| b as i64);
+        // Requests (a service's cpu_request, memory_request): a soft memory reservation, and a cpu weight that
+        // counts only when cpus are contended (1024 per core, Docker's scale; at least 2, Docker's minimum).
+        let memory_reservation = spec
+            .requests
+            .memory
+            .as_deref()
+            .map(parse_memory_bytes)
+            .transpose()
+            .map_err(|e| EngineError::permanent(e.to_string()))?
+            .map(|b| b as i64);
+        let cpu_shares = spec
+            .requests
+            .cpu
+            .as_deref()
+            .map(parse_cpu_millis)
+            .transpose()
+            .map_err(|e| EngineError::permanent(e.to_string()))?
+            .map(|m| (m as i64 * 1024 / 1000).max(2));
         let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
         let name = inst.metadata.name.clone().unwrap_or_default();
         // Every requested port is exposed as well as bound: Docker publishes only exposed ports, and an image that
@@ -190,6 +208,8 @@ impl DockerEngine {
         let mut host_config = HostConfig {
             nano_cpus,
             memory,
+            memory_reservation,
+            cpu_shares,
             // No swap beyond the memory limit: a sandbox that outgrows its limit is OOM-killed, not slowed.
             memory_swap: memory,
             network_mode: Some(self.network_of(spec)),

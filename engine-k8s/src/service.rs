@@ -343,28 +343,8 @@ pub fn check_service(name: &str, svc: &aenv_core::EnvServiceSpec) -> Result<(), 
             ));
         }
     }
-    for (field, request, limit, cpu) in [
-        ("cpu_request", svc.requests.cpu.as_deref(), svc.resources.cpu.as_deref(), true),
-        ("memory_request", svc.requests.memory.as_deref(), svc.resources.memory.as_deref(), false),
-        (
-            "ephemeral_storage_request",
-            svc.ephemeral_storage.request.as_deref(),
-            svc.ephemeral_storage.limit.as_deref(),
-            false,
-        ),
-    ] {
-        let (Some(request), Some(limit)) = (request, limit) else { continue };
-        let above = if cpu {
-            parse_cpu_millis(request).ok() > parse_cpu_millis(limit).ok()
-        } else {
-            parse_memory_bytes(request).ok() > parse_memory_bytes(limit).ok()
-        };
-        if above {
-            return Err(aenv_core::InvalidSpec::new(
-                field,
-                format!("field `{field}` ({request}) is above its limit ({limit}): a request is at most the limit"),
-            ));
-        }
+    if let Some((field, message)) = svc.request_above_limit() {
+        return Err(aenv_core::InvalidSpec::new(field, message));
     }
     Ok(())
 }

@@ -675,7 +675,7 @@ async fn sandboxes_on_a_service_network_reach_it_by_name_and_other_tenants_canno
 
 /// A replica whose readiness probe never passes (the test image answering /health only after an hour) is removed
 /// and replaced once the service's ready timeout passes, the reason in the service's `message`; the timeout is
-/// checked as input.
+/// checked as input. Requests become a memory reservation and a cpu weight; one above its limit is refused.
 #[tokio::test]
 async fn a_replica_never_ready_is_replaced_after_the_ready_timeout_with_the_reason() {
     let op = Operator::start(BIN, &[]).await;
@@ -687,8 +687,15 @@ async fn a_replica_never_ready_is_replaced_after_the_ready_timeout_with_the_reas
     let id = unique_name("slow");
     let create = |timeout: Value| {
         json!({"envName": format!("{name}@1.0.0"), "service_name": id, "replicas": 1, "port": 8081,
-            "ready_timeout_seconds": timeout})
+            "ready_timeout_seconds": timeout, "cpu_request": "250m", "cpu_limit": "1", "memory_request": "32Mi",
+            "memory_limit": "64Mi"})
     };
+    // A request above its limit is refused, naming it (Docker would refuse the container).
+    let mut above = create(json!(2));
+    above["memory_request"] = json!("128Mi");
+    let (code, resp) = op.post_json("/env-service", &above).await;
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp["message"].as_str().unwrap().contains("`memory_request`"), "{resp}");
     for bad in [json!(0), json!(-5), json!(86_401), json!("2")] {
         let (code, resp) = op.post_json("/env-service", &create(bad.clone())).await;
         assert_eq!(code, 400, "{bad}: {resp}");
@@ -705,6 +712,13 @@ async fn a_replica_never_ready_is_replaced_after_the_ready_timeout_with_the_reas
         assert!(Instant::now() < deadline, "no replica started\n{}", op.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Requests on Docker: a memory reservation and a cpu weight (1024 per core), under the limits.
+    let host = inspect(&first)["HostConfig"].clone();
+    assert_eq!(
+        (host["MemoryReservation"].as_i64(), host["CpuShares"].as_i64(), host["Memory"].as_i64()),
+        (Some(32 << 20), Some(256), Some(64 << 20)),
+        "{host}"
+    );
     let s = wait_service(&op, &id, Duration::from_secs(30), |s| {
         s["message"].as_str().is_some_and(|m| m.contains("not ready") && m.contains("ready timeout 2s"))
     })

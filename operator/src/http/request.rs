@@ -397,6 +397,7 @@ fn parse_request(obj: &Map<String, Value>, strictness: Strictness) -> Result<Cre
         args,
         env,
         resources: Resources { cpu, memory },
+        requests: Resources::default(),
         ttl,
         labels,
         paused: false,

@@ -116,6 +116,9 @@ impl Services {
         template: &EnvInstanceSpec,
         spec: &EnvServiceSpec,
     ) -> Result<(), ServiceError> {
+        if let Some((_, message)) = spec.request_above_limit() {
+            return Err(ServiceError::Invalid(message));
+        }
         let Some((name, version)) = spec.template() else { return Ok(()) };
         let mut replica = replica_spec(template, name, version, spec);
         if let Some(native) = self.engine.native_services() {
