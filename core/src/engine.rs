@@ -309,6 +309,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Whether the backend answers now (for readiness).
     async fn ping(&self) -> Result<(), EngineError>;
 
+    /// Whether instances' addresses (`status.ip`) are out of the operator's reach, so that the data-plane proxy
+    /// dials the port an instance published for the port asked (`status.ports`) instead. The default: addresses
+    /// are reachable.
+    fn dials_published_ports(&self) -> bool {
+        false
+    }
+
     /// The instance's output (stdout and stderr, interleaved as written): the last `tail` lines (all when
     /// `None`), then, with `follow`, what it writes until it stops or the stream is dropped.
     fn logs(

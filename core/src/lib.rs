@@ -30,6 +30,6 @@ pub use error::Error;
 pub use ops::{ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, PathError, SandboxPath};
 pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};
 pub use types::{
-    Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, PortSpec,
-    PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus, VolumeMount, Workload,
+    Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, Placement,
+    PortSpec, PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus, VolumeMount, Workload,
 };

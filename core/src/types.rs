@@ -109,6 +109,108 @@ pub struct EnvInstanceSpec {
     /// name on its network. DNS labels; set by the service controller only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_aliases: Vec<String>,
+    /// Where the instance may run, on an engine that places over several nodes (`--engine swarm`): Swarm's
+    /// constraints and preferences. Other engines refuse it (they have one host, or place by other means).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Placement of an instance over the nodes of a Swarm (`deployConfig.placement`), in Swarm's own syntax.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Each one must hold on the node: `node.labels.gpu==true`, `node.role!=manager`, `node.hostname==h1`,
+    /// `node.platform.arch==x86_64`, `engine.labels.zone==a`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// Spread over the values of a node label, in order: `node.labels.zone` (also written `spread=node.labels.zone`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<String>,
+}
+
+/// The node attributes a placement constraint may name (Swarm's list); labels take any key after their prefix.
+const CONSTRAINT_KEYS: &[&str] = &["node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch"];
+const LABEL_PREFIXES: &[&str] = &["node.labels.", "engine.labels."];
+
+impl Placement {
+    /// Why this placement cannot be given to Swarm, as (field, message) naming the field and the fix; `None` when
+    /// it can. Swarm itself would refuse a malformed constraint only when the service is made, failing the
+    /// instance after the API said yes.
+    pub fn check(&self) -> Option<(String, String)> {
+        if self.constraints.len() > 32 || self.preferences.len() > 8 {
+            return Some((
+                "deployConfig.placement".into(),
+                "field `deployConfig.placement` holds at most 32 constraints and 8 preferences".into(),
+            ));
+        }
+        for (i, c) in self.constraints.iter().enumerate() {
+            let field = format!("deployConfig.placement.constraints[{i}]");
+            let Some((key, value)) = c.split_once("!=").or_else(|| c.split_once("==")) else {
+                return Some((
+                    field.clone(),
+                    format!(
+                        "field `{field}` must be `<attribute>==<value>` or `<attribute>!=<value>`, such as `node.labels.gpu==true` (got {c:?})"
+                    ),
+                ));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let known = CONSTRAINT_KEYS.contains(&key)
+                || LABEL_PREFIXES.iter().any(|p| key.strip_prefix(p).is_some_and(valid_label_key));
+            if !known {
+                return Some((
+                    field.clone(),
+                    format!(
+                        "field `{field}` names {key:?}, which Swarm does not know: use node.id, node.hostname, node.role, node.platform.os, node.platform.arch, node.labels.<key> or engine.labels.<key>"
+                    ),
+                ));
+            }
+            if value.is_empty()
+                || value.len() > 256
+                || value.contains("==")
+                || value.contains("!=")
+                || value.chars().any(char::is_control)
+            {
+                return Some((
+                    field.clone(),
+                    format!(
+                        "field `{field}` needs one value after the operator, such as `node.role==worker` (got {c:?})"
+                    ),
+                ));
+            }
+            if key == "node.role" && !matches!(value, "manager" | "worker") {
+                return Some((
+                    field.clone(),
+                    format!("field `{field}`: node.role is `manager` or `worker` (got {value:?})"),
+                ));
+            }
+        }
+        for (i, p) in self.preferences.iter().enumerate() {
+            let field = format!("deployConfig.placement.preferences[{i}]");
+            if Self::spread_of(p).is_none() {
+                return Some((
+                    field.clone(),
+                    format!(
+                        "field `{field}` must name a node label to spread over, such as `node.labels.zone` or `spread=node.labels.zone` (got {p:?})"
+                    ),
+                ));
+            }
+        }
+        None
+    }
+
+    /// The label a preference spreads over (`node.labels.zone`), when it is one.
+    pub fn spread_of(preference: &str) -> Option<&str> {
+        let label = preference.trim();
+        let label = label.strip_prefix("spread=").unwrap_or(label);
+        LABEL_PREFIXES.iter().any(|p| label.strip_prefix(p).is_some_and(valid_label_key)).then_some(label)
+    }
+}
+
+/// A label key as Docker takes it in a constraint: letters, digits, '.', '_', '-', '/'.
+fn valid_label_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 128
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
 }
 
 /// A named volume (a Docker volume; a PVC on Kubernetes) mounted into the container.
@@ -489,6 +591,51 @@ mod tests {
     use kube::CustomResourceExt;
 
     use super::*;
+
+    #[test]
+    fn placement_checks_name_the_field_at_fault() {
+        let ok = Placement {
+            constraints: vec![
+                "node.labels.gpu==true".into(),
+                "node.role != manager".into(),
+                "engine.labels.a/b==c".into(),
+            ],
+            preferences: vec!["node.labels.zone".into(), "spread=node.labels.rack".into()],
+        };
+        assert_eq!(ok.check(), None);
+        let field_of = |constraints: &[&str], preferences: &[&str]| {
+            Placement {
+                constraints: constraints.iter().map(|s| s.to_string()).collect(),
+                preferences: preferences.iter().map(|s| s.to_string()).collect(),
+            }
+            .check()
+            .map(|(field, message)| {
+                assert!(message.contains(&field), "{message} names {field}");
+                field
+            })
+        };
+        for bad in [
+            "node.labels.gpu=true",
+            "gpu==true",
+            "node.labels.==x",
+            "node.role==boss",
+            "node.hostname==",
+            "node.labels.a==b==c",
+            "node.labels.a b==c",
+        ] {
+            assert_eq!(
+                field_of(&["node.role==worker", bad], &[]).as_deref(),
+                Some("deployConfig.placement.constraints[1]"),
+                "{bad}"
+            );
+        }
+        for bad in ["zone", "spread=zone", "spread=node.labels.", "node.hostname"] {
+            assert_eq!(field_of(&[], &[bad]).as_deref(), Some("deployConfig.placement.preferences[0]"), "{bad}");
+        }
+        let many: Vec<String> = (0..33).map(|i| format!("node.labels.k{i}==v")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(field_of(&many, &[]).as_deref(), Some("deployConfig.placement"));
+    }
 
     #[test]
     fn a_stopped_ttl_clock_holds_the_expiry_and_moves_it_by_the_pause() {

@@ -398,6 +398,12 @@ impl Engine for DockerEngine {
 
     fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
         no_compose_labels(spec)?;
+        if spec.placement.is_some() {
+            return Err(InvalidSpec::new(
+                "deployConfig.placement",
+                "field `deployConfig.placement` places instances over the nodes of a Docker Swarm; this operator runs them on one Docker host (--engine docker): remove it, or run the operator with --engine swarm",
+            ));
+        }
         if let Some(why) = spec.volumes.iter().find_map(|v| v.check()) {
             return Err(InvalidSpec::new("volumes", why));
         }
@@ -732,4 +738,27 @@ fn images_of(spec: &EnvInstanceSpec, policy: &Policy) -> Vec<String> {
 /// Removes a container; one the daemon is removing already counts as removed.
 async fn remove_container(docker: &Docker, name: &str) -> Result<(), EngineError> {
     containers::remove(docker, name).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use aenv_core::Placement;
+
+    use super::*;
+
+    #[test]
+    fn placement_is_refused_on_one_host_naming_the_field() {
+        // No call reaches the daemon: validation is local.
+        let docker = Docker::connect_with_http("http://127.0.0.1:1", 1, bollard::API_DEFAULT_VERSION).unwrap();
+        let engine = DockerEngine::new(docker, DockerEngineConfig::new("op"));
+        let spec = EnvInstanceSpec {
+            image: Some("img:1".into()),
+            placement: Some(Placement { constraints: vec!["node.role==worker".into()], preferences: vec![] }),
+            ..Default::default()
+        };
+        let err = engine.validate(&spec).unwrap_err();
+        assert_eq!(err.field, "deployConfig.placement");
+        assert!(err.message.contains("--engine swarm"), "{}", err.message);
+        assert!(engine.validate(&EnvInstanceSpec { placement: None, ..spec }).is_ok());
+    }
 }

@@ -26,7 +26,7 @@ pub enum Error {
 
 /// Sorts a bollard error into what the reconciler does with it: retry later, or fail the instance. The bollard
 /// error stays as the source.
-pub(crate) fn classify(context: &str, err: bollard::errors::Error) -> EngineError {
+pub fn classify(context: &str, err: bollard::errors::Error) -> EngineError {
     use bollard::errors::Error as B;
     let sorted = match &err {
         B::DockerResponseServerError { status_code, message } if (400..500).contains(status_code) => {
@@ -55,11 +55,11 @@ pub(crate) fn classify_start(context: &str, err: bollard::errors::Error) -> Engi
 }
 
 /// True for the daemon's 404.
-pub(crate) fn is_not_found(err: &bollard::errors::Error) -> bool {
+pub fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(err, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
 /// True for the daemon's 409 (a container of that name exists already).
-pub(crate) fn is_conflict(err: &bollard::errors::Error) -> bool {
+pub fn is_conflict(err: &bollard::errors::Error) -> bool {
     matches!(err, bollard::errors::Error::DockerResponseServerError { status_code: 409, .. })
 }

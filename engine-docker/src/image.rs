@@ -25,12 +25,7 @@ pub(crate) fn split_reference(image: &str) -> (&str, &str) {
 /// Ensures the image is present, pulling it when the policy says so, and only from a registry the host policy
 /// allows (checked at validate time too; again here for objects written around the API and policies changed
 /// since).
-pub(crate) async fn ensure_image(
-    docker: &Docker,
-    image: &str,
-    policy: PullPolicy,
-    host: &Policy,
-) -> Result<(), EngineError> {
+pub async fn ensure_image(docker: &Docker, image: &str, policy: PullPolicy, host: &Policy) -> Result<(), EngineError> {
     let present = match docker.inspect_image(image).await {
         Ok(_) => true,
         Err(e) if is_not_found(&e) => false,
@@ -72,12 +67,7 @@ pub(crate) async fn ensure_image(
 
 /// Pulls each image in turn, sending progress: `Present` for an image on the host already, `Pulling` with the
 /// daemon's status lines while it pulls, then `Pulled` or `Failed` with the daemon's message.
-pub(crate) fn warmup(
-    docker: Docker,
-    images: Vec<String>,
-    no_pull: bool,
-    host: Policy,
-) -> BoxStream<'static, PullProgress> {
+pub fn warmup(docker: Docker, images: Vec<String>, no_pull: bool, host: Policy) -> BoxStream<'static, PullProgress> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         for image in images {

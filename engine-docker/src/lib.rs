@@ -20,9 +20,13 @@ mod policy;
 mod probe;
 mod registry;
 
+pub use auth::credentials_for;
 pub use config::{DEFAULT_CAPABILITIES, DockerEngineConfig, Hardening};
 pub use connect::{ConnectOptions, connect};
 pub use engine::DockerEngine;
-pub use error::Error;
+pub use error::{Error, classify, is_conflict, is_not_found};
+pub use image::{ensure_image, warmup};
+pub use network::{NETWORK_LABEL, owner_scoped};
 pub use policy::{Allowance, Policy};
+pub use probe::Prober;
 pub use registry::Registries;

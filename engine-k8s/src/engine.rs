@@ -175,6 +175,12 @@ impl Engine for KubeEngine {
     }
 
     fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+        if spec.placement.is_some() {
+            return Err(InvalidSpec::new(
+                "deployConfig.placement",
+                "field `deployConfig.placement` is in Docker Swarm's syntax (--engine swarm); the Kubernetes engine does not read it: remove it",
+            ));
+        }
         if let Workload::Stack { .. } = spec.workload() {
             return Err(InvalidSpec::new(
                 "deployConfig.composeFile",

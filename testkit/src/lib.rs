@@ -328,7 +328,10 @@ pub struct PrivateDaemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
     args: Vec<String>,
-    bridge: String,
+    /// The bridge interface of its default network (`aenvt...`).
+    pub bridge: String,
+    /// The network namespace it runs in, when not the host's.
+    netns: Option<String>,
     /// `unix:///.../docker.sock`
     pub socket: String,
     /// `tcp://127.0.0.1:PORT` when TLS is on.
@@ -339,12 +342,32 @@ impl PrivateDaemon {
     /// Starts the daemon and loads the test image into it. `live_restore` keeps containers running across a
     /// daemon restart.
     pub fn start(tls: bool, live_restore: bool) -> PrivateDaemon {
+        Self::start_in(tls, live_restore, None)
+    }
+
+    /// Starts the daemon in the network namespace `netns` (`ip netns add`), with a bridge of its own made there;
+    /// only the network namespace changes (`nsenter --net`: `ip netns exec` would hide the cgroup mounts).
+    fn start_in(tls: bool, live_restore: bool, netns: Option<&str>) -> PrivateDaemon {
         ensure_test_image();
         let dir = tempfile::Builder::new().prefix("aenv-dockerd-").tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
         std::fs::write(root.join("daemon.json"), "{}").expect("daemon.json");
         let socket = format!("unix://{}", root.join("docker.sock").display());
-        let bridge = make_bridge();
+        let bridge = match netns {
+            None => make_bridge(),
+            Some(ns) => {
+                let name = "aenvtb0".to_string();
+                for args in [
+                    vec!["-n", ns, "link", "add", "name", &name, "type", "bridge"],
+                    vec!["-n", ns, "addr", "add", "172.31.1.1/24", "dev", &name],
+                    vec!["-n", ns, "link", "set", &name, "up"],
+                ] {
+                    let ok = Command::new("ip").args(&args).status().is_ok_and(|s| s.success());
+                    assert!(ok, "ip {args:?}");
+                }
+                name
+            }
+        };
         let mut args: Vec<String> = vec![
             "--config-file".into(),
             root.join("daemon.json").display().to_string(),
@@ -381,7 +404,7 @@ impl PrivateDaemon {
                 certs.join("server-key.pem").display().to_string(),
             ]);
         }
-        let mut d = PrivateDaemon { dir, child: None, args, bridge, socket, tls_host };
+        let mut d = PrivateDaemon { dir, child: None, args, bridge, socket, tls_host, netns: netns.map(String::from) };
         d.start_again();
         let mut save =
             Command::new("docker").args(["save", TEST_IMAGE]).stdout(Stdio::piped()).spawn().expect("docker save");
@@ -402,7 +425,15 @@ impl PrivateDaemon {
             .append(true)
             .open(self.dir.path().join("dockerd.log"))
             .expect("dockerd log");
-        let child = Command::new("dockerd")
+        let mut command = match &self.netns {
+            None => Command::new("dockerd"),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg("dockerd");
+                c
+            }
+        };
+        let child = command
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -462,8 +493,162 @@ impl Drop for PrivateDaemon {
             }
         }
         self.stop();
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        if self.netns.is_none() {
+            let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        }
         let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("exec")).stderr(Stdio::null()).status();
+    }
+}
+
+/// A private daemon in swarm mode, the single manager of its own swarm (`docker swarm init --advertise-addr
+/// 127.0.0.1`), with the test image loaded. Its `docker_gwbridge` is made first with a bridge interface named by
+/// the test (`aenvg...`), so it never takes the host's `docker_gwbridge` name; the swarm listens on a loopback port
+/// of its own. Swarm's gossip port (7946) cannot be moved, so swarm daemons are held one at a time on the host (a
+/// file lock), by every test process. When dropped it leaves the swarm, stops, and its interfaces are deleted.
+pub struct SwarmDaemon {
+    pub daemon: PrivateDaemon,
+    gwbridge: String,
+    /// The address the manager advertises (127.0.0.1, or its end of the veth pair when it has a worker).
+    pub manager_addr: String,
+    /// A worker node: a second daemon in a network namespace of its own, on a veth pair to the host.
+    pub worker: Option<PrivateDaemon>,
+    worker_netns: Option<String>,
+    _lock: std::fs::File,
+}
+
+impl SwarmDaemon {
+    /// A swarm of one manager on 127.0.0.1.
+    pub fn start() -> SwarmDaemon {
+        Self::start_with(false)
+    }
+
+    /// A swarm of a manager and a worker: the worker is a dockerd in a network namespace of its own
+    /// (`aenvsw<pid>`), reached over a veth pair (the manager at 172.30.N.1, the worker at 172.30.N.2), joined with
+    /// the worker token. Both nodes carry the label `aenv.node=manager|worker`.
+    pub fn start_with_worker() -> SwarmDaemon {
+        Self::start_with(true)
+    }
+
+    fn start_with(with_worker: bool) -> SwarmDaemon {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("aenv-test-swarm.lock"))
+            .expect("swarm lock file");
+        lock.lock().expect("swarm lock");
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+            assert!(ok, "ip {args:?}");
+        };
+        // The veth pair first (before any daemon), so that a failure leaves only it to remove.
+        let mut worker_netns = None;
+        let mut manager_addr = "127.0.0.1".to_string();
+        if with_worker {
+            let pid = std::process::id() % 100_000;
+            let ns = format!("aenvsw{pid}");
+            let used = String::from_utf8_lossy(&Command::new("ip").args(["-4", "addr"]).output().expect("ip").stdout)
+                .into_owned();
+            let n = (0..250u32)
+                .map(|i| (pid + i) % 250 + 1)
+                .find(|n| !used.contains(&format!("172.30.{n}.")))
+                .expect("a free /30");
+            let (host_end, ns_end) = (format!("aenvsv{pid}"), format!("aenvsw{pid}p"));
+            ip(&["netns", "add", &ns]);
+            worker_netns = Some(ns.clone());
+            ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end]);
+            ip(&["link", "set", &ns_end, "netns", &ns]);
+            ip(&["addr", "add", &format!("172.30.{n}.1/30"), "dev", &host_end]);
+            ip(&["link", "set", &host_end, "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("172.30.{n}.2/30"), "dev", &ns_end]);
+            ip(&["-n", &ns, "link", "set", &ns_end, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            manager_addr = format!("172.30.{n}.1");
+        }
+        let daemon = PrivateDaemon::start(false, false);
+        let gwbridge = format!("aenvg{}", &daemon.bridge[5..]);
+        let mut swarm = SwarmDaemon { daemon, gwbridge, manager_addr, worker: None, worker_netns, _lock: lock };
+        swarm.docker_ok(&[
+            "network",
+            "create",
+            "--driver",
+            "bridge",
+            "--opt",
+            &format!("com.docker.network.bridge.name={}", swarm.gwbridge),
+            "--opt",
+            "com.docker.network.bridge.enable_icc=false",
+            "--opt",
+            "com.docker.network.bridge.enable_ip_masquerade=true",
+            "docker_gwbridge",
+        ]);
+        let port = free_port();
+        let listen = format!("{}:{port}", swarm.manager_addr);
+        let out = swarm.docker(&["swarm", "init", "--advertise-addr", &swarm.manager_addr, "--listen-addr", &listen]);
+        assert!(out.status.success(), "swarm init: {}\n{}", String::from_utf8_lossy(&out.stderr), swarm.daemon.log());
+        let manager_node = swarm.docker_ok(&["node", "ls", "-q"]);
+        swarm.docker_ok(&["node", "update", "--label-add", "aenv.node=manager", &manager_node]);
+        if let Some(ns) = swarm.worker_netns.clone() {
+            let worker = PrivateDaemon::start_in(false, false, Some(&ns));
+            let token = swarm.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+            let worker_addr = swarm.manager_addr.trim_end_matches(".1").to_string() + ".2";
+            let out = worker.docker(&["swarm", "join", "--token", &token, "--advertise-addr", &worker_addr, &listen]);
+            swarm.worker = Some(worker);
+            assert!(out.status.success(), "swarm join: {}", String::from_utf8_lossy(&out.stderr));
+            let ids = swarm.docker_ok(&["node", "ls", "-q"]);
+            let worker_node =
+                ids.split_whitespace().find(|id| *id != manager_node).expect("the worker in the node list").to_string();
+            swarm.docker_ok(&["node", "update", "--label-add", "aenv.node=worker", &worker_node]);
+        }
+        swarm
+    }
+
+    /// `docker -H <socket> ARGS` on the manager.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.daemon.docker(args)
+    }
+
+    /// `docker -H <socket> ARGS` on the manager, which must succeed; its stdout, trimmed.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The id of the manager node.
+    pub fn node_id(&self) -> String {
+        self.docker_ok(&["node", "inspect", "self", "--format", "{{.ID}}"])
+    }
+}
+
+impl Drop for SwarmDaemon {
+    fn drop(&mut self) {
+        let services = String::from_utf8_lossy(&self.daemon.docker(&["service", "ls", "-q"]).stdout).into_owned();
+        let services: Vec<&str> = services.split_whitespace().collect();
+        if !services.is_empty() {
+            let mut args = vec!["service", "rm"];
+            args.extend(services);
+            let _ = self.daemon.docker(&args);
+        }
+        // The worker first (its containers go with it), then the manager.
+        if let Some(mut worker) = self.worker.take() {
+            let _ = worker.docker(&["swarm", "leave", "--force"]);
+            worker.stop();
+            drop(worker);
+        }
+        let ids = String::from_utf8_lossy(&self.daemon.docker(&["ps", "-aq"]).stdout).into_owned();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            let _ = self.daemon.docker(&args);
+        }
+        let _ = self.daemon.docker(&["swarm", "leave", "--force"]);
+        self.daemon.stop();
+        let _ = Command::new("ip").args(["link", "del", &self.gwbridge]).stderr(Stdio::null()).status();
+        if let Some(ns) = &self.worker_netns {
+            // Its end of the veth pair goes with it, and so does the host's.
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
     }
 }
 

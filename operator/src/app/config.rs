@@ -24,14 +24,17 @@ pub struct Config {
     /// resources in the cluster; `kubectl apply -f instance.yaml` works; install the CRDs first).
     #[arg(long, value_enum, default_value_t = StoreKind::Embedded, env = "AENV_STORE")]
     pub store: StoreKind,
-    /// What runs instances: `docker` (containers on a Docker host, see --docker-host) or `kubernetes` (one Pod
-    /// per instance in --sandbox-namespace).
+    /// What runs instances: `docker` (containers on a Docker host, see --docker-host), `kubernetes` (one Pod
+    /// per instance in --sandbox-namespace) or `swarm` (one single-replica service per instance on the Docker Swarm
+    /// whose manager --docker-host names; docs/swarm.md).
     #[arg(long, value_enum, default_value_t = EngineKind::Docker, env = "AENV_ENGINE")]
     pub engine: EngineKind,
     #[command(flatten, next_help_heading = "REST API")]
     pub api: ApiArgs,
     #[command(flatten, next_help_heading = "Docker engine")]
     pub docker: DockerArgs,
+    #[command(flatten, next_help_heading = "Docker Swarm engine")]
+    pub swarm: SwarmArgs,
     #[command(flatten, next_help_heading = "Kubernetes")]
     pub kube: KubeArgs,
     #[command(flatten, next_help_heading = "Limits")]
@@ -65,6 +68,46 @@ pub enum EngineKind {
     Docker,
     /// Pods in a sandbox namespace.
     Kubernetes,
+    /// Single-replica services on a Docker Swarm (the --docker-* flags name a manager and the sandbox defaults).
+    Swarm,
+}
+
+/// The Swarm engine (`--engine swarm`); the Docker engine's flags (--docker-host, --allow, the sandbox defaults)
+/// apply too.
+#[derive(Args, Clone, Debug)]
+pub struct SwarmArgs {
+    /// The attachable overlay network instances join (made on first use; an existing one is used as it is). With
+    /// --tokens-file each owner's instances join an overlay of their own instead.
+    #[arg(long, default_value = "aenv-sandboxes", env = "AENV_SWARM_NETWORK")]
+    pub swarm_network: String,
+    /// How the probe and the data-plane proxy reach instances: `published` (each instance publishes its probe
+    /// port and requested ports in Swarm's host mode on its node, dialled at <node address>:<port>; the operator
+    /// may run anywhere that reaches the nodes) or `overlay` (the operator runs in a container attached to the
+    /// overlay networks and dials instances' addresses there; nothing is published but requested ports).
+    #[arg(long, value_enum, default_value_t = SwarmReach::Published, env = "AENV_SWARM_REACH")]
+    pub swarm_reach: SwarmReach,
+}
+
+/// See [`SwarmArgs::swarm_reach`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SwarmReach {
+    #[default]
+    Published,
+    Overlay,
+}
+
+impl SwarmArgs {
+    /// The Swarm engine's configuration over the Docker engine's.
+    pub fn engine_config(&self, docker: DockerEngineConfig) -> aenv_engine_swarm::SwarmEngineConfig {
+        aenv_engine_swarm::SwarmEngineConfig {
+            network: self.swarm_network.clone(),
+            reach: match self.swarm_reach {
+                SwarmReach::Published => aenv_engine_swarm::Reach::Published,
+                SwarmReach::Overlay => aenv_engine_swarm::Reach::Overlay,
+            },
+            ..aenv_engine_swarm::SwarmEngineConfig::new(docker)
+        }
+    }
 }
 
 /// The REST API and the data-plane proxy.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use aenv_core::{Engine, EnvInstance, EnvPool, EnvService, Environment};
 use aenv_engine_docker::DockerEngine;
 use aenv_engine_k8s::{KubeEngine, KubeEngineConfig};
-pub use config::{ApiArgs, Config, DockerArgs, EngineKind, KubeArgs, LeaderArgs, StoreKind};
+pub use config::{ApiArgs, Config, DockerArgs, EngineKind, KubeArgs, LeaderArgs, StoreKind, SwarmArgs, SwarmReach};
 use futures::FutureExt;
 use tracing::{info, warn};
 
@@ -150,6 +150,18 @@ pub async fn open_engine(
             Ok(Arc::new(engine))
         }
         (EngineKind::Kubernetes, None) => Err(Error::Config("the Kubernetes engine needs a Kubernetes client".into())),
+        (EngineKind::Swarm, _) => {
+            let connect = config.docker.connect_options();
+            let docker = aenv_engine_docker::connect(&connect).await?;
+            let docker_config = aenv_engine_docker::DockerEngineConfig {
+                owner_networks: config.api.tokens_file.is_some(),
+                ..config.docker.engine_config(operator_id)
+            };
+            let engine = aenv_engine_swarm::SwarmEngine::new(docker, config.swarm.engine_config(docker_config));
+            engine.check().await?;
+            info!(host = %connect.display_host(), network = %config.swarm.swarm_network, reach = ?config.swarm.swarm_reach, "connected to the Swarm manager: instances run as services");
+            Ok(Arc::new(engine))
+        }
     }
 }
 
@@ -241,6 +253,7 @@ pub async fn serve(
         namespace.clone(),
         config.api.proxy_auth.then(|| auth.clone()),
         engine.clone(),
+        engine.dials_published_ports(),
     );
     let services = Services::new(
         instances,

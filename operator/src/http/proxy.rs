@@ -79,6 +79,9 @@ pub struct Proxy {
     auth: Option<Arc<Auth>>,
     /// The engine, for the in-cluster address of a service it runs natively (Kubernetes).
     engine: Arc<dyn aenv_core::Engine>,
+    /// Instances' addresses are not reachable from here (Swarm's overlay networks seen from a process on a
+    /// host): a target `ip:port` is dialled at the port the instance published for `port`.
+    via_published: bool,
 }
 
 impl Proxy {
@@ -89,6 +92,7 @@ impl Proxy {
         namespace: String,
         auth: Option<Arc<Auth>>,
         engine: Arc<dyn aenv_core::Engine>,
+        via_published: bool,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -102,13 +106,14 @@ impl Proxy {
             client: Client::builder(TokioExecutor::new()).build(connector),
             engine,
             auth,
+            via_published,
         })
     }
 
-    /// Whether `host:port` is an endpoint of a live instance of this operator that `caller` may reach (any
-    /// instance when `caller` is `None`, that is with `--proxy-auth` off). Sandboxes waiting in a pool are nobody's
-    /// yet: not reachable through the proxy until claimed.
-    fn allowed(&self, host: &str, port: u16, caller: Option<&Principal>) -> bool {
+    /// Where to dial `host:port` when it is an endpoint of a live instance of this operator that `caller` may
+    /// reach (any instance when `caller` is `None`, that is with `--proxy-auth` off); `None` otherwise. Sandboxes
+    /// waiting in a pool are nobody's yet: not reachable through the proxy until claimed.
+    fn endpoint(&self, host: &str, port: u16, caller: Option<&Principal>) -> Option<String> {
         let loopback = matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]");
         self.instances
             .list_where(&|i: &EnvInstance| {
@@ -116,12 +121,32 @@ impl Proxy {
             })
             .iter()
             .filter_map(|i| i.status.as_ref())
-            .any(|s| {
-                s.ip.as_deref() == Some(host)
-                    || s.ports.iter().any(|p| {
-                        p.host_port == port && (p.host_ip == host || (loopback && is_any_or_loopback(&p.host_ip)))
-                    })
+            .find_map(|s| {
+                if s.ip.as_deref() == Some(host) {
+                    return Some(self.dial(s, host, port));
+                }
+                s.ports
+                    .iter()
+                    .any(|p| p.host_port == port && (p.host_ip == host || (loopback && is_any_or_loopback(&p.host_ip))))
+                    .then(|| format!("{host}:{port}"))
             })
+    }
+
+    /// The authority that reaches port `port` of the instance whose address is `ip`: the address itself, or with
+    /// `via_published` the port published for it (an instance that published none is dialled at its address,
+    /// which then fails as any unreachable target does).
+    fn dial(&self, status: &aenv_core::EnvInstanceStatus, ip: &str, port: u16) -> String {
+        if self.via_published
+            && let Some(p) = status.ports.iter().find(|p| p.container_port == port && p.protocol == "tcp")
+        {
+            let host = match p.host_ip.as_str() {
+                "" | "0.0.0.0" | "::" => "127.0.0.1".to_string(),
+                h if h.contains(':') => format!("[{h}]"),
+                h => h.to_string(),
+            };
+            return format!("{host}:{}", p.host_port);
+        }
+        format!("{ip}:{port}")
     }
 
     async fn forward(
@@ -171,11 +196,10 @@ impl Proxy {
             }
             None => None,
         };
-        if !self.allowed(host, port, caller.as_ref()) {
+        let Some(authority) = self.endpoint(host, port, caller.as_ref()) else {
             warn!(target = %target, "refused a proxy target that is not one of this operator's instances");
             return error(StatusCode::FORBIDDEN, "the target is not a running instance of this operator", &target);
-        }
-        let authority = format!("{}:{port}", uri.host().unwrap_or_default());
+        };
         self.relay(method, authority, path.as_str(), &query, headers, body, &target).await
     }
 
@@ -223,7 +247,10 @@ impl Proxy {
                     && i.member_state() == aenv_core::MemberState::Ready
             })
             .iter()
-            .filter_map(|i| i.status.as_ref()?.ip.clone())
+            .filter_map(|i| {
+                let status = i.status.as_ref()?;
+                Some(self.dial(status, status.ip.as_deref()?, svc.spec.port))
+            })
             .collect();
         if ready.is_empty() {
             return error(
@@ -234,8 +261,7 @@ impl Proxy {
         }
         ready.sort();
         let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ip = &ready[turn % ready.len()];
-        let authority = format!("{ip}:{}", svc.spec.port);
+        let authority = ready[turn % ready.len()].clone();
         let label = format!("service {service}");
         self.relay(method, authority, tail, &query, headers, body, &label).await
     }

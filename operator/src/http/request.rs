@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use aenv_core::{
-    EnvInstanceSpec, PortSpec, PullPolicy, ReadinessProbe, Resources,
+    EnvInstanceSpec, Placement, PortSpec, PullPolicy, ReadinessProbe, Resources,
     duration::parse_go_duration,
     labels::is_reserved,
     quantity::{parse_cpu_millis, parse_memory_bytes},
@@ -35,6 +35,7 @@ const DEPLOY_KEYS: &[&str] = &[
     "network",
     "ports",
     "readiness",
+    "placement",
 ];
 
 /// Largest compose file accepted (256 KiB).
@@ -383,6 +384,7 @@ fn parse_request(obj: &Map<String, Value>, strictness: Strictness) -> Result<Cre
     }
     let ports = parse_ports(deploy.get("ports"))?;
     let readiness = parse_readiness(deploy.get("readiness"))?;
+    let placement = parse_placement(deploy.get("placement"))?;
 
     Ok(CreateRequest::Inline(Box::new(EnvInstanceSpec {
         env_name: name,
@@ -406,7 +408,45 @@ fn parse_request(obj: &Map<String, Value>, strictness: Strictness) -> Result<Cre
         volumes: Vec::new(),
         // Likewise the names a service's replicas answer to on its network.
         network_aliases: Vec::new(),
+        placement,
     })))
+}
+
+/// `deployConfig.placement`: `{"constraints": ["node.labels.gpu==true"], "preferences": ["node.labels.zone"]}`
+/// (the shape only; the engine judges the content: only Swarm places).
+fn parse_placement(v: Option<&Value>) -> Result<Option<Placement>, ApiError> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(obj)) => obj,
+        Some(other) => {
+            return Err(bad(format!(
+                "field `deployConfig.placement` must be an object such as {{\"constraints\": [\"node.labels.gpu==true\"], \"preferences\": [\"node.labels.zone\"]}}, not {}",
+                describe(other)
+            )));
+        }
+    };
+    if let Some(key) = obj.keys().find(|k| !matches!(k.as_str(), "constraints" | "preferences")) {
+        return Err(bad(format!(
+            "unsupported key `deployConfig.placement.{key}`; supported: constraints, preferences"
+        )));
+    }
+    let list = |key: &str| -> Result<Vec<String>, ApiError> {
+        let path = format!("deployConfig.placement.{key}");
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(bad(format!("field `{path}[{i}]` must be a string, not {}", describe(other)))),
+                })
+                .collect(),
+            Some(other) => Err(bad(format!("field `{path}` must be an array of strings, not {}", describe(other)))),
+        }
+    };
+    let placement = Placement { constraints: list("constraints")?, preferences: list("preferences")? };
+    Ok((!placement.constraints.is_empty() || !placement.preferences.is_empty()).then_some(placement))
 }
 
 fn has_image_artifact(artifacts: Option<&Value>) -> bool {
@@ -583,6 +623,33 @@ mod tests {
             Ok((CreateRequest::Inline(spec), _)) => assert_eq!(spec.ttl, None, "templates keep no TTL unless given"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn placement_shape() {
+        let ok = r#""artifacts":[{"type":"image","content":"i"}]"#;
+        let spec = inline(&format!(
+            r#"{{"name":"e",{ok},"deployConfig":{{"placement":{{"constraints":["node.labels.gpu==true"],"preferences":["node.labels.zone"]}}}}}}"#
+        ))
+        .unwrap();
+        let placement = spec.placement.unwrap();
+        assert_eq!(placement.constraints, ["node.labels.gpu==true"]);
+        assert_eq!(placement.preferences, ["node.labels.zone"]);
+        let empty = inline(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"placement":{{}}}}}}"#)).unwrap();
+        assert_eq!(empty.placement, None);
+        refused(&format!(r#"{{"name":"e",{ok},"deployConfig":{{"placement":"gpu"}}}}"#), "deployConfig.placement");
+        refused(
+            &format!(r#"{{"name":"e",{ok},"deployConfig":{{"placement":{{"constraint":["a==b"]}}}}}}"#),
+            "deployConfig.placement.constraint",
+        );
+        refused(
+            &format!(r#"{{"name":"e",{ok},"deployConfig":{{"placement":{{"constraints":"a==b"}}}}}}"#),
+            "deployConfig.placement.constraints",
+        );
+        refused(
+            &format!(r#"{{"name":"e",{ok},"deployConfig":{{"placement":{{"preferences":[1]}}}}}}"#),
+            "deployConfig.placement.preferences[0]",
+        );
     }
 
     #[test]

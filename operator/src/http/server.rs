@@ -72,10 +72,7 @@ impl ConnLimits {
 
 /// The soft open-file limit of this process, if it can be read.
 pub fn open_file_limit() -> Option<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we own and reads nothing else.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
 /// Open connections per client address.
@@ -326,6 +323,14 @@ impl AsyncWrite for Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_file_limit_is_the_soft_limit_the_kernel_reports() {
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+        let soft = line.split_whitespace().nth(3).unwrap();
+        assert_eq!(open_file_limit(), soft.parse::<u64>().ok(), "{line}");
+    }
 
     #[test]
     fn per_address_counts_down_on_drop() {
