@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use thiserror::Error;
 
 use crate::{
-    EnvInstance, EnvInstanceSpec, Phase,
+    EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, Phase,
     ops::{ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, SandboxPath},
     types::{PortStatus, ServiceStatus},
 };
@@ -261,6 +261,34 @@ impl From<InvalidSpec> for EngineError {
     }
 }
 
+/// An engine that runs an `EnvService` as objects of its own (on Kubernetes: a Deployment, a Service and a
+/// PersistentVolumeClaim) instead of as one `EnvInstance` per replica. The service controller uses it when
+/// [`Engine::native_services`] offers it; the backend then keeps the replicas (replacing, rolling, scaling) and
+/// the controller reads their state back.
+#[async_trait]
+pub trait NativeServices: Send + Sync {
+    /// Checks a service before it is accepted, for what only this backend can judge (its names, its
+    /// quantities). The message names the field and the fix.
+    fn validate_service(&self, _name: &str, _service: &crate::EnvServiceSpec) -> Result<(), InvalidSpec> {
+        Ok(())
+    }
+
+    /// Makes the service's objects exist as `service` and `replica` (what each replica runs) say, changing
+    /// what differs, and reports the service's state as read from them. Calling it twice changes nothing.
+    async fn apply_service(
+        &self,
+        service: &EnvService,
+        replica: &EnvInstanceSpec,
+    ) -> Result<EnvServiceStatus, EngineError>;
+
+    /// Removes the service's objects, and its storage with `delete_storage` (without it the storage stays, for a
+    /// later service of the same `pvcName`). Succeeds when there is nothing to remove.
+    async fn delete_service(&self, service: &EnvService, delete_storage: bool) -> Result<(), EngineError>;
+
+    /// `host:port` the service answers on inside the backend's network (a cluster DNS name).
+    fn service_address(&self, service: &EnvService) -> String;
+}
+
 /// A backend that runs env instances.
 ///
 /// Implementations are idempotent and keyed by the instance id: the id names the container (or Pod), so a
@@ -385,6 +413,12 @@ pub trait Engine: Send + Sync + 'static {
     /// carries. The default: none (an engine that makes no snapshots).
     async fn list_snapshots(&self) -> Result<Vec<SnapshotImage>, EngineError> {
         Ok(Vec::new())
+    }
+
+    /// The backend's own way of running services, when it has one (Kubernetes); `None` (the default): the
+    /// service controller runs each replica as an `EnvInstance`.
+    fn native_services(&self) -> Option<&dyn NativeServices> {
+        None
     }
 
     /// Removes a snapshot image made by [`Engine::snapshot`]. Succeeds when it is gone already;

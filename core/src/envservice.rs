@@ -23,6 +23,8 @@ pub const DELETE_STORAGE_ANNOTATION: &str = "aenv.io/delete-storage";
 pub const DEFAULT_MOUNT_PATH: &str = "/home/admin/data";
 /// The port the service answers on unless the request says otherwise (AEnvironment's default).
 pub const DEFAULT_PORT: u16 = 8080;
+/// Prefix of a service's network (Docker): `aenv-svc-<service>`, scoped to the owner as owner networks are.
+pub const SERVICE_NETWORK_PREFIX: &str = "aenv-svc-";
 /// Most replicas one service may have.
 pub const MAX_SERVICE_REPLICAS: u32 = 100;
 
@@ -73,10 +75,37 @@ pub struct EnvServiceSpec {
     /// Limits of each replica (the request's `cpu_limit` and `memory_limit`), replacing the template's.
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// What each replica asks to be reserved (the request's `cpu_request` and `memory_request`): a Pod's
+    /// requests on Kubernetes; on Docker a memory reservation and a cpu weight. Absent: the limits.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub requests: Resources,
+    /// Scratch disk of each replica (the request's `ephemeral_storage_request` and `_limit`): a Pod's
+    /// `ephemeral-storage` on Kubernetes; not enforced by Docker.
+    #[serde(default, skip_serializing_if = "EphemeralStorage::is_empty")]
+    pub ephemeral_storage: EphemeralStorage,
+    /// A replica not ready this many seconds after it was made is replaced (Docker engine); absent: the
+    /// operator's `--service-ready-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout_seconds: Option<u32>,
     /// An inline template (the controller API's `POST /services` body), used instead of looking up the
     /// Environment `envName` names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<Box<EnvInstanceSpec>>,
+}
+
+/// A replica's scratch disk, as quantities (`10Gi`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct EphemeralStorage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+}
+
+impl EphemeralStorage {
+    pub fn is_empty(&self) -> bool {
+        self.request.is_none() && self.limit.is_none()
+    }
 }
 
 fn default_port() -> u16 {
@@ -135,6 +164,36 @@ impl Resources {
 }
 
 impl EnvServiceSpec {
+    /// A request above its limit (`cpu_request` over `cpu_limit`, ...), as the field and a message naming it:
+    /// Kubernetes refuses such a Pod and Docker such a container.
+    pub fn request_above_limit(&self) -> Option<(&'static str, String)> {
+        use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
+        for (field, request, limit, cpu) in [
+            ("cpu_request", self.requests.cpu.as_deref(), self.resources.cpu.as_deref(), true),
+            ("memory_request", self.requests.memory.as_deref(), self.resources.memory.as_deref(), false),
+            (
+                "ephemeral_storage_request",
+                self.ephemeral_storage.request.as_deref(),
+                self.ephemeral_storage.limit.as_deref(),
+                false,
+            ),
+        ] {
+            let (Some(request), Some(limit)) = (request, limit) else { continue };
+            let above = if cpu {
+                parse_cpu_millis(request).ok() > parse_cpu_millis(limit).ok()
+            } else {
+                parse_memory_bytes(request).ok() > parse_memory_bytes(limit).ok()
+            };
+            if above {
+                return Some((
+                    field,
+                    format!("field `{field}` ({request}) is above its limit ({limit}): a request is at most the limit"),
+                ));
+            }
+        }
+        None
+    }
+
     /// `(name, version)` of the template; `None` unless `envName` is `name@version`.
     pub fn template(&self) -> Option<(&str, &str)> {
         self.env_name.split_once('@').filter(|(n, v)| !n.is_empty() && !v.is_empty())
@@ -188,9 +247,32 @@ pub fn replica_spec(
     if service.resources.memory.is_some() {
         spec.resources.memory = service.resources.memory.clone();
     }
+    if !service.requests.is_empty() {
+        spec.requests = service.requests.clone();
+    }
     spec.owner = service.owner.clone();
     spec.ttl = None;
     spec.volumes.extend(service.volume());
+    spec
+}
+
+/// The network of service `service` (Docker): its replicas join it and answer there to the service's name; an
+/// instance joins it with `deployConfig.network: "aenv-svc-<service>"`. With tokens the engine scopes it to the
+/// owner (`aenv-o-<owner hash>-aenv-svc-<service>`), as every network an owner names.
+pub fn service_network(service: &str) -> String {
+    format!("{SERVICE_NETWORK_PREFIX}{service}")
+}
+
+/// The service whose network `network` is, if it is one.
+pub fn service_of_network(network: &str) -> Option<&str> {
+    network.strip_prefix(SERVICE_NETWORK_PREFIX).filter(|s| !s.is_empty())
+}
+
+/// A replica of `service` as [`replica_spec`] makes it, on the service's network and answering there to the
+/// service's name.
+pub fn on_service_network(mut spec: EnvInstanceSpec, service: &str) -> EnvInstanceSpec {
+    spec.network = Some(service_network(service));
+    spec.network_aliases = vec![service.to_string()];
     spec
 }
 

@@ -72,6 +72,11 @@ pub struct EnvInstanceSpec {
     /// CPU and memory limits.
     #[serde(default)]
     pub resources: Resources,
+    /// CPU and memory to reserve, below the limits (an EnvService's `cpu_request`, `memory_request`): a Pod's
+    /// requests on Kubernetes; on Docker a memory reservation and a relative cpu weight (`CpuShares`, 1024 per
+    /// core). Absent: the limits are the requests (Kubernetes), nothing is reserved (Docker).
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub requests: Resources,
     /// Time to live from creation, in Go duration syntax (`30m`, `1h30m`). Absent: the instance never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
@@ -100,6 +105,10 @@ pub struct EnvInstanceSpec {
     /// Named volumes to mount (an EnvService's storage). Names only: never a host path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMount>,
+    /// Other names the instance answers to on its (user) network: a service's replicas answer to the service's
+    /// name on its network. DNS labels; set by the service controller only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_aliases: Vec<String>,
     /// Where the instance may run, on an engine that places over several nodes (`--engine swarm`): Swarm's
     /// constraints and preferences. Other engines refuse it (they have one host, or place by other means).
     #[serde(default, skip_serializing_if = "Option::is_none")]

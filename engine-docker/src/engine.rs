@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use bollard::{
     Docker,
     models::{
-        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, Mount, MountType,
-        PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
+        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings, HostConfig, Mount,
+        MountType, NetworkingConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
     },
     query_parameters::{
         CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -38,6 +38,14 @@ use crate::{
     network,
     probe::Prober,
 };
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
 
 /// The Docker engine: one container per instance.
 #[derive(Clone)]
@@ -180,6 +188,24 @@ impl DockerEngine {
             .transpose()
             .map_err(|e| EngineError::permanent(e.to_string()))?
             .map(|b| b as i64);
+        // Requests (a service's cpu_request, memory_request): a soft memory reservation, and a cpu weight that
+        // counts only when cpus are contended (1024 per core, Docker's scale; at least 2, Docker's minimum).
+        let memory_reservation = spec
+            .requests
+            .memory
+            .as_deref()
+            .map(parse_memory_bytes)
+            .transpose()
+            .map_err(|e| EngineError::permanent(e.to_string()))?
+            .map(|b| b as i64);
+        let cpu_shares = spec
+            .requests
+            .cpu
+            .as_deref()
+            .map(parse_cpu_millis)
+            .transpose()
+            .map_err(|e| EngineError::permanent(e.to_string()))?
+            .map(|m| (m as i64 * 1024 / 1000).max(2));
         let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
         let name = inst.metadata.name.clone().unwrap_or_default();
         // Every requested port is exposed as well as bound: Docker publishes only exposed ports, and an image that
@@ -210,6 +236,8 @@ impl DockerEngine {
         let mut host_config = HostConfig {
             nano_cpus,
             memory,
+            memory_reservation,
+            cpu_shares,
             // No swap beyond the memory limit: a sandbox that outgrows its limit is OOM-killed, not slowed.
             memory_swap: memory,
             network_mode: Some(self.network_of(spec)),
@@ -235,8 +263,18 @@ impl DockerEngine {
                     .collect(),
             );
         }
+        // Names it answers to on its user network (a service's replicas: the service's name), for Docker's DNS.
+        let network = self.network_of(spec);
+        let networking_config =
+            (!spec.network_aliases.is_empty() && !network::is_builtin(&network)).then(|| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    network,
+                    EndpointSettings { aliases: Some(spec.network_aliases.clone()), ..Default::default() },
+                )])),
+            });
         Ok(ContainerCreateBody {
             image: Some(image),
+            networking_config,
             cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels.into_iter().collect()),
@@ -418,6 +456,18 @@ impl Engine for DockerEngine {
         let network = self.network_of(spec);
         if network == "host" {
             self.config.policy.check(Allowance::HostNetwork, "deployConfig.network")?;
+        }
+        if let Some(alias) = spec.network_aliases.iter().find(|a| !is_dns_label(a)) {
+            return Err(InvalidSpec::new(
+                "networkAliases",
+                format!("field `networkAliases`: {alias:?} is not a DNS label (lowercase letters, digits and '-')"),
+            ));
+        }
+        if !spec.network_aliases.is_empty() && network::is_builtin(&network) {
+            return Err(InvalidSpec::new(
+                "networkAliases",
+                format!("field `networkAliases` needs a user network; network {network:?} has no names of its own"),
+            ));
         }
         if (network == "host" || network == "none") && !spec.ports.is_empty() {
             return Err(InvalidSpec::new(

@@ -1,12 +1,17 @@
 use aenv_core::{
-    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ExecOutput, ExecRequest, FileUpload, InstanceStats,
-    InvalidSpec, Observed, OwnedKind, OwnedObject, PathContent, Phase, SandboxPath, Workload, labels,
+    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, ExecOutput,
+    ExecRequest, FileUpload, InstanceStats, InvalidSpec, NativeServices, Observed, OwnedKind, OwnedObject,
+    PathContent, Phase, SandboxPath, Workload, envservice::SERVICE_LABEL, labels,
 };
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use futures::{StreamExt, stream::BoxStream};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{PersistentVolumeClaim, Pod, Service},
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -19,6 +24,7 @@ use crate::{
     Error,
     error::{api_code, classify},
     pod::{observe, pod_for},
+    service::{check_service, deployment_differs, deployment_for, k8s_service_for, observe_deployment, pvc_for},
 };
 
 /// How the engine runs Pods.
@@ -34,6 +40,9 @@ pub struct KubeEngineConfig {
     /// `terminationGracePeriodSeconds` of the Pods, and the grace of deletions; 0 kills at once, which suits
     /// sandboxes.
     pub grace_period_seconds: i64,
+    /// The cluster's DNS suffix of Services (AEnvironment's `SERVICE_DOMAIN_SUFFIX`): a service's address is
+    /// `<name>.<namespace>.<suffix>:<port>`.
+    pub service_domain_suffix: String,
 }
 
 impl KubeEngineConfig {
@@ -43,14 +52,18 @@ impl KubeEngineConfig {
             namespace: namespace.into(),
             owner_references: true,
             grace_period_seconds: 0,
+            service_domain_suffix: "svc.cluster.local".into(),
         }
     }
 }
 
-/// The Kubernetes engine: one Pod per instance.
+/// The Kubernetes engine: one Pod per instance; a Deployment, a Service and a claim per EnvService.
 #[derive(Clone)]
 pub struct KubeEngine {
     pods: Api<Pod>,
+    deployments: Api<Deployment>,
+    services: Api<Service>,
+    claims: Api<PersistentVolumeClaim>,
     config: KubeEngineConfig,
 }
 
@@ -67,7 +80,13 @@ impl KubeEngine {
         if !is_dns_label(&config.namespace) {
             return Err(Error::InvalidNamespace(config.namespace));
         }
-        Ok(KubeEngine { pods: Api::namespaced(client, &config.namespace), config })
+        Ok(KubeEngine {
+            pods: Api::namespaced(client.clone(), &config.namespace),
+            deployments: Api::namespaced(client.clone(), &config.namespace),
+            services: Api::namespaced(client.clone(), &config.namespace),
+            claims: Api::namespaced(client, &config.namespace),
+            config,
+        })
     }
 
     /// Checks at start-up that Pods in the sandbox namespace can be listed (namespace there, RBAC granted).
@@ -100,11 +119,11 @@ impl KubeEngine {
     }
 
     fn ours(&self, pod: &Pod) -> bool {
-        pod.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(labels::OPERATOR_ID))
-            .is_some_and(|id| *id == self.config.operator_id)
+        self.owns(&pod.metadata)
+    }
+
+    fn owns(&self, meta: &ObjectMeta) -> bool {
+        meta.labels.as_ref().and_then(|l| l.get(labels::OPERATOR_ID)).is_some_and(|id| *id == self.config.operator_id)
     }
 
     /// Brings the labels and annotations the store holds onto an existing Pod when they differ (Pod labels can
@@ -240,6 +259,8 @@ impl Engine for KubeEngine {
         Ok(pods
             .items
             .into_iter()
+            // A service's Pods belong to its Deployment, not to an instance.
+            .filter(|pod| pod.metadata.labels.as_ref().is_none_or(|l| !l.contains_key(SERVICE_LABEL)))
             .filter_map(|pod| {
                 let (namespace, instance) = labels::instance_of(|k| pod.metadata.labels.as_ref()?.get(k))?;
                 let observed = observe(&pod, false);
@@ -337,6 +358,10 @@ impl Engine for KubeEngine {
         Err(EngineError::unsupported("the Kubernetes engine makes no snapshots"))
     }
 
+    fn native_services(&self) -> Option<&dyn NativeServices> {
+        Some(self)
+    }
+
     async fn ping(&self) -> Result<(), EngineError> {
         self.pods
             .list_metadata(&ListParams::default().limit(1))
@@ -351,6 +376,159 @@ fn no_services(service: &str) -> EngineError {
     EngineError::permanent(format!(
         "query `service` ({service:?}) chooses a service of a compose stack; a Pod of the Kubernetes engine has one container: leave it out"
     ))
+}
+
+/// The field manager of the operator's server-side applies.
+const FIELD_MANAGER: &str = "aenv-operator";
+
+/// Reads one object of a service; `None` when it is not there.
+async fn read<K>(api: &Api<K>, what: &str, name: &str) -> Result<Option<K>, EngineError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await {
+        Ok(object) => Ok(object),
+        Err(e) if api_code(&e) == Some(404) => Ok(None),
+        Err(e) => Err(classify(&format!("reading {what} {name}"), e)),
+    }
+}
+
+/// Creates `object` unless it is there; `Ok(None)` when it was there already (made by an earlier look).
+async fn create<K>(api: &Api<K>, what: &str, object: &K) -> Result<Option<K>, EngineError>
+where
+    K: Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + kube::Resource,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    match api.create(&PostParams::default(), object).await {
+        Ok(made) => {
+            debug!(%name, "{what} created");
+            Ok(Some(made))
+        }
+        Err(e) if api_code(&e) == Some(409) => Ok(None),
+        Err(e) => Err(classify(&format!("creating {what} {name}"), e)),
+    }
+}
+
+/// Deletes one object of a service; nothing to do when it is gone.
+async fn remove<K>(api: &Api<K>, what: &str, name: &str) -> Result<(), EngineError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {
+            debug!(%name, "{what} deleted");
+            Ok(())
+        }
+        Err(e) if api_code(&e) == Some(404) => Ok(()),
+        Err(e) => Err(classify(&format!("deleting {what} {name}"), e)),
+    }
+}
+
+impl KubeEngine {
+    fn foreign(&self, what: &str, name: &str) -> EngineError {
+        EngineError::permanent(format!(
+            "a {what} named {name} exists in namespace {} and was not created by this operator: pick another service_name",
+            self.config.namespace
+        ))
+    }
+
+    /// The Deployment as `want` says: made when missing, applied (server-side) when its spec or replica count
+    /// differs, left alone otherwise. The Deployment as the server has it now.
+    async fn converge_deployment(&self, want: Deployment) -> Result<Deployment, EngineError> {
+        let name = want.metadata.name.clone().unwrap_or_default();
+        let have = match read(&self.deployments, "Deployment", &name).await? {
+            Some(have) => have,
+            None => match create(&self.deployments, "Deployment", &want).await? {
+                Some(made) => return Ok(made),
+                None => read(&self.deployments, "Deployment", &name).await?.ok_or_else(|| {
+                    EngineError::transient(format!("Deployment {name} exists and vanished at once; retrying"))
+                })?,
+            },
+        };
+        if !self.owns(&have.metadata) {
+            return Err(self.foreign("Deployment", &name));
+        }
+        if !deployment_differs(&have, &want) {
+            return Ok(have);
+        }
+        // Server-side apply, forced: the fields this operator owns become what it wants now (a field it set
+        // before and no longer sets is dropped, `kubectl scale deployment` is undone), others' fields stay.
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match self.deployments.patch(&name, &params, &Patch::Apply(&want)).await {
+            Ok(applied) => {
+                debug!(deployment = %name, "Deployment updated");
+                Ok(applied)
+            }
+            Err(e) => Err(classify(&format!("updating Deployment {name}"), e)),
+        }
+    }
+}
+
+#[async_trait]
+impl NativeServices for KubeEngine {
+    fn validate_service(&self, name: &str, service: &aenv_core::EnvServiceSpec) -> Result<(), InvalidSpec> {
+        check_service(name, service)
+    }
+
+    async fn apply_service(
+        &self,
+        service: &EnvService,
+        replica: &EnvInstanceSpec,
+    ) -> Result<EnvServiceStatus, EngineError> {
+        let name = service.metadata.name.clone().unwrap_or_default();
+        if let Some(claim) = pvc_for(service, replica, &self.config)? {
+            let claim_name = claim.metadata.name.clone().unwrap_or_default();
+            match read(&self.claims, "PersistentVolumeClaim", &claim_name).await? {
+                Some(have) if !self.owns(&have.metadata) => {
+                    return Err(self.foreign("PersistentVolumeClaim", &claim_name));
+                }
+                Some(_) => {}
+                None => {
+                    create(&self.claims, "PersistentVolumeClaim", &claim).await?;
+                }
+            }
+        }
+        let deployment = self.converge_deployment(deployment_for(service, replica, &self.config)?).await?;
+        match read(&self.services, "Service", &name).await? {
+            Some(have) if !self.owns(&have.metadata) => return Err(self.foreign("Service", &name)),
+            Some(_) => {}
+            None => {
+                create(&self.services, "Service", &k8s_service_for(service, replica, &self.config)).await?;
+            }
+        }
+        Ok(observe_deployment(&deployment))
+    }
+
+    async fn delete_service(&self, service: &EnvService, delete_storage: bool) -> Result<(), EngineError> {
+        let name = service.metadata.name.clone().unwrap_or_default();
+        if let Some(have) = read(&self.deployments, "Deployment", &name).await?
+            && self.owns(&have.metadata)
+        {
+            remove(&self.deployments, "Deployment", &name).await?;
+        }
+        if let Some(have) = read(&self.services, "Service", &name).await?
+            && self.owns(&have.metadata)
+        {
+            remove(&self.services, "Service", &name).await?;
+        }
+        if let Some(volume) = service.spec.volume().filter(|_| delete_storage)
+            && let Some(have) = read(&self.claims, "PersistentVolumeClaim", &volume.name).await?
+            && self.owns(&have.metadata)
+        {
+            remove(&self.claims, "PersistentVolumeClaim", &volume.name).await?;
+        }
+        Ok(())
+    }
+
+    fn service_address(&self, service: &EnvService) -> String {
+        format!(
+            "{}.{}.{}:{}",
+            service.metadata.name.as_deref().unwrap_or_default(),
+            self.config.namespace,
+            self.config.service_domain_suffix,
+            service.spec.port
+        )
+    }
 }
 
 /// The instance a Pod event is about.

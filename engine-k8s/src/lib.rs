@@ -7,10 +7,15 @@ mod engine;
 mod error;
 mod ops;
 mod pod;
+mod service;
 
 pub use engine::{KubeEngine, KubeEngineConfig};
 pub use error::{Error, api_code};
 pub use pod::{
     AENV_NAME_LABEL, AENV_OWNER_LABEL, AENV_TTL_LABEL, AENV_VERSION_LABEL, CONTAINER_NAME, EXPIRE_AT_ANNOTATION,
     OWNER_ANNOTATION, cpu_quantity, is_valid_label_value, memory_quantity, observe, pod_for,
+};
+pub use service::{
+    DATA_VOLUME, DEFAULT_STORAGE_SIZE, SPEC_HASH_ANNOTATION, check_service, deployment_differs, deployment_for,
+    k8s_service_for, observe_deployment, pvc_for, selector,
 };

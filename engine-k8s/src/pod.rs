@@ -96,6 +96,14 @@ pub fn pod_for(inst: &EnvInstance, config: &KubeEngineConfig) -> Result<Pod, Eng
     if let Some(memory) = spec.resources.memory.as_deref() {
         quantities.insert("memory".to_string(), memory_quantity(memory).map_err(permanent)?);
     }
+    // Requests below the limits when the spec has them (a service's cpu_request, memory_request).
+    let mut requests = BTreeMap::new();
+    if let Some(cpu) = spec.requests.cpu.as_deref() {
+        requests.insert("cpu".to_string(), cpu_quantity(cpu).map_err(permanent)?);
+    }
+    if let Some(memory) = spec.requests.memory.as_deref() {
+        requests.insert("memory".to_string(), memory_quantity(memory).map_err(permanent)?);
+    }
     let expire_at = inst.expires_at().map_err(permanent)?;
     let instance_namespace = inst.namespace();
     let owner = spec.owner.as_deref().filter(|o| !o.is_empty());
@@ -184,10 +192,11 @@ pub fn pod_for(inst: &EnvInstance, config: &KubeEngineConfig) -> Result<Pod, Eng
                 .map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..Default::default() })
                 .collect()
         }),
-        // Requests equal limits, as AEnvironment's controller sets them (Guaranteed QoS when both are given).
-        resources: (!quantities.is_empty()).then(|| ResourceRequirements {
-            limits: Some(quantities.clone()),
-            requests: Some(quantities),
+        // Requests equal limits, as AEnvironment's controller sets them (Guaranteed QoS when both are given),
+        // unless the spec asks for less.
+        resources: (!quantities.is_empty() || !requests.is_empty()).then(|| ResourceRequirements {
+            limits: (!quantities.is_empty()).then(|| quantities.clone()),
+            requests: Some(quantities.into_iter().chain(requests).collect()),
             ..Default::default()
         }),
         ports: (!ports.is_empty()).then_some(ports),

@@ -284,8 +284,12 @@ async fn openapi_document_is_served_and_every_path_exists() {
     let on_disk: Value = serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
     assert_eq!(doc, on_disk);
     for (path, item) in doc["paths"].as_object().unwrap() {
-        let concrete =
-            path.replace("{id}", "x-abcdef").replace("{pattern}", "*").replace("{name}", "x").replace("{version}", "1");
+        let concrete = path
+            .replace("{id}", "x-abcdef")
+            .replace("{pattern}", "*")
+            .replace("{name}", "x")
+            .replace("{version}", "1")
+            .replace("{replica}", "x-1");
         for method in item.as_object().unwrap().keys() {
             let resp = op.http.request(method.to_uppercase().parse().unwrap(), op.url(&concrete)).send().await.unwrap();
             let status = resp.status().as_u16();

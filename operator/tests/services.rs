@@ -184,14 +184,25 @@ async fn a_service_keeps_replicas_spreads_requests_rolls_updates_and_keeps_its_d
     }
     let volume = format!("aenv-pvc-{pvc}");
     assert!(docker(&["volume", "inspect", &volume]).status.success(), "the volume stays");
-    let (code, again) = op
-        .post_json(
-            "/env-service",
-            &json!({"envName": format!("{name}@1.0.0"), "service_name": id, "port": 8081,
-            "pvc_name": pvc, "storage_size": "1Gi"}),
-        )
-        .await;
-    assert_eq!(code, 200, "{again}");
+    // The name is free once the deletion is through (the replicas' records go a moment after their containers):
+    // until then a create of the same name is a 409 that says so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, again) = op
+            .post_json(
+                "/env-service",
+                &json!({"envName": format!("{name}@1.0.0"), "service_name": id, "port": 8081,
+                "pvc_name": pvc, "storage_size": "1Gi"}),
+            )
+            .await;
+        if code == 200 {
+            break;
+        }
+        assert_eq!(code, 409, "{again}");
+        assert!(again["message"].as_str().unwrap().contains("still being deleted"), "{again}");
+        assert!(Instant::now() < deadline, "the deleted service's name never came free\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     wait_service(&op, &id, Duration::from_secs(60), |s| running(s, 1)).await;
     let third = replicas(&name);
     assert_eq!(docker_ok(&["exec", &third[0], "cat", "/home/admin/data/f"]).trim(), "kept", "same pvc_name, same data");
@@ -509,6 +520,231 @@ async fn controller_services_api_field_for_field() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !containers_with_label(&format!("aenv.env_name={name}")).is_empty() {
         assert!(Instant::now() < deadline, "replicas left behind\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `wget` of `http://{host}:8081/health` from inside container `from` (busybox, under `timeout`): whether it
+/// answered.
+fn answers(from: &str, host: &str) -> bool {
+    let out = docker(&["exec", from, "timeout", "3", "wget", "-qO-", &format!("http://{host}:8081/health")]);
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("healthy")
+}
+
+/// The service's replicas answer to its name on the service's network (owner-scoped with tokens); a sandbox of the
+/// same owner that names that network (`deployConfig.network: "aenv-svc-<service>"`) resolves the name to the
+/// replicas and gets an answer; another tenant can neither join the network (400 naming the field) nor resolve the
+/// name from its own sandboxes. The replicas are listed, and each one's output read, by the owner only.
+#[tokio::test]
+async fn sandboxes_on_a_service_network_reach_it_by_name_and_other_tenants_cannot_join_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(
+        &tokens,
+        json!({"tokens": [
+            {"token": "alice-token-0123456789", "owner": "alice"},
+            {"token": "bob-token-0123456789", "owner": "bob"},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let op = Operator::start(BIN, &["--tokens-file", &tokens.display().to_string()]).await;
+    const ALICE: &str = "alice-token-0123456789";
+    const BOB: &str = "bob-token-0123456789";
+    let name = unique_name("svcdns");
+    // Replicas say something first, for their logs.
+    let (code, resp) = send_as(
+        ALICE,
+        op.http.post(op.url("/env")).json(&json!({"name": name, "version": "1.0.0", "shared": true,
+            "artifacts": [{"type": "image", "content": TEST_IMAGE}],
+            "deployConfig": {"arguments": ["sh", "-c", "echo replica-log-line; exec /bin/aenv-entrypoint"]}})),
+    )
+    .await;
+    assert_eq!(code, 200, "{resp}");
+    let svc = unique_name("dns");
+    let (code, resp) = send_as(
+        ALICE,
+        op.http.post(op.url("/env-service")).json(&json!({"envName": format!("{name}@1.0.0"), "service_name": svc,
+            "replicas": 2, "port": 8081})),
+    )
+    .await;
+    assert_eq!(code, 200, "{resp}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = send_as(ALICE, op.http.get(op.url(&format!("/env-service/{svc}")))).await;
+        if running(&s["data"], 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Each replica is on alice's scope of the service network, answering there to the service's name.
+    let network_suffix = format!("-aenv-svc-{svc}");
+    let mut replica_ips = Vec::new();
+    for replica in replicas(&name) {
+        let networks = inspect(&replica)["NetworkSettings"]["Networks"].clone();
+        let networks = networks.as_object().unwrap();
+        assert_eq!(networks.len(), 1, "{networks:?}");
+        let (net, endpoint) = networks.iter().next().unwrap();
+        assert!(net.starts_with("aenv-o-") && net.ends_with(&network_suffix), "{net}");
+        let aliases: Vec<&str> = endpoint["Aliases"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(aliases.contains(&svc.as_str()), "{aliases:?}");
+        replica_ips.push(endpoint["IPAddress"].as_str().unwrap().to_string());
+    }
+    assert_eq!(replica_ips.len(), 2);
+
+    let start = |token: &'static str, deploy: Value| {
+        let body = aenv_testkit::create_body(&name, TEST_IMAGE, deploy);
+        let req = op.http.post(op.url("/env-instance")).json(&body);
+        async move { send_as(token, req).await }
+    };
+    let wait_running = |token: &'static str, id: String| {
+        let op = &op;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, got) = send_as(token, op.http.get(op.url(&format!("/env-instance/{id}")))).await;
+                if got["data"]["status"] == "Running" {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{got}\n{}", op.log());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // Alice's sandbox joins the service's network and reaches the replicas by the service's name.
+    let join = json!({"network": format!("aenv-svc-{svc}")});
+    let (code, resp) = start(ALICE, join.clone()).await;
+    assert_eq!(code, 200, "{resp}");
+    let client = resp["data"]["id"].as_str().unwrap().to_string();
+    wait_running(ALICE, client.clone()).await;
+    assert!(answers(&client, &svc), "alice's sandbox gets an answer from http://{svc}:8081\n{}", op.log());
+    let lookup = docker(&["exec", &client, "nslookup", &svc]);
+    let lookup = String::from_utf8_lossy(&lookup.stdout);
+    for ip in &replica_ips {
+        assert!(lookup.contains(ip.as_str()), "{svc} resolves to every replica ({ip}): {lookup}");
+    }
+
+    // The replicas through the API, and each one's output; alice's own instance is no replica of the service.
+    let (code, listed) = send_as(ALICE, op.http.get(op.url(&format!("/env-service/{svc}/replicas")))).await;
+    assert_eq!(code, 200, "{listed}");
+    let items = listed["data"].as_array().unwrap();
+    let mut ids: Vec<String> = items.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, replicas(&name).into_iter().filter(|r| *r != client).collect::<Vec<_>>());
+    assert!(items.iter().all(|r| r["ready"] == true && r["status"] == "Running" && r["ip"] != ""), "{listed}");
+    let logs_of = |token: &'static str, replica: &str| {
+        let req =
+            op.http.get(op.url(&format!("/env-service/{svc}/replicas/{replica}/logs?tail=50"))).bearer_auth(token);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (code, text) = logs_of(ALICE, &ids[0]).await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("replica-log-line"), "{text:?}");
+    assert_eq!(logs_of(ALICE, &client).await.0, 404, "not a replica of the service");
+    assert_eq!(logs_of(BOB, &ids[0]).await.0, 404, "not bob's service");
+    assert_eq!(send_as(BOB, op.http.get(op.url(&format!("/env-service/{svc}/replicas")))).await.0, 404);
+
+    // Bob cannot join alice's service network: refused, naming the field, nothing made.
+    let (code, resp) = start(BOB, join).await;
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp["message"].as_str().unwrap().contains("deployConfig.network"), "{resp}");
+    // Nor does a sandbox of his (on his own network) resolve the name.
+    let (code, resp) = start(BOB, json!({})).await;
+    assert_eq!(code, 200, "{resp}");
+    let bobs = resp["data"]["id"].as_str().unwrap().to_string();
+    wait_running(BOB, bobs.clone()).await;
+    assert!(!answers(&bobs, &svc), "bob's sandbox must not reach alice's service by name");
+    assert!(answers(&client, &svc), "the check from alice's side still answers (the probe works)");
+
+    for (token, id) in [(ALICE, &client), (BOB, &bobs)] {
+        assert_eq!(send_as(token, op.http.delete(op.url(&format!("/env-instance/{id}")))).await.0, 200);
+    }
+    assert_eq!(send_as(ALICE, op.http.delete(op.url(&format!("/env-service/{svc}")))).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !replicas(&name).is_empty() {
+        assert!(Instant::now() < deadline, "replicas left behind");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A replica whose readiness probe never passes (the test image answering /health only after an hour) is removed
+/// and replaced once the service's ready timeout passes, the reason in the service's `message`; the timeout is
+/// checked as input. Requests become a memory reservation and a cpu weight; one above its limit is refused.
+#[tokio::test]
+async fn a_replica_never_ready_is_replaced_after_the_ready_timeout_with_the_reason() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("svcslow");
+    let body = json!({"name": name, "version": "1.0.0", "artifacts": [{"type": "image", "content": TEST_IMAGE}],
+        "deployConfig": {"environment_variables": {"AENV_HEALTH_DELAY": "3600"}}});
+    let (code, resp) = op.post_json("/env", &body).await;
+    assert_eq!(code, 200, "{resp}");
+    let id = unique_name("slow");
+    let create = |timeout: Value| {
+        json!({"envName": format!("{name}@1.0.0"), "service_name": id, "replicas": 1, "port": 8081,
+            "ready_timeout_seconds": timeout, "cpu_request": "250m", "cpu_limit": "1", "memory_request": "32Mi",
+            "memory_limit": "64Mi"})
+    };
+    // A request above its limit is refused, naming it (Docker would refuse the container).
+    let mut above = create(json!(2));
+    above["memory_request"] = json!("128Mi");
+    let (code, resp) = op.post_json("/env-service", &above).await;
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp["message"].as_str().unwrap().contains("`memory_request`"), "{resp}");
+    for bad in [json!(0), json!(-5), json!(86_401), json!("2")] {
+        let (code, resp) = op.post_json("/env-service", &create(bad.clone())).await;
+        assert_eq!(code, 400, "{bad}: {resp}");
+        assert!(resp["message"].as_str().unwrap().contains("ready_timeout_seconds"), "{resp}");
+    }
+    let (code, resp) = op.post_json("/env-service", &create(json!(2))).await;
+    assert_eq!(code, 200, "{resp}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let [one] = replicas(&name).as_slice() {
+            break one.clone();
+        }
+        assert!(Instant::now() < deadline, "no replica started\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Requests on Docker: a memory reservation and a cpu weight (1024 per core), under the limits.
+    let host = inspect(&first)["HostConfig"].clone();
+    assert_eq!(
+        (host["MemoryReservation"].as_i64(), host["CpuShares"].as_i64(), host["Memory"].as_i64()),
+        (Some(32 << 20), Some(256), Some(64 << 20)),
+        "{host}"
+    );
+    let s = wait_service(&op, &id, Duration::from_secs(30), |s| {
+        s["message"].as_str().is_some_and(|m| m.contains("not ready") && m.contains("ready timeout 2s"))
+    })
+    .await;
+    assert_eq!(s["available_replicas"], 0, "{s}");
+    assert!(s["message"].as_str().unwrap().contains(first.as_str()), "the message names the replica: {s}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replicas(&name).first() == Some(&first) || replicas(&name).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the never-ready replica was not replaced: {:?}\n{}",
+            replicas(&name),
+            op.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while docker(&["inspect", &first]).status.success() {
+        assert!(Instant::now() < deadline, "the timed-out replica's container is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(op.delete(&format!("/env-service/{id}")).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !replicas(&name).is_empty() {
+        assert!(Instant::now() < deadline, "replicas left behind");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

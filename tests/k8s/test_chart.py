@@ -54,9 +54,16 @@ def test_docker_disabled_runs_pods_with_pod_rbac_in_the_sandbox_namespace_only()
     assert 'volumes' not in one(docs, 'Deployment')['spec']['template']['spec']
     assert not any(e['name'].startswith('DOCKER_') for e in c['env'])
     pods = [r for r in rules(docs) if r[1] == 'pods']
-    assert pods == [('', 'pods', ('get', 'list', 'watch', 'create', 'delete'), 'Role', 'aenv-sandbox')], pods
+    assert pods == [('', 'pods', ('get', 'list', 'watch', 'create', 'patch', 'delete'), 'Role', 'aenv-sandbox')], pods
     execs = [r for r in rules(docs) if r[1] == 'pods/exec']
     assert execs == [('', 'pods/exec', ('get', 'create'), 'Role', 'aenv-sandbox')], execs
+    # EnvServices: Deployment, Service and claim, in the sandbox namespace too.
+    service_objects = [r for r in rules(docs) if r[1] in ('deployments', 'services', 'persistentvolumeclaims')]
+    assert service_objects == [
+        ('apps', 'deployments', ('get', 'create', 'patch', 'delete'), 'Role', 'aenv-sandbox'),
+        ('', 'services', ('get', 'create', 'delete'), 'Role', 'aenv-sandbox'),
+        ('', 'persistentvolumeclaims', ('get', 'create', 'delete'), 'Role', 'aenv-sandbox'),
+    ], service_objects
     binding = one(docs, 'RoleBinding', '-pods')
     assert binding['metadata']['namespace'] == 'aenv-sandbox'
     assert binding['subjects'] == [{'kind': 'ServiceAccount', 'name': 'demo-aenv-operator', 'namespace': 'aenv'}]
@@ -70,6 +77,7 @@ def test_docker_enabled_with_the_socket_mounts_it_and_grants_no_pods():
     volumes = one(docs, 'Deployment')['spec']['template']['spec']['volumes']
     assert volumes == [{'name': 'docker-socket', 'hostPath': {'path': '/var/run/docker.sock', 'type': 'Socket'}}]
     assert not any(r[1] in ('pods', 'pods/exec') for r in rules(docs)), rules(docs)
+    assert not any(r[1] in ('deployments', 'persistentvolumeclaims') for r in rules(docs)), rules(docs)
     assert not any(e['name'].startswith('DOCKER_TLS') for e in c['env'])
 
 

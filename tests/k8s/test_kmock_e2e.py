@@ -269,3 +269,106 @@ def test_a_service_cr_runs_replicas_as_instance_crs_and_its_deletion_removes_the
     assert status == 200
     wait_for('the service CR to go', lambda: http('GET', f"{kmock_url}{services}/web")[0] == 404, timeout=30, log=op.log)
     wait_for('its replicas to go', lambda: op.containers() == [], timeout=30, log=op.log)
+
+
+def test_with_the_kubernetes_engine_a_service_is_a_deployment_a_cluster_ip_service_and_a_claim(kmock_url, make_operator):
+    """--engine kubernetes: no Pods run under kmock (it has no kubelet and no Deployment controller), so the test
+    plays the Deployment controller's part by writing the Deployment's status, as the real one would."""
+    ns = unique('e2e-k8svc')
+    op = make_operator(ns, '--engine', 'kubernetes')
+    status, env = op.api('POST', '/env', {'name': 'served', 'version': '1.0.0',
+                                          'artifacts': [{'type': 'image', 'content': 'aenv-test/sandbox:local'}]})
+    assert status == 200, env
+    body = {'envName': 'served@1.0.0', 'service_name': 'web', 'replicas': 1, 'port': 8081, 'pvc_name': 'data',
+            'storage_size': '2Gi', 'environment_variables': {'MODE': 'a'}, 'cpu_request': '250m', 'cpu_limit': '1',
+            'memory_request': '64Mi', 'memory_limit': '128Mi', 'ephemeral_storage_limit': '1Gi'}
+    status, made = op.api('POST', '/env-service', body)
+    assert status == 200, made
+    assert made['data']['service_url'] == f"http://web.{ns}.svc.cluster.local:8081", made
+
+    deployment_path = f"{kmock_url}/apis/apps/v1/namespaces/{ns}/deployments/web"
+
+    def deployment():
+        code, d = http('GET', deployment_path)
+        return d if code == 200 else None
+
+    d = wait_for('the Deployment', deployment, timeout=30, log=op.log)
+    assert d['spec']['replicas'] == 1
+    assert d['spec']['strategy'] == {'type': 'RollingUpdate', 'rollingUpdate': {'maxUnavailable': 0, 'maxSurge': 1}}
+    assert d['metadata']['labels']['aenv.io/operator-id'] == op.operator_id
+    pod = d['spec']['template']['spec']
+    main = pod['containers'][0]
+    assert main['image'] == 'aenv-test/sandbox:local'
+    assert {'name': 'MODE', 'value': 'a'} in main['env'], main['env']
+    assert main['resources'] == {'limits': {'cpu': '1', 'memory': '128Mi', 'ephemeral-storage': '1Gi'},
+                                 'requests': {'cpu': '250m', 'memory': '64Mi'}}, main['resources']
+    claim = pod['volumes'][0]['persistentVolumeClaim']['claimName']
+    assert main['volumeMounts'] == [{'name': 'data', 'mountPath': '/home/admin/data'}]
+
+    def k8s_service():
+        code, s = http('GET', f"{kmock_url}/api/v1/namespaces/{ns}/services/web")
+        return s if code == 200 else None
+
+    s = wait_for('the Service', k8s_service, timeout=30, log=op.log)
+    assert s['spec']['type'] == 'ClusterIP' and s['spec']['ports'][0]['port'] == 8081, s['spec']
+    assert s['spec']['selector'] == d['spec']['selector']['matchLabels'], (s['spec'], d['spec'])
+    claim_path = f"{kmock_url}/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}"
+    code, pvc = http('GET', claim_path)
+    assert code == 200 and pvc['spec']['resources']['requests']['storage'] == '2Gi', pvc
+    assert pvc['spec']['accessModes'] == ['ReadWriteOnce']
+
+    # Pending until the Deployment says its replica is available.
+    status, got = op.api('GET', '/env-service/web')
+    assert got['data']['status'] == 'Pending' and got['data']['available_replicas'] == 0, got
+    code, _ = http('PATCH', deployment_path,
+                   {'status': {'replicas': 1, 'readyReplicas': 1, 'availableReplicas': 1, 'updatedReplicas': 1}},
+                   content_type='application/merge-patch+json')
+    assert code == 200
+
+    def running():
+        _, got = op.api('GET', '/env-service/web')
+        data = (got or {}).get('data') or {}
+        return got if data.get('status') == 'Running' and data.get('available_replicas') == 1 else None
+
+    wait_for('the service to read Running with 1 available', running, timeout=30, log=op.log)
+    _, cr = http('GET', f"{kmock_url}{GROUP}/namespaces/{ns}/envservices/web")
+    assert cr['status']['availableReplicas'] == 1 and cr['status']['updatedReplicas'] == 1, cr['status']
+    _, listed = http('GET', kmock_url + cr_path(ns))
+    assert listed['items'] == [], 'no EnvInstance per replica: the Deployment keeps them'
+
+    # A rolling update is the Deployment's new template.
+    status, _ = op.api('PUT', '/env-service/web', {'environment_variables': {'MODE': 'b'}})
+    assert status == 200
+
+    def rolled():
+        d = deployment()
+        env = d['spec']['template']['spec']['containers'][0]['env'] if d else []
+        return {'name': 'MODE', 'value': 'b'} in env
+
+    wait_for('the Deployment to carry MODE=b', rolled, timeout=30, log=op.log)
+
+    # Storage keeps one replica: more is refused, naming both fields, and nothing changes.
+    status, refused = op.api('PUT', '/env-service/web', {'replicas': 2})
+    assert status == 400 and 'storage_size' in refused['message'], refused
+
+    # DELETE without deleteStorage: the Deployment and the Service go, the claim stays.
+    status, _ = op.api('DELETE', '/env-service/web')
+    assert status == 200
+    wait_for('the Deployment to go', lambda: http('GET', deployment_path)[0] == 404, timeout=30, log=op.log)
+    wait_for('the Service to go', lambda: k8s_service() is None, timeout=30, log=op.log)
+    assert http('GET', claim_path)[0] == 200, 'the claim is kept'
+
+    # The same pvc_name mounts the same claim; deleteStorage=true removes it.
+    status, made = op.api('POST', '/env-service', dict(body, service_name='web2'))
+    assert status == 200, made
+    d2 = wait_for('the second Deployment',
+                  lambda: (lambda r: r[1] if r[0] == 200 else None)(
+                      http('GET', f"{kmock_url}/apis/apps/v1/namespaces/{ns}/deployments/web2")),
+                  timeout=30, log=op.log)
+    assert d2['spec']['template']['spec']['volumes'][0]['persistentVolumeClaim']['claimName'] == claim
+    status, _ = op.api('DELETE', '/env-service/web2?deleteStorage=true')
+    assert status == 200
+    wait_for('the claim to go', lambda: http('GET', claim_path)[0] == 404, timeout=30, log=op.log)
+    wait_for('the service CR to go',
+             lambda: http('GET', f"{kmock_url}{GROUP}/namespaces/{ns}/envservices/web2")[0] == 404,
+             timeout=30, log=op.log)

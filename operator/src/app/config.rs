@@ -43,6 +43,11 @@ pub struct Config {
     pub reconcile: LoopConfig,
     #[command(flatten, next_help_heading = "Warm pools")]
     pub pools: PoolConfig,
+    /// A service replica (Docker engine) not ready this long after it was made (its readiness probe keeps
+    /// failing) is removed and replaced, with the reason in the service's lastError. A service's own
+    /// `readyTimeoutSeconds` (`ready_timeout_seconds` at create) overrides it.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, help_heading = "Services")]
+    pub service_ready_timeout: std::time::Duration,
 }
 
 /// Where objects live.
@@ -271,6 +276,10 @@ pub struct KubeArgs {
     /// reference to their EnvInstance only when both share a namespace.
     #[arg(long, env = "AENV_SANDBOX_NAMESPACE")]
     pub sandbox_namespace: Option<String>,
+    /// The cluster's DNS suffix of Services (--engine kubernetes): an EnvService's `service_url` is
+    /// `http://<name>.<sandbox namespace>.<suffix>:<port>`. AEnvironment's SERVICE_DOMAIN_SUFFIX.
+    #[arg(long, default_value = "svc.cluster.local", env = "SERVICE_DOMAIN_SUFFIX")]
+    pub service_domain_suffix: String,
     /// A kubeconfig file. Default: the in-cluster service account, else $KUBECONFIG or ~/.kube/config.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,

@@ -144,11 +144,15 @@ pub async fn open_engine(
                 KubeEngineConfig {
                     owner_references: config.store == StoreKind::Kubernetes,
                     grace_period_seconds: config.docker.stop_timeout.as_secs().min(i64::MAX as u64) as i64,
+                    service_domain_suffix: Some(config.kube.service_domain_suffix.as_str())
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or("svc.cluster.local")
+                        .to_string(),
                     ..KubeEngineConfig::new(operator_id, &namespace)
                 },
             )?;
             engine.check().await?;
-            info!(namespace = %namespace, "Kubernetes engine ready: instances run as Pods");
+            info!(namespace = %namespace, "Kubernetes engine ready: instances run as Pods, services as Deployments");
             Ok(Arc::new(engine))
         }
         (EngineKind::Kubernetes, None) => Err(Error::Config("the Kubernetes engine needs a Kubernetes client".into())),
@@ -236,6 +240,7 @@ pub async fn serve(
         templates.clone(),
         engine.clone(),
         config.limits.max_instances,
+        config.service_ready_timeout,
     );
     let ctx = controller::Context::with_pools_and_services(
         instances.clone(),
@@ -253,6 +258,7 @@ pub async fn serve(
         env_services.clone(),
         namespace.clone(),
         config.api.proxy_auth.then(|| auth.clone()),
+        engine.clone(),
         engine.dials_published_ports(),
     );
     let services = Services::new(

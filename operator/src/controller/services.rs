@@ -19,9 +19,9 @@ use std::{
 };
 
 use aenv_core::{
-    Engine, EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, Environment, MemberState, OwnedKind,
-    OwnedObject, Phase, ServicePhase,
-    envservice::{DELETE_STORAGE_ANNOTATION, SERVICE_LABEL, replica_spec},
+    Engine, EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, Environment, MemberState, NativeServices,
+    OwnedKind, OwnedObject, Phase, ServicePhase,
+    envservice::{DELETE_STORAGE_ANNOTATION, SERVICE_LABEL, on_service_network, replica_spec},
 };
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -47,6 +47,9 @@ pub struct ServiceLoop {
     pub engine: Arc<dyn Engine>,
     /// `--max-instances`: replicas count towards it.
     pub max_instances: Option<usize>,
+    /// `--service-ready-timeout`: a replica not ready this long after it was made is replaced (a service's
+    /// `readyTimeoutSeconds` overrides it).
+    pub ready_timeout: Duration,
     backoff: Mutex<HashMap<String, Backoff>>,
 }
 
@@ -74,15 +77,29 @@ fn age(m: &EnvInstance) -> Option<Timestamp> {
     m.metadata.creation_timestamp.as_ref().map(|t| t.0)
 }
 
+/// How long ago `m` was made.
+fn age_of(m: &EnvInstance, now: Timestamp) -> Duration {
+    age(m).map_or(Duration::ZERO, |c| Duration::from_millis((now.as_millisecond() - c.as_millisecond()).max(0) as u64))
+}
+
+/// When a service looks: the instant, and how long a replica may take to become ready before it counts as failed.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub now: Timestamp,
+    pub ready_timeout: Duration,
+}
+
 /// Decides what a service needs. `members` are its replicas (deleting ones included); `model` what a replica of
 /// the current revision runs (`None`: the template is gone, and the replicas there are kept as they are); `room`
-/// how many replicas may be made now; `failing` whether replicas failed lately (the backoff runs).
+/// how many replicas may be made now; `failing` whether replicas failed lately (the backoff runs); a replica of
+/// the current revision not ready `clock.ready_timeout` after it was made counts as failed.
 pub fn plan(
     svc: &EnvService,
     members: &[Arc<EnvInstance>],
     model: Option<&EnvInstanceSpec>,
     room: u32,
     failing: bool,
+    clock: Clock,
 ) -> Plan {
     let previous = svc.status.clone().unwrap_or_default();
     let deleting = svc.metadata.deletion_timestamp.is_some();
@@ -106,6 +123,23 @@ pub fn plan(
                         .map(|msg| format!("replica {id}: {msg}"))
                         .unwrap_or_else(|| format!("replica {id} {}", m.phase())),
                 );
+                remove.push(m.clone());
+            }
+            MemberState::Starting if current && !deleting && age_of(m, clock.now) > clock.ready_timeout => {
+                new_failures += 1;
+                let id = m.metadata.name.as_deref().unwrap_or_default();
+                let why = m
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                    .map(|c| c.message.clone())
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| format!("it is {}", m.phase()));
+                last_error = Some(format!(
+                    "replica {id} not ready {}s after it was made (ready timeout {}s): {why}",
+                    age_of(m, clock.now).as_secs(),
+                    clock.ready_timeout.as_secs()
+                ));
                 remove.push(m.clone());
             }
             MemberState::Ready if current => cur_ready.push(m.clone()),
@@ -166,8 +200,17 @@ impl ServiceLoop {
         templates: Arc<dyn ObjectStore<Environment>>,
         engine: Arc<dyn Engine>,
         max_instances: Option<usize>,
+        ready_timeout: Duration,
     ) -> Arc<Self> {
-        Arc::new(ServiceLoop { services, instances, templates, engine, max_instances, backoff: Mutex::default() })
+        Arc::new(ServiceLoop {
+            services,
+            instances,
+            templates,
+            engine,
+            max_instances,
+            ready_timeout,
+            backoff: Mutex::default(),
+        })
     }
 
     fn backoff(&self) -> std::sync::MutexGuard<'_, HashMap<String, Backoff>> {
@@ -181,16 +224,18 @@ impl ServiceLoop {
         u32::try_from(max.saturating_sub(live)).unwrap_or(u32::MAX)
     }
 
-    /// What a replica of `svc` runs now; `None` when its template is gone.
+    /// What a replica of `svc` runs now (on the service's network, answering there to its name); `None` when its
+    /// template is gone.
     pub fn model(&self, svc: &EnvService) -> Option<EnvInstanceSpec> {
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
         let (n, v) = svc.spec.template()?;
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
         if let Some(inline) = &svc.spec.template {
-            return Some(replica_spec(inline, n, v, &svc.spec));
+            return Some(on_service_network(replica_spec(inline, n, v, &svc.spec), name));
         }
         let t = self.templates.get(&key(&namespace, &Environment::object_name(n, v)))?;
         (t.spec.name == n && t.spec.version == v && t.metadata.deletion_timestamp.is_none())
-            .then(|| replica_spec(&t.spec.template, n, v, &svc.spec))
+            .then(|| on_service_network(replica_spec(&t.spec.template, n, v, &svc.spec), name))
     }
 
     /// One look at a service: plan, remove, create, write the status.
@@ -198,6 +243,9 @@ impl ServiceLoop {
         let svc_key = key_of(svc);
         let Some(svc) = self.services.get(&svc_key) else { return Ok(Action::await_change()) };
         self.services.hold(&svc).await?;
+        if let Some(native) = self.engine.native_services() {
+            return self.reconcile_native(&svc, native).await;
+        }
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
         let model = self.model(&svc);
@@ -207,7 +255,10 @@ impl ServiceLoop {
         let backoff = self.backoff().get(&svc_key).copied();
         let waiting = backoff.filter(|b| b.until > now).map(|b| b.until - now);
         let room = if waiting.is_some() { 0 } else { self.room() };
-        let plan = plan(&svc, &members, model.as_ref(), room, backoff.is_some());
+        let ready_timeout =
+            svc.spec.ready_timeout_seconds.map_or(self.ready_timeout, |s| Duration::from_secs(u64::from(s)));
+        let clock = Clock { now: Timestamp::now(), ready_timeout };
+        let plan = plan(&svc, &members, model.as_ref(), room, backoff.is_some(), clock);
 
         if plan.new_failures > 0 {
             let failures = backoff.map_or(0, |b| b.failures) + plan.new_failures;
@@ -267,6 +318,55 @@ impl ServiceLoop {
             None => Duration::from_secs(10),
         };
         Ok(Action::requeue(again))
+    }
+
+    /// One look at a service the engine runs natively (Kubernetes: a Deployment, a Service, a claim): the engine
+    /// makes its objects match and reports their state; deletion removes them (the claim only when asked), then
+    /// the service. A refusal that no retry cures (a 422, a name taken by someone else) is the service's
+    /// `Failed` phase with the reason; a backend that does not answer is retried.
+    async fn reconcile_native(&self, svc: &EnvService, native: &dyn NativeServices) -> Result<Action, Error> {
+        let svc_key = key_of(svc);
+        if svc.metadata.deletion_timestamp.is_some() {
+            let with_storage =
+                svc.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(DELETE_STORAGE_ANNOTATION));
+            native.delete_service(svc, with_storage).await.map_err(Error::Engine)?;
+            self.services.purge(&svc_key).await?;
+            info!(with_storage, "service deleted");
+            return Ok(Action::await_change());
+        }
+        let previous = svc.status.clone().unwrap_or_default();
+        let status = match self.model(svc) {
+            None => EnvServiceStatus {
+                last_error: Some(format!(
+                    "environment \"{}\" not found: register it again, or delete the service",
+                    svc.spec.env_name
+                )),
+                ..previous.clone()
+            },
+            Some(model) => match native.apply_service(svc, &model).await {
+                Ok(status) => status,
+                Err(e) if e.is_retryable() => return Err(Error::Engine(e)),
+                Err(e) => {
+                    warn!(error = %e, "the engine refuses the service");
+                    EnvServiceStatus {
+                        phase: ServicePhase::Failed,
+                        last_error: Some(e.to_string()),
+                        ..previous.clone()
+                    }
+                }
+            },
+        };
+        if svc.status.as_ref() != Some(&status) {
+            let mut updated = svc.clone();
+            updated.status = Some(status.clone());
+            self.services.write_status(&updated).await?;
+        }
+        // The engine's objects send no events here: look again soon while the service is not settled.
+        Ok(Action::requeue(if status.phase == ServicePhase::Running {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(1)
+        }))
     }
 
     async fn create_replica(&self, svc: &EnvService, model: &EnvInstanceSpec) -> Result<(), Error> {
@@ -385,12 +485,42 @@ mod tests {
         Arc::new(i)
     }
 
+    fn clock() -> Clock {
+        Clock { now: Timestamp::from_second(1_800_000_100).unwrap(), ready_timeout: Duration::from_secs(300) }
+    }
+
+    #[test]
+    fn a_replica_never_ready_is_replaced_after_the_ready_timeout_with_the_reason() {
+        let mut slow = (*replica(2, model("a"), Phase::Running, false)).clone();
+        if let Some(status) = slow.status.as_mut() {
+            status.conditions = vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: "ProbeFailed".into(),
+                message: "GET /health: connection refused".into(),
+            }];
+        }
+        let members = [replica(1, model("a"), Phase::Running, true), Arc::new(slow)];
+        // Made 98 s before `now`: within a 300 s timeout it keeps starting.
+        let p = plan(&svc(2), &members, Some(&model("a")), u32::MAX, false, clock());
+        assert_eq!((p.create, p.remove.len(), p.new_failures), (0, 0, 0));
+        // With a 60 s timeout it is failed, removed and replaced, and lastError says why.
+        let short = Clock { ready_timeout: Duration::from_secs(60), ..clock() };
+        let p = plan(&svc(2), &members, Some(&model("a")), u32::MAX, false, short);
+        assert_eq!((p.create, p.remove.len(), p.new_failures), (1, 1, 1));
+        let why = p.status.last_error.unwrap();
+        assert!(why.contains("web-2 not ready 98s") && why.contains("connection refused"), "{why}");
+        // A ready replica never times out.
+        let p = plan(&svc(2), &members[..1], Some(&model("a")), u32::MAX, false, short);
+        assert_eq!((p.remove.len(), p.new_failures), (0, 0));
+    }
+
     #[test]
     fn fills_to_replicas_then_runs() {
-        let p = plan(&svc(2), &[], Some(&model("a")), u32::MAX, false);
+        let p = plan(&svc(2), &[], Some(&model("a")), u32::MAX, false, clock());
         assert_eq!((p.create, p.status.phase), (2, ServicePhase::Pending));
         let members = [replica(1, model("a"), Phase::Running, true), replica(2, model("a"), Phase::Running, true)];
-        let p = plan(&svc(2), &members, Some(&model("a")), u32::MAX, false);
+        let p = plan(&svc(2), &members, Some(&model("a")), u32::MAX, false, clock());
         assert_eq!(
             (p.create, p.remove.len(), p.status.phase, p.status.available_replicas),
             (0, 0, ServicePhase::Running, 2)
@@ -400,18 +530,18 @@ mod tests {
     #[test]
     fn a_failed_replica_is_replaced_with_its_reason() {
         let members = [replica(1, model("a"), Phase::Running, true), replica(2, model("a"), Phase::Terminated, false)];
-        let p = plan(&svc(2), &members, Some(&model("a")), u32::MAX, false);
+        let p = plan(&svc(2), &members, Some(&model("a")), u32::MAX, false, clock());
         assert_eq!((p.create, p.remove.len(), p.new_failures), (1, 1, 1));
         assert!(p.status.last_error.as_deref().unwrap().contains("web-2"), "{:?}", p.status.last_error);
         assert_eq!(p.status.phase, ServicePhase::Failed, "fewer available than asked, replicas failing");
-        let none = plan(&svc(2), &members, Some(&model("a")), 0, true);
+        let none = plan(&svc(2), &members, Some(&model("a")), 0, true, clock());
         assert_eq!(none.create, 0, "no room during the backoff");
     }
 
     #[test]
     fn rolling_keeps_old_replicas_until_new_ones_are_ready() {
         let old = [replica(1, model("a"), Phase::Running, true), replica(2, model("a"), Phase::Running, true)];
-        let p = plan(&svc(2), &old, Some(&model("b")), u32::MAX, false);
+        let p = plan(&svc(2), &old, Some(&model("b")), u32::MAX, false, clock());
         assert_eq!(
             (p.create, p.remove.len(), p.status.phase, p.status.available_replicas),
             (2, 0, ServicePhase::Updating, 2)
@@ -420,16 +550,16 @@ mod tests {
         let mut members = old.to_vec();
         members.push(replica(3, model("b"), Phase::Running, true));
         members.push(replica(4, model("b"), Phase::Creating, false));
-        let p = plan(&svc(2), &members, Some(&model("b")), u32::MAX, false);
+        let p = plan(&svc(2), &members, Some(&model("b")), u32::MAX, false, clock());
         assert_eq!(p.create, 0);
         assert_eq!(p.remove.len(), 1);
         assert_eq!(p.status.available_replicas, 2, "never fewer ready than before");
         // Both new ready: the last old one goes.
         members[3] = replica(4, model("b"), Phase::Running, true);
-        let p = plan(&svc(2), &members, Some(&model("b")), u32::MAX, false);
+        let p = plan(&svc(2), &members, Some(&model("b")), u32::MAX, false, clock());
         assert_eq!(p.remove.len(), 2);
         let after: Vec<_> = members[2..].to_vec();
-        let p = plan(&svc(2), &after, Some(&model("b")), u32::MAX, false);
+        let p = plan(&svc(2), &after, Some(&model("b")), u32::MAX, false, clock());
         assert_eq!((p.remove.len(), p.status.phase), (0, ServicePhase::Running));
     }
 
@@ -440,15 +570,15 @@ mod tests {
             replica(2, model("a"), Phase::Running, true),
             replica(3, model("a"), Phase::Creating, false),
         ];
-        let p = plan(&svc(1), &members, Some(&model("a")), u32::MAX, false);
+        let p = plan(&svc(1), &members, Some(&model("a")), u32::MAX, false, clock());
         let gone: Vec<_> = p.remove.iter().map(|m| m.metadata.name.clone().unwrap()).collect();
         assert_eq!(gone, ["web-3", "web-2"]);
         let mut deleting = svc(2);
         deleting.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(1_900_000_000).unwrap()));
-        let p = plan(&deleting, &members, Some(&model("a")), u32::MAX, false);
+        let p = plan(&deleting, &members, Some(&model("a")), u32::MAX, false, clock());
         assert_eq!((p.remove.len(), p.create, p.finished), (3, 0, false));
-        assert!(plan(&deleting, &[], Some(&model("a")), u32::MAX, false).finished);
-        let p = plan(&svc(2), &members, None, u32::MAX, false);
+        assert!(plan(&deleting, &[], Some(&model("a")), u32::MAX, false, clock()).finished);
+        let p = plan(&svc(2), &members, None, u32::MAX, false, clock());
         assert_eq!(p.create, 0, "no template: nothing made");
         assert!(p.status.last_error.unwrap().contains("not found"));
     }

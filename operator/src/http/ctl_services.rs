@@ -68,8 +68,7 @@ fn go_time(t: jiff::Timestamp) -> String {
 /// The service as the controller reports it; its status as the controller words it (`Creating` while none is
 /// available, `Updating` while fewer than asked, else `Running`).
 fn data(svc: &Services, s: &aenv_core::EnvService) -> ServiceData {
-    let available =
-        svc.replicas_of(s).iter().filter(|r| r.member_state() == aenv_core::MemberState::Ready).count() as u32;
+    let available = svc.available_replicas(s);
     let id = s.metadata.name.clone().unwrap_or_default();
     let (envname, version) = s.spec.template().map_or((String::new(), String::new()), |(n, v)| (n.into(), v.into()));
     let created = s.metadata.creation_timestamp.as_ref().map(|t| go_time(t.0)).unwrap_or_default();
@@ -79,7 +78,11 @@ fn data(svc: &Services, s: &aenv_core::EnvService) -> ServiceData {
         _ => "Running",
     };
     ServiceData {
-        service_url: svc.proxy_url.get().map(|p| format!("{p}/env-service/{id}")).unwrap_or_default(),
+        // Natively (Kubernetes) the Service's `<name>.<namespace>.<suffix>:<port>`, as the Go controller says it.
+        service_url: svc
+            .native_address(s)
+            .or_else(|| svc.proxy_url.get().map(|p| format!("{p}/env-service/{id}")))
+            .unwrap_or_default(),
         id,
         status: status.into(),
         replicas: s.spec.replicas,
@@ -131,7 +134,16 @@ async fn create(svc: &Services, body: &[u8], caller: Option<Principal>) -> warp:
             port: deploy_int(deploy, "port")?,
             cpu: deploy_string(deploy, "cpuLimit"),
             memory: deploy_string(deploy, "memoryLimit"),
+            requests: aenv_core::Resources {
+                cpu: deploy_string(deploy, "cpuRequest"),
+                memory: deploy_string(deploy, "memoryRequest"),
+            },
+            ephemeral_storage: aenv_core::envservice::EphemeralStorage {
+                request: deploy_string(deploy, "ephemeralStorageRequest"),
+                limit: deploy_string(deploy, "ephemeralStorageLimit"),
+            },
             owner: deploy_string(deploy, "owner"),
+            ready_timeout_seconds: None,
             inline: Some(inline),
         };
         Ok::<_, ApiError>(svc.create_service(request, caller.as_ref()).await?)

@@ -123,6 +123,16 @@ fn logs(
     q: &HashMap<String, String>,
 ) -> Result<warp::reply::Response, ApiError> {
     let inst = svc.instance(id, caller.as_ref()).ok_or_else(|| not_found(id))?;
+    stream_logs(svc, &inst, q)
+}
+
+/// The output of `inst` as plain text, streamed, as `?follow=true&tail=N` ask (the instance's and a service
+/// replica's logs alike).
+pub(super) fn stream_logs(
+    svc: &Services,
+    inst: &aenv_core::EnvInstance,
+    q: &HashMap<String, String>,
+) -> Result<warp::reply::Response, ApiError> {
     let follow = match q.get("follow").map(String::as_str) {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") => true,
@@ -135,7 +145,7 @@ fn logs(
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => return Err(ApiError::bad_request("query `tail` must be a number of lines")),
     };
-    let stream = svc.engine.logs(&inst, follow, tail).map(|chunk| {
+    let stream = svc.engine.logs(inst, follow, tail).map(|chunk| {
         // An error ends the stream, saying why, in the text itself.
         Ok::<_, std::convert::Infallible>(match chunk {
             Ok(bytes) => Bytes::from(bytes),

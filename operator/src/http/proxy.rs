@@ -77,6 +77,8 @@ pub struct Proxy {
     client: Client<HttpConnector, ProxyBody>,
     /// With `--proxy-auth`: the tokens; a caller reaches only its own instances.
     auth: Option<Arc<Auth>>,
+    /// The engine, for the in-cluster address of a service it runs natively (Kubernetes).
+    engine: Arc<dyn aenv_core::Engine>,
     /// Instances' addresses are not reachable from here (Swarm's overlay networks seen from a process on a
     /// host): a target `ip:port` is dialled at the port the instance published for `port`.
     via_published: bool,
@@ -89,6 +91,7 @@ impl Proxy {
         services: Arc<dyn ObjectStore<aenv_core::EnvService>>,
         namespace: String,
         auth: Option<Arc<Auth>>,
+        engine: Arc<dyn aenv_core::Engine>,
         via_published: bool,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
@@ -101,6 +104,7 @@ impl Proxy {
             namespace,
             turn: Default::default(),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            engine,
             auth,
             via_published,
         })
@@ -229,6 +233,12 @@ impl Proxy {
         else {
             return error(StatusCode::NOT_FOUND, &format!("service \"{service}\" not found"), "");
         };
+        // A service the engine runs natively has a Service of its own that spreads requests over the ready
+        // replicas: it is reached by its in-cluster address (from an operator that runs in the cluster).
+        if let Some(native) = self.engine.native_services() {
+            let label = format!("service {service}");
+            return self.relay(method, native.service_address(&svc), tail, &query, headers, body, &label).await;
+        }
         let mut ready: Vec<String> = self
             .instances
             .list_where(&|i: &EnvInstance| {

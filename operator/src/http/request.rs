@@ -399,12 +399,15 @@ fn parse_request(obj: &Map<String, Value>, strictness: Strictness) -> Result<Cre
         args,
         env,
         resources: Resources { cpu, memory },
+        requests: Resources::default(),
         ttl,
         labels,
         paused: false,
         // Named volumes are an EnvService's storage, made by the service controller only: a create through
         // /env-instance cannot mount one (nor reach another tenant's).
         volumes: Vec::new(),
+        // Likewise the names a service's replicas answer to on its network.
+        network_aliases: Vec::new(),
         placement,
     })))
 }

@@ -3,7 +3,10 @@
 //! /env-service/{id}` `{"replicas"?, "image"?, "environment_variables"?}` changes one (rolling), `DELETE
 //! /env-service/{id}?deleteStorage=true` removes one (with its storage when asked).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde_json::{Map, Value};
 use warp::{Filter, hyper::body::Bytes};
@@ -32,6 +35,7 @@ const CREATE_FIELDS: &[&str] = &[
     "memory_limit",
     "ephemeral_storage_request",
     "ephemeral_storage_limit",
+    "ready_timeout_seconds",
 ];
 
 /// The fields of `PUT /env-service/{id}` (the SDK's `EnvServiceUpdateRequest`).
@@ -81,7 +85,7 @@ pub fn parse_create(body: &[u8]) -> Result<ServiceRequest, ApiError> {
     let env_name = string(&obj, "envName")?.filter(|s| !s.is_empty()).ok_or_else(|| {
         ApiError::bad_request("field `envName` is required: name@version of an environment, such as \"mini@1.0.0\"")
     })?;
-    // Requests (and ephemeral storage) are checked as quantities; Docker enforces limits only.
+    // Requests and ephemeral storage are checked as quantities here (the field named at once).
     for field in ["cpu_request", "memory_request", "ephemeral_storage_request", "ephemeral_storage_limit"] {
         let Some(q) = string(&obj, field)? else { continue };
         let ok = if field.starts_with("cpu") {
@@ -106,7 +110,13 @@ pub fn parse_create(body: &[u8]) -> Result<ServiceRequest, ApiError> {
         port: integer(&obj, "port")?,
         cpu: string(&obj, "cpu_limit")?,
         memory: string(&obj, "memory_limit")?,
+        requests: aenv_core::Resources { cpu: string(&obj, "cpu_request")?, memory: string(&obj, "memory_request")? },
+        ephemeral_storage: aenv_core::envservice::EphemeralStorage {
+            request: string(&obj, "ephemeral_storage_request")?,
+            limit: string(&obj, "ephemeral_storage_limit")?,
+        },
         owner: string(&obj, "owner")?.filter(|o| !o.is_empty()),
+        ready_timeout_seconds: integer(&obj, "ready_timeout_seconds")?,
         inline: None,
     };
     Ok(request)
@@ -140,8 +150,14 @@ fn render(svc: &Services, s: &aenv_core::EnvService) -> Value {
         ))),
         None => svc.find_template(n, v),
     });
-    let available = svc.replicas_of(s).iter().filter(|r| r.member_state() == aenv_core::MemberState::Ready).count();
-    wire::service(s, template.as_deref(), available as u32, svc.proxy_url.get().map(String::as_str))
+    let available = svc.available_replicas(s);
+    let url = match svc.native_address(s) {
+        Some(address) => Some(format!("http://{address}")),
+        None => {
+            svc.proxy_url.get().map(|p| format!("{p}/env-service/{}", s.metadata.name.as_deref().unwrap_or_default()))
+        }
+    };
+    wire::service(s, template.as_deref(), available, url.as_deref())
 }
 
 #[derive(serde::Deserialize)]
@@ -197,8 +213,8 @@ pub fn routes(
     let delete = warp::path!("env-service" / String)
         .and(warp::delete())
         .and(warp::query::<DeleteQuery>())
-        .and(who)
-        .and(with_services(svc))
+        .and(who.clone())
+        .and(with_services(svc.clone()))
         .then(|id: String, q: DeleteQuery, c: Option<Principal>, svc: Arc<Services>| async move {
             let result = async {
                 let delete_storage = match q.delete_storage.as_deref() {
@@ -215,7 +231,80 @@ pub fn routes(
             };
             reply(result.await)
         });
-    create.or(list).unify().or(get).unify().or(update).unify().or(delete).unify()
+    let query = warp::query::<HashMap<String, String>>();
+    let replicas = warp::path!("env-service" / String / "replicas")
+        .and(warp::get())
+        .and(who.clone())
+        .and(with_services(svc.clone()))
+        .map(|id: String, c: Option<Principal>, svc: Arc<Services>| reply(replicas(&svc, &id, c.as_ref())));
+    let logs = warp::path!("env-service" / String / "replicas" / String / "logs")
+        .and(warp::get())
+        .and(who)
+        .and(query)
+        .and(with_services(svc))
+        .map(|id: String, replica: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+            replica_logs(&svc, &id, &replica, c.as_ref(), &q).unwrap_or_else(ApiError::into_reply)
+        });
+    create.or(replicas).unify().or(logs).unify().or(list).unify().or(get).unify().or(update).unify().or(delete).unify()
+}
+
+/// A service the engine runs natively has no replica of its own to show.
+fn native_refusal(svc: &Services, s: &aenv_core::EnvService) -> Result<(), ApiError> {
+    match svc.native_address(s) {
+        None => Ok(()),
+        Some(_) => Err(ApiError::new(
+            501,
+            format!(
+                "service \"{}\" runs as a Kubernetes Deployment: list its Pods with `kubectl get pods -l aenv.io/service={0}` and read their output with `kubectl logs`",
+                s.metadata.name.as_deref().unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+/// `GET /env-service/{id}/replicas`: the service's replicas, oldest first: `id`, `status`, `ready`, `ip`,
+/// `created_at`, `message`. Only the owner's service (404 otherwise).
+fn replicas(svc: &Services, id: &str, caller: Option<&Principal>) -> Result<Value, ApiError> {
+    let s = svc.service(id, caller)?;
+    native_refusal(svc, &s)?;
+    let mut members = svc.replicas_of(&s);
+    members.sort_by_key(|m| (m.metadata.creation_timestamp.as_ref().map(|t| t.0), m.metadata.name.clone()));
+    Ok(Value::Array(
+        members
+            .iter()
+            .map(|m| {
+                let status = m.status.clone().unwrap_or_default();
+                serde_json::json!({
+                    "id": m.metadata.name.clone().unwrap_or_default(),
+                    "status": m.phase().to_string(),
+                    "ready": m.member_state() == aenv_core::MemberState::Ready,
+                    "ip": status.ip.unwrap_or_default(),
+                    "created_at": m.metadata.creation_timestamp.as_ref().map(|t| wire::format_time(t.0)).unwrap_or_default(),
+                    "message": status.message.unwrap_or_default(),
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// `GET /env-service/{id}/replicas/{replica}/logs?follow=true&tail=N`: one replica's output as plain text. The
+/// replica must be one of the service's, and the service the caller's.
+fn replica_logs(
+    svc: &Services,
+    id: &str,
+    replica: &str,
+    caller: Option<&Principal>,
+    q: &HashMap<String, String>,
+) -> Result<warp::reply::Response, ApiError> {
+    let s = svc.service(id, caller)?;
+    native_refusal(svc, &s)?;
+    let member =
+        svc.replicas_of(&s).into_iter().find(|m| m.metadata.name.as_deref() == Some(replica)).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "service \"{id}\" has no replica \"{replica}\"; list them with GET /env-service/{id}/replicas"
+            ))
+        })?;
+    super::instances::stream_logs(svc, &member, q)
 }
 
 #[cfg(test)]

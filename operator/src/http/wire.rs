@@ -66,8 +66,9 @@ pub fn pool(p: &EnvPool) -> Value {
 /// A service as the SDK's `EnvService` reads it: `id, env, status, created_at, updated_at, replicas,
 /// available_replicas, service_url, owner, environment_variables, pvc_name`, with `mount_path`, `storage_size`,
 /// `port`, `image` and `message` (the last replica failure) besides. `available` counts ready replicas now;
-/// `proxy_url` is where the data-plane proxy answers (the service's address is `{proxy_url}/env-service/{id}`).
-pub fn service(s: &EnvService, template: Option<&Environment>, available: u32, proxy_url: Option<&str>) -> Value {
+/// `url` is its `service_url` (`{proxy}/env-service/{id}` on Docker, the Service's in-cluster address on
+/// Kubernetes).
+pub fn service(s: &EnvService, template: Option<&Environment>, available: u32, url: Option<&str>) -> Value {
     let id = s.metadata.name.clone().unwrap_or_default();
     let created = s.metadata.creation_timestamp.as_ref().map(|t| format_time(t.0)).unwrap_or_default();
     let updated = s
@@ -94,7 +95,7 @@ pub fn service(s: &EnvService, template: Option<&Environment>, available: u32, p
         "updated_at": updated,
         "replicas": s.spec.replicas,
         "available_replicas": available,
-        "service_url": proxy_url.map(|p| format!("{p}/env-service/{id}")),
+        "service_url": url,
         "owner": s.spec.owner.clone().unwrap_or_default(),
         "environment_variables": s.spec.env,
         "pvc_name": s.spec.pvc_name,

@@ -111,6 +111,21 @@ impl Services {
             .filter(|t| t.spec.name == name && t.spec.version == version && t.metadata.deletion_timestamp.is_none())
     }
 
+    /// An instance joins a service's network (`deployConfig.network: "aenv-svc-<service>"`, where the service's
+    /// replicas answer to its name) only when the service exists and is the caller's: a tenant never reaches
+    /// another tenant's service network (with tokens each owner's networks are its own anyway).
+    fn check_service_network(&self, spec: &EnvInstanceSpec, caller: Option<&Principal>) -> Result<(), ServiceError> {
+        let Some(net) = spec.network.as_deref() else { return Ok(()) };
+        let Some(service) = aenv_core::envservice::service_of_network(net) else { return Ok(()) };
+        match self.service(service, caller) {
+            Ok(_) => Ok(()),
+            Err(ServiceError::NotFound(_)) => Err(ServiceError::Invalid(format!(
+                "field `deployConfig.network`: {net:?} is the network of service \"{service}\", which does not exist or is not yours; name the network of one of your services"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Records a new instance of `spec` for `caller` (whose name becomes the owner), within the rate limit and the
     /// caps: a ready sandbox claimed from a pool when one serves the spec (see [`Services::claim`]), else a new
     /// one, whose id is `<name>-<6 random [a-z0-9]>`, as AEnvironment names pods. Durable when it returns.
@@ -120,6 +135,7 @@ impl Services {
         caller: Option<&Principal>,
     ) -> Result<Arc<EnvInstance>, ServiceError> {
         self.limits.take_create()?;
+        self.check_service_network(&spec, caller)?;
         let _one_at_a_time = self.quota.lock().await;
         if let Some(p) = caller {
             spec.owner = Some(p.owner.clone());
@@ -130,7 +146,8 @@ impl Services {
                     .list_where(&|i: &EnvInstance| {
                         !i.is_deleting() && i.pool().is_none() && i.spec.owner.as_deref() == Some(p.owner.as_str())
                     })
-                    .len();
+                    .len()
+                    + self.native_replicas(Some(p.owner.as_str()));
                 if held >= max {
                     return Err(ServiceError::Forbidden(format!(
                         "Instance count exceeds limit: {max} (owner {} holds {held}; delete one first)",
@@ -145,7 +162,8 @@ impl Services {
         }
         if let Some(max) = self.limits.limits.max_instances {
             // Sandboxes waiting in pools count: they hold the host's resources as instances do.
-            let live = self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len();
+            let live =
+                self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len() + self.native_replicas(None);
             if live >= max {
                 return Err(ServiceError::Forbidden(format!(
                     "the operator holds its limit of {max} live instances; try again when some are gone"

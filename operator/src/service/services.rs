@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use aenv_core::{
-    EnvInstance, EnvService, EnvServiceSpec, Resources, VolumeMount,
+    EnvInstance, EnvInstanceSpec, EnvService, EnvServiceSpec, Resources, VolumeMount,
     envservice::{DEFAULT_MOUNT_PATH, DELETE_STORAGE_ANNOTATION, MAX_SERVICE_REPLICAS, replica_spec},
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
@@ -31,6 +31,12 @@ pub struct ServiceRequest {
     pub port: Option<i64>,
     pub cpu: Option<String>,
     pub memory: Option<String>,
+    /// `cpu_request`, `memory_request`.
+    pub requests: Resources,
+    /// `ephemeral_storage_request`, `ephemeral_storage_limit`.
+    pub ephemeral_storage: aenv_core::envservice::EphemeralStorage,
+    /// `ready_timeout_seconds` (ours): a replica not ready this long is replaced.
+    pub ready_timeout_seconds: Option<i64>,
     /// The body's `owner`: taken only with tokens off (with them, the owner is the token's).
     pub owner: Option<String>,
     /// An inline template (the controller API's `/services`), instead of a registered Environment.
@@ -87,6 +93,56 @@ impl Services {
         caller.is_none_or(|p| svc.spec.owner.as_deref() == Some(p.owner.as_str()))
     }
 
+    /// Replicas of services the engine runs natively (Kubernetes Deployments), which are no instances in the
+    /// store: what they count towards the caps (of `owner`'s services, or of all).
+    pub fn native_replicas(&self, owner: Option<&str>) -> usize {
+        if self.engine.native_services().is_none() {
+            return 0;
+        }
+        self.env_services
+            .list_where(&|s: &EnvService| {
+                s.metadata.deletion_timestamp.is_none() && owner.is_none_or(|o| s.spec.owner.as_deref() == Some(o))
+            })
+            .iter()
+            .map(|s| s.spec.replicas as usize)
+            .sum()
+    }
+
+    /// Checks what a replica of `spec` runs against the engine: the engine's own service checks when it runs
+    /// services natively (its storage is then a claim, not a Docker volume), else the instance checks.
+    fn validate_service_spec(
+        &self,
+        id: &str,
+        template: &EnvInstanceSpec,
+        spec: &EnvServiceSpec,
+    ) -> Result<(), ServiceError> {
+        if let Some((_, message)) = spec.request_above_limit() {
+            return Err(ServiceError::Invalid(message));
+        }
+        let Some((name, version)) = spec.template() else { return Ok(()) };
+        let mut replica = replica_spec(template, name, version, spec);
+        if let Some(native) = self.engine.native_services() {
+            native.validate_service(id, spec).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            replica.volumes.clear();
+        }
+        self.engine.validate(&replica).map_err(|e| ServiceError::Invalid(e.to_string()))
+    }
+
+    /// Replicas of `svc` that passed their readiness probe: its replica instances', or, for a service the engine
+    /// runs natively, what the engine last reported.
+    pub fn available_replicas(&self, svc: &EnvService) -> u32 {
+        if self.engine.native_services().is_some() {
+            return svc.status.as_ref().map_or(0, |s| s.available_replicas);
+        }
+        self.replicas_of(svc).iter().filter(|r| r.member_state() == aenv_core::MemberState::Ready).count() as u32
+    }
+
+    /// Where `svc` answers: `host:port` in the cluster for a service the engine runs natively (its Service's DNS
+    /// name), else `None` (the proxy's address, `<proxy>/env-service/<id>`).
+    pub fn native_address(&self, svc: &EnvService) -> Option<String> {
+        self.engine.native_services().map(|n| n.service_address(svc))
+    }
+
     /// Checks that `caller` may hold `more` replicas on top of what it holds (its instances, its pools' ceilings
     /// are counted by their sandboxes, its services' replicas), and the operator its `--max-instances`.
     fn check_replica_room(&self, caller: Option<&Principal>, more: usize) -> Result<(), ServiceError> {
@@ -97,7 +153,8 @@ impl Services {
             let held = self
                 .instances
                 .list_where(&|i: &EnvInstance| !i.is_deleting() && i.spec.owner.as_deref() == Some(owner))
-                .len();
+                .len()
+                + self.native_replicas(Some(owner));
             if held + more > max {
                 return Err(ServiceError::Forbidden(format!(
                     "owner {owner} may hold at most {max} sandboxes and holds {held}: `replicas` may add at most {} (service replicas count as instances)",
@@ -106,7 +163,8 @@ impl Services {
             }
         }
         if let Some(max) = self.limits.limits.max_instances {
-            let live = self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len();
+            let live =
+                self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len() + self.native_replicas(None);
             if live + more > max {
                 return Err(ServiceError::Forbidden(format!(
                     "the operator holds {live} of its limit of {max} live instances: `replicas` may add at most {}",
@@ -201,6 +259,30 @@ impl Services {
                 ServiceError::Invalid(format!("field `memory_limit` must be a size such as \"4Gi\": {e}"))
             })?;
         }
+        for (field, value, cpu) in [
+            ("cpu_request", &req.requests.cpu, true),
+            ("memory_request", &req.requests.memory, false),
+            ("ephemeral_storage_request", &req.ephemeral_storage.request, false),
+            ("ephemeral_storage_limit", &req.ephemeral_storage.limit, false),
+        ] {
+            let Some(q) = value else { continue };
+            let ok = if cpu { parse_cpu_millis(q).is_ok() } else { parse_memory_bytes(q).is_ok() };
+            if !ok {
+                return Err(ServiceError::Invalid(format!(
+                    "field `{field}` must be a quantity such as \"1\" or \"2Gi\" (got {q:?})"
+                )));
+            }
+        }
+        let ready_timeout_seconds = req
+            .ready_timeout_seconds
+            .map(|t| {
+                u32::try_from(t).ok().filter(|t| (1..=86_400).contains(t)).ok_or_else(|| {
+                    ServiceError::Invalid(format!(
+                        "field `ready_timeout_seconds` must be from 1 to 86400 seconds (got {t})"
+                    ))
+                })
+            })
+            .transpose()?;
         check_env(&req.env)?;
         let spec = EnvServiceSpec {
             env_name: format!("{name}@{version}"),
@@ -216,12 +298,13 @@ impl Services {
             storage_size: req.storage_size,
             port,
             resources: Resources { cpu: req.cpu, memory: req.memory },
+            requests: req.requests,
+            ephemeral_storage: req.ephemeral_storage,
+            ready_timeout_seconds,
             template: req.inline.clone().map(Box::new),
         };
         // What a replica runs must pass the engine's checks now, not fail later in the controller.
-        self.engine
-            .validate(&replica_spec(&template.spec.template, name, version, &spec))
-            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        self.validate_service_spec(&id, &template.spec.template, &spec)?;
         let _quota = self.quota.lock().await;
         self.check_replica_room(caller, replicas as usize)?;
         let mut svc = EnvService::new(&id, spec);
@@ -230,6 +313,13 @@ impl Services {
             Ok(stored) => {
                 info!(service = %id, env = %req.env_name, replicas, "service created");
                 Ok(stored)
+            }
+            Err(Error::AlreadyExists(_))
+                if self.env_services.get(&self.key(&id)).is_some_and(|s| s.metadata.deletion_timestamp.is_some()) =>
+            {
+                Err(ServiceError::Conflict(format!(
+                    "service \"{id}\" is still being deleted (its replicas are going); try again in a few seconds, or pick another service_name"
+                )))
             }
             Err(Error::AlreadyExists(_)) => Err(ServiceError::Conflict(format!(
                 "service \"{id}\" exists already; change it with PUT /env-service/{id}, or pick another service_name"
@@ -317,9 +407,7 @@ impl Services {
                 None => self.usable_template(name, version, caller).ok().map(|(t, _)| t.spec.template.clone()),
             };
             if let Some(template) = template {
-                self.engine
-                    .validate(&replica_spec(&template, name, version, &svc.spec))
-                    .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+                self.validate_service_spec(id, &template, &svc.spec)?;
             }
         }
         svc.metadata
