@@ -109,7 +109,7 @@ pub(crate) fn service_spec(
     let spec = &inst.spec;
     let Workload::Container { image: Some(image) } = spec.workload() else {
         return Err(EngineError::permanent(
-            "spec.image is empty (or a compose file is given, which the Swarm engine does not run): the instance has no image to run",
+            "spec.image is empty: the instance has no image to run (a compose stack is run as a stack, not as one service)",
         ));
     };
     // Objects written around the API (a custom resource) never went through `validate`.
