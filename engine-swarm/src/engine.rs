@@ -291,8 +291,11 @@ impl SwarmEngine {
         }
         let network_id = self.ensure_stack_network(inst, &plan).await?;
         let mut observed: HashMap<String, Observed> = HashMap::new();
+        let mut states: HashMap<String, String> = HashMap::new();
         for (name, svc) in &made {
-            observed.insert(name.clone(), self.observe_service(svc).await?);
+            let (o, state) = self.observe_service(svc).await?;
+            observed.insert(name.clone(), o);
+            states.insert(name.clone(), state);
         }
         let mut waiting = HashMap::new();
         if made.len() < plan.services.len() {
@@ -342,12 +345,12 @@ impl SwarmEngine {
                 }
             }
         }
-        Ok(stack::aggregate(&plan, &observed, &waiting, &network_id))
+        Ok(stack::aggregate(&plan, &observed, &states, &waiting, &network_id))
     }
 
-    /// What a service's task says, without a readiness probe (a stack has none: its services' healthchecks are
+    /// What a service's task says (and its task's state), without a readiness probe (a stack has none: its services' healthchecks are
     /// what Swarm waits for).
-    async fn observe_service(&self, svc: &Service) -> Result<Observed, EngineError> {
+    async fn observe_service(&self, svc: &Service) -> Result<(Observed, String), EngineError> {
         let id = svc.id.clone().unwrap_or_default();
         let tasks = self.tasks_of(&id).await?;
         let task = spec::the_task(&tasks);
@@ -355,7 +358,11 @@ impl SwarmEngine {
             Some(node_id) => self.node(node_id).await,
             None => None,
         };
-        Ok(spec::observe_task(&id, task, service_ip(svc), node.as_ref()))
+        let state = task
+            .and_then(|t| t.status.as_ref())
+            .and_then(|s| s.state)
+            .map_or_else(|| "new".to_string(), |s| s.to_string());
+        Ok((spec::observe_task(&id, task, service_ip(svc), node.as_ref()), state))
     }
 
     /// Creates a service (one that exists already, made by an earlier attempt, is adopted).

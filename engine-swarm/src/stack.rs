@@ -269,13 +269,38 @@ pub(crate) fn next(svc: &compose::ServiceSpec, phases: &HashMap<String, (Phase, 
 /// The stack's state from its services' (`observed`: compose service → what its task says, `None` for one not
 /// made yet, with why): Failed naming the first failed service; Running when every service runs, with the main
 /// service's address and ports; Creating otherwise, saying what it waits for.
+/// `states`: each made service's task state (`running`, `starting`, ...). Each service is listed in `services`
+/// (`missing` for one not made yet); a service with a healthcheck whose task runs is `healthy` (Swarm runs it only
+/// once healthy), and the instance is `ready` when the main service is.
 pub(crate) fn aggregate(
     stack: &StackSpec,
     observed: &HashMap<String, Observed>,
+    states: &HashMap<String, String>,
     waiting: &HashMap<String, String>,
     network_id: &str,
 ) -> Observed {
-    let mut out = Observed { container_id: Some(network_id.to_string()), ..Default::default() };
+    let checked = |svc: &compose::ServiceSpec| {
+        svc.healthcheck.as_ref().is_some_and(|h| h.test.as_ref().is_none_or(|t| t.first().is_none_or(|c| c != "NONE")))
+    };
+    let services = stack
+        .services
+        .iter()
+        .map(|svc| {
+            let state = states.get(&svc.name).cloned().unwrap_or_else(|| "missing".into());
+            let o = observed.get(&svc.name);
+            aenv_core::ServiceStatus {
+                name: svc.name.clone(),
+                health: checked(svc).then(|| match state.as_str() {
+                    "running" => "healthy".to_string(),
+                    _ => "starting".to_string(),
+                }),
+                state,
+                ip: o.and_then(|o| o.ip.clone()),
+                message: waiting.get(&svc.name).cloned().or_else(|| o.and_then(|o| o.message.clone())),
+            }
+        })
+        .collect();
+    let mut out = Observed { container_id: Some(network_id.to_string()), services, ..Default::default() };
     for svc in &stack.services {
         if let Some(o) = observed.get(&svc.name)
             && matches!(o.phase, Phase::Failed | Phase::Terminated)
@@ -292,6 +317,7 @@ pub(crate) fn aggregate(
             out.phase = Phase::Running;
             out.ip = main.ip;
             out.ports = main.ports;
+            out.ready = stack.service(&stack.main).is_some_and(checked).then_some(true);
         }
         Some(svc) => {
             out.phase = Phase::Creating;
@@ -437,17 +463,23 @@ services:
         let running = |ip: &str| Observed { phase: Phase::Running, ip: Some(ip.into()), ..Default::default() };
         let mut observed = HashMap::from([("side".to_string(), running("10.0.0.3"))]);
         let waiting = HashMap::from([("main".to_string(), "service main waits for service side".to_string())]);
-        let o = aggregate(&plan, &observed, &waiting, "net1");
+        let states = HashMap::from([("side".to_string(), "running".to_string())]);
+        let o = aggregate(&plan, &observed, &states, &waiting, "net1");
+        let by_name = |o: &Observed, n: &str| o.services.iter().find(|s| s.name == n).cloned().unwrap();
+        assert_eq!(by_name(&o, "main").state, "missing");
+        assert_eq!(by_name(&o, "side").state, "running");
+        assert_eq!(by_name(&o, "side").health, None, "side has no healthcheck in TWO");
         assert_eq!((o.phase, o.message.as_deref()), (Phase::Creating, Some("service main waits for service side")));
         assert_eq!(o.container_id.as_deref(), Some("net1"));
         observed.insert("main".into(), running("10.0.0.2"));
-        let o = aggregate(&plan, &observed, &HashMap::new(), "net1");
+        let o = aggregate(&plan, &observed, &states, &HashMap::new(), "net1");
         assert_eq!((o.phase, o.ip.as_deref()), (Phase::Running, Some("10.0.0.2")), "the main service's address");
+        assert_eq!(o.ready, None, "main has no healthcheck: readiness unknown");
         observed.insert(
             "side".into(),
             Observed { phase: Phase::Failed, message: Some("oom".into()), ..Default::default() },
         );
-        let o = aggregate(&plan, &observed, &HashMap::new(), "net1");
+        let o = aggregate(&plan, &observed, &states, &HashMap::new(), "net1");
         assert_eq!((o.phase, o.message.as_deref()), (Phase::Failed, Some("service side: oom")));
     }
 }

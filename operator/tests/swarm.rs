@@ -496,6 +496,11 @@ async fn compose_stacks_are_services_on_an_overlay_of_their_own() {
     let v = op.wait_for(&id, Duration::from_secs(90), running).await;
     let ip = v["data"]["ip"].as_str().expect("the main service's address").to_string();
     assert_eq!(stack_services(&swarm, &id), [format!("{id}_main"), format!("{id}_side")]);
+    // Each service's state; side, which has a healthcheck, is healthy (Swarm runs its task only once it is).
+    let services = v["data"]["services"].as_array().expect("services in the answer");
+    assert_eq!((services[0]["name"].as_str(), services[0]["state"].as_str()), (Some("main"), Some("running")), "{v}");
+    assert_eq!((services[1]["name"].as_str(), services[1]["state"].as_str()), (Some("side"), Some("running")), "{v}");
+    assert_eq!(services[1]["health"], "healthy", "{v}");
 
     // Side was made before main (main depends on it being healthy), each one replica never restarted, on the
     // stack's network under its compose name, with the sandbox defaults and the file's limits.
