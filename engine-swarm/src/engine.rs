@@ -866,6 +866,44 @@ mod tests {
     }
 
     #[test]
+    fn a_stack_s_services_carry_the_stack_s_phase() {
+        let svc = |id: &str, stack: bool| Service {
+            id: Some(id.into()),
+            spec: Some(bollard::models::ServiceSpec {
+                labels: Some(if stack {
+                    HashMap::from([(stack::STACK_NAMESPACE.to_string(), "st".to_string())])
+                } else {
+                    HashMap::new()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let obj = |id: &str, instance: &str, phase: Phase| OwnedObject {
+            namespace: "ns".into(),
+            instance: instance.into(),
+            kind: OwnedKind::Container,
+            id: id.into(),
+            phase,
+            created: None,
+        };
+        let services = [svc("a", true), svc("b", true), svc("c", true), svc("d", true), svc("e", false)];
+        let owned = [
+            obj("a", "st", Phase::Running),
+            obj("b", "st", Phase::Creating),
+            obj("c", "st2", Phase::Running),
+            obj("d", "st2", Phase::Failed),
+            obj("e", "single", Phase::Running),
+        ];
+        let phases = stack_phases(&services, &owned);
+        assert_eq!(phases[&("ns".to_string(), "st".to_string())], Phase::Creating);
+        assert_eq!(phases[&("ns".to_string(), "st2".to_string())], Phase::Failed);
+        assert!(!phases.contains_key(&("ns".to_string(), "single".to_string())), "a single instance keeps its own");
+        let all_running = stack_phases(&services[..1], &owned[..1]);
+        assert_eq!(all_running[&("ns".to_string(), "st".to_string())], Phase::Running);
+    }
+
+    #[test]
     fn dial_hosts() {
         assert_eq!(dial_host("0.0.0.0"), "127.0.0.1");
         assert_eq!(dial_host("10.1.0.5"), "10.1.0.5");
