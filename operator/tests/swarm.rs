@@ -604,6 +604,68 @@ async fn compose_stacks_are_services_on_an_overlay_of_their_own() {
     assert_eq!(swarm.docker_ok(&["service", "ls", "-q"]), "", "a refused create makes nothing");
 }
 
+/// A stack whose instance the operator does not know (its store lost it) is swept: its services first, then its
+/// overlay; another operator's look-alike is left alone.
+#[tokio::test]
+async fn an_orphaned_stack_s_services_and_network_are_swept() {
+    let swarm = SwarmDaemon::start();
+    let op = Operator::start(
+        BIN,
+        &[
+            "--engine",
+            "swarm",
+            "--docker-host",
+            &swarm.daemon.socket,
+            "--resync-interval",
+            "1s",
+            "--orphan-grace",
+            "0s",
+        ],
+    )
+    .await;
+    let ghost = format!("{}-zzzzzz", unique_name("ghost"));
+    let labels = |operator: &str| {
+        [
+            "aenv.io/managed-by=aenv-operator".to_string(),
+            format!("aenv.io/operator-id={operator}"),
+            format!("aenv.io/instance={ghost}"),
+            "aenv.io/namespace=default".to_string(),
+            format!("com.docker.stack.namespace={ghost}"),
+        ]
+    };
+    let net = format!("{ghost}_default");
+    let mut args = vec!["network".to_string(), "create".into(), "-d".into(), "overlay".into(), "--attachable".into()];
+    for l in labels(&op.operator_id) {
+        args.extend(["--label".to_string(), l]);
+    }
+    args.push(net.clone());
+    swarm.docker_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut svc =
+        vec!["service".to_string(), "create".into(), "-d".into(), "--restart-condition".into(), "none".into()];
+    for l in labels(&op.operator_id) {
+        svc.extend(["--label".to_string(), l]);
+    }
+    svc.extend(["--network".into(), net.clone(), "--name".into(), format!("{ghost}_main"), TEST_IMAGE.into()]);
+    swarm.docker_ok(&svc.iter().map(String::as_str).collect::<Vec<_>>());
+    // Someone else's look-alike: another operator id.
+    let other = format!("{ghost}_other");
+    let mut args = vec!["network".to_string(), "create".into(), "-d".into(), "overlay".into()];
+    for l in labels("someone-else") {
+        args.extend(["--label".to_string(), l]);
+    }
+    args.push(other.clone());
+    swarm.docker_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    wait_gone(&swarm, &format!("{ghost}_main"), Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while swarm.docker(&["network", "inspect", &net]).status.success() {
+        assert!(Instant::now() < deadline, "the orphaned stack's network is not swept\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(swarm.docker(&["network", "inspect", &other]).status.success(), "another operator's network is left alone");
+    swarm.docker_ok(&["network", "rm", &other]);
+}
+
 /// A daemon that is no swarm manager is refused at start-up, saying what to do (the host's daemon, which is in no
 /// swarm: only read).
 #[tokio::test]
