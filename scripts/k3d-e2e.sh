@@ -3,7 +3,7 @@
 # with registry access. NOT RUN in this project's CI or by its authors: there is no API server there (the kube
 # paths are tested against kmock and tower-test mocks instead; see docs/kubernetes.md).
 #
-#   scripts/k3d-e2e.sh     # the Kubernetes engine (docker.enabled=false): one Pod per instance
+#   scripts/k3d-e2e.sh     # the Kubernetes engine (docker.enabled=false): one Pod per instance, exec and files
 #
 # It covers the Kubernetes engine only: k3d nodes run containerd, not dockerd, so docker.enabled=true needs a
 # Docker daemon reachable from the cluster (docs/kubernetes.md).
@@ -80,7 +80,31 @@ log "the REST API through a port-forward"
 kubectl -n "$NS" port-forward svc/aenv-aenv-operator 18080:8080 >/dev/null 2>&1 &
 pf=$!
 sleep 3
-curl -fsS http://127.0.0.1:18080/env-instance/e2e-demo
+api=http://127.0.0.1:18080/env-instance/e2e-demo
+curl -fsS "$api"
+
+log "sandbox operations through the Pod exec API (busybox has the sh and tar they use)"
+out=$(curl -fsS "$api/exec" -d '{"command": ["sh", "-c", "echo \"$A\"; pwd; cat; exit 3"], "env": {"A": "from env"}, "workdir": "/tmp", "stdin": "from stdin"}')
+echo "$out" | grep -q '"exitCode":3' || { log "exec: $out"; exit 1; }
+echo "$out" | grep -q 'from env\\n/tmp\\nfrom stdin' || { log "exec output: $out"; exit 1; }
+out=$(curl -fsS "$api/exec" -d '{"command": ["no-such-program"]}')
+echo "$out" | grep -q '"exitCode":127' || { log "exec of a missing program: $out"; exit 1; }
+out=$(curl -fsS "$api/exec" -d '{"command": ["sh", "-c", "sleep 300 & sleep 300"], "timeout": 2}')
+echo "$out" | grep -q '"killed":true' || { log "exec past its timeout: $out"; exit 1; }
+left=$(kubectl -n "$NS" exec e2e-demo -- sh -c 'ps -o args | grep -c "^sleep 300" || true')
+[ "$left" = 0 ] || { log "$left sleeps survived the timeout's kill"; exit 1; }
+head -c 1048576 /dev/urandom > "$ctx/blob"
+curl -fsS -X PUT --data-binary @"$ctx/blob" "$api/files?path=/tmp/blob&mode=600" >/dev/null
+curl -fsS "$api/files?path=/tmp/blob" -o "$ctx/blob.back"
+cmp "$ctx/blob" "$ctx/blob.back" || { log "a 1 MiB file came back different"; exit 1; }
+kubectl -n "$NS" exec e2e-demo -- stat -c %a /tmp/blob | grep -qx 600
+curl -fsS "$api/files?path=/etc" -o "$ctx/etc.tar" && tar -tf "$ctx/etc.tar" | grep -q '^etc/hostname$'
+code=$(curl -s -o /dev/null -w '%{http_code}' "$api/files?path=/no/such/file")
+[ "$code" = 404 ] || { log "a missing file answered $code"; exit 1; }
+for op in pause snapshot; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$api/$op" -d '{}')
+  [ "$code" = 501 ] || { log "$op answered $code, not 501"; exit 1; }
+done
 kill "$pf"
 
 log "kubectl delete: the finalizer removes the Pod first"

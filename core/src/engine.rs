@@ -71,6 +71,28 @@ pub struct ManagedObject {
     pub expires_at: Option<Timestamp>,
 }
 
+/// Whether the engine could save a sandbox's memory and processes (CRIU checkpoints), as detected at start.
+/// Snapshots save the filesystem either way.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSupport {
+    pub available: bool,
+    /// Why not, or what was found.
+    pub reason: String,
+}
+
+/// A snapshot image ([`Engine::snapshot`]) the backend holds, as its labels tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotImage {
+    /// The image's reference (`aenv-snapshot/<name>:<version>`).
+    pub reference: String,
+    /// The operator that made it (`aenv.io/snapshot-by`).
+    pub operator_id: String,
+    /// The template it was made for (`name@version`, `aenv.io/snapshot-template`), when it says.
+    pub template: Option<String>,
+    pub created: Option<Timestamp>,
+}
+
 /// A change the engine noticed outside the operator's own calls (a container died or was removed by hand).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineEvent {
@@ -323,11 +345,13 @@ pub trait Engine: Send + Sync + 'static {
         }))
     }
 
-    /// Reads `path` in the instance: a file's bytes, or a directory as a tar. More than `max_bytes` is
-    /// [`ErrorKind::TooLarge`]; a missing path [`ErrorKind::NotFound`].
+    /// Reads `path` in the instance (in `service` of a compose stack, its main service when `None`): a file's
+    /// bytes, or a directory as a tar. More than `max_bytes` is [`ErrorKind::TooLarge`]; a missing path
+    /// [`ErrorKind::NotFound`].
     async fn read_path(
         &self,
         _instance: &EnvInstance,
+        _service: Option<&str>,
         _path: &SandboxPath,
         _max_bytes: u64,
     ) -> Result<PathContent, EngineError> {
@@ -339,8 +363,9 @@ pub trait Engine: Send + Sync + 'static {
         Err(EngineError::unsupported("this engine does not serve files"))
     }
 
-    /// The instance's resource use, from one read of the backend's counters.
-    async fn stats(&self, _instance: &EnvInstance) -> Result<InstanceStats, EngineError> {
+    /// The instance's resource use (of `service` of a compose stack, its main service when `None`), from one read
+    /// of the backend's counters.
+    async fn stats(&self, _instance: &EnvInstance, _service: Option<&str>) -> Result<InstanceStats, EngineError> {
         Err(EngineError::unsupported("this engine does not report per-instance stats"))
     }
 
@@ -348,6 +373,18 @@ pub trait Engine: Send + Sync + 'static {
     /// id. Memory is not saved. The image carries none of the instance's labels.
     async fn snapshot(&self, _instance: &EnvInstance, _reference: &str) -> Result<String, EngineError> {
         Err(EngineError::unsupported("this engine does not snapshot instances"))
+    }
+
+    /// Whether memory checkpoints (CRIU) could be taken on this backend, as detected at start. The default: not
+    /// on this engine.
+    fn checkpoints(&self) -> CheckpointSupport {
+        CheckpointSupport { available: false, reason: format!("the {} engine has no memory checkpoints", self.name()) }
+    }
+
+    /// Every snapshot image any aenv-operator made on this backend (one list call), whichever operator id it
+    /// carries. The default: none (an engine that makes no snapshots).
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotImage>, EngineError> {
+        Ok(Vec::new())
     }
 
     /// Removes a snapshot image made by [`Engine::snapshot`]. Succeeds when it is gone already;

@@ -22,8 +22,8 @@ pub mod quantity;
 pub mod types;
 
 pub use engine::{
-    Engine, EngineError, EngineEvent, ErrorKind, InvalidSpec, ManagedObject, Observed, OwnedKind, OwnedObject,
-    PullProgress, PullState,
+    CheckpointSupport, Engine, EngineError, EngineEvent, ErrorKind, InvalidSpec, ManagedObject, Observed, OwnedKind,
+    OwnedObject, PullProgress, PullState, SnapshotImage,
 };
 pub use envservice::{EnvService, EnvServiceSpec, EnvServiceStatus, ServicePhase};
 pub use error::Error;

@@ -49,6 +49,8 @@ pub struct DockerEngine {
     /// Serialises user-network creation: Docker allows two networks of one name, so two instances creating the
     /// same network at once would make it ambiguous.
     network_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What [`DockerEngine::detect_checkpoints`] found.
+    checkpoints: Arc<std::sync::OnceLock<aenv_core::CheckpointSupport>>,
 }
 
 impl DockerEngine {
@@ -59,7 +61,33 @@ impl DockerEngine {
             prober: Prober::default(),
             platform: containers::HostPlatform::default(),
             network_lock: Arc::default(),
+            checkpoints: Arc::default(),
         }
+    }
+
+    /// Finds out, once (at start), whether the daemon could take memory checkpoints: its experimental mode (from
+    /// `/info`) and `criu` on this host (where a local daemon runs it). The operator does not take them yet
+    /// (snapshots save the filesystem); this is what it reports.
+    pub async fn detect_checkpoints(&self) -> aenv_core::CheckpointSupport {
+        let experimental = match self.docker.info().await {
+            Ok(info) => info.experimental_build,
+            Err(e) => {
+                debug!(error = %e, "reading the daemon's /info for checkpoints");
+                None
+            }
+        };
+        let criu = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join("criu"))
+            .find(|p| p.is_file());
+        // `criu check`: whether CRIU can work on this kernel at all (what a checkpoint create would need).
+        let check = match (&experimental, &criu) {
+            (Some(true), Some(path)) => Some(crate::ops::criu_check(path).await),
+            _ => None,
+        };
+        let found = crate::ops::checkpoint_support(experimental, criu.as_deref(), check);
+        self.checkpoints.get_or_init(|| found).clone()
     }
 
     /// The Docker network an instance joins: the one its spec names, else the operator's; scoped to the
@@ -595,7 +623,7 @@ impl Engine for DockerEngine {
     }
 
     fn exec(&self, inst: &EnvInstance, request: ExecRequest) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
-        match single_container(inst) {
+        match self.container_of(inst, request.service.as_deref()) {
             Ok(name) => crate::ops::exec(self.docker.clone(), name, request),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         }
@@ -604,18 +632,20 @@ impl Engine for DockerEngine {
     async fn read_path(
         &self,
         inst: &EnvInstance,
+        service: Option<&str>,
         path: &SandboxPath,
         max_bytes: u64,
     ) -> Result<PathContent, EngineError> {
-        crate::ops::read_path(&self.docker, &single_container(inst)?, path, max_bytes).await
+        crate::ops::read_path(&self.docker, &self.container_of(inst, service)?, path, max_bytes).await
     }
 
     async fn write_file(&self, inst: &EnvInstance, upload: FileUpload) -> Result<(), EngineError> {
-        crate::ops::write_file(&self.docker, &single_container(inst)?, upload).await
+        let container = self.container_of(inst, upload.service.as_deref())?;
+        crate::ops::write_file(&self.docker, &container, upload).await
     }
 
-    async fn stats(&self, inst: &EnvInstance) -> Result<InstanceStats, EngineError> {
-        crate::ops::stats(&self.docker, &single_container(inst)?).await
+    async fn stats(&self, inst: &EnvInstance, service: Option<&str>) -> Result<InstanceStats, EngineError> {
+        crate::ops::stats(&self.docker, &self.container_of(inst, service)?).await
     }
 
     async fn snapshot(&self, inst: &EnvInstance, reference: &str) -> Result<String, EngineError> {
@@ -626,13 +656,20 @@ impl Engine for DockerEngine {
         crate::ops::remove_snapshot(&self.docker, reference).await
     }
 
-    fn can_pause(&self, spec: &EnvInstanceSpec) -> Result<(), EngineError> {
-        match spec.workload() {
-            Workload::Stack { .. } => Err(EngineError::unsupported(
-                "pause acts on single-container instances; this instance is a compose stack (not supported yet)",
-            )),
-            _ => Ok(()),
-        }
+    fn checkpoints(&self) -> aenv_core::CheckpointSupport {
+        self.checkpoints.get().cloned().unwrap_or_else(|| aenv_core::CheckpointSupport {
+            available: false,
+            reason: "not detected (the daemon was not asked)".into(),
+        })
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<aenv_core::SnapshotImage>, EngineError> {
+        crate::ops::list_snapshots(&self.docker).await
+    }
+
+    fn can_pause(&self, _spec: &EnvInstanceSpec) -> Result<(), EngineError> {
+        // A single container, or every container of a stack.
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), EngineError> {
@@ -656,8 +693,37 @@ fn no_compose_labels(spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
     }
 }
 
-/// The container an operation on `inst` acts on: the instance's own. A stack has one per service, and these
-/// operations do not choose among them yet.
+impl DockerEngine {
+    /// The container an operation on `inst` acts on: a single container's own, or the container of `service` of a
+    /// stack (its main service when `None`: the one labelled `aenv.main`, else the first). A service the stack
+    /// does not have, or one named for a single container, is a bad request naming the services there are.
+    fn container_of(&self, inst: &EnvInstance, service: Option<&str>) -> Result<String, EngineError> {
+        let id = inst.metadata.name.clone().unwrap_or_default();
+        match inst.spec.workload() {
+            Workload::Stack { compose_file } => {
+                let stack = compose::plan(&inst.spec, compose_file, &self.config.policy)?;
+                let service = service.unwrap_or(&stack.main);
+                if !stack.services.iter().any(|s| s.name == service) {
+                    let names: Vec<&str> = stack.services.iter().map(|s| s.name.as_str()).collect();
+                    return Err(EngineError::permanent(format!(
+                        "query `service`: the stack has no service {service:?}; its services are {}",
+                        names.join(", ")
+                    )));
+                }
+                Ok(compose::container_name(&id, service))
+            }
+            _ => match service {
+                Some(service) => Err(EngineError::permanent(format!(
+                    "query `service` ({service:?}) chooses a service of a compose stack; this instance is a single container: leave it out"
+                ))),
+                None => Ok(id),
+            },
+        }
+    }
+}
+
+/// The container an operation on `inst` acts on: the instance's own. A stack has one per service; snapshots do
+/// not choose among them.
 fn single_container(inst: &EnvInstance) -> Result<String, EngineError> {
     match inst.spec.workload() {
         Workload::Stack { .. } => Err(EngineError::unsupported(

@@ -1,7 +1,7 @@
 //! Operations on a running container (issue 15): exec through the exec API (create, start attached, inspect for
 //! the exit code), files through the archive API (a tar of one file up, a tar of a path down).
 
-use std::{io::Read, time::Duration};
+use std::time::Duration;
 
 use aenv_core::{
     EngineError, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, SandboxPath,
@@ -278,37 +278,7 @@ pub(crate) async fn read_path(
             ));
         }
     }
-    let mut archive = tar::Archive::new(tar.as_slice());
-    let mut entries = archive.entries().map_err(|e| bad_archive(&context, e))?;
-    let Some(first) = entries.next() else {
-        return Err(EngineError::transient(format!("{context}: the daemon sent an empty archive")));
-    };
-    let mut first = first.map_err(|e| bad_archive(&context, e))?;
-    let header = first.header();
-    if header.entry_type().is_dir() {
-        return Ok(PathContent::Directory { tar });
-    }
-    if !header.entry_type().is_file() {
-        return Err(EngineError::permanent(format!(
-            "{} is not a regular file or a directory (a link or a device): read what it points to",
-            path.as_str()
-        )));
-    }
-    let mode = header.mode().unwrap_or(0o644);
-    let size = header.size().unwrap_or(0);
-    if size > max_bytes {
-        return Err(EngineError::new(
-            ErrorKind::TooLarge,
-            format!("{} is {size} bytes, more than this operator serves ({max_bytes} bytes)", path.as_str()),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(size as usize);
-    first.read_to_end(&mut bytes).map_err(|e| bad_archive(&context, e))?;
-    Ok(PathContent::File { bytes, mode })
-}
-
-fn bad_archive(context: &str, e: std::io::Error) -> EngineError {
-    EngineError::transient(format!("{context}: the daemon's archive does not read: {e}")).with_source(e)
+    PathContent::from_tar(path, tar, max_bytes)
 }
 
 /// Writes one file into `container`: a tar holding it, extracted in its parent directory.
@@ -339,20 +309,9 @@ pub(crate) async fn write_file(docker: &Docker, container: &str, upload: FileUpl
             format!("{} is a directory: a file cannot replace it; name a path inside it", upload.path.as_str()),
         ));
     }
-    let mut header = tar::Header::new_gnu();
-    header.set_size(upload.bytes.len() as u64);
-    header.set_mode(upload.mode.unwrap_or(0o644));
-    let (uid, gid) = upload.owner.unwrap_or((0, 0));
-    header.set_uid(uid);
-    header.set_gid(gid);
-    header.set_mtime(jiff::Timestamp::now().as_second().max(0) as u64);
-    header.set_entry_type(tar::EntryType::Regular);
-    let mut builder = tar::Builder::new(Vec::with_capacity(upload.bytes.len() + 2048));
-    builder
-        .append_data(&mut header, upload.path.file_name(), upload.bytes.as_slice())
-        .and_then(|()| builder.finish())
+    let tar = upload
+        .to_tar(jiff::Timestamp::now().as_second().max(0) as u64)
         .map_err(|e| EngineError::permanent(format!("{context}: {e}")).with_source(e))?;
-    let tar = builder.into_inner().map_err(|e| EngineError::permanent(format!("{context}: {e}")).with_source(e))?;
     let options = UploadToContainerOptionsBuilder::default()
         .path(upload.path.parent())
         // A file may not replace a directory (nor the reverse).
@@ -422,6 +381,12 @@ fn stats_of(s: &bollard::models::ContainerStatsResponse) -> InstanceStats {
 
 /// Label on a snapshot image: the instance it was taken from.
 pub(crate) const SNAPSHOT_OF: &str = "aenv.io/snapshot-of";
+/// Label on a snapshot image: the operator id that made it.
+pub(crate) const SNAPSHOT_BY: &str = "aenv.io/snapshot-by";
+/// Label on a snapshot image: the template (`name@version`) it was made for.
+pub(crate) const SNAPSHOT_TEMPLATE: &str = "aenv.io/snapshot-template";
+/// Where snapshot images are named: `aenv-snapshot/<name>:<version>` is the image of template `name@version`.
+pub(crate) const SNAPSHOT_REPO_PREFIX: &str = "aenv-snapshot/";
 
 /// Commits `container`'s filesystem as `reference` (`repo:tag`). Docker makes the container's config (its labels
 /// included) the image's, and containers inherit an image's labels: every label of the container is blanked in
@@ -444,7 +409,10 @@ pub(crate) async fn snapshot(
     let mut labels: std::collections::HashMap<String, String> =
         inspect.config.and_then(|c| c.labels).unwrap_or_default().into_keys().map(|k| (k, String::new())).collect();
     labels.insert(SNAPSHOT_OF.into(), container.to_string());
-    labels.insert("aenv.io/snapshot-by".into(), operator_id.to_string());
+    labels.insert(SNAPSHOT_BY.into(), operator_id.to_string());
+    if let Some(name) = repo.strip_prefix(SNAPSHOT_REPO_PREFIX) {
+        labels.insert(SNAPSHOT_TEMPLATE.into(), format!("{name}@{tag}"));
+    }
     // A paused container is committed as it is (Docker pauses a running one for the commit itself).
     let options = CommitContainerOptionsBuilder::default()
         .container(container)
@@ -458,6 +426,81 @@ pub(crate) async fn snapshot(
     Ok(made.id)
 }
 
+/// Whether memory checkpoints could be taken, from the daemon's experimental flag and `criu` on the host.
+pub(crate) fn checkpoint_support(
+    experimental: Option<bool>,
+    criu: Option<&std::path::Path>,
+    check: Option<Result<(), String>>,
+) -> aenv_core::CheckpointSupport {
+    if let (Some(true), Some(path), Some(Err(why))) = (experimental, criu, &check) {
+        return aenv_core::CheckpointSupport {
+            available: false,
+            reason: format!(
+                "the daemon's experimental mode is on and criu is at {}, but `criu check` fails on this host: {why}",
+                path.display()
+            ),
+        };
+    }
+    let (available, reason) = match (experimental, criu) {
+        (None, _) => (false, "the daemon's /info could not be read".to_string()),
+        (Some(false), _) => (
+            false,
+            "the Docker daemon's experimental mode is off (memory checkpoints need \"experimental\": true in its daemon.json, and CRIU on its host)"
+                .to_string(),
+        ),
+        (Some(true), None) => (
+            false,
+            "the daemon's experimental mode is on, but criu is not on this host's PATH (apt-get install criu)".to_string(),
+        ),
+        (Some(true), Some(path)) => (
+            true,
+            format!(
+                "the daemon's experimental mode is on and criu is at {}; this operator does not take memory checkpoints yet (snapshots save the filesystem)",
+                path.display()
+            ),
+        ),
+    };
+    aenv_core::CheckpointSupport { available, reason }
+}
+
+/// Runs `criu check` (at most 10 s): its complaint when it fails.
+pub(crate) async fn criu_check(criu: &std::path::Path) -> Result<(), String> {
+    let run = tokio::process::Command::new(criu).arg("check").kill_on_drop(true).output();
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let text = String::from_utf8_lossy(&out.stderr);
+            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string();
+            Err(format!("{} ({last})", out.status))
+        }
+        Ok(Err(e)) => Err(format!("it could not be run: {e}")),
+        Err(_) => Err("it did not finish in 10 s".into()),
+    }
+}
+
+/// Every snapshot image on the daemon (labelled `aenv.io/snapshot-by` with a value), one per reference under
+/// `aenv-snapshot/`.
+pub(crate) async fn list_snapshots(docker: &Docker) -> Result<Vec<aenv_core::SnapshotImage>, EngineError> {
+    let filters = std::collections::HashMap::from([("label", vec![SNAPSHOT_BY])]);
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::default().filters(&filters).build();
+    let images = docker.list_images(Some(options)).await.map_err(|e| classify("listing snapshot images", e))?;
+    let mut out = Vec::new();
+    for image in images {
+        let Some(operator_id) = image.labels.get(SNAPSHOT_BY).filter(|v| !v.is_empty()) else { continue };
+        let template = image.labels.get(SNAPSHOT_TEMPLATE).filter(|v| !v.is_empty()).cloned();
+        let created = jiff::Timestamp::from_second(image.created).ok();
+        for reference in image.repo_tags.iter().filter(|r| r.starts_with(SNAPSHOT_REPO_PREFIX)) {
+            out.push(aenv_core::SnapshotImage {
+                reference: reference.clone(),
+                operator_id: operator_id.clone(),
+                template: template.clone(),
+                created,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Removes a snapshot image (not forced: an image still in use is a conflict).
 pub(crate) async fn remove_snapshot(docker: &Docker, reference: &str) -> Result<(), EngineError> {
     let context = format!("removing the snapshot image {reference}");
@@ -468,5 +511,28 @@ pub(crate) async fn remove_snapshot(docker: &Docker, reference: &str) -> Result<
             e if e.kind() == ErrorKind::NotFound => Ok(()),
             e => Err(e),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_need_the_experimental_daemon_and_criu() {
+        let criu = Some(std::path::Path::new("/usr/sbin/criu"));
+        let off = checkpoint_support(Some(false), criu, None);
+        assert!(!off.available && off.reason.contains("experimental mode is off"), "{off:?}");
+        let no_criu = checkpoint_support(Some(true), None, None);
+        assert!(!no_criu.available && no_criu.reason.contains("criu is not"), "{no_criu:?}");
+        let unknown = checkpoint_support(None, None, None);
+        assert!(!unknown.available && unknown.reason.contains("/info"), "{unknown:?}");
+        let broken = checkpoint_support(Some(true), criu, Some(Err("exit status: 1 (no vdso)".into())));
+        assert!(
+            !broken.available && broken.reason.contains("criu check") && broken.reason.contains("vdso"),
+            "{broken:?}"
+        );
+        let both = checkpoint_support(Some(true), criu, Some(Ok(())));
+        assert!(both.available && both.reason.contains("/usr/sbin/criu"), "{both:?}");
     }
 }

@@ -1,6 +1,6 @@
 use aenv_core::{
-    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, InvalidSpec, Observed, OwnedKind, OwnedObject,
-    Phase, Workload, labels,
+    Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, ExecOutput, ExecRequest, FileUpload, InstanceStats,
+    InvalidSpec, Observed, OwnedKind, OwnedObject, PathContent, Phase, SandboxPath, Workload, labels,
 };
 use std::collections::BTreeMap;
 
@@ -287,6 +287,56 @@ impl Engine for KubeEngine {
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
 
+    fn exec(&self, inst: &EnvInstance, request: ExecRequest) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
+        if let Some(service) = request.service.as_deref() {
+            let e = no_services(service);
+            return futures::stream::once(async move { Err(e) }).boxed();
+        }
+        crate::ops::exec(self.pods.clone(), inst.metadata.name.clone().unwrap_or_default(), request)
+    }
+
+    async fn read_path(
+        &self,
+        inst: &EnvInstance,
+        service: Option<&str>,
+        path: &SandboxPath,
+        max_bytes: u64,
+    ) -> Result<PathContent, EngineError> {
+        if let Some(service) = service {
+            return Err(no_services(service));
+        }
+        crate::ops::read_path(&self.pods, inst.metadata.name.as_deref().unwrap_or_default(), path, max_bytes).await
+    }
+
+    async fn write_file(&self, inst: &EnvInstance, upload: FileUpload) -> Result<(), EngineError> {
+        if let Some(service) = upload.service.as_deref() {
+            return Err(no_services(service));
+        }
+        crate::ops::write_file(&self.pods, inst.metadata.name.as_deref().unwrap_or_default(), upload).await
+    }
+
+    fn can_pause(&self, _spec: &EnvInstanceSpec) -> Result<(), EngineError> {
+        Err(EngineError::unsupported(
+            "the Kubernetes engine cannot pause a sandbox: Kubernetes has no API to freeze a Pod's processes (pause runs on the Docker engine); delete the instance, or snapshot and restore it on Docker",
+        ))
+    }
+
+    async fn stats(&self, _inst: &EnvInstance, _service: Option<&str>) -> Result<InstanceStats, EngineError> {
+        Err(EngineError::unsupported(
+            "the Kubernetes engine does not read per-sandbox stats; the cluster's metrics pipeline has them (`kubectl top pod -n <sandbox namespace> <id>`, metrics-server)",
+        ))
+    }
+
+    async fn snapshot(&self, _inst: &EnvInstance, _reference: &str) -> Result<String, EngineError> {
+        Err(EngineError::unsupported(
+            "the Kubernetes engine cannot snapshot a sandbox: Kubernetes has no API to commit a Pod's filesystem to an image (snapshot and fork run on the Docker engine)",
+        ))
+    }
+
+    async fn remove_snapshot(&self, _reference: &str) -> Result<(), EngineError> {
+        Err(EngineError::unsupported("the Kubernetes engine makes no snapshots"))
+    }
+
     async fn ping(&self) -> Result<(), EngineError> {
         self.pods
             .list_metadata(&ListParams::default().limit(1))
@@ -294,6 +344,13 @@ impl Engine for KubeEngine {
             .map(|_| ())
             .map_err(|e| classify("listing Pods", e))
     }
+}
+
+/// A service named for a Pod, which has one container.
+fn no_services(service: &str) -> EngineError {
+    EngineError::permanent(format!(
+        "query `service` ({service:?}) chooses a service of a compose stack; a Pod of the Kubernetes engine has one container: leave it out"
+    ))
 }
 
 /// The instance a Pod event is about.

@@ -46,3 +46,19 @@ pub(crate) fn classify(context: &str, err: kube::Error) -> EngineError {
     };
     sorted.with_source(err)
 }
+
+/// Sorts a failure of an operation on a running Pod (exec, files): a Pod that is not there is
+/// [`ErrorKind::NotFound`](aenv_core::ErrorKind::NotFound); a refused WebSocket upgrade is transient; anything
+/// else as [`classify`] does.
+pub(crate) fn classify_op(context: &str, err: kube::Error) -> EngineError {
+    match &err {
+        kube::Error::Api(status) if status.code == 404 => {
+            EngineError::new(aenv_core::ErrorKind::NotFound, format!("{context}: {}", status.message)).with_source(err)
+        }
+        kube::Error::UpgradeConnection(_) => EngineError::transient(format!(
+            "{context}: the API server did not open the exec stream ({err}); it must speak the v5.channel.k8s.io or v4.channel.k8s.io WebSocket protocol"
+        ))
+        .with_source(err),
+        _ => classify(context, err),
+    }
+}

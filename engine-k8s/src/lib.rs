@@ -5,6 +5,7 @@
 
 mod engine;
 mod error;
+mod ops;
 mod pod;
 
 pub use engine::{KubeEngine, KubeEngineConfig};

@@ -155,3 +155,33 @@ async fn a_warm_pool_refills_after_the_daemon_restarts() {
     }
     ready(2).await;
 }
+
+/// Memory checkpoints are detected at start from the daemon's own /info, and reported on /readyz: off on a daemon
+/// without experimental mode; on an experimental one, whether criu is there.
+#[tokio::test]
+async fn memory_checkpoint_support_is_detected_from_the_daemon_and_reported() {
+    let plain = PrivateDaemon::start(false, false);
+    let op = Operator::start(BIN, &["--docker-host", &plain.socket]).await;
+    let ready: Value = op.http.get(op.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["memoryCheckpoints"]["available"], false, "{ready}");
+    assert!(ready["memoryCheckpoints"]["reason"].as_str().unwrap().contains("experimental mode is off"), "{ready}");
+    drop(op);
+    drop(plain);
+
+    let experimental = PrivateDaemon::start_with_config(false, false, r#"{"experimental": true}"#);
+    let info = experimental.docker(&["info", "--format", "{{.ExperimentalBuild}}"]);
+    assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), "true", "the private daemon is not experimental");
+    let op = Operator::start(BIN, &["--docker-host", &experimental.socket]).await;
+    let ready: Value = op.http.get(op.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let reason = ready["memoryCheckpoints"]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("experimental mode is on"), "{ready}");
+    // Available only where criu is installed and `criu check` passes on this kernel (it does not in a Firecracker
+    // VM: its vdso cannot be read).
+    let criu_works = std::process::Command::new("sh")
+        .args(["-c", "command -v criu >/dev/null && criu check >/dev/null 2>&1"])
+        .status()
+        .unwrap()
+        .success();
+    assert_eq!(ready["memoryCheckpoints"]["available"], criu_works, "{ready}");
+    eprintln!("memoryCheckpoints on an experimental daemon: {}", ready["memoryCheckpoints"]);
+}

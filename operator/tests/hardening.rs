@@ -213,7 +213,8 @@ async fn logs_metrics_and_readiness_endpoints() {
     assert_eq!(op.get("/env-instance/nope-abcdef/logs").await.0, 404);
 
     let ready: Value = op.http.get(op.url("/readyz")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(ready, json!({"status": "ready", "engine": "docker"}));
+    assert_eq!((&ready["status"], &ready["engine"]), (&json!("ready"), &json!("docker")), "{ready}");
+    assert!(ready["memoryCheckpoints"]["available"].is_boolean(), "{ready}");
     let metrics = op.http.get(op.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for needle in [
         "aenv_instances{phase=\"Running\"} 1",

@@ -571,3 +571,194 @@ async fn a_snapshot_is_a_template_of_the_sandbox_s_files_forks_start_from_it_and
     }
     assert!(!image_exists(&format!("aenv-snapshot/{name}:{fork_version}")));
 }
+
+/// Two services, each writing its name where the other does: which container an operation reached shows.
+const TWO_SERVICES: &str = r#"
+services:
+  app:
+    image: ${IMAGE}
+    labels: ["aenv.main=true"]
+    command: ["sh", "-c", "echo app > /tmp/who; exec sleep 3600"]
+  db:
+    image: ${IMAGE}
+    command: ["sh", "-c", "echo db > /tmp/who; exec sleep 3600"]
+"#;
+
+#[tokio::test]
+async fn on_a_compose_stack_exec_files_and_stats_reach_the_service_named_and_the_main_one_by_default() {
+    let op = Operator::start(BIN, &[]).await;
+    let body = json!({"name": unique_name("stackops"), "version": "1.0.0", "owner": "test",
+        "deployConfig": {"composeFile": TWO_SERVICES, "environment_variables": {"IMAGE": TEST_IMAGE}, "ttl": "10m"}});
+    let (code, created) = op.post_json("/env-instance", &body).await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&id, Duration::from_secs(90), |v| v["data"]["status"] == "Running").await;
+    let who = json!({"command": ["cat", "/tmp/who"]});
+
+    // The main service by default, the one named otherwise.
+    let (code, out) = exec(&op, &id, who.clone()).await;
+    assert_eq!((code, out["data"]["stdout"].as_str()), (200, Some("app\n")), "{out}");
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/exec?service=db"), &who).await;
+    assert_eq!((code, out["data"]["stdout"].as_str()), (200, Some("db\n")), "{out}");
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/exec?service=app"), &who).await;
+    assert_eq!((code, out["data"]["stdout"].as_str()), (200, Some("app\n")), "{out}");
+
+    // A file put into db is in db, not in app.
+    let resp = op
+        .http
+        .put(op.url(&format!("/env-instance/{id}/files?path=/tmp/only-db&service=db")))
+        .body("db's file")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let resp =
+        op.http.get(op.url(&format!("/env-instance/{id}/files?path=/tmp/only-db&service=db"))).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"db's file");
+    let resp = op.http.get(op.url(&format!("/env-instance/{id}/files?path=/tmp/only-db"))).send().await.unwrap();
+    assert_eq!(resp.status(), 404, "the main service has db's file");
+
+    // Stats of one service.
+    let (code, stats) = op.get(&format!("/env-instance/{id}/stats?service=db")).await;
+    assert_eq!(code, 200, "{stats}");
+    assert!(stats["data"]["pids"].as_u64().unwrap_or(0) >= 1, "{stats}");
+
+    // A service the stack does not have: 400 naming those it has; never another container of the host.
+    let other = running_instance(&op, &unique_name("single"), TEST_IMAGE).await;
+    for service in ["nope", "../db", other.as_str()] {
+        let (code, out) = op.post_json(&format!("/env-instance/{id}/exec?service={service}"), &who).await;
+        assert_eq!(code, 400, "{service}: {out}");
+        assert!(out["message"].as_str().unwrap().contains("app, db"), "{out}");
+    }
+    let (code, out) = op.get(&format!("/env-instance/{id}/stats?service=nope")).await;
+    assert_eq!(code, 400, "{out}");
+    let resp =
+        op.http.get(op.url(&format!("/env-instance/{id}/files?path=/tmp/who&service=nope"))).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    // A single container takes no service.
+    let (code, out) = op.post_json(&format!("/env-instance/{other}/exec?service=app"), &who).await;
+    assert_eq!(code, 400, "{out}");
+    assert!(out["message"].as_str().unwrap().contains("query `service`"), "{out}");
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/exec?service="), &who).await;
+    assert_eq!(code, 400, "{out}");
+
+    for i in [&id, &other] {
+        let (code, _) = op.delete(&format!("/env-instance/{i}")).await;
+        assert_eq!(code, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_paused_stack_freezes_every_service_stays_frozen_across_a_restart_and_resumes_as_it_was() {
+    let mut op = Operator::start(BIN, &[]).await;
+    let body = json!({"name": unique_name("stackpause"), "version": "1.0.0", "owner": "test",
+        "deployConfig": {"composeFile": TWO_SERVICES, "environment_variables": {"IMAGE": TEST_IMAGE}, "ttl": "10m"}});
+    let (code, created) = op.post_json("/env-instance", &body).await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&id, Duration::from_secs(90), |v| v["data"]["status"] == "Running").await;
+    let containers = [format!("{id}-app-1"), format!("{id}-db-1")];
+    let started: Vec<Value> =
+        containers.iter().map(|c| aenv_testkit::inspect(c)["State"]["StartedAt"].clone()).collect();
+
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/pause"), &json!({})).await;
+    assert_eq!(code, 200, "{out}");
+    op.wait_for(&id, Duration::from_secs(10), |v| v["data"]["status"] == "Paused").await;
+    for c in &containers {
+        assert!(docker_paused(c), "{c} is not frozen");
+    }
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/exec?service=db"), &json!({"command": ["true"]})).await;
+    assert_eq!(code, 409, "{out}");
+
+    // A kill and restart of the operator keeps it paused; a service unpaused by hand is frozen again.
+    op.restart(BIN).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, v) = op.get(&format!("/env-instance/{id}")).await;
+    assert_eq!(v["data"]["status"], "Paused", "{v}");
+    aenv_testkit::docker_ok(&["unpause", &containers[1]]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !docker_paused(&containers[1]) {
+        assert!(Instant::now() < deadline, "db was not paused again after an unpause by hand");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (code, out) = op.post_json(&format!("/env-instance/{id}/resume"), &json!({})).await;
+    assert_eq!(code, 200, "{out}");
+    op.wait_for(&id, Duration::from_secs(10), |v| v["data"]["status"] == "Running").await;
+    for (c, at) in containers.iter().zip(&started) {
+        assert!(!docker_paused(c), "{c} is still frozen");
+        assert_eq!(&aenv_testkit::inspect(c)["State"]["StartedAt"], at, "{c} was restarted, not resumed");
+    }
+    let (_, out) =
+        op.post_json(&format!("/env-instance/{id}/exec?service=db"), &json!({"command": ["cat", "/tmp/who"]})).await;
+    assert_eq!(out["data"]["stdout"], "db\n", "{out}");
+    let (code, _) = op.delete(&format!("/env-instance/{id}")).await;
+    assert_eq!(code, 200);
+}
+
+/// A snapshot image made by hand as the operator labels its own (`docker commit` of a container of the test
+/// image): what a lost template, or a crash between the commit and the template's record, leaves on the daemon.
+fn labelled_snapshot(reference: &str, operator_id: &str, template: &str) {
+    let base = unique_name("snapbase");
+    docker_ok(&["create", "--name", &base, TEST_IMAGE]);
+    docker_ok(&[
+        "commit",
+        "-c",
+        &format!("LABEL aenv.io/snapshot-by={operator_id} aenv.io/snapshot-template={template}"),
+        &base,
+        reference,
+    ]);
+    docker_ok(&["rm", "-f", &base]);
+}
+
+#[tokio::test]
+async fn snapshot_images_no_template_owns_are_swept_and_owned_used_or_foreign_ones_stay() {
+    let op = Operator::start(BIN, &["--orphan-grace", "1s", "--resync-interval", "1s"]).await;
+    // A real snapshot, with its template: it stays.
+    let name = unique_name("sweep");
+    let id = running_instance(&op, &name, TEST_IMAGE).await;
+    let (code, snap) = op.post_json(&format!("/env-instance/{id}/snapshot"), &json!({"version": "kept"})).await;
+    assert_eq!(code, 200, "{snap}");
+    let kept = snap["data"]["image"].as_str().unwrap().to_string();
+    assert_eq!(aenv_testkit::inspect(&kept)["Config"]["Labels"]["aenv.io/snapshot-template"], format!("{name}@kept"));
+    assert_eq!(aenv_testkit::inspect(&kept)["Config"]["Labels"]["aenv.io/snapshot-by"], op.operator_id.as_str());
+
+    // This operator's, with no template: swept. Another operator's: left alone. This operator's, without a
+    // template but used by a container: left alone.
+    let orphan = format!("aenv-snapshot/{}:lost", unique_name("orphan"));
+    labelled_snapshot(&orphan, &op.operator_id, "gone@lost");
+    let foreign = format!("aenv-snapshot/{}:theirs", unique_name("foreign"));
+    labelled_snapshot(&foreign, "another-operator-id", "theirs@1");
+    let used = format!("aenv-snapshot/{}:used", unique_name("used"));
+    labelled_snapshot(&used, &op.operator_id, "gone@used");
+    let user = unique_name("snapuser");
+    docker_ok(&["create", "--name", &user, &used]);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while image_exists(&orphan) {
+        assert!(Instant::now() < deadline, "the snapshot image no template owns was not swept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Several sweeps later, the others are still there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(image_exists(&kept), "a snapshot with its template was swept");
+    assert!(image_exists(&foreign), "another operator's snapshot was swept");
+    assert!(image_exists(&used), "a snapshot a container uses was swept");
+
+    docker_ok(&["rm", "-f", &user]);
+    docker_ok(&["rmi", &foreign, &used]);
+    let (code, _) = op.delete(&format!("/env-instance/{id}")).await;
+    assert_eq!(code, 200);
+    let (name, version) = (name.as_str(), "kept");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = op.delete(&format!("/env/{name}/{version}")).await;
+        if code == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the template could not be deleted: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!image_exists(&kept));
+}

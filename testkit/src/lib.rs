@@ -342,16 +342,21 @@ impl PrivateDaemon {
     /// Starts the daemon and loads the test image into it. `live_restore` keeps containers running across a
     /// daemon restart.
     pub fn start(tls: bool, live_restore: bool) -> PrivateDaemon {
-        Self::start_in(tls, live_restore, None)
+        Self::start_in(tls, live_restore, None, "{}")
+    }
+
+    /// [`PrivateDaemon::start`] with `daemon_json` as its own daemon.json (such as `{"experimental": true}`).
+    pub fn start_with_config(tls: bool, live_restore: bool, daemon_json: &str) -> PrivateDaemon {
+        Self::start_in(tls, live_restore, None, daemon_json)
     }
 
     /// Starts the daemon in the network namespace `netns` (`ip netns add`), with a bridge of its own made there;
     /// only the network namespace changes (`nsenter --net`: `ip netns exec` would hide the cgroup mounts).
-    fn start_in(tls: bool, live_restore: bool, netns: Option<&str>) -> PrivateDaemon {
+    fn start_in(tls: bool, live_restore: bool, netns: Option<&str>, daemon_json: &str) -> PrivateDaemon {
         ensure_test_image();
         let dir = tempfile::Builder::new().prefix("aenv-dockerd-").tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
-        std::fs::write(root.join("daemon.json"), "{}").expect("daemon.json");
+        std::fs::write(root.join("daemon.json"), daemon_json).expect("daemon.json");
         let socket = format!("unix://{}", root.join("docker.sock").display());
         let bridge = match netns {
             None => make_bridge(),
@@ -588,7 +593,7 @@ impl SwarmDaemon {
         let manager_node = swarm.docker_ok(&["node", "ls", "-q"]);
         swarm.docker_ok(&["node", "update", "--label-add", "aenv.node=manager", &manager_node]);
         if let Some(ns) = swarm.worker_netns.clone() {
-            let worker = PrivateDaemon::start_in(false, false, Some(&ns));
+            let worker = PrivateDaemon::start_in(false, false, Some(&ns), "{}");
             let token = swarm.docker_ok(&["swarm", "join-token", "-q", "worker"]);
             let worker_addr = swarm.manager_addr.trim_end_matches(".1").to_string() + ".2";
             let out = worker.docker(&["swarm", "join", "--token", &token, "--advertise-addr", &worker_addr, &listen]);

@@ -55,6 +55,8 @@ def test_docker_disabled_runs_pods_with_pod_rbac_in_the_sandbox_namespace_only()
     assert not any(e['name'].startswith('DOCKER_') for e in c['env'])
     pods = [r for r in rules(docs) if r[1] == 'pods']
     assert pods == [('', 'pods', ('get', 'list', 'watch', 'create', 'delete'), 'Role', 'aenv-sandbox')], pods
+    execs = [r for r in rules(docs) if r[1] == 'pods/exec']
+    assert execs == [('', 'pods/exec', ('get', 'create'), 'Role', 'aenv-sandbox')], execs
     binding = one(docs, 'RoleBinding', '-pods')
     assert binding['metadata']['namespace'] == 'aenv-sandbox'
     assert binding['subjects'] == [{'kind': 'ServiceAccount', 'name': 'demo-aenv-operator', 'namespace': 'aenv'}]
@@ -67,7 +69,7 @@ def test_docker_enabled_with_the_socket_mounts_it_and_grants_no_pods():
     assert c['volumeMounts'] == [{'name': 'docker-socket', 'mountPath': '/var/run/docker.sock'}]
     volumes = one(docs, 'Deployment')['spec']['template']['spec']['volumes']
     assert volumes == [{'name': 'docker-socket', 'hostPath': {'path': '/var/run/docker.sock', 'type': 'Socket'}}]
-    assert not any(r[1] == 'pods' for r in rules(docs)), rules(docs)
+    assert not any(r[1] in ('pods', 'pods/exec') for r in rules(docs)), rules(docs)
     assert not any(e['name'].startswith('DOCKER_TLS') for e in c['env'])
 
 

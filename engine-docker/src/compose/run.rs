@@ -117,7 +117,10 @@ pub(crate) async fn apply(
         ctx.ensure_images().await?;
         try_join_all(ctx.stack.services.iter().map(|svc| ctx.ensure_service(svc, existing.get(&svc.name)))).await?;
     }
-    let after = ctx.inspect_all().await?;
+    let mut after = ctx.inspect_all().await?;
+    if ctx.freeze_as_desired(inst.spec.paused, &after).await? {
+        after = ctx.inspect_all().await?;
+    }
     let mut observed = status::observe(&ctx.id, &ctx.stack, &after, created_before);
     if observed.phase == aenv_core::Phase::Failed {
         // A service whose image is for another platform exits with nothing but `exec format error` to say why.
@@ -154,6 +157,33 @@ pub fn apply_instance_limits(inst: &EnvInstance, stack: &mut StackSpec) -> Resul
 }
 
 impl Ctx<'_> {
+    /// Pauses every running container of the stack when the instance asks to be paused (`spec.paused`), and
+    /// unpauses every paused one when it does not: the cgroup freezer, from the desired state on every apply, as
+    /// for a single container. Whether anything changed. A refusal is retried (a container between states).
+    async fn freeze_as_desired(
+        &self,
+        paused: bool,
+        containers: &HashMap<String, Option<ContainerInspectResponse>>,
+    ) -> Result<bool, EngineError> {
+        let mut changed = false;
+        for svc in &self.stack.services {
+            let Some(Some(c)) = containers.get(&svc.name) else { continue };
+            let name = container_name(&self.id, &svc.name);
+            let result = match (paused, c.state.as_ref().and_then(|s| s.status)) {
+                (true, Some(ContainerStateStatusEnum::RUNNING)) => self.docker.pause_container(&name).await,
+                (false, Some(ContainerStateStatusEnum::PAUSED)) => self.docker.unpause_container(&name).await,
+                _ => continue,
+            };
+            result.map_err(|e| {
+                let e = classify(&format!("{} container {name}", if paused { "pausing" } else { "resuming" }), e);
+                if e.kind() == ErrorKind::Unavailable { e } else { e.as_kind(ErrorKind::Transient) }
+            })?;
+            debug!(container = %name, paused, "applied the desired pause state");
+            changed = true;
+        }
+        Ok(changed)
+    }
+
     fn ours(&self, c: &ContainerInspectResponse) -> bool {
         c.config
             .as_ref()

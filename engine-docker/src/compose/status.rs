@@ -149,9 +149,7 @@ pub(crate) fn observe(
         Some((phase, message)) => (phase, Some(message)),
         None => match main_status {
             Some(ContainerStateStatusEnum::RUNNING) => (Phase::Running, None),
-            Some(ContainerStateStatusEnum::PAUSED) => {
-                (Phase::Running, Some(format!("service {} is paused", stack.main)))
-            }
+            Some(ContainerStateStatusEnum::PAUSED) => (Phase::Paused, None),
             Some(ContainerStateStatusEnum::RESTARTING) => {
                 (Phase::Running, Some(format!("service {} is restarting", stack.main)))
             }
@@ -171,7 +169,11 @@ pub(crate) fn observe(
     };
     Observed {
         phase,
-        ip: if phase == Phase::Running { main.and_then(|c| stack_ip(instance, c)) } else { None },
+        ip: if matches!(phase, Phase::Running | Phase::Paused) {
+            main.and_then(|c| stack_ip(instance, c))
+        } else {
+            None
+        },
         message,
         container_id: main.and_then(|c| c.id.clone()),
         ports,

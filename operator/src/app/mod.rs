@@ -129,6 +129,12 @@ pub async fn open_engine(
             };
             let engine = DockerEngine::new(docker, engine_config);
             info!(host = %connect.display_host(), "connected to the Docker daemon");
+            let checkpoints = engine.detect_checkpoints().await;
+            info!(
+                available = checkpoints.available,
+                reason = %checkpoints.reason,
+                "memory checkpoints (CRIU): snapshots save the filesystem only"
+            );
             Ok(Arc::new(engine))
         }
         (EngineKind::Kubernetes, Some(client)) => {
@@ -267,6 +273,7 @@ pub async fn serve(
         service_host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let _ = services.proxy_url.set(format!("http://{service_host}"));
+    spawn_snapshot_sweep(services.clone(), operator_id.clone(), &config.reconcile);
 
     let shutdown = shutdown.shared();
     let api = http::server::serve(
@@ -301,6 +308,29 @@ pub async fn serve(
     let ((), (), reconciled) = tokio::join!(api, data_plane, reconcile);
     info!("stopped");
     reconciled
+}
+
+/// Every resync interval, this operator's snapshot images that no template owns go (after --orphan-grace); other
+/// operators' are reported once.
+fn spawn_snapshot_sweep(services: Arc<Services>, operator_id: String, config: &controller::LoopConfig) {
+    let grace = config.orphan_grace;
+    let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    controller::spawn_sweeper(config.resync_interval.max(std::time::Duration::from_secs(1)), "snapshot", move || {
+        let (services, operator_id, reported) = (services.clone(), operator_id.clone(), reported.clone());
+        async move {
+            let sweep = services.sweep_snapshots(&operator_id, grace).await?;
+            if !sweep.foreign.is_empty() && !reported.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                let others: std::collections::BTreeSet<&str> =
+                    sweep.foreign.iter().map(|s| s.operator_id.as_str()).collect();
+                warn!(
+                    images = sweep.foreign.len(),
+                    operators = ?others,
+                    "snapshot images of other operator ids are on the engine (another operator, or a store that was lost): they are left alone; remove them by hand once their operator is gone (docker rmi $(docker images -q --filter label=aenv.io/snapshot-by=<id>))"
+                );
+            }
+            Ok(())
+        }
+    });
 }
 
 /// A new store says what it finds of other operators on the engine: the sandboxes of a store that was lost look

@@ -132,7 +132,7 @@ pub struct LoopConfig {
     pub max_concurrent_reconciles: u16,
     /// Labelled containers without an instance are removed by the resync once they are older than this; and
     /// whatever any operator labelled (another operator id, a lost store) once its aenv.io/expire-at passed by
-    /// more than this.
+    /// more than this; and this operator's snapshot images that no template owns once they are older than this.
     #[arg(long, default_value = "30s", value_parser = crate::app::config::parse_duration)]
     pub orphan_grace: Duration,
 }

@@ -138,7 +138,12 @@ pub fn routes(
     // Ready when the store is open (it is, while this serves) and the engine answers.
     let readyz = warp::path!("readyz").and(warp::get()).and(with_services(svc.clone())).then(|svc: Arc<Services>| async move {
         match svc.engine.ping().await {
-            Ok(()) => warp::reply::json(&serde_json::json!({"status": "ready", "engine": svc.engine.name()})).into_response(),
+            Ok(()) => warp::reply::json(&serde_json::json!({
+                "status": "ready",
+                "engine": svc.engine.name(),
+                "memoryCheckpoints": svc.engine.checkpoints(),
+            }))
+            .into_response(),
             Err(e) => warp::reply::with_status(
                 warp::reply::json(&serde_json::json!({"status": "not ready", "engine": svc.engine.name(), "reason": e.to_string()})),
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -103,7 +103,7 @@ pub fn parse_exec(body: &[u8]) -> Result<ExecRequest, ApiError> {
         )));
     }
     let stdin = optional_string(&obj, "stdin")?.map(String::into_bytes);
-    Ok(ExecRequest { command, env, workdir, user, stdin, timeout })
+    Ok(ExecRequest { command, env, workdir, user, stdin, timeout, service: None })
 }
 
 fn optional_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
@@ -171,7 +171,8 @@ async fn exec(
     body: Bytes,
 ) -> Result<warp::reply::Response, ApiError> {
     let stream = wants_stream(&q, accept.as_deref())?;
-    let request = parse_exec(&body)?;
+    let mut request = parse_exec(&body)?;
+    request.service = query_service(&q)?;
     if !stream {
         let result = svc.exec_collected(&id, caller.as_ref(), request).await?;
         return Ok(reply::<ApiError>(Ok(exec_answer(&result))));
@@ -193,6 +194,17 @@ async fn exec(
     Ok(response)
 }
 
+/// `?service=NAME`: which service of a compose stack an operation acts on (its main service when absent).
+fn query_service(q: &HashMap<String, String>) -> Result<Option<String>, ApiError> {
+    match q.get("service") {
+        None => Ok(None),
+        Some(s) if s.is_empty() || s.len() > 253 || s.chars().any(|c| c.is_control()) => {
+            Err(bad(format!("query `service` must name a service of the instance's compose stack (got {s:?})")))
+        }
+        Some(s) => Ok(Some(s.clone())),
+    }
+}
+
 fn query_path(q: &HashMap<String, String>) -> Result<SandboxPath, ApiError> {
     let raw = q.get("path").ok_or_else(|| bad("query `path` is required: an absolute path such as /tmp/a.txt"))?;
     SandboxPath::parse(raw).map_err(|e| bad(format!("query `path`: {e}")))
@@ -205,7 +217,7 @@ async fn get_file(
     q: HashMap<String, String>,
 ) -> Result<warp::reply::Response, ApiError> {
     let path = query_path(&q)?;
-    Ok(match svc.read_path(&id, caller.as_ref(), &path).await? {
+    Ok(match svc.read_path(&id, caller.as_ref(), query_service(&q)?.as_deref(), &path).await? {
         PathContent::File { bytes, mode } => {
             let mut r = warp::reply::with_header(bytes, "content-type", "application/octet-stream").into_response();
             if let Ok(v) = warp::http::HeaderValue::from_str(&format!("{:o}", mode & 0o7777)) {
@@ -276,13 +288,14 @@ async fn put_file(
     let path = query_path(&q)?;
     let mode = parse_mode(&q)?;
     let owner = parse_owner(&q)?;
+    let service = query_service(&q)?;
     // Who may write is checked before the body is read.
     if svc.instance(&id, caller.as_ref()).is_none() {
         return Err(ApiError::not_found(format!("env instance \"{id}\" not found")));
     }
     let bytes = bounded_body(body, MAX_FILE_BYTES).await?;
     let size = bytes.len();
-    svc.write_file(&id, caller.as_ref(), FileUpload { path: path.clone(), bytes, mode, owner }).await?;
+    svc.write_file(&id, caller.as_ref(), FileUpload { path: path.clone(), bytes, mode, owner, service }).await?;
     Ok(reply::<ApiError>(Ok(json!({"path": path.as_str(), "size": size}))))
 }
 
@@ -323,7 +336,12 @@ async fn snapshot(
         validate_version(v, "version")?;
     }
     let t = svc.snapshot(&id, caller.as_ref(), version).await?;
-    Ok(json!({"envName": format!("{}@{}", t.spec.name, t.spec.version), "image": t.spec.template.image}))
+    Ok(json!({
+        "envName": format!("{}@{}", t.spec.name, t.spec.version),
+        "image": t.spec.template.image,
+        // Memory and processes are not saved (see /readyz `memoryCheckpoints` for what the daemon could do).
+        "filesystemOnly": true,
+    }))
 }
 
 async fn fork(
@@ -415,11 +433,22 @@ pub fn routes(
         .then(|id: String, paused: bool, c: Option<Principal>, svc: Arc<Services>| async move {
             reply(svc.set_paused(&id, c.as_ref(), paused).await.map(|i| super::wire::instance(&i)))
         });
-    let stats = warp::path!("env-instance" / String / "stats").and(warp::get()).and(who).and(with_services(svc)).then(
-        |id: String, c: Option<Principal>, svc: Arc<Services>| async move {
-            reply(svc.stats(&id, c.as_ref()).await.map(|s| serde_json::to_value(s).unwrap_or_default()))
-        },
-    );
+    let stats = warp::path!("env-instance" / String / "stats")
+        .and(warp::get())
+        .and(who)
+        .and(query)
+        .and(with_services(svc))
+        .then(|id: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| async move {
+            let service = match query_service(&q) {
+                Ok(s) => s,
+                Err(e) => return e.into_reply(),
+            };
+            reply(
+                svc.stats(&id, c.as_ref(), service.as_deref())
+                    .await
+                    .map(|s| serde_json::to_value(s).unwrap_or_default()),
+            )
+        });
     exec.or(get_file)
         .unify()
         .or(stats)

@@ -18,7 +18,7 @@ pub use instances::{CreateRequest, Overrides, status_string};
 pub use limits::{Limits, MaxTtl, Principal};
 pub use pools::{Demand, PoolRequest};
 pub use services::{ServiceRequest, ServiceUpdate};
-pub use templates::{TemplateAccess, TemplateMeta, WarmupState};
+pub use templates::{SnapshotSweep, TemplateAccess, TemplateMeta, WarmupState};
 
 use crate::{metrics::Metrics, store::ObjectStore};
 

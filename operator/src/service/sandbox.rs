@@ -107,8 +107,13 @@ impl Services {
         Err(ServiceError::Busy(format!("env instance \"{id}\" kept changing; try again")))
     }
 
-    /// The resource use of instance `id` (running or paused).
-    pub async fn stats(&self, id: &str, caller: Option<&Principal>) -> Result<InstanceStats, ServiceError> {
+    /// The resource use of instance `id` (running or paused): of `service` of a stack (its main one when `None`).
+    pub async fn stats(
+        &self,
+        id: &str,
+        caller: Option<&Principal>,
+        service: Option<&str>,
+    ) -> Result<InstanceStats, ServiceError> {
         let inst = self
             .instance(id, caller)
             .ok_or_else(|| ServiceError::NotFound(format!("env instance \"{id}\" not found")))?;
@@ -118,7 +123,7 @@ impl Services {
                 aenv_core::Phase::as_str(inst.phase())
             )));
         }
-        Ok(self.engine.stats(&inst).await?)
+        Ok(self.engine.stats(&inst, service).await?)
     }
 
     /// Saves instance `id`'s filesystem as a new template `name@version` (its environment's name; `version`, or
@@ -247,15 +252,17 @@ impl Services {
         Ok(result)
     }
 
-    /// Reads `path` in instance `id` (a file, or a directory as a tar).
+    /// Reads `path` in instance `id` (a file, or a directory as a tar), in `service` of a stack (its main one when
+    /// `None`).
     pub async fn read_path(
         &self,
         id: &str,
         caller: Option<&Principal>,
+        service: Option<&str>,
         path: &SandboxPath,
     ) -> Result<PathContent, ServiceError> {
         let inst = self.operable(id, caller)?;
-        Ok(self.engine.read_path(&inst, path, MAX_FILE_BYTES).await.map_err(not_found_path(path))?)
+        Ok(self.engine.read_path(&inst, service, path, MAX_FILE_BYTES).await.map_err(not_found_path(path))?)
     }
 
     /// Writes one file in instance `id`.

@@ -290,3 +290,65 @@ impl Services {
         Ok(lock(state).clone())
     }
 }
+
+/// What one sweep of snapshot images did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SnapshotSweep {
+    /// This operator's snapshot images removed because no template owns them.
+    pub removed: Vec<String>,
+    /// Snapshot images of other operator ids (another operator sharing the daemon, or a store that was lost):
+    /// never removed here, since their templates are in a store this operator cannot see.
+    pub foreign: Vec<aenv_core::SnapshotImage>,
+}
+
+impl Services {
+    /// Removes this operator's snapshot images that no template owns any more and that are older than `grace`:
+    /// left by a template whose image could not be removed with it, by a crash between the commit and the
+    /// template's record, or by a store that was lost (the Kubernetes store keeps the operator id). An image that
+    /// an instance still runs from stays (the daemon refuses, and the store is checked first). Other operators'
+    /// snapshot images are listed, never removed.
+    pub async fn sweep_snapshots(
+        &self,
+        operator_id: &str,
+        grace: std::time::Duration,
+    ) -> Result<SnapshotSweep, aenv_core::EngineError> {
+        let now = Timestamp::now();
+        let grace_s = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        let mut sweep = SnapshotSweep::default();
+        for image in self.engine.list_snapshots().await? {
+            if image.operator_id != operator_id {
+                sweep.foreign.push(image);
+                continue;
+            }
+            // Young, or of unknown age: its template may be being recorded this moment.
+            if image.created.is_none_or(|c| now.as_second().saturating_sub(c.as_second()) <= grace_s) {
+                continue;
+            }
+            let reference = image.reference.as_str();
+            let owned = !self
+                .templates
+                .list_where(&|t: &Environment| {
+                    t.metadata.annotations.as_ref().and_then(|a| a.get(SNAPSHOT_IMAGE_ANNOTATION)).map(String::as_str)
+                        == Some(reference)
+                })
+                .is_empty();
+            let used = !self
+                .instances
+                .list_where(&|i: &aenv_core::EnvInstance| i.spec.image.as_deref() == Some(reference))
+                .is_empty();
+            if owned || used {
+                continue;
+            }
+            match self.engine.remove_snapshot(reference).await {
+                Ok(()) => {
+                    tracing::warn!(image = %reference, template = ?image.template, "removed a snapshot image no template owns");
+                    sweep.removed.push(image.reference);
+                }
+                Err(e) => {
+                    tracing::debug!(image = %reference, error = %e, "a snapshot image no template owns stays for now")
+                }
+            }
+        }
+        Ok(sweep)
+    }
+}
