@@ -6,7 +6,7 @@
 //! own network, run natively through the API ([`compose`]).
 
 mod auth;
-mod compose;
+pub mod compose;
 mod config;
 mod connect;
 mod containers;

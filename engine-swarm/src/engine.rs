@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::{
     network,
     spec::{self, Reach, SwarmEngineConfig},
+    stack::{self, Next},
 };
 
 /// How often the task watch lists the swarm's tasks (Docker's event stream reports no task changes).
@@ -219,6 +220,24 @@ impl SwarmEngine {
         self.docker.list_services(Some(options)).await.map_err(|e| classify("listing services", e))
     }
 
+    /// Stack networks (of this operator, or of every operator): labels, id, creation time.
+    async fn stack_networks(
+        &self,
+        all_operators: bool,
+    ) -> Result<Vec<(HashMap<String, String>, String, Option<Timestamp>)>, EngineError> {
+        let mut filters = self.owned_filter(all_operators);
+        filters.entry("label".into()).or_default().push(stack::STACK_NAMESPACE.to_string());
+        let options = ListNetworksOptionsBuilder::default().filters(&filters).build();
+        let networks = self.docker.list_networks(Some(options)).await.map_err(|e| classify("listing networks", e))?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|n| {
+                let created = n.created.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+                Some((n.labels?, n.id?, created))
+            })
+            .collect())
+    }
+
     async fn all_tasks(&self) -> Result<HashMap<String, Vec<Task>>, EngineError> {
         let tasks = self
             .docker
@@ -235,6 +254,219 @@ impl SwarmEngine {
     }
 }
 
+impl SwarmEngine {
+    /// A compose stack: its overlay network, then each service whose dependencies run (see `stack.rs`); what the
+    /// services' tasks say, together.
+    async fn apply_stack(&self, inst: &EnvInstance, compose_file: &str) -> Result<Observed, EngineError> {
+        let id = inst.metadata.name.clone().unwrap_or_default();
+        let plan = stack::plan(inst, compose_file, &self.config)?;
+        if inst.spec.paused {
+            return Err(EngineError::unsupported("the Swarm engine does not pause instances"));
+        }
+        let mut made: HashMap<String, Service> = HashMap::new();
+        for svc in &plan.services {
+            let name = stack::service_name(&id, &svc.name);
+            if let Some(found) = self.service(&name).await? {
+                if !self.ours(found.spec.as_ref().and_then(|s| s.labels.as_ref())) {
+                    return Err(EngineError::permanent(format!(
+                        "a service named {name} exists on the swarm and was not created by this operator"
+                    )));
+                }
+                made.insert(svc.name.clone(), found);
+            }
+        }
+        // Every service ran once: one that is gone was removed outside the operator, and is not made again.
+        let ran = inst.status.as_ref().is_some_and(|s| s.phase == Phase::Running);
+        if ran && let Some(gone) = plan.services.iter().find(|s| !made.contains_key(&s.name)) {
+            return Ok(Observed {
+                phase: Phase::Terminated,
+                message: Some(format!(
+                    "service {} ({}) was removed outside the operator",
+                    gone.name,
+                    stack::service_name(&id, &gone.name)
+                )),
+                container_id: inst.status.as_ref().and_then(|s| s.container_id.clone()),
+                ..Default::default()
+            });
+        }
+        let network_id = self.ensure_stack_network(inst, &plan).await?;
+        let mut observed: HashMap<String, Observed> = HashMap::new();
+        let mut states: HashMap<String, String> = HashMap::new();
+        for (name, svc) in &made {
+            let (o, state) = self.observe_service(svc).await?;
+            observed.insert(name.clone(), o);
+            states.insert(name.clone(), state);
+        }
+        let mut waiting = HashMap::new();
+        if made.len() < plan.services.len() {
+            let reach_network = match self.config.reach {
+                Reach::Overlay => Some(self.prepare_network(&inst.spec).await?),
+                Reach::Published => None,
+            };
+            for svc in &plan.services {
+                if made.contains_key(&svc.name) {
+                    continue;
+                }
+                let phases: HashMap<String, (Phase, Option<String>)> =
+                    observed.iter().map(|(k, o)| (k.clone(), (o.phase, o.message.clone()))).collect();
+                match stack::next(svc, &phases) {
+                    Next::Create => {
+                        let spec = stack::service_spec(
+                            inst,
+                            &self.config,
+                            &plan,
+                            svc,
+                            &stack::network_name(&id),
+                            reach_network.as_deref(),
+                        )?;
+                        self.create_service(spec, &svc.image)
+                            .await
+                            .map_err(|e| e.reworded(|m| format!("service {}: {m}", svc.name)))?;
+                        observed.insert(
+                            svc.name.clone(),
+                            Observed {
+                                phase: Phase::Creating,
+                                message: Some("its task is being made".into()),
+                                ..Default::default()
+                            },
+                        );
+                    }
+                    Next::Wait(why) => {
+                        waiting.insert(svc.name.clone(), why);
+                    }
+                    Next::Fail(why) => {
+                        return Ok(Observed {
+                            phase: Phase::Failed,
+                            message: Some(why),
+                            container_id: Some(network_id),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+        Ok(stack::aggregate(&plan, &observed, &states, &waiting, &network_id))
+    }
+
+    /// What a service's task says (and its task's state), without a readiness probe (a stack has none: its services' healthchecks are
+    /// what Swarm waits for).
+    async fn observe_service(&self, svc: &Service) -> Result<(Observed, String), EngineError> {
+        let id = svc.id.clone().unwrap_or_default();
+        let tasks = self.tasks_of(&id).await?;
+        let task = spec::the_task(&tasks);
+        let node = match task.and_then(|t| t.node_id.as_deref()) {
+            Some(node_id) => self.node(node_id).await,
+            None => None,
+        };
+        let state = task
+            .and_then(|t| t.status.as_ref())
+            .and_then(|s| s.state)
+            .map_or_else(|| "new".to_string(), |s| s.to_string());
+        Ok((spec::observe_task(&id, task, service_ip(svc), node.as_ref()), state))
+    }
+
+    /// Creates a service (one that exists already, made by an earlier attempt, is adopted).
+    async fn create_service(&self, spec: bollard::models::ServiceSpec, image: &str) -> Result<(), EngineError> {
+        let name = spec.name.clone().unwrap_or_default();
+        self.config.docker.policy.check_registry(image).map_err(EngineError::permanent)?;
+        let credentials = aenv_engine_docker::credentials_for(image);
+        match self.docker.create_service(spec, credentials).await {
+            Ok(created) => {
+                debug!(service = ?created.id, "service created");
+                Ok(())
+            }
+            Err(e) if is_conflict(&e) => Ok(()),
+            Err(e) => Err(classify(&format!("creating service {name}"), e)),
+        }
+    }
+
+    /// The stack's overlay network `<id>_default`, made if missing; one of that name this operator did not make
+    /// for this stack is never joined.
+    async fn ensure_stack_network(
+        &self,
+        inst: &EnvInstance,
+        plan: &aenv_engine_docker::compose::StackSpec,
+    ) -> Result<String, EngineError> {
+        let id = inst.metadata.name.clone().unwrap_or_default();
+        let name = stack::network_name(&id);
+        let _one_at_a_time = self.network_lock.lock().await;
+        if let Some(found) = self.stack_network(&id).await? {
+            return Ok(found);
+        }
+        let mut labels = stack::base_labels(inst, &self.config, &plan.main)?;
+        labels.insert(aenv_engine_docker::compose::compose_labels::NETWORK.into(), "default".into());
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("overlay".into()),
+            attachable: Some(true),
+            labels: Some(labels.into_iter().collect()),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(created) => Ok(created.id),
+            Err(e) if is_conflict(&e) => {
+                Err(EngineError::transient(format!("network {name} is being created by an earlier attempt; retrying")))
+            }
+            Err(e) => Err(classify(&format!("creating overlay network {name}"), e)),
+        }
+    }
+
+    /// The id of stack `id`'s network, if there is one; an error if one of its name is not this operator's.
+    async fn stack_network(&self, id: &str) -> Result<Option<String>, EngineError> {
+        let name = stack::network_name(id);
+        let options = bollard::query_parameters::InspectNetworkOptionsBuilder::default().scope("swarm").build();
+        match self.docker.inspect_network(&name, Some(options)).await {
+            Ok(n) => {
+                let l = n.labels.unwrap_or_default();
+                let ours = l.get(labels::OPERATOR_ID).is_some_and(|o| *o == self.config.docker.operator_id)
+                    && l.get(stack::STACK_NAMESPACE).is_some_and(|s| s == id);
+                if ours && n.scope.as_deref() == Some("swarm") {
+                    Ok(n.id)
+                } else {
+                    Err(EngineError::permanent(format!(
+                        "a network named {name} exists on the swarm and was not created by this operator for this stack"
+                    )))
+                }
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(classify(&format!("inspecting network {name}"), e)),
+        }
+    }
+
+    /// Removes the stack's services, then its network (once their tasks are gone: until then Docker refuses, and
+    /// the deletion is retried).
+    async fn delete_stack(&self, id: &str) -> Result<(), EngineError> {
+        let mut filter = self.owned_filter(false);
+        filter.entry("label".into()).or_default().push(format!("{}={id}", stack::STACK_NAMESPACE));
+        let options = ListServicesOptionsBuilder::default().filters(&filter).build();
+        let services = self
+            .docker
+            .list_services(Some(options))
+            .await
+            .map_err(|e| classify(&format!("listing the services of stack {id}"), e))?;
+        for svc in services {
+            if let Some(sid) = svc.id {
+                remove_service(&self.docker, &sid).await?;
+            }
+        }
+        let name = stack::network_name(id);
+        let Ok(Some(_)) = self.stack_network(id).await else { return Ok(()) };
+        match self.docker.remove_network(&name).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e)
+                if is_conflict(&e)
+                    || matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 403, .. }) =>
+            {
+                Err(EngineError::transient(format!(
+                    "network {name} is still in use by the stack's tasks, which are stopping; retrying"
+                )))
+            }
+            Err(e) => Err(classify(&format!("removing network {name}"), e)),
+        }
+    }
+}
+
 /// The host to dial for a port published on `host_ip` (a node that advertised every address is dialled on
 /// loopback: the operator runs on it).
 fn dial_host(host_ip: &str) -> String {
@@ -245,7 +477,8 @@ fn dial_host(host_ip: &str) -> String {
     }
 }
 
-/// The service's address on its (first non-ingress) network: its virtual IP, which Swarm routes to its one task.
+/// The service's address on the first of its networks that has one (its virtual IP, which Swarm routes to its one
+/// task); the ingress network is never one of a service's own.
 fn service_ip(svc: &Service) -> Option<String> {
     let vips = svc.endpoint.as_ref()?.virtual_ips.as_ref()?;
     let networks: Vec<String> = svc
@@ -255,17 +488,42 @@ fn service_ip(svc: &Service) -> Option<String> {
         .and_then(|t| t.networks.as_ref())
         .map(|n| n.iter().filter_map(|a| a.target.clone()).collect())
         .unwrap_or_default();
-    vips.iter()
-        .filter(|v| networks.is_empty() || v.network_id.as_ref().is_some_and(|id| networks.contains(id)))
-        .filter_map(|v| v.addr.as_deref())
-        .map(|a| a.split('/').next().unwrap_or(a).to_string())
-        .next()
+    let addr = |v: &bollard::models::ServiceEndpointVirtualIps| {
+        v.addr.as_deref().map(|a| a.split('/').next().unwrap_or(a).to_string())
+    };
+    if networks.is_empty() {
+        return vips.iter().find_map(addr);
+    }
+    networks.iter().find_map(|n| vips.iter().filter(|v| v.network_id.as_ref() == Some(n)).find_map(addr))
 }
 
 /// Whether an API version such as `1.41` is at least `major.minor`.
 fn api_at_least(version: &str, major: u32, minor: u32) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// Each stack's phase from its services' (listed in `owned`, in the order of `services`): Failed when one failed,
+/// Running when all run, Creating otherwise.
+fn stack_phases(services: &[Service], owned: &[OwnedObject]) -> HashMap<(String, String), Phase> {
+    let stack_ids: HashSet<&str> = services
+        .iter()
+        .filter(|s| {
+            s.spec.as_ref().and_then(|s| s.labels.as_ref()).is_some_and(|l| l.contains_key(stack::STACK_NAMESPACE))
+        })
+        .filter_map(|s| s.id.as_deref())
+        .collect();
+    let mut out: HashMap<(String, String), Phase> = HashMap::new();
+    for o in owned.iter().filter(|o| stack_ids.contains(o.id.as_str())) {
+        let key = (o.namespace.clone(), o.instance.clone());
+        let phase = match (out.get(&key), o.phase) {
+            (Some(Phase::Failed), _) | (_, Phase::Failed | Phase::Terminated) => Phase::Failed,
+            (None | Some(Phase::Running), Phase::Running) => Phase::Running,
+            _ => Phase::Creating,
+        };
+        out.insert(key, phase);
+    }
+    out
 }
 
 /// The phase a list call tells of a service: its first task's, without readiness.
@@ -286,10 +544,8 @@ impl Engine for SwarmEngine {
     }
 
     async fn apply(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
-        if let Workload::Stack { .. } = inst.spec.workload() {
-            return Err(EngineError::unsupported(
-                "compose stacks do not run on the Swarm engine yet; give an image, or use an operator with --engine docker",
-            ));
+        if let Workload::Stack { compose_file } = inst.spec.workload() {
+            return self.apply_stack(inst, compose_file).await;
         }
         let name = inst.metadata.name.clone().unwrap_or_default();
         let svc = match self.service(&name).await? {
@@ -321,6 +577,9 @@ impl Engine for SwarmEngine {
 
     async fn delete(&self, inst: &EnvInstance) -> Result<(), EngineError> {
         let name = inst.metadata.name.clone().unwrap_or_default();
+        if let Workload::Stack { .. } = inst.spec.workload() {
+            return self.delete_stack(&name).await;
+        }
         match self.service(&name).await? {
             Some(svc) if !self.ours(svc.spec.as_ref().and_then(|s| s.labels.as_ref())) => Ok(()),
             Some(_) => remove_service(&self.docker, &name).await,
@@ -368,6 +627,20 @@ impl Engine for SwarmEngine {
                 created: svc.created_at.as_deref().and_then(|t| t.parse::<Timestamp>().ok()),
             });
         }
+        // A stack's services all carry the stack's phase, so that a resync compares the instance with its stack
+        // rather than with whichever of its services is listed last.
+        let stacks = stack_phases(&services, &owned);
+        for o in &mut owned {
+            if let Some(phase) = stacks.get(&(o.namespace.clone(), o.instance.clone())) {
+                o.phase = *phase;
+            }
+        }
+        // Stack networks after the services, so that an orphan sweep removes those first.
+        for (l, id, created) in self.stack_networks(false).await? {
+            let Some((namespace, instance)) = labels::instance_of(|k| l.get(k)) else { continue };
+            let phase = stacks.get(&(namespace.clone(), instance.clone())).copied().unwrap_or(Phase::Creating);
+            owned.push(OwnedObject { namespace, instance, kind: OwnedKind::Network, id, phase, created });
+        }
         // Owner networks no service of ours is on any more (the operator's own network stays).
         let filters =
             HashMap::from([("label".to_string(), vec![format!("{NETWORK_LABEL}={}", self.config.docker.operator_id)])]);
@@ -393,6 +666,7 @@ impl Engine for SwarmEngine {
     async fn list_managed(&self) -> Result<Vec<ManagedObject>, EngineError> {
         let services = self.list_services(true).await?;
         let tasks = self.all_tasks().await?;
+        let networks = self.stack_networks(true).await?;
         Ok(services
             .iter()
             .filter_map(|svc| {
@@ -412,6 +686,22 @@ impl Engine for SwarmEngine {
                     expires_at: l.get(labels::EXPIRE_AT).and_then(|t| t.parse::<Timestamp>().ok()),
                 })
             })
+            // Stack networks after the services, so that a sweep removes those first.
+            .chain(networks.into_iter().filter_map(|(l, id, created)| {
+                let (namespace, instance) = labels::instance_of(|k| l.get(k))?;
+                Some(ManagedObject {
+                    object: OwnedObject {
+                        namespace,
+                        instance,
+                        kind: OwnedKind::Network,
+                        id,
+                        phase: Phase::Creating,
+                        created,
+                    },
+                    operator_id: l.get(labels::OPERATOR_ID).cloned().unwrap_or_default(),
+                    expires_at: l.get(labels::EXPIRE_AT).and_then(|t| t.parse::<Timestamp>().ok()),
+                })
+            }))
             .collect())
     }
 
@@ -573,6 +863,44 @@ mod tests {
     fn api_versions_compare_as_numbers() {
         assert!(api_at_least("1.44", 1, 44) && api_at_least("1.100", 1, 44) && api_at_least("2.0", 1, 44));
         assert!(!api_at_least("1.41", 1, 44) && !api_at_least("", 1, 44));
+    }
+
+    #[test]
+    fn a_stack_s_services_carry_the_stack_s_phase() {
+        let svc = |id: &str, stack: bool| Service {
+            id: Some(id.into()),
+            spec: Some(bollard::models::ServiceSpec {
+                labels: Some(if stack {
+                    HashMap::from([(stack::STACK_NAMESPACE.to_string(), "st".to_string())])
+                } else {
+                    HashMap::new()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let obj = |id: &str, instance: &str, phase: Phase| OwnedObject {
+            namespace: "ns".into(),
+            instance: instance.into(),
+            kind: OwnedKind::Container,
+            id: id.into(),
+            phase,
+            created: None,
+        };
+        let services = [svc("a", true), svc("b", true), svc("c", true), svc("d", true), svc("e", false)];
+        let owned = [
+            obj("a", "st", Phase::Running),
+            obj("b", "st", Phase::Creating),
+            obj("c", "st2", Phase::Running),
+            obj("d", "st2", Phase::Failed),
+            obj("e", "single", Phase::Running),
+        ];
+        let phases = stack_phases(&services, &owned);
+        assert_eq!(phases[&("ns".to_string(), "st".to_string())], Phase::Creating);
+        assert_eq!(phases[&("ns".to_string(), "st2".to_string())], Phase::Failed);
+        assert!(!phases.contains_key(&("ns".to_string(), "single".to_string())), "a single instance keeps its own");
+        let all_running = stack_phases(&services[..1], &owned[..1]);
+        assert_eq!(all_running[&("ns".to_string(), "st".to_string())], Phase::Running);
     }
 
     #[test]

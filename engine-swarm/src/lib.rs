@@ -10,6 +10,7 @@
 mod engine;
 mod network;
 mod spec;
+mod stack;
 
 pub use engine::SwarmEngine;
 pub use spec::{Reach, SwarmEngineConfig};

@@ -55,11 +55,9 @@ const DEFAULT_PROBE_PORT: u16 = 8081;
 
 /// What Swarm cannot do that a spec asks for, as the API's 400 (the field and the fix).
 pub(crate) fn check(spec: &EnvInstanceSpec, config: &SwarmEngineConfig) -> Result<(), InvalidSpec> {
-    if spec.compose_file.is_some() {
-        return Err(InvalidSpec::new(
-            "deployConfig.composeFile",
-            "field `deployConfig.composeFile`: compose stacks do not run on the Swarm engine yet (--engine swarm runs single-image instances); run the stack on an operator with --engine docker, or give an image",
-        ));
+    if let Some(file) = spec.compose_file.as_deref() {
+        let stack = aenv_engine_docker::compose::plan(spec, file, &config.docker.policy)?;
+        crate::stack::check(&stack)?;
     }
     if !spec.volumes.is_empty() {
         return Err(InvalidSpec::new(
@@ -111,7 +109,7 @@ pub(crate) fn service_spec(
     let spec = &inst.spec;
     let Workload::Container { image: Some(image) } = spec.workload() else {
         return Err(EngineError::permanent(
-            "spec.image is empty (or a compose file is given, which the Swarm engine does not run): the instance has no image to run",
+            "spec.image is empty: the instance has no image to run (a compose stack is run as a stack, not as one service)",
         ));
     };
     // Objects written around the API (a custom resource) never went through `validate`.
@@ -147,35 +145,10 @@ pub(crate) fn service_spec(
     .render(&spec.labels)
     .into_iter()
     .collect();
-    let hardening = &config.docker.hardening;
-    let limit_memory = memory.or((hardening.default_memory > 0).then_some(hardening.default_memory));
-    let resources = TaskSpecResources {
-        limits: Some(Limit {
-            nano_cpus,
-            memory_bytes: limit_memory,
-            pids: (hardening.pids_limit > 0).then_some(hardening.pids_limit),
-        }),
-        // Only what the request asked for is reserved: the scheduler places by it. The default memory limit is a
-        // ceiling, not a need.
-        reservations: (nano_cpus.is_some() || memory.is_some()).then(|| ResourceObject {
-            nano_cpus,
-            memory_bytes: memory,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let container = TaskSpecContainerSpec {
-        image: Some(image.to_string()),
-        labels: Some(labels.clone()),
         args: (!spec.args.is_empty()).then(|| spec.args.clone()),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-        privileges: Some(TaskSpecContainerSpecPrivileges { no_new_privileges: Some(true), ..Default::default() }),
-        capability_drop: Some(vec!["ALL".into()]),
-        capability_add: Some(
-            hardening.capabilities.iter().map(|c| format!("CAP_{}", c.trim_start_matches("CAP_"))).collect(),
-        ),
-        stop_grace_period: Some(i64::try_from(config.docker.stop_timeout.as_nanos()).unwrap_or(i64::MAX)),
-        ..Default::default()
+        ..hardened_container(image, &labels, &config.docker, &[], &[])
     };
     let mut ports: Vec<(u16, String)> =
         spec.ports.iter().map(|p| (p.container_port, p.protocol.clone().unwrap_or_else(|| "tcp".into()))).collect();
@@ -184,24 +157,80 @@ pub(crate) fn service_spec(
     {
         ports.push((port, "tcp".into()));
     }
-    ports.sort();
-    ports.dedup();
-    let endpoint_ports: Vec<EndpointPortConfig> = ports
-        .iter()
-        .map(|(port, protocol)| EndpointPortConfig {
-            protocol: Some(if protocol == "udp" {
-                EndpointPortConfigProtocolEnum::UDP
-            } else {
-                EndpointPortConfigProtocolEnum::TCP
-            }),
-            target_port: Some(i64::from(*port)),
-            // No published port: the node picks a free one, reported in the task's status.
-            published_port: None,
-            publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
+    let ports = ports.into_iter().map(|(port, protocol)| (port, protocol, None)).collect();
+    Ok(one_task_service(
+        name,
+        labels,
+        TaskSpec {
+            container_spec: Some(container),
+            resources: Some(resources(nano_cpus, memory, &config.docker.hardening)),
+            placement: placement(spec),
+            networks: Some(vec![NetworkAttachmentConfig { target: Some(network.to_string()), ..Default::default() }]),
             ..Default::default()
-        })
+        },
+        ports,
+    ))
+}
+
+/// Limits (the request's, else the sandbox defaults) and reservations (only what the request asked for: the
+/// scheduler places by them; the default memory limit is a ceiling, not a need).
+pub(crate) fn resources(
+    nano_cpus: Option<i64>,
+    memory: Option<i64>,
+    hardening: &aenv_engine_docker::Hardening,
+) -> TaskSpecResources {
+    let limit_memory = memory.or((hardening.default_memory > 0).then_some(hardening.default_memory));
+    TaskSpecResources {
+        limits: Some(Limit {
+            nano_cpus,
+            memory_bytes: limit_memory,
+            pids: (hardening.pids_limit > 0).then_some(hardening.pids_limit),
+        }),
+        reservations: (nano_cpus.is_some() || memory.is_some()).then(|| ResourceObject {
+            nano_cpus,
+            memory_bytes: memory,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A container with the sandbox defaults: every capability dropped but the kept set (less `cap_drop`, plus
+/// `cap_add`, which the host policy allowed), no new privileges, the operator's stop timeout.
+pub(crate) fn hardened_container(
+    image: &str,
+    labels: &HashMap<String, String>,
+    docker: &DockerEngineConfig,
+    cap_drop: &[String],
+    cap_add: &[String],
+) -> TaskSpecContainerSpec {
+    let bare = |c: &str| c.trim_start_matches("CAP_").to_ascii_uppercase();
+    let mut caps: Vec<String> = docker
+        .hardening
+        .capabilities
+        .iter()
+        .filter(|c| !cap_drop.iter().any(|d| bare(d) == "ALL" || bare(d) == bare(c)))
+        .map(|c| bare(c))
         .collect();
-    let placement = spec.placement.as_ref().map(|p| TaskSpecPlacement {
+    for c in cap_add {
+        if !caps.contains(&bare(c)) {
+            caps.push(bare(c));
+        }
+    }
+    TaskSpecContainerSpec {
+        image: Some(image.to_string()),
+        labels: Some(labels.clone()),
+        privileges: Some(TaskSpecContainerSpecPrivileges { no_new_privileges: Some(true), ..Default::default() }),
+        capability_drop: Some(vec!["ALL".into()]),
+        capability_add: Some(caps.iter().map(|c| format!("CAP_{c}")).collect()),
+        stop_grace_period: Some(i64::try_from(docker.stop_timeout.as_nanos()).unwrap_or(i64::MAX)),
+        ..Default::default()
+    }
+}
+
+/// The template's placement (constraints and spread preferences).
+pub(crate) fn placement(spec: &EnvInstanceSpec) -> Option<TaskSpecPlacement> {
+    spec.placement.as_ref().map(|p| TaskSpecPlacement {
         constraints: (!p.constraints.is_empty()).then(|| p.constraints.clone()),
         preferences: (!p.preferences.is_empty()).then(|| {
             p.preferences
@@ -213,22 +242,44 @@ pub(crate) fn service_spec(
                 .collect()
         }),
         ..Default::default()
-    });
-    Ok(ServiceSpec {
+    })
+}
+
+/// A service of one replica whose task, once it ends, is never restarted nor moved (the instance's fate), with
+/// `ports` (container port, protocol, published port or `None` for one the node picks) published in host mode.
+pub(crate) fn one_task_service(
+    name: String,
+    labels: HashMap<String, String>,
+    task: TaskSpec,
+    mut ports: Vec<(u16, String, Option<u16>)>,
+) -> ServiceSpec {
+    ports.sort();
+    ports.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    let endpoint_ports: Vec<EndpointPortConfig> = ports
+        .iter()
+        .map(|(port, protocol, published)| EndpointPortConfig {
+            protocol: Some(if protocol == "udp" {
+                EndpointPortConfigProtocolEnum::UDP
+            } else {
+                EndpointPortConfigProtocolEnum::TCP
+            }),
+            target_port: Some(i64::from(*port)),
+            // No published port: the node picks a free one, reported in the task's status.
+            published_port: published.map(i64::from),
+            publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
+            ..Default::default()
+        })
+        .collect();
+    ServiceSpec {
         name: Some(name),
         labels: Some(labels),
         task_template: Some(TaskSpec {
-            container_spec: Some(container),
-            resources: Some(resources),
-            // A task that ends is the instance's fate: never restarted, never moved.
             restart_policy: Some(TaskSpecRestartPolicy {
                 condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
                 max_attempts: Some(0),
                 ..Default::default()
             }),
-            placement,
-            networks: Some(vec![NetworkAttachmentConfig { target: Some(network.to_string()), ..Default::default() }]),
-            ..Default::default()
+            ..task
         }),
         mode: Some(ServiceSpecMode {
             replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
@@ -239,7 +290,7 @@ pub(crate) fn service_spec(
             ports: (!endpoint_ports.is_empty()).then_some(endpoint_ports),
         }),
         ..Default::default()
-    })
+    }
 }
 
 /// The task that is the instance: the first one Swarm made for the service (a replacement, should Swarm ever
@@ -453,10 +504,14 @@ mod tests {
     fn what_swarm_cannot_run_is_refused_naming_the_field() {
         let cfg = config();
         let field = |spec: EnvInstanceSpec| check(&spec, &cfg).unwrap_err().field;
+        // A compose file: the Docker engine's checks, then what Swarm cannot run (see stack.rs).
+        let stack = |yaml: &str| EnvInstanceSpec { compose_file: Some(yaml.into()), ..Default::default() };
+        assert_eq!(field(stack("services: {}")), "deployConfig.composeFile.services");
         assert_eq!(
-            field(EnvInstanceSpec { compose_file: Some("services: {}".into()), ..Default::default() }),
-            "deployConfig.composeFile"
+            field(stack("services:\n  web:\n    image: x\n    volumes: [\"d:/d\"]\nvolumes:\n  d: {}\n")),
+            "deployConfig.composeFile.volumes.d"
         );
+        assert!(check(&stack("services:\n  web:\n    image: x\n    tmpfs: [\"/scratch\"]\n"), &cfg).is_ok());
         assert_eq!(
             field(EnvInstanceSpec { network: Some("host".into()), ..Default::default() }),
             "deployConfig.network"

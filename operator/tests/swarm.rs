@@ -146,7 +146,6 @@ async fn instances_are_single_replica_services() {
         (json!({"placement": {"constraints": ["gpu==true"]}}), "deployConfig.placement.constraints[0]"),
         (json!({"placement": {"preferences": ["zone"]}}), "deployConfig.placement.preferences[0]"),
         (json!({"placement": ["node.role==worker"]}), "deployConfig.placement"),
-        (json!({"composeFile": "services:\n  main:\n    image: x\n"}), "deployConfig.composeFile"),
         (json!({"network": "host"}), "deployConfig.network"),
     ] {
         let (code, body) = op.post_json("/env-instance", &create_body(&unique_name("swbad"), TEST_IMAGE, deploy)).await;
@@ -435,6 +434,236 @@ async fn a_warm_pool_of_services_serves_creates_with_the_template_s_placement() 
         assert!(Instant::now() < deadline, "services left after the pool went:\n{}", op.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Main reaches side by its service name (over the stack's overlay) and keeps what it got on a tmpfs; side
+/// answers /health and is healthy before main is made.
+const STACK: &str = r#"
+services:
+  main:
+    image: ${IMAGE}
+    labels: ["aenv.main=true", "team=rl"]
+    command: ["sh", "-c", "while true; do wget -qO- http://side:8081/health > /data/from-side; sleep 0.3; done & exec /bin/aenv-entrypoint"]
+    depends_on:
+      side:
+        condition: service_healthy
+    cpus: 0.5
+    mem_limit: 64m
+    ports: ["8081"]
+    tmpfs: ["/data"]
+  side:
+    image: ${IMAGE}
+    healthcheck:
+      test: ["CMD", "wget", "-qO-", "http://127.0.0.1:8081/health"]
+      interval: 300ms
+      timeout: 2s
+      retries: 30
+"#;
+
+fn stack_body(name: &str, compose: &str) -> Value {
+    json!({"name": name, "version": "1.0.0", "owner": "test", "deployConfig": {
+        "composeFile": compose, "environment_variables": {"IMAGE": TEST_IMAGE}}})
+}
+
+/// The services of a stack, by name (`docker stack services`, which groups them by com.docker.stack.namespace).
+fn stack_services(swarm: &SwarmDaemon, id: &str) -> Vec<String> {
+    let out = swarm.docker(&["stack", "services", "--format", "{{.Name}}", id]);
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    v.sort();
+    v
+}
+
+/// Waits until the network is gone (the node drops its copy a moment after the manager removed it).
+async fn wait_network_gone(swarm: &SwarmDaemon, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while swarm.docker(&["network", "inspect", name]).status.success() {
+        assert!(Instant::now() < deadline, "network {name} is still there: it must be removed with its stack");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A compose stack is a set of single-replica services on an overlay network of its own: made in depends_on order,
+/// each reachable by its name, Running once all run, adopted after a kill -9, removed (services, then the network)
+/// by DELETE; what Swarm cannot run is a 400 naming the key; a dependency that fails fails the stack.
+#[tokio::test]
+async fn compose_stacks_are_services_on_an_overlay_of_their_own() {
+    let swarm = SwarmDaemon::start();
+    let mut op = operator_on(&swarm).await;
+
+    let (code, body) = op.post_json("/env-instance", &stack_body(&unique_name("swst"), STACK)).await;
+    assert_eq!(code, 200, "{body}");
+    let id = body["data"]["id"].as_str().unwrap().to_string();
+    let v = op.wait_for(&id, Duration::from_secs(90), running).await;
+    let ip = v["data"]["ip"].as_str().expect("the main service's address").to_string();
+    assert_eq!(stack_services(&swarm, &id), [format!("{id}_main"), format!("{id}_side")]);
+    // Each service's state; side, which has a healthcheck, is healthy (Swarm runs its task only once it is).
+    let services = v["data"]["services"].as_array().expect("services in the answer");
+    assert_eq!((services[0]["name"].as_str(), services[0]["state"].as_str()), (Some("main"), Some("running")), "{v}");
+    assert_eq!((services[1]["name"].as_str(), services[1]["state"].as_str()), (Some("side"), Some("running")), "{v}");
+    assert_eq!(services[1]["health"], "healthy", "{v}");
+
+    // Side was made before main (main depends on it being healthy), each one replica never restarted, on the
+    // stack's network under its compose name, with the sandbox defaults and the file's limits.
+    let main = service(&swarm, &format!("{id}_main")).unwrap();
+    let side = service(&swarm, &format!("{id}_side")).unwrap();
+    assert!(side["CreatedAt"].as_str().unwrap() < main["CreatedAt"].as_str().unwrap(), "side first: {side} {main}");
+    let net = format!("{id}_default");
+    let net_inspect: Vec<Value> = serde_json::from_str(&swarm.docker_ok(&["network", "inspect", &net])).unwrap();
+    assert_eq!(net_inspect[0]["Driver"], "overlay");
+    assert_eq!(net_inspect[0]["Attachable"], true);
+    assert_eq!(net_inspect[0]["Labels"]["aenv.io/instance"], id.as_str());
+    let net_id = net_inspect[0]["Id"].as_str().unwrap();
+    for (svc, alias) in [(&main, "main"), (&side, "side")] {
+        let task = &svc["Spec"]["TaskTemplate"];
+        assert_eq!(svc["Spec"]["Mode"]["Replicated"]["Replicas"], 1);
+        assert_eq!(task["RestartPolicy"]["Condition"], "none");
+        assert_eq!(task["Networks"][0]["Target"], net_id);
+        assert_eq!(task["Networks"][0]["Aliases"], json!([alias]));
+        assert_eq!(task["ContainerSpec"]["CapabilityDrop"], json!(["ALL"]));
+        assert_eq!(task["Resources"]["Limits"]["Pids"], 1024);
+        assert_eq!(svc["Spec"]["Labels"]["aenv.io/operator-id"], op.operator_id.as_str());
+        assert_eq!(svc["Spec"]["Labels"]["com.docker.stack.namespace"], id.as_str());
+    }
+    let limits = &main["Spec"]["TaskTemplate"]["Resources"]["Limits"];
+    assert_eq!((limits["NanoCPUs"].clone(), limits["MemoryBytes"].clone()), (json!(500_000_000), json!(64 << 20)));
+
+    // Main reaches side by its name: name resolution on the overlay, and what main fetched from it.
+    let container = swarm
+        .docker_ok(&["ps", "-q", "--filter", &format!("label=com.docker.swarm.service.name={id}_main")])
+        .trim()
+        .to_string();
+    let got = swarm.docker_ok(&["exec", &container, "wget", "-qO-", "http://side:8081/health"]);
+    assert!(got.contains("healthy"), "{got}");
+    let lookup = swarm.docker_ok(&["exec", &container, "nslookup", "side"]);
+    assert!(lookup.contains("Address"), "{lookup}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !swarm.docker(&["exec", &container, "grep", "-q", "healthy", "/data/from-side"]).status.success() {
+        assert!(Instant::now() < deadline, "main never fetched side's /health");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The data plane reaches main through its published port.
+    let resp = op
+        .http
+        .get(op.proxy_url("/health"))
+        .header("AEnvCore-MCPProxy-URL", format!("http://{ip}:8081"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // kill -9 and a restart: both services adopted, not made again.
+    let ids = (main["ID"].clone(), side["ID"].clone());
+    op.restart(BIN).await;
+    op.wait_for(&id, Duration::from_secs(30), running).await;
+    let again = (
+        service(&swarm, &format!("{id}_main")).unwrap()["ID"].clone(),
+        service(&swarm, &format!("{id}_side")).unwrap()["ID"].clone(),
+    );
+    assert_eq!(again, ids, "adopted, not recreated");
+    assert_eq!(stack_services(&swarm, &id).len(), 2);
+
+    // DELETE removes the services, then the network.
+    let (code, _) = op.delete(&format!("/env-instance/{id}")).await;
+    assert_eq!(code, 200);
+    op.wait_for(&id, Duration::from_secs(30), |v| v["code"] == 404).await;
+    assert_eq!(stack_services(&swarm, &id), Vec::<String>::new());
+    wait_network_gone(&swarm, &net).await;
+
+    // A required dependency that fails fails the stack, naming it; main is never made.
+    let failing = STACK.replace("    healthcheck:", "    command: [\"sh\", \"-c\", \"exit 3\"]\n    healthcheck:");
+    let (code, body) = op.post_json("/env-instance", &stack_body(&unique_name("swstf"), &failing)).await;
+    assert_eq!(code, 200, "{body}");
+    let bad = body["data"]["id"].as_str().unwrap().to_string();
+    let v = op.wait_for(&bad, Duration::from_secs(60), |v| v["data"]["status"] == "Failed").await;
+    let msg = v["data"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("service side") && msg.contains("3"), "{v}");
+    assert!(service(&swarm, &format!("{bad}_main")).is_none(), "main is not made when side failed");
+    op.delete(&format!("/env-instance/{bad}")).await;
+    op.wait_for(&bad, Duration::from_secs(30), |v| v["code"] == 404).await;
+    wait_network_gone(&swarm, &format!("{bad}_default")).await;
+
+    // What Swarm cannot run is refused before anything is made, naming the key.
+    for (compose, field) in [
+        (
+            "services:\n  main:\n    image: x\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {}\n",
+            "deployConfig.composeFile.volumes.data",
+        ),
+        (
+            "services:\n  main:\n    image: x\n    tmpfs: [\"/data:size=1m\"]\n",
+            "deployConfig.composeFile.services.main.tmpfs",
+        ),
+        (
+            "services:\n  main:\n    image: x\n    depends_on:\n      side: {condition: service_completed_successfully}\n  side:\n    image: x\n",
+            "deployConfig.composeFile.services.main.depends_on.side",
+        ),
+    ] {
+        let (code, body) = op.post_json("/env-instance", &stack_body(&unique_name("swstbad"), compose)).await;
+        assert_eq!(code, 400, "{body}");
+        assert!(body["message"].as_str().unwrap().contains(field), "{body} names {field}");
+    }
+    assert_eq!(swarm.docker_ok(&["service", "ls", "-q"]), "", "a refused create makes nothing");
+}
+
+/// A stack whose instance the operator does not know (its store lost it) is swept: its services first, then its
+/// overlay; another operator's look-alike is left alone.
+#[tokio::test]
+async fn an_orphaned_stack_s_services_and_network_are_swept() {
+    let swarm = SwarmDaemon::start();
+    let op = Operator::start(
+        BIN,
+        &[
+            "--engine",
+            "swarm",
+            "--docker-host",
+            &swarm.daemon.socket,
+            "--resync-interval",
+            "1s",
+            "--orphan-grace",
+            "0s",
+        ],
+    )
+    .await;
+    let ghost = format!("{}-zzzzzz", unique_name("ghost"));
+    let labels = |operator: &str| {
+        [
+            "aenv.io/managed-by=aenv-operator".to_string(),
+            format!("aenv.io/operator-id={operator}"),
+            format!("aenv.io/instance={ghost}"),
+            "aenv.io/namespace=default".to_string(),
+            format!("com.docker.stack.namespace={ghost}"),
+        ]
+    };
+    let net = format!("{ghost}_default");
+    let mut args = vec!["network".to_string(), "create".into(), "-d".into(), "overlay".into(), "--attachable".into()];
+    for l in labels(&op.operator_id) {
+        args.extend(["--label".to_string(), l]);
+    }
+    args.push(net.clone());
+    swarm.docker_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut svc =
+        vec!["service".to_string(), "create".into(), "-d".into(), "--restart-condition".into(), "none".into()];
+    for l in labels(&op.operator_id) {
+        svc.extend(["--label".to_string(), l]);
+    }
+    svc.extend(["--network".into(), net.clone(), "--name".into(), format!("{ghost}_main"), TEST_IMAGE.into()]);
+    swarm.docker_ok(&svc.iter().map(String::as_str).collect::<Vec<_>>());
+    // Someone else's look-alike: another operator id.
+    let other = format!("{ghost}_other");
+    let mut args = vec!["network".to_string(), "create".into(), "-d".into(), "overlay".into()];
+    for l in labels("someone-else") {
+        args.extend(["--label".to_string(), l]);
+    }
+    args.push(other.clone());
+    swarm.docker_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    wait_gone(&swarm, &format!("{ghost}_main"), Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while swarm.docker(&["network", "inspect", &net]).status.success() {
+        assert!(Instant::now() < deadline, "the orphaned stack's network is not swept\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(swarm.docker(&["network", "inspect", &other]).status.success(), "another operator's network is left alone");
+    swarm.docker_ok(&["network", "rm", &other]);
 }
 
 /// A daemon that is no swarm manager is refused at start-up, saying what to do (the host's daemon, which is in no

@@ -17,6 +17,9 @@
 //!
 //! Then [`run`] applies it (network, volumes, containers, `depends_on` waits) and deletes it, and [`status`] reads
 //! what the stack's containers say (phase, per-service state, IP, ports), and the orphan sweep's view.
+//!
+//! [`plan`] and the [`StackSpec`] it returns are public: the Swarm engine (`aenv-engine-swarm`) runs the same
+//! parsed, checked file as services on an overlay network.
 
 mod checks;
 mod convert;
@@ -32,17 +35,20 @@ use std::collections::BTreeMap;
 
 use aenv_core::{EnvInstanceSpec, InvalidSpec};
 
-pub(crate) use self::spec::StackSpec;
+pub use self::{
+    run::apply_instance_limits,
+    spec::{Condition, Dependency, MountSpec, PortPublish, ServiceSpec, StackSpec, VolumeSpec},
+};
 use crate::Policy;
 
 /// The request field that carries the file; every refusal of the file is under it.
 const FIELD: &str = "deployConfig.composeFile";
 
 /// The prefix of Compose's own labels.
-pub(crate) const COMPOSE_LABEL_PREFIX: &str = "com.docker.compose.";
+pub const COMPOSE_LABEL_PREFIX: &str = "com.docker.compose.";
 
 /// Compose's own labels.
-pub(crate) mod compose_labels {
+pub mod compose_labels {
     pub const PROJECT: &str = "com.docker.compose.project";
     pub const SERVICE: &str = "com.docker.compose.service";
     pub const CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
@@ -55,7 +61,7 @@ pub(crate) mod compose_labels {
 }
 
 /// On every object of a stack: the name of its main service, so that a list call can judge the stack by it.
-pub(crate) const MAIN_SERVICE_LABEL: &str = "aenv.io/main-service";
+pub const MAIN_SERVICE_LABEL: &str = "aenv.io/main-service";
 
 pub(crate) fn container_name(instance: &str, service: &str) -> String {
     format!("{instance}-{service}-1")
@@ -142,7 +148,7 @@ pub(crate) fn parse(yaml: &str, vars: &BTreeMap<String, String>, policy: &Policy
 /// The check the API runs before it stores a stack instance, and again at apply time (the policy may have changed
 /// since; a refusal then fails the instance): the file parses, every key is supported, the host policy allows
 /// what it asks for.
-pub(crate) fn plan(spec: &EnvInstanceSpec, compose_file: &str, policy: &Policy) -> Result<StackSpec, InvalidSpec> {
+pub fn plan(spec: &EnvInstanceSpec, compose_file: &str, policy: &Policy) -> Result<StackSpec, InvalidSpec> {
     refuse_single_container_keys(spec)?;
     parse(compose_file, &spec.env, policy)
 }

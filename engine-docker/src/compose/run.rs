@@ -137,7 +137,7 @@ pub(crate) async fn apply(
 }
 
 /// `deployConfig.cpu` / `memory` are the main service's limits when the file sets none for it.
-fn apply_instance_limits(inst: &EnvInstance, stack: &mut StackSpec) -> Result<(), EngineError> {
+pub fn apply_instance_limits(inst: &EnvInstance, stack: &mut StackSpec) -> Result<(), EngineError> {
     let res = &inst.spec.resources;
     let main = stack.main.clone();
     let Some(svc) = stack.services.iter_mut().find(|s| s.name == main) else { return Ok(()) };

@@ -7,7 +7,7 @@ use bollard::models::{DeviceMapping, HealthConfig};
 
 /// A checked stack, ready to run.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct StackSpec {
+pub struct StackSpec {
     /// Services in file order.
     pub services: Vec<ServiceSpec>,
     /// Named volumes declared at the top level (created per stack as `<instance>_<name>`).
@@ -16,22 +16,22 @@ pub(crate) struct StackSpec {
     pub main: String,
 }
 
-#[cfg(test)]
 impl StackSpec {
+    /// The service of that name.
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
         self.services.iter().find(|s| s.name == name)
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct VolumeSpec {
+pub struct VolumeSpec {
     pub name: String,
     pub labels: BTreeMap<String, String>,
 }
 
 /// A `depends_on` condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Condition {
+pub enum Condition {
     Started,
     Healthy,
     CompletedSuccessfully,
@@ -48,7 +48,7 @@ impl Condition {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Dependency {
+pub struct Dependency {
     pub service: String,
     pub condition: Condition,
     /// `required: false`: a dependency that fails is logged and the service starts anyway.
@@ -57,7 +57,7 @@ pub(crate) struct Dependency {
 
 /// A port to publish on the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PortPublish {
+pub struct PortPublish {
     pub container_port: u16,
     pub protocol: String,
     /// `None`: the operator's publish address (`--publish-host-ip`).
@@ -67,7 +67,7 @@ pub(crate) struct PortPublish {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum MountSpec {
+pub enum MountSpec {
     /// A stack volume (`source` is the name in the file) or an anonymous one (`source` is `None`).
     Volume {
         source: Option<String>,
@@ -89,7 +89,7 @@ pub(crate) enum MountSpec {
 
 /// One service, as the Docker API needs it.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct ServiceSpec {
+pub struct ServiceSpec {
     pub name: String,
     pub image: String,
     pub command: Option<Vec<String>>,
