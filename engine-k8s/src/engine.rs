@@ -1,7 +1,7 @@
 use aenv_core::{
     Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, ExecOutput,
-    ExecRequest, FileUpload, InstanceStats, InvalidSpec, NativeServices, Observed, OwnedKind, OwnedObject,
-    PathContent, Phase, SandboxPath, Workload, envservice::SERVICE_LABEL, labels,
+    ExecRequest, FileUpload, InstanceStats, InvalidSpec, NativeServices, Observed, OwnedKind, OwnedObject, PathContent,
+    Phase, SandboxPath, Workload, envservice::SERVICE_LABEL, labels,
 };
 use std::collections::BTreeMap;
 
