@@ -12,7 +12,6 @@ use aenv_core::{
     InstanceStats, InvalidSpec, ManagedObject, Observed, OwnedKind, OwnedObject, PathContent, Phase, PullPolicy,
     PullProgress, SandboxPath, Workload,
     labels::{self, InstanceLabels},
-    quantity::{parse_cpu_millis, parse_memory_bytes},
 };
 use async_trait::async_trait;
 use bollard::{
@@ -172,40 +171,13 @@ impl DockerEngine {
         let image = image.to_string();
         // Objects written around the API (a custom resource) never went through `validate`.
         no_compose_labels(spec).map_err(|e| EngineError::permanent(e.to_string()))?;
-        let nano_cpus = spec
-            .resources
-            .cpu
-            .as_deref()
-            .map(parse_cpu_millis)
-            .transpose()
-            .map_err(|e| EngineError::permanent(e.to_string()))?
-            .map(|m| m as i64 * 1_000_000);
-        let memory = spec
-            .resources
-            .memory
-            .as_deref()
-            .map(parse_memory_bytes)
-            .transpose()
-            .map_err(|e| EngineError::permanent(e.to_string()))?
-            .map(|b| b as i64);
+        let permanent = |e: aenv_core::Error| EngineError::permanent(e.to_string());
+        let nano_cpus = spec.resources.nano_cpus().map_err(permanent)?;
+        let memory = spec.resources.memory_bytes().map_err(permanent)?;
         // Requests (a service's cpu_request, memory_request): a soft memory reservation, and a cpu weight that
         // counts only when cpus are contended (1024 per core, Docker's scale; at least 2, Docker's minimum).
-        let memory_reservation = spec
-            .requests
-            .memory
-            .as_deref()
-            .map(parse_memory_bytes)
-            .transpose()
-            .map_err(|e| EngineError::permanent(e.to_string()))?
-            .map(|b| b as i64);
-        let cpu_shares = spec
-            .requests
-            .cpu
-            .as_deref()
-            .map(parse_cpu_millis)
-            .transpose()
-            .map_err(|e| EngineError::permanent(e.to_string()))?
-            .map(|m| (m as i64 * 1024 / 1000).max(2));
+        let memory_reservation = spec.requests.memory_bytes().map_err(permanent)?;
+        let cpu_shares = spec.requests.cpu_millis().map_err(permanent)?.map(|m| (m as i64 * 1024 / 1000).max(2));
         let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
         let name = inst.metadata.name.clone().unwrap_or_default();
         // Every requested port is exposed as well as bound: Docker publishes only exposed ports, and an image that

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use aenv_core::{
     EngineError, EnvInstance, EnvInstanceSpec, InvalidSpec, Observed, Phase, PortStatus, Workload,
     labels::InstanceLabels,
-    quantity::{parse_cpu_millis, parse_memory_bytes},
 };
 use aenv_engine_docker::DockerEngineConfig;
 use bollard::models::{
@@ -115,22 +114,8 @@ pub(crate) fn service_spec(
     // Objects written around the API (a custom resource) never went through `validate`.
     check(spec, config).map_err(EngineError::from)?;
     let permanent = |e: &dyn std::fmt::Display| EngineError::permanent(e.to_string());
-    let nano_cpus = spec
-        .resources
-        .cpu
-        .as_deref()
-        .map(parse_cpu_millis)
-        .transpose()
-        .map_err(|e| permanent(&e))?
-        .map(|m| m as i64 * 1_000_000);
-    let memory = spec
-        .resources
-        .memory
-        .as_deref()
-        .map(parse_memory_bytes)
-        .transpose()
-        .map_err(|e| permanent(&e))?
-        .map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+    let nano_cpus = spec.resources.nano_cpus().map_err(|e| permanent(&e))?;
+    let memory = spec.resources.memory_bytes().map_err(|e| permanent(&e))?;
     let expire_at = inst.expires_at().map_err(|e| permanent(&e))?;
     let name = inst.metadata.name.clone().unwrap_or_default();
     let labels: HashMap<String, String> = InstanceLabels {
