@@ -178,8 +178,6 @@ impl DockerEngine {
         // counts only when cpus are contended (1024 per core, Docker's scale; at least 2, Docker's minimum).
         let memory_reservation = spec.requests.memory_bytes().map_err(permanent)?;
         let cpu_shares = spec.requests.cpu_millis().map_err(permanent)?.map(|m| (m as i64 * 1024 / 1000).max(2));
-        let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
-        let name = inst.metadata.name.clone().unwrap_or_default();
         // Every requested port is exposed as well as bound: Docker publishes only exposed ports, and an image that
         // declares no EXPOSE (or another port) would otherwise get bindings that publish nothing.
         let port_keys: Vec<String> = spec
@@ -195,16 +193,9 @@ impl DockerEngine {
                 (key.clone(), Some(vec![binding]))
             })
             .collect();
-        let labels = InstanceLabels {
-            operator_id: &self.config.operator_id,
-            namespace: inst.namespace(),
-            instance: &name,
-            env_name: &spec.env_name,
-            env_version: &spec.env_version,
-            owner: spec.owner.as_deref(),
-            expire_at: expire_at.map(|t| t.to_string()),
-        }
-        .render(&spec.labels);
+        let labels = InstanceLabels::of(inst, &self.config.operator_id)
+            .map_err(|e| EngineError::permanent(e.to_string()))?
+            .render(&spec.labels);
         let mut host_config = HostConfig {
             nano_cpus,
             memory,

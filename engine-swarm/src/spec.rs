@@ -116,20 +116,12 @@ pub(crate) fn service_spec(
     let permanent = |e: &dyn std::fmt::Display| EngineError::permanent(e.to_string());
     let nano_cpus = spec.resources.nano_cpus().map_err(|e| permanent(&e))?;
     let memory = spec.resources.memory_bytes().map_err(|e| permanent(&e))?;
-    let expire_at = inst.expires_at().map_err(|e| permanent(&e))?;
     let name = inst.metadata.name.clone().unwrap_or_default();
-    let labels: HashMap<String, String> = InstanceLabels {
-        operator_id: &config.docker.operator_id,
-        namespace: inst.namespace(),
-        instance: &name,
-        env_name: &spec.env_name,
-        env_version: &spec.env_version,
-        owner: spec.owner.as_deref(),
-        expire_at: expire_at.map(|t| t.to_string()),
-    }
-    .render(&spec.labels)
-    .into_iter()
-    .collect();
+    let labels: HashMap<String, String> = InstanceLabels::of(inst, &config.docker.operator_id)
+        .map_err(|e| permanent(&e))?
+        .render(&spec.labels)
+        .into_iter()
+        .collect();
     let container = TaskSpecContainerSpec {
         args: (!spec.args.is_empty()).then(|| spec.args.clone()),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),

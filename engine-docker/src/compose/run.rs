@@ -75,17 +75,9 @@ pub(crate) async fn apply(
     let id = inst.metadata.name.clone().unwrap_or_default();
     let mut stack = plan(&inst.spec, compose_file, &config.policy)?;
     apply_instance_limits(inst, &mut stack)?;
-    let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
-    let mut base_labels = InstanceLabels {
-        operator_id: &config.operator_id,
-        namespace: inst.namespace(),
-        instance: &id,
-        env_name: &inst.spec.env_name,
-        env_version: &inst.spec.env_version,
-        owner: inst.spec.owner.as_deref(),
-        expire_at: expire_at.map(|t| t.to_string()),
-    }
-    .render(&BTreeMap::new());
+    let mut base_labels = InstanceLabels::of(inst, &config.operator_id)
+        .map_err(|e| EngineError::permanent(e.to_string()))?
+        .render(&BTreeMap::new());
     base_labels.insert(cl::PROJECT.into(), id.clone());
     base_labels.insert(MAIN_SERVICE_LABEL.into(), stack.main.clone());
     let ctx = Ctx {
