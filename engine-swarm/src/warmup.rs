@@ -67,7 +67,8 @@ pub(crate) fn summarise(image: &str, tasks: &[Task]) -> Option<PullProgress> {
     let mut latest: HashMap<String, &Task> = HashMap::new();
     for t in tasks {
         let node = t.node_id.clone().unwrap_or_default();
-        let newer = latest.get(&node).is_none_or(|old| old.created_at < t.created_at);
+        let at = |t: &Task| t.created_at.as_deref().and_then(|d| d.parse::<jiff::Timestamp>().ok());
+        let newer = latest.get(&node).is_none_or(|old| at(old) < at(t));
         if newer {
             latest.insert(node, t);
         }
@@ -251,4 +252,52 @@ fn uuid_like() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{:x}{:x}", std::process::id(), nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::TaskStatus;
+
+    use super::*;
+
+    fn task(node: &str, created: &str, state: TaskState, err: Option<&str>) -> Task {
+        Task {
+            node_id: Some(node.into()),
+            created_at: Some(created.into()),
+            status: Some(TaskStatus { state: Some(state), err: err.map(String::from), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_job_s_tasks_say_where_the_image_is() {
+        let t0 = "2026-01-01T00:00:00Z";
+        assert_eq!(summarise("img", &[]), None);
+        let p = summarise("img", &[task("a", t0, TaskState::PREPARING, None), task("b", t0, TaskState::FAILED, None)])
+            .unwrap();
+        assert_eq!((p.state, p.detail.as_str()), (PullState::Pulling, "1/2 nodes have the image"));
+        let p = summarise("img", &[task("a", t0, TaskState::COMPLETE, None), task("b", t0, TaskState::FAILED, None)])
+            .unwrap();
+        assert_eq!((p.state, p.detail.as_str()), (PullState::Pulled, "on 2 node(s): a, b"));
+        let p = summarise(
+            "img",
+            &[task("a", t0, TaskState::FAILED, None), task("b", t0, TaskState::REJECTED, Some("No such image: img"))],
+        )
+        .unwrap();
+        assert_eq!(p.state, PullState::Failed);
+        assert!(p.detail.contains("img") && p.detail.contains("node b: No such image: img"), "{}", p.detail);
+        // A node drained before its pull ended is not a success.
+        let p = summarise("img", &[task("a", t0, TaskState::SHUTDOWN, None)]).unwrap();
+        assert_eq!(p.state, PullState::Failed);
+        // Each node's latest task counts.
+        let p = summarise(
+            "img",
+            &[
+                task("a", t0, TaskState::REJECTED, Some("x")),
+                task("a", "2026-01-01T00:00:05Z", TaskState::FAILED, None),
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.state, PullState::Pulled);
+    }
 }
