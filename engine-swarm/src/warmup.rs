@@ -225,14 +225,13 @@ async fn run_job(
                 ));
             }
             None => {}
-            Some(p) if p.state == PullState::Pulling => {
-                if p.detail != last_sent {
-                    last_sent = p.detail.clone();
-                    if tx.send(p).await.is_err() {
-                        break failed("the warmup was abandoned".into());
-                    }
+            Some(p) if p.state == PullState::Pulling && p.detail != last_sent => {
+                last_sent = p.detail.clone();
+                if tx.send(p).await.is_err() {
+                    break failed("the warmup was abandoned".into());
                 }
             }
+            Some(p) if p.state == PullState::Pulling => {}
             Some(p) => break p,
         }
         if started.elapsed() > JOB_DEADLINE {
