@@ -732,7 +732,7 @@ async fn warmup_pulls_on_the_nodes_by_a_global_job_and_leaves_nothing() {
     let swarm = SwarmDaemon::start();
     let registry = aenv_testkit::LocalRegistry::start();
     let image = registry.push(TEST_IMAGE, &format!("aenv/{}:1", unique_name("swwarm")));
-    let op = Operator::start(
+    let mut op = Operator::start(
         BIN,
         &["--engine", "swarm", "--docker-host", &swarm.daemon.socket, "--registry-allow", &registry.host()],
     )
@@ -771,6 +771,23 @@ async fn warmup_pulls_on_the_nodes_by_a_global_job_and_leaves_nothing() {
     let body = json!({"name": nowhere, "version": "1", "artifacts": [{"type": "image", "content": image}],
         "deployConfig": {"placement": {"constraints": ["node.labels.aenv.node==nowhere"]}}});
     op.post_json("/env", &body).await;
+
+    // Killed during a warmup: the job stays until the operator starts again, which removes it.
+    op.post_json(&format!("/env/{nowhere}/1/warmup"), &json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while warmup_jobs(&swarm).is_empty() {
+        assert!(Instant::now() < deadline, "no warmup job made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    op.kill9();
+    assert_ne!(warmup_jobs(&swarm), "", "the job outlives the operator");
+    op.restart(BIN).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !warmup_jobs(&swarm).is_empty() {
+        assert!(Instant::now() < deadline, "the restarted operator left the dead one's warmup job");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     op.post_json(&format!("/env/{nowhere}/1/warmup"), &json!({})).await;
     let state = warmup_done(&op, &format!("{nowhere}/1"), Duration::from_secs(60)).await;
     assert_eq!(state["data"]["images"][0]["state"], "Failed", "{state}");
