@@ -47,7 +47,21 @@ pub struct InstanceLabels<'a> {
     pub expire_at: Option<String>,
 }
 
-impl InstanceLabels<'_> {
+impl<'a> InstanceLabels<'a> {
+    /// The labels of `inst` as the operator `operator_id` makes it: its identity, template and owner, and its
+    /// expiry when it has a TTL (an unreadable TTL is the error).
+    pub fn of(inst: &'a crate::EnvInstance, operator_id: &'a str) -> Result<Self, crate::Error> {
+        Ok(InstanceLabels {
+            operator_id,
+            namespace: inst.namespace(),
+            instance: inst.metadata.name.as_deref().unwrap_or_default(),
+            env_name: &inst.spec.env_name,
+            env_version: &inst.spec.env_version,
+            owner: inst.spec.owner.as_deref(),
+            expire_at: inst.expires_at()?.map(|t| t.to_string()),
+        })
+    }
+
     /// User labels first, then the bookkeeping labels (which win on a clash).
     pub fn render(&self, user: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         let mut out = user.clone();

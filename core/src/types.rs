@@ -311,6 +311,28 @@ pub struct Resources {
     pub memory: Option<String>,
 }
 
+impl Resources {
+    /// `cpu` in millicores, when set.
+    pub fn cpu_millis(&self) -> Result<Option<u64>, crate::Error> {
+        self.cpu.as_deref().map(crate::quantity::parse_cpu_millis).transpose()
+    }
+
+    /// `cpu` in nano-CPUs (Docker's and Swarm's unit: one CPU is 10^9), when set.
+    pub fn nano_cpus(&self) -> Result<Option<i64>, crate::Error> {
+        Ok(self.cpu_millis()?.map(|m| i64::try_from(m).unwrap_or(i64::MAX).saturating_mul(1_000_000)))
+    }
+
+    /// `memory` in bytes, when set.
+    pub fn memory_bytes(&self) -> Result<Option<i64>, crate::Error> {
+        Ok(self
+            .memory
+            .as_deref()
+            .map(crate::quantity::parse_memory_bytes)
+            .transpose()?
+            .map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
+    }
+}
+
 /// When the engine pulls the image.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum PullPolicy {
@@ -591,6 +613,18 @@ mod tests {
     use kube::CustomResourceExt;
 
     use super::*;
+
+    #[test]
+    fn resources_convert_to_the_engines_units() {
+        let r = Resources { cpu: Some("500m".into()), memory: Some("1Gi".into()) };
+        assert_eq!(r.cpu_millis().unwrap(), Some(500));
+        assert_eq!(r.nano_cpus().unwrap(), Some(500_000_000));
+        assert_eq!(r.memory_bytes().unwrap(), Some(1 << 30));
+        assert_eq!(Resources::default().nano_cpus().unwrap(), None);
+        assert_eq!(Resources::default().memory_bytes().unwrap(), None);
+        assert!(Resources { cpu: Some("lots".into()), memory: None }.nano_cpus().is_err());
+        assert!(Resources { cpu: None, memory: Some("512m".into()) }.memory_bytes().is_err());
+    }
 
     #[test]
     fn placement_checks_name_the_field_at_fault() {

@@ -12,7 +12,6 @@ use aenv_core::{
     InstanceStats, InvalidSpec, ManagedObject, Observed, OwnedKind, OwnedObject, PathContent, Phase, PullPolicy,
     PullProgress, SandboxPath, Workload,
     labels::{self, InstanceLabels},
-    quantity::{parse_cpu_millis, parse_memory_bytes},
 };
 use async_trait::async_trait;
 use bollard::{
@@ -172,42 +171,13 @@ impl DockerEngine {
         let image = image.to_string();
         // Objects written around the API (a custom resource) never went through `validate`.
         no_compose_labels(spec).map_err(|e| EngineError::permanent(e.to_string()))?;
-        let nano_cpus = spec
-            .resources
-            .cpu
-            .as_deref()
-            .map(parse_cpu_millis)
-            .transpose()
-            .map_err(|e| EngineError::permanent(e.to_string()))?
-            .map(|m| m as i64 * 1_000_000);
-        let memory = spec
-            .resources
-            .memory
-            .as_deref()
-            .map(parse_memory_bytes)
-            .transpose()
-            .map_err(|e| EngineError::permanent(e.to_string()))?
-            .map(|b| b as i64);
+        let permanent = |e: aenv_core::Error| EngineError::permanent(e.to_string());
+        let nano_cpus = spec.resources.nano_cpus().map_err(permanent)?;
+        let memory = spec.resources.memory_bytes().map_err(permanent)?;
         // Requests (a service's cpu_request, memory_request): a soft memory reservation, and a cpu weight that
         // counts only when cpus are contended (1024 per core, Docker's scale; at least 2, Docker's minimum).
-        let memory_reservation = spec
-            .requests
-            .memory
-            .as_deref()
-            .map(parse_memory_bytes)
-            .transpose()
-            .map_err(|e| EngineError::permanent(e.to_string()))?
-            .map(|b| b as i64);
-        let cpu_shares = spec
-            .requests
-            .cpu
-            .as_deref()
-            .map(parse_cpu_millis)
-            .transpose()
-            .map_err(|e| EngineError::permanent(e.to_string()))?
-            .map(|m| (m as i64 * 1024 / 1000).max(2));
-        let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
-        let name = inst.metadata.name.clone().unwrap_or_default();
+        let memory_reservation = spec.requests.memory_bytes().map_err(permanent)?;
+        let cpu_shares = spec.requests.cpu_millis().map_err(permanent)?.map(|m| (m as i64 * 1024 / 1000).max(2));
         // Every requested port is exposed as well as bound: Docker publishes only exposed ports, and an image that
         // declares no EXPOSE (or another port) would otherwise get bindings that publish nothing.
         let port_keys: Vec<String> = spec
@@ -223,16 +193,9 @@ impl DockerEngine {
                 (key.clone(), Some(vec![binding]))
             })
             .collect();
-        let labels = InstanceLabels {
-            operator_id: &self.config.operator_id,
-            namespace: inst.namespace(),
-            instance: &name,
-            env_name: &spec.env_name,
-            env_version: &spec.env_version,
-            owner: spec.owner.as_deref(),
-            expire_at: expire_at.map(|t| t.to_string()),
-        }
-        .render(&spec.labels);
+        let labels = InstanceLabels::of(inst, &self.config.operator_id)
+            .map_err(|e| EngineError::permanent(e.to_string()))?
+            .render(&spec.labels);
         let mut host_config = HostConfig {
             nano_cpus,
             memory,

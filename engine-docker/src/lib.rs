@@ -26,7 +26,7 @@ pub use connect::{ConnectOptions, connect};
 pub use engine::DockerEngine;
 pub use error::{Error, classify, is_conflict, is_not_found};
 pub use image::{ensure_image, warmup};
-pub use network::{NETWORK_LABEL, owner_scoped};
+pub use network::{NETWORK_LABEL, made_by, owner_scoped, shared_network_labels};
 pub use policy::{Allowance, Policy};
 pub use probe::Prober;
 pub use registry::Registries;

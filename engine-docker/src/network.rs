@@ -18,6 +18,21 @@ use crate::error::{classify, is_conflict, is_not_found};
 /// Label on networks the operator created (value: the operator id).
 pub const NETWORK_LABEL: &str = "aenv.io/network-of";
 
+/// The labels of a network the operator makes for instances to share: the operator's, and the owner it is scoped
+/// to, if any.
+pub fn shared_network_labels(operator_id: &str, owner: Option<&str>) -> HashMap<String, String> {
+    [(labels::MANAGED_BY, labels::MANAGED_BY_VALUE), (labels::OPERATOR_ID, operator_id), (NETWORK_LABEL, operator_id)]
+        .into_iter()
+        .chain(owner.map(|o| (labels::OWNER, o)))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Whether a network with these labels was made by the operator `operator_id`.
+pub fn made_by(labels: Option<&HashMap<String, String>>, operator_id: &str) -> bool {
+    labels.and_then(|l| l.get(NETWORK_LABEL)).is_some_and(|id| id == operator_id)
+}
+
 /// Docker's built-in network modes.
 pub fn is_builtin(name: &str) -> bool {
     matches!(name, "bridge" | "none" | "host" | "default")
@@ -51,17 +66,7 @@ pub async fn ensure(docker: &Docker, name: &str, operator_id: &str, owner: Optio
     let request = NetworkCreateRequest {
         name: name.to_string(),
         driver: Some("bridge".into()),
-        labels: Some(
-            [
-                (labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
-                (labels::OPERATOR_ID, operator_id),
-                (NETWORK_LABEL, operator_id),
-            ]
-            .into_iter()
-            .chain(owner.map(|o| (labels::OWNER, o)))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<HashMap<_, _>>(),
-        ),
+        labels: Some(shared_network_labels(operator_id, owner)),
         ..Default::default()
     };
     match docker.create_network(request).await {
@@ -75,7 +80,7 @@ pub async fn ensure(docker: &Docker, name: &str, operator_id: &str, owner: Optio
 /// Whether an existing network was created by this operator.
 pub async fn is_ours(docker: &Docker, name: &str, operator_id: &str) -> Result<Option<bool>, EngineError> {
     match docker.inspect_network(name, None).await {
-        Ok(n) => Ok(Some(n.labels.unwrap_or_default().get(NETWORK_LABEL).is_some_and(|id| id == operator_id))),
+        Ok(n) => Ok(Some(made_by(n.labels.as_ref(), operator_id))),
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(classify(&format!("inspecting network {name}"), e)),
     }
@@ -91,7 +96,7 @@ pub async fn remove_if_unused(docker: &Docker, name: &str, operator_id: &str) ->
         Err(e) if is_not_found(&e) => return Ok(()),
         Err(e) => return Err(classify(&format!("inspecting network {name}"), e)),
     };
-    let ours = network.labels.as_ref().and_then(|l| l.get(NETWORK_LABEL)).is_some_and(|id| id == operator_id);
+    let ours = made_by(network.labels.as_ref(), operator_id);
     if !ours || network.containers.as_ref().is_some_and(|c| !c.is_empty()) {
         return Ok(());
     }

@@ -75,6 +75,11 @@ impl SwarmEngine {
                 "this Swarm manager's API is older than 1.44 (Docker 25): services cannot carry no-new-privileges, so sandboxes run without it (capabilities, pids and memory limits still apply)"
             );
         }
+        if !api_at_least(&api, 1, 41) {
+            warn!(api_version = %api, "this Swarm manager's API is older than 1.41 (Docker 20.10): it has no jobs, so warmups fail");
+        }
+        // Warmup jobs left by an operator that died during a warmup.
+        crate::warmup::sweep(&self.docker, &self.config.docker.operator_id).await;
         Ok(())
     }
 
@@ -734,16 +739,10 @@ impl Engine for SwarmEngine {
             .boxed()
     }
 
-    /// Pulls on the manager the operator talks to; the other nodes pull when a task lands on them (Swarm has no
-    /// call that pulls on every node).
+    /// Pulls on every node the template could run on, by a `GlobalJob` service per image (see `warmup.rs`): one
+    /// progress entry per image, naming the nodes.
     fn warmup(&self, spec: &EnvInstanceSpec) -> BoxStream<'static, PullProgress> {
-        let images = spec.image.iter().cloned().collect();
-        aenv_engine_docker::warmup(
-            self.docker.clone(),
-            images,
-            self.config.docker.no_pull,
-            self.config.docker.policy.clone(),
-        )
+        crate::warmup::warmup(self.docker.clone(), self.config.clone(), spec.clone())
     }
 
     fn dials_published_ports(&self) -> bool {

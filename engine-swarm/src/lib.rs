@@ -11,6 +11,7 @@ mod engine;
 mod network;
 mod spec;
 mod stack;
+mod warmup;
 
 pub use engine::SwarmEngine;
 pub use spec::{Reach, SwarmEngineConfig};

@@ -3,10 +3,8 @@
 //! attachable (an operator running in a container on a manager joins it to reach instances) and labelled as the
 //! operator's.
 
-use std::collections::HashMap;
-
-use aenv_core::{EngineError, labels};
-use aenv_engine_docker::{NETWORK_LABEL, classify, is_conflict, is_not_found};
+use aenv_core::EngineError;
+use aenv_engine_docker::{classify, is_conflict, is_not_found, made_by, shared_network_labels};
 use bollard::{Docker, models::NetworkCreateRequest, query_parameters::InspectNetworkOptionsBuilder};
 
 /// The overlay network's id, made if it is missing. One that exists but was not made by this operator is joined
@@ -30,17 +28,7 @@ pub(crate) async fn ensure(
         name: name.to_string(),
         driver: Some("overlay".into()),
         attachable: Some(true),
-        labels: Some(
-            [
-                (labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
-                (labels::OPERATOR_ID, operator_id),
-                (NETWORK_LABEL, operator_id),
-            ]
-            .into_iter()
-            .chain(owner.map(|o| (labels::OWNER, o)))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<HashMap<_, _>>(),
-        ),
+        labels: Some(shared_network_labels(operator_id, owner)),
         ..Default::default()
     };
     match docker.create_network(request).await {
@@ -59,7 +47,7 @@ async fn inspect(docker: &Docker, name: &str, operator_id: &str) -> Result<Optio
     let options = InspectNetworkOptionsBuilder::default().scope("swarm").build();
     match docker.inspect_network(name, Some(options)).await {
         Ok(n) if n.scope.as_deref() == Some("swarm") => {
-            let ours = n.labels.as_ref().and_then(|l| l.get(NETWORK_LABEL)).is_some_and(|id| id == operator_id);
+            let ours = made_by(n.labels.as_ref(), operator_id);
             Ok(n.id.map(|id| (id, ours)))
         }
         Ok(_) => Err(EngineError::permanent(format!(

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use aenv_core::{
     EngineError, EnvInstance, EnvInstanceSpec, InvalidSpec, Observed, Phase, PortStatus, Workload,
     labels::InstanceLabels,
-    quantity::{parse_cpu_millis, parse_memory_bytes},
 };
 use aenv_engine_docker::DockerEngineConfig;
 use bollard::models::{
@@ -115,36 +114,14 @@ pub(crate) fn service_spec(
     // Objects written around the API (a custom resource) never went through `validate`.
     check(spec, config).map_err(EngineError::from)?;
     let permanent = |e: &dyn std::fmt::Display| EngineError::permanent(e.to_string());
-    let nano_cpus = spec
-        .resources
-        .cpu
-        .as_deref()
-        .map(parse_cpu_millis)
-        .transpose()
-        .map_err(|e| permanent(&e))?
-        .map(|m| m as i64 * 1_000_000);
-    let memory = spec
-        .resources
-        .memory
-        .as_deref()
-        .map(parse_memory_bytes)
-        .transpose()
-        .map_err(|e| permanent(&e))?
-        .map(|b| i64::try_from(b).unwrap_or(i64::MAX));
-    let expire_at = inst.expires_at().map_err(|e| permanent(&e))?;
+    let nano_cpus = spec.resources.nano_cpus().map_err(|e| permanent(&e))?;
+    let memory = spec.resources.memory_bytes().map_err(|e| permanent(&e))?;
     let name = inst.metadata.name.clone().unwrap_or_default();
-    let labels: HashMap<String, String> = InstanceLabels {
-        operator_id: &config.docker.operator_id,
-        namespace: inst.namespace(),
-        instance: &name,
-        env_name: &spec.env_name,
-        env_version: &spec.env_version,
-        owner: spec.owner.as_deref(),
-        expire_at: expire_at.map(|t| t.to_string()),
-    }
-    .render(&spec.labels)
-    .into_iter()
-    .collect();
+    let labels: HashMap<String, String> = InstanceLabels::of(inst, &config.docker.operator_id)
+        .map_err(|e| permanent(&e))?
+        .render(&spec.labels)
+        .into_iter()
+        .collect();
     let container = TaskSpecContainerSpec {
         args: (!spec.args.is_empty()).then(|| spec.args.clone()),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),

@@ -115,17 +115,9 @@ pub(crate) fn base_labels(
     main: &str,
 ) -> Result<BTreeMap<String, String>, EngineError> {
     let id = inst.metadata.name.clone().unwrap_or_default();
-    let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
-    let mut labels = InstanceLabels {
-        operator_id: &config.docker.operator_id,
-        namespace: inst.namespace(),
-        instance: &id,
-        env_name: &inst.spec.env_name,
-        env_version: &inst.spec.env_version,
-        owner: inst.spec.owner.as_deref(),
-        expire_at: expire_at.map(|t| t.to_string()),
-    }
-    .render(&BTreeMap::new());
+    let mut labels = InstanceLabels::of(inst, &config.docker.operator_id)
+        .map_err(|e| EngineError::permanent(e.to_string()))?
+        .render(&BTreeMap::new());
     labels.insert(cl::PROJECT.into(), id.clone());
     labels.insert(STACK_NAMESPACE.into(), id);
     labels.insert(compose::MAIN_SERVICE_LABEL.into(), main.to_string());

@@ -708,3 +708,90 @@ fn the_operator_s_stack_file_is_valid() {
         assert!(config.contains(needle), "{needle} in:\n{config}");
     }
 }
+
+/// Polls `GET /env/{env}/warmup` until the warmup is done; returns its last state.
+async fn warmup_done(op: &Operator, env: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, state) = op.get(&format!("/env/{env}/warmup")).await;
+        if state["data"]["done"] == true {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "warmup of {env} not done in {timeout:?}: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The warmup jobs (services labelled `aenv.io/warmup`) on the swarm.
+fn warmup_jobs(swarm: &SwarmDaemon) -> String {
+    swarm.docker_ok(&["service", "ls", "-q", "--filter", "label=aenv.io/warmup"])
+}
+
+#[tokio::test]
+async fn warmup_pulls_on_the_nodes_by_a_global_job_and_leaves_nothing() {
+    let swarm = SwarmDaemon::start();
+    let registry = aenv_testkit::LocalRegistry::start();
+    let image = registry.push(TEST_IMAGE, &format!("aenv/{}:1", unique_name("swwarm")));
+    let mut op = Operator::start(
+        BIN,
+        &["--engine", "swarm", "--docker-host", &swarm.daemon.socket, "--registry-allow", &registry.host()],
+    )
+    .await;
+    assert!(!swarm.docker(&["image", "inspect", &image]).status.success(), "not on the node before the warmup");
+
+    let name = unique_name("swwarm");
+    let body = json!({"name": name, "version": "1", "artifacts": [{"type": "image", "content": image}],
+        "deployConfig": {"placement": {"constraints": ["node.labels.aenv.node==manager"]}}});
+    let (code, resp) = op.post_json("/env", &body).await;
+    assert_eq!(code, 200, "{resp}");
+    let (code, started) = op.post_json(&format!("/env/{name}/1/warmup"), &json!({})).await;
+    assert_eq!(code, 202, "{started}");
+    let done = warmup_done(&op, &format!("{name}/1"), Duration::from_secs(90)).await;
+    assert_eq!(done["data"]["images"][0]["image"], image.as_str(), "{done}");
+    assert_eq!(done["data"]["images"][0]["state"], "Pulled", "{done}");
+    assert!(done["data"]["images"][0]["detail"].as_str().unwrap_or_default().contains("1 node"), "{done}");
+    assert!(swarm.docker(&["image", "inspect", &image]).status.success(), "on the node after the warmup");
+    assert_eq!(warmup_jobs(&swarm), "", "no warmup job left behind");
+
+    // An image that does not exist: Failed, naming it, and no job left either.
+    let missing = format!("{}/aenv/{}:1", registry.host(), unique_name("missing"));
+    let bad = format!("{name}-bad");
+    let body = json!({"name": bad, "version": "1", "artifacts": [{"type": "image", "content": missing}]});
+    let (code, resp) = op.post_json("/env", &body).await;
+    assert_eq!(code, 200, "{resp}");
+    op.post_json(&format!("/env/{bad}/1/warmup"), &json!({})).await;
+    let state = warmup_done(&op, &format!("{bad}/1"), Duration::from_secs(90)).await;
+    assert_eq!(state["data"]["images"][0]["state"], "Failed", "{state}");
+    let detail = state["data"]["images"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&missing), "names the image: {state}");
+    assert_eq!(warmup_jobs(&swarm), "", "no warmup job left behind");
+
+    // Placement no node matches: Failed, saying so.
+    let nowhere = format!("{name}-nowhere");
+    let body = json!({"name": nowhere, "version": "1", "artifacts": [{"type": "image", "content": image}],
+        "deployConfig": {"placement": {"constraints": ["node.labels.aenv.node==nowhere"]}}});
+    op.post_json("/env", &body).await;
+
+    // Killed during a warmup: the job stays until the operator starts again, which removes it.
+    op.post_json(&format!("/env/{nowhere}/1/warmup"), &json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while warmup_jobs(&swarm).is_empty() {
+        assert!(Instant::now() < deadline, "no warmup job made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    op.kill9();
+    assert_ne!(warmup_jobs(&swarm), "", "the job outlives the operator");
+    op.restart(BIN).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !warmup_jobs(&swarm).is_empty() {
+        assert!(Instant::now() < deadline, "the restarted operator left the dead one's warmup job");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    op.post_json(&format!("/env/{nowhere}/1/warmup"), &json!({})).await;
+    let state = warmup_done(&op, &format!("{nowhere}/1"), Duration::from_secs(60)).await;
+    assert_eq!(state["data"]["images"][0]["state"], "Failed", "{state}");
+    assert!(state["data"]["images"][0]["detail"].as_str().unwrap_or_default().contains("placement"), "{state}");
+    assert_eq!(warmup_jobs(&swarm), "", "no warmup job left behind");
+    swarm.docker(&["image", "rm", &image]);
+}

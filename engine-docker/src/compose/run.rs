@@ -75,17 +75,9 @@ pub(crate) async fn apply(
     let id = inst.metadata.name.clone().unwrap_or_default();
     let mut stack = plan(&inst.spec, compose_file, &config.policy)?;
     apply_instance_limits(inst, &mut stack)?;
-    let expire_at = inst.expires_at().map_err(|e| EngineError::permanent(e.to_string()))?;
-    let mut base_labels = InstanceLabels {
-        operator_id: &config.operator_id,
-        namespace: inst.namespace(),
-        instance: &id,
-        env_name: &inst.spec.env_name,
-        env_version: &inst.spec.env_version,
-        owner: inst.spec.owner.as_deref(),
-        expire_at: expire_at.map(|t| t.to_string()),
-    }
-    .render(&BTreeMap::new());
+    let mut base_labels = InstanceLabels::of(inst, &config.operator_id)
+        .map_err(|e| EngineError::permanent(e.to_string()))?
+        .render(&BTreeMap::new());
     base_labels.insert(cl::PROJECT.into(), id.clone());
     base_labels.insert(MAIN_SERVICE_LABEL.into(), stack.main.clone());
     let ctx = Ctx {
@@ -141,17 +133,12 @@ pub fn apply_instance_limits(inst: &EnvInstance, stack: &mut StackSpec) -> Resul
     let res = &inst.spec.resources;
     let main = stack.main.clone();
     let Some(svc) = stack.services.iter_mut().find(|s| s.name == main) else { return Ok(()) };
-    if svc.nano_cpus.is_none()
-        && let Some(cpu) = res.cpu.as_deref()
-    {
-        let millis = aenv_core::quantity::parse_cpu_millis(cpu).map_err(|e| EngineError::permanent(e.to_string()))?;
-        svc.nano_cpus = Some(millis as i64 * 1_000_000);
+    let permanent = |e: aenv_core::Error| EngineError::permanent(e.to_string());
+    if svc.nano_cpus.is_none() {
+        svc.nano_cpus = res.nano_cpus().map_err(permanent)?;
     }
-    if svc.memory.is_none()
-        && let Some(mem) = res.memory.as_deref()
-    {
-        let bytes = aenv_core::quantity::parse_memory_bytes(mem).map_err(|e| EngineError::permanent(e.to_string()))?;
-        svc.memory = Some(bytes as i64);
+    if svc.memory.is_none() {
+        svc.memory = res.memory_bytes().map_err(permanent)?;
     }
     Ok(())
 }
