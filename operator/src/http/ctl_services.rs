@@ -8,25 +8,15 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use warp::{
-    Filter, Reply,
-    http::{StatusCode, header::CONTENT_TYPE},
-    hyper::body::Bytes,
-};
+use warp::{Filter, http::StatusCode, hyper::body::Bytes};
 
 use super::{
     ApiError, Caller, MAX_BODY_BYTES,
+    pods::{json_line, text_error},
     request::{Strictness, parse_create},
     with_services,
 };
 use crate::service::{Principal, ServiceError, ServiceRequest, ServiceUpdate, Services};
-
-#[derive(Serialize)]
-struct Envelope<T> {
-    success: bool,
-    code: i32,
-    data: T,
-}
 
 /// The controller's `HttpServiceResponseData`, field for field.
 #[derive(Serialize)]
@@ -44,21 +34,6 @@ struct ServiceData {
     updated_at: String,
     #[serde(skip_serializing_if = "HashMap::is_empty")]
     environment_variables: HashMap<String, String>,
-}
-
-fn json_line<T: Serialize>(status: StatusCode, data: T) -> warp::reply::Response {
-    let mut body = serde_json::to_string(&Envelope { success: true, code: 0, data }).unwrap_or_default();
-    body.push('\n');
-    warp::reply::with_status(warp::reply::with_header(body, CONTENT_TYPE, "application/json"), status).into_response()
-}
-
-fn text_error(status: u16, message: &str) -> warp::reply::Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    warp::reply::with_status(
-        warp::reply::with_header(format!("{message}\n"), CONTENT_TYPE, "text/plain; charset=utf-8"),
-        status,
-    )
-    .into_response()
 }
 
 fn go_time(t: jiff::Timestamp) -> String {

@@ -50,13 +50,15 @@ struct PodItem {
     owner: String,
 }
 
-fn json_line<T: Serialize>(status: StatusCode, data: T) -> warp::reply::Response {
+/// A Go controller answer: the envelope as JSON with a trailing newline (`json.NewEncoder`).
+pub(super) fn json_line<T: Serialize>(status: StatusCode, data: T) -> warp::reply::Response {
     let mut body = serde_json::to_string(&Envelope { success: true, code: 0, data }).unwrap_or_default();
     body.push('\n');
     warp::reply::with_status(warp::reply::with_header(body, CONTENT_TYPE, "application/json"), status).into_response()
 }
 
-fn text_error(status: u16, message: &str) -> warp::reply::Response {
+/// A Go controller error: plain text with a trailing newline (`http.Error`).
+pub(super) fn text_error(status: u16, message: &str) -> warp::reply::Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     warp::reply::with_status(
         warp::reply::with_header(format!("{message}\n"), CONTENT_TYPE, "text/plain; charset=utf-8"),
