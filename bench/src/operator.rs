@@ -39,6 +39,17 @@ impl Operator {
         api_addr: &str,
         proxy_addr: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(bin, http, api_addr, proxy_addr, &[]).await
+    }
+
+    /// [`Operator::start_on`] with more arguments for `serve`.
+    pub async fn start_with(
+        bin: Option<PathBuf>,
+        http: &reqwest::Client,
+        api_addr: &str,
+        proxy_addr: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let bin = match bin {
             Some(b) => b,
             None => std::env::current_exe()?.with_file_name("aenv-operator"),
@@ -54,6 +65,7 @@ impl Operator {
         let child = Command::new(&bin)
             .args(["serve", "--api-listen", api_addr, "--proxy-listen", proxy_addr, "--data-dir"])
             .arg(data.path().join("store"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

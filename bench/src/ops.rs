@@ -4,7 +4,10 @@
 //!   download round trip, checked byte for byte;
 //! - `pause`: `POST .../pause` and `.../resume`: the answer, and the time until the daemon reports the container
 //!   paused (or running again), against Docker's pause and unpause API calls on a plain container;
-//! - `fork`: a fork of N from one snapshot until all run, against N cold creates until all run.
+//! - `fork`: a fork of N from one snapshot until all run, against N cold creates until all run;
+//! - `memory`: the operator's peak resident memory (VmHWM, reset before each load) under N collected execs at
+//!   once each printing 2 × 16 MiB of NUL bytes, then N uploads of 60 MiB at once, then N downloads of them; side
+//!   by side with a baseline build (`--baseline-bin`) when one is given.
 
 use std::time::{Duration, Instant};
 
@@ -286,6 +289,90 @@ pub async fn fork(args: ForkArgs) -> anyhow::Result<()> {
         if let Some((name, version)) = t.split_once('@') {
             api.http.delete(format!("{}/env/{name}/{version}", api.base)).send().await?;
         }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MemoryArgs {
+    /// The operator binary to measure (default: aenv-operator next to this binary).
+    #[arg(long)]
+    operator_bin: Option<std::path::PathBuf>,
+    /// Another build to measure the same way, side by side (such as one built from an earlier commit).
+    #[arg(long)]
+    baseline_bin: Option<std::path::PathBuf>,
+    /// Requests at once in each load.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// NUL bytes each exec prints on stdout and again on stderr (MiB).
+    #[arg(long, default_value_t = 16)]
+    exec_mib: u64,
+    /// Bytes of each upload (MiB).
+    #[arg(long, default_value_t = 60)]
+    upload_mib: usize,
+}
+
+/// Peak resident memory (MiB) of one build under each load.
+struct MemoryRun {
+    idle: u64,
+    execs: u64,
+    uploads: u64,
+    downloads: u64,
+    statuses: String,
+}
+
+async fn memory_of(bin: Option<std::path::PathBuf>, args: &MemoryArgs, label: &str) -> anyhow::Result<MemoryRun> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let op = crate::operator::Operator::start_on(bin, &http, &format!("127.0.0.1:{port}"), "127.0.0.1:0").await?;
+    let pid = op.pid().context("the benchmark started the operator")?;
+    let api = Api { http: http.clone(), base: op.api.clone() };
+    let id = running(&api, &format!("{}-memory-{label}", run_id())).await?;
+    let mib = |kib: u64| kib / 1024;
+    let (_, idle) = aenv_testkit::resident_kib(pid).context("reading /proc/PID/status")?;
+    aenv_testkit::reset_peak_memory(pid);
+    let execs = aenv_testkit::collected_exec_load(&http, &op.api, &id, args.concurrency, args.exec_mib << 20).await;
+    let (exec_peak, _) = aenv_testkit::resident_kib(pid).context("reading /proc/PID/status")?;
+    aenv_testkit::reset_peak_memory(pid);
+    let uploads = aenv_testkit::upload_load(&http, &op.api, &id, args.concurrency, args.upload_mib << 20).await;
+    let (upload_peak, _) = aenv_testkit::resident_kib(pid).context("reading /proc/PID/status")?;
+    aenv_testkit::reset_peak_memory(pid);
+    let downloads = aenv_testkit::download_load(&http, &op.api, &id, args.concurrency).await;
+    let (download_peak, _) = aenv_testkit::resident_kib(pid).context("reading /proc/PID/status")?;
+    api.http.delete(format!("{}/env-instance/{id}", op.api)).send().await?;
+    let statuses = format!(
+        "execs {:?}, uploads {:?}, downloads {:?}",
+        execs
+            .iter()
+            .map(|(s, t)| format!("{s}{}", if *t == Some(true) { " truncated" } else { "" }))
+            .collect::<Vec<_>>(),
+        uploads,
+        downloads.iter().map(|(s, _, read)| format!("{s} {} MiB", read >> 20)).collect::<Vec<_>>()
+    );
+    Ok(MemoryRun {
+        idle: mib(idle),
+        execs: mib(exec_peak),
+        uploads: mib(upload_peak),
+        downloads: mib(download_peak),
+        statuses,
+    })
+}
+
+pub async fn memory(args: MemoryArgs) -> anyhow::Result<()> {
+    let mut runs = vec![("this build", memory_of(args.operator_bin.clone(), &args, "new").await?)];
+    if let Some(baseline) = &args.baseline_bin {
+        runs.push(("baseline", memory_of(Some(baseline.clone()), &args, "base").await?));
+    }
+    println!(
+        "peak resident memory of the operator (VmHWM, MiB), {} at once: collected execs of 2 x {} MiB of NUL bytes; uploads of {} MiB, and downloads of them",
+        args.concurrency, args.exec_mib, args.upload_mib
+    );
+    println!("  {:<12} {:>8} {:>8} {:>8} {:>9}", "", "idle", "execs", "uploads", "downloads");
+    for (name, run) in &runs {
+        println!(
+            "  {name:<12} {:>8} {:>8} {:>8} {:>9}   ({})",
+            run.idle, run.execs, run.uploads, run.downloads, run.statuses
+        );
     }
     Ok(())
 }

@@ -44,6 +44,9 @@ pub enum OwnedKind {
     /// belongs to no instance (`namespace` and `instance` are empty) and is listed only when none of the
     /// operator's containers is on it, so the sweep removes it once it is unused for longer than the grace.
     SharedNetwork,
+    /// A service's storage, by the name the replicas' spec mounts ([`crate::envservice::volume_name`]): the engine
+    /// finds the object behind it and removes it only when this operator made it.
+    ServiceVolume,
 }
 
 /// One object the engine found labelled as belonging to this operator.
@@ -84,13 +87,15 @@ pub struct CheckpointSupport {
 /// A snapshot image ([`Engine::snapshot`]) the backend holds, as its labels tell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotImage {
-    /// The image's reference (`aenv-snapshot/<name>:<version>`).
+    /// The image's reference (`aenv-snapshot/<name>:<version>.<random>`).
     pub reference: String,
     /// The operator that made it (`aenv.io/snapshot-by`).
     pub operator_id: String,
     /// The template it was made for (`name@version`, `aenv.io/snapshot-template`), when it says.
     pub template: Option<String>,
     pub created: Option<Timestamp>,
+    /// Its size as the backend reports it (base layers included), when it says.
+    pub size: Option<u64>,
 }
 
 /// A change the engine noticed outside the operator's own calls (a container died or was removed by hand).
@@ -304,10 +309,32 @@ pub trait Engine: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Checks a spec that passed [`Engine::validate`] for what needs I/O to judge (the addresses an image's
+    /// registry name resolves to), before it is accepted. The message names the field and the fix. The default
+    /// accepts everything.
+    async fn admit(&self, _spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+        Ok(())
+    }
+
     /// Makes the instance exist as specified and reports what is observed. Creates what is missing, unless
     /// `instance.status.container_id` says it was created before: then its absence is reported as
     /// `Terminated` (removed outside the operator) rather than created again. Calling it twice changes nothing.
     async fn apply(&self, instance: &EnvInstance) -> Result<Observed, EngineError>;
+
+    /// [`Engine::apply`] after a start that failed ([`ErrorKind::StartFailed`]): what was created for the instance
+    /// and has never run is removed and made again first, so that state the backend kept from the failed start (a
+    /// task left behind by a daemon restart) cannot fail the next start the same way. Safe because nothing ran.
+    /// The default is [`Engine::apply`].
+    async fn apply_afresh(&self, instance: &EnvInstance) -> Result<Observed, EngineError> {
+        self.apply(instance).await
+    }
+
+    /// Kills what commands of [`Engine::exec`] left running past their timeout because the operator stopped
+    /// before it could kill them (a crash, a kill -9): called by every resync, the first at start. How many
+    /// processes were killed. The default finds none.
+    async fn kill_overdue_commands(&self) -> Result<u32, EngineError> {
+        Ok(0)
+    }
 
     /// Removes everything the instance owns. Succeeds when there is nothing to remove.
     async fn delete(&self, instance: &EnvInstance) -> Result<(), EngineError>;
@@ -397,10 +424,30 @@ pub trait Engine: Send + Sync + 'static {
         Err(EngineError::unsupported("this engine does not report per-instance stats"))
     }
 
-    /// Saves the instance's filesystem as an image named `reference` (`repo:tag`), to start instances from; its
-    /// id. Memory is not saved. The image carries none of the instance's labels.
-    async fn snapshot(&self, _instance: &EnvInstance, _reference: &str) -> Result<String, EngineError> {
+    /// Saves the instance's filesystem as an image named `reference` (`repo:tag`) for template `template`
+    /// (`name@version`), to start instances from; its id. Memory is not saved. The image carries none of the
+    /// instance's labels.
+    async fn snapshot(
+        &self,
+        _instance: &EnvInstance,
+        _reference: &str,
+        _template: &str,
+    ) -> Result<String, EngineError> {
         Err(EngineError::unsupported("this engine does not snapshot instances"))
+    }
+
+    /// What a snapshot of the instance would weigh, as the backend estimates it before committing (the same
+    /// measure as [`SnapshotImage::size`]); `None` when it cannot say.
+    async fn snapshot_size(&self, _instance: &EnvInstance) -> Result<Option<u64>, EngineError> {
+        Ok(None)
+    }
+
+    /// Refuses a spec that names one of the backend's snapshot images directly (by their repository, or by an
+    /// image id, which could be any image on the host): a snapshot is used through its template, whose sharing
+    /// decides who may. Checked on what callers write (an inline create, a template, a service's image), never on
+    /// a spec resolved from a snapshot's template. The default: nothing to refuse.
+    fn refuse_snapshot_images(&self, _spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+        Ok(())
     }
 
     /// Whether memory checkpoints (CRIU) could be taken on this backend, as detected at start. The default: not

@@ -27,7 +27,10 @@ pub use engine::{
 };
 pub use envservice::{EnvService, EnvServiceSpec, EnvServiceStatus, ServicePhase};
 pub use error::Error;
-pub use ops::{ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, PathError, SandboxPath};
+pub use ops::{
+    ByteStream, ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, PathError, SandboxPath,
+    body_of, collect_body,
+};
 pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, Placement,

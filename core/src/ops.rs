@@ -1,9 +1,10 @@
-//! Operations on a running sandbox (issue 15): running a command in it (exec) and moving files in and out. The
+//! Operations on a running sandbox: running a command in it (exec) and moving files in and out. The
 //! types engines and the service share; the checks on what a request may ask that need no backend (an absolute,
 //! normalised path).
 
 use std::{collections::BTreeMap, io::Read, time::Duration};
 
+use futures::StreamExt;
 use thiserror::Error;
 
 use crate::{EngineError, ErrorKind};
@@ -52,20 +53,50 @@ pub struct ExecExit {
 }
 
 /// What a path in an instance holds, read through [`crate::Engine::read_path`].
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathContent {
-    /// A regular file's bytes, and its mode bits.
-    File { bytes: Vec<u8>, mode: u32 },
-    /// A directory, as a tar archive of it (its entries under the directory's own name).
-    Directory { tar: Vec<u8> },
+    /// A regular file: its length, its mode bits and its bytes as they come (exactly `size` of them; a body that
+    /// ends early ends with an error).
+    File { size: u64, mode: u32, body: ByteStream },
+    /// A directory, as a tar archive of it (its entries under the directory's own name), as it comes.
+    Directory { body: ByteStream },
 }
 
-/// A file to write into an instance, through [`crate::Engine::write_file`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl std::fmt::Debug for PathContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathContent::File { size, mode, .. } => {
+                f.debug_struct("File").field("size", size).field("mode", mode).finish_non_exhaustive()
+            }
+            PathContent::Directory { .. } => f.debug_struct("Directory").finish_non_exhaustive(),
+        }
+    }
+}
+
+/// A body of bytes held in memory, as one piece.
+pub fn body_of(bytes: Vec<u8>) -> ByteStream {
+    futures::stream::once(async move { Ok(bytes::Bytes::from(bytes)) }).boxed()
+}
+
+/// A body collected whole (for tests and for backends that need it whole; mind its size).
+pub async fn collect_body(mut body: ByteStream) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    while let Some(piece) = body.next().await {
+        bytes.extend_from_slice(&piece?);
+    }
+    Ok(bytes)
+}
+
+/// Bytes in pieces as they come (an upload's body as the client sends it).
+pub type ByteStream = futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>;
+
+/// A file to write into an instance, through [`crate::Engine::write_file`]: its bytes stream through, never held
+/// whole.
 pub struct FileUpload {
     /// Where (absolute and normalised: see [`SandboxPath`]).
     pub path: SandboxPath,
-    pub bytes: Vec<u8>,
+    /// Its length: the body yields exactly this many bytes (more or fewer fails the write).
+    pub size: u64,
+    pub body: ByteStream,
     /// Permission bits (`0o644` when `None`).
     pub mode: Option<u32>,
     /// Numeric owner (`uid`, `gid`); root when `None`.
@@ -74,27 +105,92 @@ pub struct FileUpload {
     pub service: Option<String>,
 }
 
+impl std::fmt::Debug for FileUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileUpload")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("mode", &self.mode)
+            .field("owner", &self.owner)
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FileUpload {
+    /// An upload of `bytes` held in memory (root-owned, mode `0o644`).
+    pub fn from_bytes(path: SandboxPath, bytes: Vec<u8>) -> FileUpload {
+        let size = bytes.len() as u64;
+        FileUpload { path, size, body: body_of(bytes), mode: None, owner: None, service: None }
+    }
+
     /// The upload as a tar of one regular file named by the file's own name (to be extracted in its parent
-    /// directory), with its mode (`0o644` by default), owner (`0:0` by default) and `mtime` (seconds).
-    pub fn to_tar(&self, mtime: u64) -> std::io::Result<Vec<u8>> {
+    /// directory), with its mode (`0o644` by default), owner (`0:0` by default) and `mtime` (seconds), streamed:
+    /// the header, the body as it comes, the padding and the end of the archive. A body that yields more or
+    /// fewer than `size` bytes ends the stream with an error (so a partial file is never extracted whole).
+    pub fn into_tar(self, mtime: u64) -> std::io::Result<ByteStream> {
         let mut header = tar::Header::new_gnu();
-        header.set_size(self.bytes.len() as u64);
+        header.set_size(self.size);
         header.set_mode(self.mode.unwrap_or(0o644));
         let (uid, gid) = self.owner.unwrap_or((0, 0));
         header.set_uid(uid);
         header.set_gid(gid);
         header.set_mtime(mtime);
         header.set_entry_type(tar::EntryType::Regular);
-        let mut builder = tar::Builder::new(Vec::with_capacity(self.bytes.len() + 2048));
-        builder.append_data(&mut header, self.path.file_name(), self.bytes.as_slice())?;
-        builder.into_inner()
+        // The header (and a long-name entry before it when the name needs one), without the data: the tar
+        // builder writes no data and no padding for an empty reader.
+        let mut builder = tar::Builder::new(Vec::with_capacity(2048));
+        builder.append_data(&mut header, self.path.file_name(), std::io::empty())?;
+        let mut head = builder.into_inner()?;
+        head.truncate(head.len().saturating_sub(1024));
+        let size = self.size;
+        let padding = (512 - size % 512) % 512;
+        let tail = vec![0u8; padding as usize + 1024];
+        let invalid = |kind, message: String| std::io::Error::new(kind, message);
+        // (the body, bytes seen, the tail still to send); `None` once the stream has ended or failed.
+        let checked = futures::stream::unfold(Some((self.body, 0u64, tail)), move |state| async move {
+            let (mut body, seen, tail) = state?;
+            match body.next().await {
+                Some(Ok(piece)) => {
+                    let seen = seen + piece.len() as u64;
+                    if seen > size {
+                        let e = invalid(
+                            std::io::ErrorKind::InvalidData,
+                            format!("the body is longer than its declared {size} bytes"),
+                        );
+                        return Some((Err(e), None));
+                    }
+                    Some((Ok(piece), Some((body, seen, tail))))
+                }
+                Some(Err(e)) => Some((Err(e), None)),
+                None if seen != size => {
+                    let e = invalid(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the body ended after {seen} of its declared {size} bytes"),
+                    );
+                    Some((Err(e), None))
+                }
+                None => Some((Ok(bytes::Bytes::from(tail)), None)),
+            }
+        });
+        Ok(futures::stream::once(async move { Ok(bytes::Bytes::from(head)) }).chain(checked).boxed())
+    }
+
+    /// [`FileUpload::into_tar`], collected (for a backend that takes the archive whole; at most `size` plus a few
+    /// KiB).
+    pub async fn into_tar_bytes(self, mtime: u64) -> std::io::Result<Vec<u8>> {
+        let mut tar = Vec::with_capacity(usize::try_from(self.size).unwrap_or(0).saturating_add(4096));
+        let mut stream = self.into_tar(mtime)?;
+        while let Some(piece) = stream.next().await {
+            tar.extend_from_slice(&piece?);
+        }
+        Ok(tar)
     }
 }
 
 impl PathContent {
-    /// What a tar of `path` holds, as the backend made it (Docker's archive API, or `tar -cf - -C parent name`
-    /// in the container): a directory's tar as it is, a regular file's bytes and mode. A link or a device is
+    /// What a tar of `path` holds, collected whole as the backend made it (`tar -cf - -C parent name` in the
+    /// container): a directory's tar as it is, a regular file's bytes and mode. A link or a device is
     /// [`ErrorKind::Permanent`], a file over `max_bytes` [`ErrorKind::TooLarge`], an archive that does not read
     /// [`ErrorKind::Transient`].
     pub fn from_tar(path: &SandboxPath, tar: Vec<u8>, max_bytes: u64) -> Result<PathContent, EngineError> {
@@ -132,10 +228,10 @@ impl PathContent {
                 }
                 let mut bytes = Vec::with_capacity(size.min(max_bytes) as usize);
                 first.read_to_end(&mut bytes).map_err(bad)?;
-                Some(PathContent::File { bytes, mode })
+                Some(PathContent::File { size: bytes.len() as u64, mode, body: body_of(bytes) })
             }
         };
-        Ok(file.unwrap_or(PathContent::Directory { tar }))
+        Ok(file.unwrap_or_else(|| PathContent::Directory { body: body_of(tar) }))
     }
 }
 
@@ -239,23 +335,43 @@ mod tests {
     fn an_upload_tar_reads_back_as_the_file() {
         let path = SandboxPath::parse("/tmp/a.txt").unwrap();
         let upload = FileUpload {
-            path: path.clone(),
-            bytes: b"hello".to_vec(),
             mode: Some(0o600),
             owner: Some((7, 8)),
-            service: None,
+            ..FileUpload::from_bytes(path.clone(), b"hello".to_vec())
         };
-        let tar = upload.to_tar(0).unwrap();
+        let tar = futures::executor::block_on(upload.into_tar_bytes(0)).unwrap();
         let mut archive = tar::Archive::new(tar.as_slice());
         let entry = archive.entries().unwrap().next().unwrap().unwrap();
         assert_eq!(entry.path().unwrap().to_str(), Some("a.txt"));
         assert_eq!((entry.header().uid().unwrap(), entry.header().gid().unwrap()), (7, 8));
-        assert_eq!(
-            PathContent::from_tar(&path, tar.clone(), 5).unwrap(),
-            PathContent::File { bytes: b"hello".to_vec(), mode: 0o600 }
-        );
+        match PathContent::from_tar(&path, tar.clone(), 5).unwrap() {
+            PathContent::File { size, mode, body } => {
+                assert_eq!((size, mode), (5, 0o600));
+                assert_eq!(futures::executor::block_on(collect_body(body)).unwrap(), b"hello");
+            }
+            other => panic!("not a file: {other:?}"),
+        }
         assert_eq!(PathContent::from_tar(&path, tar, 4).unwrap_err().kind(), ErrorKind::TooLarge);
         assert_eq!(PathContent::from_tar(&path, Vec::new(), 4).unwrap_err().kind(), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn an_upload_of_another_length_than_declared_fails() {
+        let path = SandboxPath::parse("/tmp/a.txt").unwrap();
+        let long = FileUpload { size: 3, ..FileUpload::from_bytes(path.clone(), b"hello".to_vec()) };
+        assert!(futures::executor::block_on(long.into_tar_bytes(0)).is_err());
+        let short = FileUpload { size: 9, ..FileUpload::from_bytes(path.clone(), b"hello".to_vec()) };
+        assert!(futures::executor::block_on(short.into_tar_bytes(0)).is_err());
+        // A name longer than a tar header holds goes in a long-name entry.
+        let name = format!("/tmp/{}", "n".repeat(200));
+        let upload = FileUpload::from_bytes(SandboxPath::parse(&name).unwrap(), vec![7u8; 1000]);
+        let tar = futures::executor::block_on(upload.into_tar_bytes(0)).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(entry.path().unwrap().to_str().map(str::len), Some(200));
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes, vec![7u8; 1000]);
     }
 
     #[test]
@@ -268,7 +384,12 @@ mod tests {
         header.set_mode(0o755);
         builder.append_data(&mut header, "d/", std::io::empty()).unwrap();
         let tar = builder.into_inner().unwrap();
-        assert_eq!(PathContent::from_tar(&path, tar.clone(), 0).unwrap(), PathContent::Directory { tar });
+        match PathContent::from_tar(&path, tar.clone(), 0).unwrap() {
+            PathContent::Directory { body } => {
+                assert_eq!(futures::executor::block_on(collect_body(body)).unwrap(), tar);
+            }
+            other => panic!("not a directory: {other:?}"),
+        }
         let mut builder = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Symlink);

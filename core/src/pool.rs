@@ -186,11 +186,31 @@ pub fn member_spec(template: &EnvInstanceSpec, name: &str, version: &str, owner:
     spec
 }
 
+/// What the owner of a create means to a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerRule {
+    /// With tokens, an owner is a tenant: its sandboxes run on its own network, under its name; a pool serves the
+    /// creates of its own owner only (an owner-less pool, the owner-less creates).
+    Tenant,
+    /// Without tokens, the owner is attribution only: any pool serves a create whatever owner it names, and the
+    /// claim records that owner, as it records the TTL and the labels.
+    Attribution,
+}
+
 /// Whether a create that resolved to `wanted` may be served by a sandbox started as `member`: everything a
 /// running container cannot take on afterwards (image, arguments, environment, resources, network, ports,
-/// probe, owner) must be the same. The TTL and the labels differ freely: they live in the store.
-pub fn serves(member: &EnvInstanceSpec, wanted: &EnvInstanceSpec) -> bool {
-    let store_only = |s: &EnvInstanceSpec| EnvInstanceSpec { ttl: None, labels: BTreeMap::new(), ..s.clone() };
+/// probe; the owner when it is a tenant) must be the same. The TTL and the labels differ freely: they live in the
+/// store.
+pub fn serves(member: &EnvInstanceSpec, wanted: &EnvInstanceSpec, owners: OwnerRule) -> bool {
+    let store_only = |s: &EnvInstanceSpec| EnvInstanceSpec {
+        ttl: None,
+        labels: BTreeMap::new(),
+        owner: match owners {
+            OwnerRule::Tenant => s.owner.clone(),
+            OwnerRule::Attribution => None,
+        },
+        ..s.clone()
+    };
     store_only(member) == store_only(wanted)
 }
 
@@ -226,7 +246,7 @@ mod tests {
         let mut wanted = member.clone();
         wanted.ttl = Some("5m".into());
         wanted.labels.insert("run".into(), "7".into());
-        assert!(serves(&member, &wanted));
+        assert!(serves(&member, &wanted, OwnerRule::Tenant));
         for change in [
             |s: &mut EnvInstanceSpec| {
                 s.env.insert("B".into(), "2".into());
@@ -239,7 +259,13 @@ mod tests {
         ] {
             let mut w = wanted.clone();
             change(&mut w);
-            assert!(!serves(&member, &w), "{w:?}");
+            assert!(!serves(&member, &w, OwnerRule::Tenant), "{w:?}");
+            let only_the_owner = w.owner != member.owner && {
+                let mut same = w.clone();
+                same.owner = member.owner.clone();
+                serves(&member, &same, OwnerRule::Tenant)
+            };
+            assert_eq!(serves(&member, &w, OwnerRule::Attribution), only_the_owner, "{w:?}");
         }
     }
 

@@ -237,18 +237,18 @@ impl VolumeMount {
             ));
         }
         let path = &self.mount_path;
+        Self::mount_path_refusal(path).map(|why| format!("field `volumes.mountPath` {why} (got {path:?})"))
+    }
+
+    /// Why `path` cannot be a mount path (for the message of whichever field holds it); `None` when it can.
+    pub fn mount_path_refusal(path: &str) -> Option<&'static str> {
         let path_ok = path.starts_with('/')
             && path != "/"
             && path.len() <= 4096
             && !path.split('/').any(|c| c == ".." || c == ".")
             && !path.contains(':')
             && !path.chars().any(char::is_control);
-        if !path_ok {
-            return Some(format!(
-                "field `volumes.mountPath` must be an absolute path other than `/`, without `.` or `..` components or ':' (got {path:?})"
-            ));
-        }
-        None
+        (!path_ok).then_some("must be an absolute path other than `/`, without `.` or `..` components or ':'")
     }
 }
 

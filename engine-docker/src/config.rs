@@ -29,6 +29,9 @@ pub struct DockerEngineConfig {
     /// Tenancy: the single containers of an instance with an owner go on the owner's own network, and a network
     /// the spec names is scoped to its owner ([`crate::network::owner_scoped`]). On when the API has tokens.
     pub owner_networks: bool,
+    /// Where running execs are journalled, so that a restarted operator kills those that outlived their timeout
+    /// while it was down (see the `kill` module). `None`: not journalled.
+    pub exec_journal: Option<std::path::PathBuf>,
 }
 
 /// The defaults that make a container fit for untrusted code. The operator's flags may change them; a request
@@ -89,6 +92,7 @@ impl DockerEngineConfig {
             no_pull: false,
             compose: true,
             owner_networks: false,
+            exec_journal: None,
         }
     }
 }

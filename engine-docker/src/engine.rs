@@ -36,6 +36,7 @@ use crate::{
     image::ensure_image,
     network,
     probe::Prober,
+    volume,
 };
 
 fn is_dns_label(s: &str) -> bool {
@@ -58,10 +59,13 @@ pub struct DockerEngine {
     network_lock: Arc<tokio::sync::Mutex<()>>,
     /// What [`DockerEngine::detect_checkpoints`] found.
     checkpoints: Arc<std::sync::OnceLock<aenv_core::CheckpointSupport>>,
+    /// The execs running now, for a restarted operator to kill those it could not.
+    journal: crate::kill::Journal,
 }
 
 impl DockerEngine {
     pub fn new(docker: Docker, config: DockerEngineConfig) -> Self {
+        let journal = crate::kill::Journal::new(config.exec_journal.clone());
         Self {
             docker,
             config,
@@ -69,6 +73,7 @@ impl DockerEngine {
             platform: containers::HostPlatform::default(),
             network_lock: Arc::default(),
             checkpoints: Arc::default(),
+            journal,
         }
     }
 
@@ -97,32 +102,69 @@ impl DockerEngine {
         self.checkpoints.get_or_init(|| found).clone()
     }
 
-    /// The Docker network an instance joins: the one its spec names, else the operator's; scoped to the
-    /// instance's owner when owner networks are on.
-    fn network_of(&self, spec: &EnvInstanceSpec) -> String {
-        let named = spec.network.as_deref().unwrap_or(&self.config.network);
-        match spec.owner.as_deref() {
-            Some(owner) if self.config.owner_networks => network::owner_scoped(owner, named),
-            _ => named.to_string(),
-        }
+    /// The owner a spec's Docker names are scoped to: its owner when owner networks are on.
+    fn scope_owner<'a>(&self, spec: &'a EnvInstanceSpec) -> Option<&'a str> {
+        spec.owner.as_deref().filter(|_| self.config.owner_networks)
     }
 
-    /// Creates the instance's user network when it needs one, within the policy.
-    async fn prepare_network(&self, spec: &EnvInstanceSpec) -> Result<(), EngineError> {
-        let name = &self.network_of(spec);
-        if network::is_builtin(name) {
-            return Ok(());
+    /// The Docker network an instance joins: the one its spec names, else the operator's; scoped to the
+    /// instance's owner when owner networks are on, and to this operator ([`network::scoped`]).
+    fn network_of(&self, spec: &EnvInstanceSpec) -> String {
+        let named = spec.network.as_deref().unwrap_or(&self.config.network);
+        network::scoped(&self.config.operator_id, self.scope_owner(spec), named)
+    }
+
+    /// The name the same network had before names carried the operator id, when it differs.
+    fn legacy_network_of(&self, spec: &EnvInstanceSpec) -> Option<String> {
+        let named = spec.network.as_deref().unwrap_or(&self.config.network);
+        network::legacy_scoped(&self.config.operator_id, self.scope_owner(spec), named)
+    }
+
+    /// Creates the instance's user network when it needs one, within the policy, and answers the network the
+    /// container joins: a network of the name before the operator id that this operator made (an upgrade) while
+    /// it exists, else today's name. A network of today's name is never another operator's (the name holds this
+    /// operator's id), so what other operators made, or left, never stands in the way.
+    async fn prepare_network(&self, spec: &EnvInstanceSpec) -> Result<String, EngineError> {
+        let name = self.network_of(spec);
+        if network::is_builtin(&name) {
+            return Ok(name);
         }
-        if network::is_ours(&self.docker, name, &self.config.operator_id).await? == Some(false) {
-            self.config.policy.check(Allowance::ExternalNetworks, "deployConfig.network").map_err(|e| {
-                let msg = format!("network {name} exists and was not created by aenv-operator: {}", e.message);
-                EngineError::permanent(msg).with_source(e)
-            })?;
-            return Ok(());
+        if let Some(legacy) = self.legacy_network_of(spec)
+            && network::is_ours(&self.docker, &legacy, &self.config.operator_id).await? == Some(true)
+        {
+            return Ok(legacy);
+        }
+        if network::is_ours(&self.docker, &name, &self.config.operator_id).await? == Some(false) {
+            let named = spec.network.as_deref();
+            if named == Some(name.as_str()) {
+                // The request named a network that exists (an external one): the policy decides.
+                self.config.policy.check(Allowance::ExternalNetworks, "deployConfig.network").map_err(|e| {
+                    let msg = format!("network {name} exists and was not created by aenv-operator: {}", e.message);
+                    EngineError::permanent(msg).with_source(e)
+                })?;
+            } else if named.is_some() || name != self.config.network {
+                // A name this operator derives (an owner's or a service's network) taken by a network it did
+                // not make: not a leftover of another operator (their names differ), so someone made it by hand.
+                return Err(EngineError::permanent(format!(
+                    "network {name} (a name this operator gives its own networks) exists on the Docker host and was not created by this operator (id {}): remove it (docker network rm {name})",
+                    self.config.operator_id
+                )));
+            }
+            // Else the operator's own --network, as the operator was told: used as it is.
+            return Ok(name);
         }
         let _one_at_a_time = self.network_lock.lock().await;
-        let owner = spec.owner.as_deref().filter(|_| self.config.owner_networks);
-        network::ensure(&self.docker, name, &self.config.operator_id, owner).await
+        network::ensure(&self.docker, &name, &self.config.operator_id, self.scope_owner(spec)).await?;
+        Ok(name)
+    }
+
+    /// The Docker volume behind each of the spec's volumes (in order), made when missing ([`volume::prepare`]).
+    async fn prepare_volumes(&self, spec: &EnvInstanceSpec) -> Result<Vec<String>, EngineError> {
+        let mut out = Vec::with_capacity(spec.volumes.len());
+        for v in &spec.volumes {
+            out.push(volume::prepare(&self.docker, &self.config.operator_id, spec.owner.as_deref(), &v.name).await?);
+        }
+        Ok(out)
     }
 
     /// Probes a running instance; `None` when it has no probe.
@@ -163,7 +205,7 @@ impl DockerEngine {
     }
 
     /// The container body for an instance. Fails (permanently) on a spec the reconciler cannot run.
-    fn container_body(&self, inst: &EnvInstance) -> Result<ContainerCreateBody, EngineError> {
+    fn container_body(&self, inst: &EnvInstance, joins: &Joins) -> Result<ContainerCreateBody, EngineError> {
         let spec = &inst.spec;
         let Workload::Container { image: Some(image) } = spec.workload() else {
             return Err(EngineError::permanent("spec.image is empty: the instance has no image to run"));
@@ -203,7 +245,7 @@ impl DockerEngine {
             cpu_shares,
             // No swap beyond the memory limit: a sandbox that outgrows its limit is OOM-killed, not slowed.
             memory_swap: memory,
-            network_mode: Some(self.network_of(spec)),
+            network_mode: Some(joins.network.clone()),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
             restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
             ..Default::default()
@@ -217,9 +259,10 @@ impl DockerEngine {
             host_config.mounts = Some(
                 spec.volumes
                     .iter()
-                    .map(|v| Mount {
+                    .zip(&joins.volumes)
+                    .map(|(v, source)| Mount {
                         typ: Some(MountType::VOLUME),
-                        source: Some(v.name.clone()),
+                        source: Some(source.clone()),
                         target: Some(v.mount_path.clone()),
                         ..Default::default()
                     })
@@ -227,7 +270,7 @@ impl DockerEngine {
             );
         }
         // Names it answers to on its user network (a service's replicas: the service's name), for Docker's DNS.
-        let network = self.network_of(spec);
+        let network = joins.network.clone();
         let networking_config =
             (!spec.network_aliases.is_empty() && !network::is_builtin(&network)).then(|| NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(
@@ -251,8 +294,8 @@ impl DockerEngine {
     /// there first: the create says so (404), and only then is the image pulled (or the instance failed). A name
     /// already taken is reported as [`Made::NameTaken`], for the caller to adopt what is there.
     async fn create_and_start(&self, inst: &EnvInstance, name: &str) -> Result<Made, EngineError> {
-        let body = self.container_body(inst)?;
-        let image = body.image.clone().unwrap_or_default();
+        // Checked before any network or volume is made for it.
+        let image = self.container_body(inst, &Joins::default())?.image.unwrap_or_default();
         let policy =
             if self.config.no_pull { PullPolicy::Never } else { inst.spec.image_pull_policy.unwrap_or_default() };
         let ensure = || async {
@@ -267,7 +310,11 @@ impl DockerEngine {
         if policy == PullPolicy::Always {
             ensure().await?;
         }
-        self.prepare_network(&inst.spec).await?;
+        let joins = Joins {
+            network: self.prepare_network(&inst.spec).await?,
+            volumes: self.prepare_volumes(&inst.spec).await?,
+        };
+        let body = self.container_body(inst, &joins)?;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         let mut pulled = false;
         loop {
@@ -373,6 +420,14 @@ impl DockerEngine {
     }
 }
 
+/// What a container joins, as [`DockerEngine::prepare_network`] and [`DockerEngine::prepare_volumes`] found
+/// it: the network, and the Docker volume behind each of the spec's volumes (in order).
+#[derive(Debug, Default)]
+struct Joins {
+    network: String,
+    volumes: Vec<String>,
+}
+
 /// What a create found.
 #[derive(Debug, PartialEq, Eq)]
 enum Made {
@@ -443,6 +498,10 @@ impl Engine for DockerEngine {
         Ok(())
     }
 
+    async fn admit(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+        crate::image::admit_images(spec, &self.config.policy).await
+    }
+
     async fn apply(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
         if let Workload::Stack { compose_file } = inst.spec.workload() {
             return compose::run::apply(&self.docker, &self.config, &self.platform, inst, compose_file).await;
@@ -494,6 +553,30 @@ impl Engine for DockerEngine {
         self.observed(&inst.spec, &name, &container).await
     }
 
+    async fn apply_afresh(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
+        if let Workload::Container { .. } = inst.spec.workload() {
+            let name = inst.metadata.name.clone().unwrap_or_default();
+            // Docker reports `created` only for a container that has never run (a start that failed leaves it
+            // so): removing it loses nothing, and the new container has a new id, which no task the runtime kept
+            // for the old one can be in the way of.
+            if let Some(c) = self.inspect(&name).await?
+                && self.ours(&c)
+                && matches!(c.state.as_ref().and_then(|s| s.status), Some(ContainerStateStatusEnum::CREATED))
+            {
+                debug!(container = %name, "making again a container whose start failed and that never ran");
+                if containers::remove(&self.docker, &name).await? == containers::Removal::InProgress {
+                    return Err(EngineError::transient(format!(
+                        "container {name} is being removed to be made again; retrying"
+                    )));
+                }
+                if self.create_and_start(inst, &name).await? == Made::Created && !inst.spec.paused {
+                    return self.observe_running(&inst.spec, &name).await;
+                }
+            }
+        }
+        self.apply(inst).await
+    }
+
     async fn delete(&self, inst: &EnvInstance) -> Result<(), EngineError> {
         let name = inst.metadata.name.clone().unwrap_or_default();
         if let Workload::Stack { .. } = inst.spec.workload() {
@@ -510,18 +593,36 @@ impl Engine for DockerEngine {
         }
         remove_container(&self.docker, &name).await?;
         let _one_at_a_time = self.network_lock.lock().await;
-        network::remove_if_unused(&self.docker, &self.network_of(&inst.spec), &self.config.operator_id).await
+        let ours = network::Maker::Operator(&self.config.operator_id);
+        for net in std::iter::once(self.network_of(&inst.spec)).chain(self.legacy_network_of(&inst.spec)) {
+            network::remove_if_unused(&self.docker, &net, ours).await?;
+        }
+        Ok(())
     }
 
     async fn delete_owned(&self, object: &OwnedObject) -> Result<(), EngineError> {
         match object.kind {
             OwnedKind::Network => compose::run::remove_network(&self.docker, &object.id).await,
-            OwnedKind::Volume => compose::run::remove_volume(&self.docker, &object.id).await,
+            OwnedKind::Volume => match volume::made_by_of(&self.docker, &object.id).await? {
+                Some(maker) if maker == self.config.operator_id => {
+                    compose::run::remove_volume(&self.docker, &object.id).await
+                }
+                Some(maker) => {
+                    debug!(volume = %object.id, %maker, "not removing a volume another operator made");
+                    Ok(())
+                }
+                None => Ok(()),
+            },
+            OwnedKind::ServiceVolume => {
+                volume::remove_service_volume(&self.docker, &self.config.operator_id, &object.id).await
+            }
             OwnedKind::Container => remove_container(&self.docker, &object.id).await,
             OwnedKind::SharedNetwork => {
                 // Still unused? (An instance may have joined it since the list.) Removed only if so.
+                // Any aenv operator's: the resync lists this operator's unused ones, and the sweep other operators'
+                // (a lost store's, one that is gone) once they are unused for longer than the grace.
                 let _one_at_a_time = self.network_lock.lock().await;
-                network::remove_if_unused(&self.docker, &object.id, &self.config.operator_id).await
+                network::remove_if_unused(&self.docker, &object.id, network::Maker::AnyOperator).await
             }
         }
     }
@@ -588,10 +689,46 @@ impl Engine for DockerEngine {
         // Stack networks and volumes after the containers, so that a sweep removes those first.
         let options = ListNetworksOptionsBuilder::default().filters(&filters).build();
         let networks = self.docker.list_networks(Some(options)).await.map_err(|e| classify("listing networks", e))?;
+        let mut shared = Vec::new();
         for n in networks {
             let (Some(l), Some(id)) = (n.labels.as_ref(), n.id.clone()) else { continue };
             let created = n.created.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+            if labels::instance_of(|k| l.get(k)).is_none() && network::made_by_any(Some(l)) {
+                // A network instances share, of another operator id (a lost store's, an operator that is gone).
+                if !network::made_by(Some(l), &self.config.operator_id)
+                    && let Some(name) = n.name.clone()
+                {
+                    shared.push((name, l.get(network::NETWORK_LABEL).cloned().unwrap_or_default(), created));
+                }
+                continue;
+            }
             out.extend(managed(l, OwnedKind::Network, id, Phase::Creating, created));
+        }
+        if !shared.is_empty() {
+            // Listed only when no container (of whatever origin, in whatever state) is on it: the removal checks
+            // again, since one may join it meanwhile.
+            let options = ListContainersOptionsBuilder::default().all(true).build();
+            let every =
+                self.docker.list_containers(Some(options)).await.map_err(|e| classify("listing containers", e))?;
+            let in_use: HashSet<String> = every
+                .iter()
+                .filter_map(|c| c.network_settings.as_ref()?.networks.as_ref())
+                .flat_map(|nets| nets.keys().cloned())
+                .collect();
+            out.extend(shared.into_iter().filter(|(name, _, _)| !in_use.contains(name)).map(
+                |(name, operator_id, created)| ManagedObject {
+                    object: OwnedObject {
+                        namespace: String::new(),
+                        instance: String::new(),
+                        kind: OwnedKind::SharedNetwork,
+                        id: name,
+                        phase: Phase::Terminated,
+                        created,
+                    },
+                    operator_id,
+                    expires_at: None,
+                },
+            ));
         }
         let options = ListVolumesOptionsBuilder::default().filters(&filters).build();
         let volumes = self.docker.list_volumes(Some(options)).await.map_err(|e| classify("listing volumes", e))?;
@@ -637,7 +774,7 @@ impl Engine for DockerEngine {
 
     fn exec(&self, inst: &EnvInstance, request: ExecRequest) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
         match self.container_of(inst, request.service.as_deref()) {
-            Ok(name) => crate::ops::exec(self.docker.clone(), name, request),
+            Ok(name) => crate::ops::exec(self.docker.clone(), name, request, self.journal.clone()),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         }
     }
@@ -661,8 +798,17 @@ impl Engine for DockerEngine {
         crate::ops::stats(&self.docker, &self.container_of(inst, service)?).await
     }
 
-    async fn snapshot(&self, inst: &EnvInstance, reference: &str) -> Result<String, EngineError> {
-        crate::ops::snapshot(&self.docker, &single_container(inst)?, reference, &self.config.operator_id).await
+    async fn snapshot(&self, inst: &EnvInstance, reference: &str, template: &str) -> Result<String, EngineError> {
+        let container = single_container(inst)?;
+        crate::ops::snapshot(&self.docker, &container, reference, template, &self.config.operator_id).await
+    }
+
+    async fn snapshot_size(&self, inst: &EnvInstance) -> Result<Option<u64>, EngineError> {
+        crate::ops::snapshot_size(&self.docker, &single_container(inst)?).await
+    }
+
+    fn refuse_snapshot_images(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+        crate::ops::refuse_snapshot_images(spec, &self.config.policy)
     }
 
     async fn remove_snapshot(&self, reference: &str) -> Result<(), EngineError> {
@@ -678,6 +824,14 @@ impl Engine for DockerEngine {
 
     async fn list_snapshots(&self) -> Result<Vec<aenv_core::SnapshotImage>, EngineError> {
         crate::ops::list_snapshots(&self.docker).await
+    }
+
+    async fn kill_overdue_commands(&self) -> Result<u32, EngineError> {
+        let journal = self.journal.clone();
+        let killed = tokio::task::spawn_blocking(move || journal.kill_overdue())
+            .await
+            .map_err(|e| EngineError::transient(format!("killing overdue commands: {e}")))?;
+        Ok(u32::try_from(killed).unwrap_or(u32::MAX))
     }
 
     fn can_pause(&self, _spec: &EnvInstanceSpec) -> Result<(), EngineError> {

@@ -1,6 +1,6 @@
 //! Making sure an instance's image is on the host, by its pull policy.
 
-use aenv_core::{EngineError, ErrorKind, PullPolicy, PullProgress, PullState};
+use aenv_core::{EngineError, EnvInstanceSpec, ErrorKind, InvalidSpec, PullPolicy, PullProgress, PullState, Workload};
 use bollard::{Docker, query_parameters::CreateImageOptionsBuilder};
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 
@@ -40,7 +40,7 @@ pub async fn ensure_image(docker: &Docker, image: &str, policy: PullPolicy, host
         }
         _ => {}
     }
-    host.check_registry(image).map_err(EngineError::permanent)?;
+    host.check_registry_resolved(image).await.map_err(EngineError::permanent)?;
     let (from_image, tag) = split_reference(image);
     let options = CreateImageOptionsBuilder::default().from_image(from_image).tag(tag).build();
     let credentials = crate::auth::credentials_for(image);
@@ -94,7 +94,7 @@ pub fn warmup(docker: Docker, images: Vec<String>, no_pull: bool, host: Policy) 
                 let _ = send(PullState::Failed, "not on the host, and this operator runs with --no-pull".into()).await;
                 continue;
             }
-            if let Err(why) = host.check_registry(&image) {
+            if let Err(why) = host.check_registry_resolved(&image).await {
                 let _ = send(PullState::Failed, why).await;
                 continue;
             }
@@ -134,6 +134,21 @@ pub fn warmup(docker: Docker, images: Vec<String>, no_pull: bool, host: Policy) 
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+/// The registry check by address ([`Policy::check_image_resolved`]) of every image a spec runs: its image, or
+/// each service's of its compose stack, each refusal naming its field. Both Docker engines admit specs with it.
+pub async fn admit_images(spec: &EnvInstanceSpec, policy: &Policy) -> Result<(), InvalidSpec> {
+    match spec.workload() {
+        Workload::Stack { compose_file } => {
+            for svc in crate::compose::plan(spec, compose_file, policy)?.services {
+                policy.check_image_resolved(&svc.image, &format!("services.{}.image", svc.name)).await?;
+            }
+            Ok(())
+        }
+        Workload::Container { image: Some(image) } => policy.check_image_resolved(image, "image").await,
+        Workload::Container { image: None } => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
-//! Operations on a running container (issue 15): exec through the exec API (create, start attached, inspect for
+//! Operations on a running container: exec through the exec API (create, start attached, inspect for
 //! the exit code), files through the archive API (a tar of one file up, a tar of a path down).
 
 use std::time::Duration;
 
 use aenv_core::{
-    EngineError, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, SandboxPath,
+    ByteStream, EngineError, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent,
+    SandboxPath,
 };
 use bollard::{
     Docker,
@@ -20,7 +21,10 @@ use futures::{StreamExt, stream::BoxStream};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 use tracing::{debug, warn};
 
-use crate::error::classify;
+use crate::{
+    error::classify,
+    kill::{self, Journal, Marker},
+};
 
 /// Sorts a failure of an operation on a container: its absence is [`ErrorKind::NotFound`], a container that is
 /// paused or stopped (the daemon's 409) [`ErrorKind::Conflict`]; anything else as [`classify`] does.
@@ -41,10 +45,11 @@ pub(crate) fn exec(
     docker: Docker,
     container: String,
     request: ExecRequest,
+    journal: Journal,
 ) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(async move {
-        if let Err(e) = run_exec(&docker, &container, request, &tx).await {
+        if let Err(e) = run_exec(&docker, &container, request, &journal, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
     });
@@ -53,20 +58,42 @@ pub(crate) fn exec(
 
 type Sender = mpsc::Sender<Result<ExecOutput, EngineError>>;
 
-async fn run_exec(docker: &Docker, container: &str, request: ExecRequest, tx: &Sender) -> Result<(), EngineError> {
+async fn run_exec(
+    docker: &Docker,
+    container: &str,
+    request: ExecRequest,
+    journal: &Journal,
+    tx: &Sender,
+) -> Result<(), EngineError> {
     let context = format!("running a command in {container}");
+    // The marker every process of the command inherits (the request cannot set or change it), so that its kill
+    // finds them wherever they went.
+    let marker = Marker::new();
+    let env = request
+        .env
+        .iter()
+        .filter(|(k, _)| k.as_str() != kill::EXEC_ID_VAR)
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain([marker.env_entry()])
+        .collect();
     let config = ExecConfig {
         attach_stdin: Some(request.stdin.is_some()),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         tty: Some(false),
-        env: (!request.env.is_empty()).then(|| request.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: Some(env),
         cmd: Some(request.command.clone()),
         user: request.user.clone(),
         working_dir: request.workdir.clone(),
         ..Default::default()
     };
     let created = docker.create_exec(container, config).await.map_err(|e| classify_op(&context, e))?;
+    // Journalled before it starts, so that no command runs that a restarted operator would not know of.
+    let container_id =
+        docker.inspect_exec(&created.id).await.map_err(|e| classify_op(&context, e))?.container_id.ok_or_else(
+            || EngineError::transient(format!("{context}: the daemon did not say which container runs it")),
+        )?;
+    let _journalled = journal.record(&marker, &container_id, request.timeout).map_err(EngineError::transient)?;
     let started = docker
         .start_exec(&created.id, Some(StartExecOptions { detach: false, tty: false, output_capacity: None }))
         .await;
@@ -101,27 +128,32 @@ async fn run_exec(docker: &Docker, container: &str, request: ExecRequest, tx: &S
     let deadline = tokio::time::sleep(request.timeout);
     tokio::pin!(deadline);
     let mut gone = false;
+    // The deadline is watched while the output is handed on too: a caller that stops reading (its buffer full)
+    // cannot hold the command past its timeout.
     let timed_out = loop {
-        tokio::select! {
-            item = output.next() => match item {
-                None => break false,
-                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                    if tx.send(Ok(ExecOutput::Stdout(message.to_vec()))).await.is_err() { gone = true; break false; }
-                }
-                Some(Ok(LogOutput::StdErr { message })) => {
-                    if tx.send(Ok(ExecOutput::Stderr(message.to_vec()))).await.is_err() { gone = true; break false; }
-                }
-                Some(Ok(LogOutput::StdIn { .. })) => {}
-                Some(Err(e)) => return Err(classify_op(&context, e)),
-            },
+        let item = tokio::select! {
+            item = output.next() => item,
             () = &mut deadline => break true,
             () = tx.closed() => { gone = true; break false; }
+        };
+        let piece = match item {
+            None => break false,
+            Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                ExecOutput::Stdout(message.to_vec())
+            }
+            Some(Ok(LogOutput::StdErr { message })) => ExecOutput::Stderr(message.to_vec()),
+            Some(Ok(LogOutput::StdIn { .. })) => continue,
+            Some(Err(e)) => return Err(classify_op(&context, e)),
+        };
+        tokio::select! {
+            sent = tx.send(Ok(piece)) => if sent.is_err() { gone = true; break false; },
+            () = &mut deadline => break true,
         }
     };
     // A caller that went away takes its command with it, as a timeout does.
     let mut message = None;
     let killed = if timed_out || gone {
-        match kill_exec(docker, &created.id).await {
+        match kill_exec(docker, &created.id, &container_id, &marker).await {
             Ok(()) => true,
             Err(why) => {
                 warn!(container, reason = %why, "could not kill a command past its timeout");
@@ -157,66 +189,22 @@ async fn finished(docker: &Docker, id: &str, timed_out: bool, killed: bool, mess
     ExecExit { exit_code, timed_out, killed, message }
 }
 
-/// Kills an exec's process and everything it started. Docker has no API for that: the process is found by the
-/// host pid the daemon reports, checked to be in the container's cgroup (a pid can be reused), and killed with
-/// its descendants. That needs the daemon on this host and the right to signal its processes (root, as the
-/// operator runs next to a local daemon); otherwise the reason is returned.
-async fn kill_exec(docker: &Docker, id: &str) -> Result<(), String> {
+/// Kills an exec's processes and everything they started (see [`crate::kill`]): the daemon says which process
+/// the command is, if it still runs; the marker finds the rest. That needs the daemon on this host and the right
+/// to signal its processes (root, as the operator runs next to a local daemon); otherwise the reason is returned.
+async fn kill_exec(docker: &Docker, id: &str, container_id: &str, marker: &Marker) -> Result<(), String> {
     let inspect =
         docker.inspect_exec(id).await.map_err(|e| format!("the daemon did not say which process it is: {e}"))?;
-    if inspect.running == Some(false) {
-        return Ok(());
-    }
-    let (Some(pid), Some(container_id)) = (inspect.pid.filter(|p| *p > 0), inspect.container_id) else {
-        return Err("the daemon did not say which process it is".into());
+    let pid = match inspect.pid.filter(|p| *p > 0) {
+        Some(pid) if inspect.running != Some(false) => {
+            Some(i32::try_from(pid).map_err(|_| format!("the daemon reported pid {pid}"))?)
+        }
+        _ => None,
     };
-    let pid = i32::try_from(pid).map_err(|_| format!("the daemon reported pid {pid}"))?;
-    tokio::task::spawn_blocking(move || kill_tree(pid, &container_id))
+    let (container_id, marker) = (container_id.to_string(), marker.clone());
+    tokio::task::spawn_blocking(move || kill::kill_command(&container_id, &marker, pid).map(|_| ()))
         .await
         .map_err(|e| format!("the kill did not run: {e}"))?
-}
-
-fn kill_tree(pid: i32, container_id: &str) -> Result<(), String> {
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
-        format!(
-            "process {pid} is not visible to the operator ({e}): the Docker daemon runs on another host or in another pid namespace; the command may still run"
-        )
-    })?;
-    if !cgroup.contains(container_id) {
-        return Err(format!("process {pid} is not the command's any more (it is not in the container's cgroup)"));
-    }
-    // Children first would race with them forking; SIGKILL the whole tree as found, top first: a killed parent
-    // cannot start more, and orphans keep their pid until reaped, so the list stays valid.
-    let mut tree = vec![pid];
-    let mut i = 0;
-    let table = process_table();
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(table.iter().filter(|(_, ppid)| *ppid == parent).map(|(p, _)| *p));
-        i += 1;
-    }
-    for p in &tree {
-        // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(*p, libc::SIGKILL) };
-        if rc != 0 && *p == pid {
-            return Err(format!("process {pid} could not be killed: {}", std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
-/// (pid, parent pid) of every process in /proc.
-fn process_table() -> Vec<(i32, i32)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|entry| {
-        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so read after the last `)`.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
-        Some((pid, ppid))
-    })
-    .collect()
 }
 
 /// Go's `os.ModeDir`, as the archive API's path stat reports modes.
@@ -242,7 +230,13 @@ async fn stat(
     }
 }
 
-/// Reads `path` in `container` through the archive API: at most `max_bytes` of tar.
+/// Reads `path` in `container` through the archive API, streamed: a file's bytes as the daemon sends them (its
+/// tar header read off the front), a directory's tar as it is. Neither is ever held whole: memory per download is
+/// a few chunks whatever the size.
+///
+/// A file known to be over `max_bytes` is refused before a byte moves (the stat says its size); a directory's
+/// size is not known beforehand, so its tar ends with an error once past `max_bytes` (the client sees a body cut
+/// short, never a whole-looking archive).
 pub(crate) async fn read_path(
     docker: &Docker,
     container: &str,
@@ -250,8 +244,7 @@ pub(crate) async fn read_path(
     max_bytes: u64,
 ) -> Result<PathContent, EngineError> {
     let context = format!("reading {} in {container}", path.as_str());
-    // A file known to be too large is refused before a byte of it moves.
-    match stat(docker, container, path.as_str(), &context).await? {
+    let is_dir = match stat(docker, container, path.as_str(), &context).await? {
         None => {
             return Err(EngineError::new(ErrorKind::NotFound, format!("no such file or directory: {}", path.as_str())));
         }
@@ -261,29 +254,86 @@ pub(crate) async fn read_path(
                 format!("{} is {} bytes, more than this operator serves ({max_bytes} bytes)", path.as_str(), s.size),
             ));
         }
-        Some(_) => {}
-    }
+        Some(s) => s.file_mode & GO_MODE_DIR != 0,
+    };
     let options = DownloadFromContainerOptionsBuilder::default().path(path.as_str()).build();
-    let mut stream = docker.download_from_container(container, Some(options));
-    let mut tar = Vec::new();
-    // The archive of a file is the file, a 512-byte header and padding: allow for those over the limit.
-    let cap = max_bytes.saturating_add(64 * 1024);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| classify_op(&context, e))?;
-        tar.extend_from_slice(&chunk);
-        if tar.len() as u64 > cap {
-            return Err(EngineError::new(
-                ErrorKind::TooLarge,
-                format!("{} is larger than this operator serves ({max_bytes} bytes)", path.as_str()),
-            ));
-        }
+    let tar =
+        docker.download_from_container(container, Some(options)).map(|piece| piece.map_err(std::io::Error::other));
+    if is_dir {
+        return Ok(PathContent::Directory { body: capped(tar.boxed(), max_bytes, path.as_str().to_string()) });
     }
-    PathContent::from_tar(path, tar, max_bytes)
+    file_of_tar(path, tar.boxed(), max_bytes).await
+}
+
+/// The first entry of a tar stream, a regular file, as its size, mode and bytes (the rest of the archive is not
+/// read). A directory there (the path changed since its stat) is [`ErrorKind::Transient`]; a link or a device
+/// [`ErrorKind::Permanent`]; over `max_bytes` [`ErrorKind::TooLarge`].
+async fn file_of_tar(path: &SandboxPath, tar: ByteStream, max_bytes: u64) -> Result<PathContent, EngineError> {
+    let context = format!("reading {}", path.as_str());
+    let bad = |e: std::io::Error| {
+        EngineError::transient(format!("{context}: the archive of it does not read: {e}")).with_source(e)
+    };
+    let mut archive = tokio_tar::Archive::new(tokio_util::io::StreamReader::new(tar));
+    let mut entries = archive.entries().map_err(bad)?;
+    let Some(first) = entries.next().await else {
+        return Err(EngineError::transient(format!("{context}: the archive of it is empty")));
+    };
+    let first = first.map_err(bad)?;
+    let header = first.header();
+    let kind = header.entry_type();
+    if kind.is_dir() {
+        return Err(EngineError::transient(format!("{context}: it became a directory while read; read it again")));
+    }
+    if !kind.is_file() {
+        return Err(EngineError::permanent(format!(
+            "{} is not a regular file or a directory (a link or a device): read what it points to",
+            path.as_str()
+        )));
+    }
+    let mode = header.mode().unwrap_or(0o644);
+    let size = header.size().map_err(bad)?;
+    if size > max_bytes {
+        return Err(EngineError::new(
+            ErrorKind::TooLarge,
+            format!("{} is {size} bytes, more than this operator serves ({max_bytes} bytes)", path.as_str()),
+        ));
+    }
+    Ok(PathContent::File { size, mode, body: tokio_util::io::ReaderStream::new(first).boxed() })
+}
+
+/// `body`, ending with an error once it has yielded more than `max_bytes` (plus the tar's own headers and
+/// padding, which a directory of small files has many of: 64 KiB, as a file's archive allows).
+fn capped(body: ByteStream, max_bytes: u64, what: String) -> ByteStream {
+    let cap = max_bytes.saturating_add(64 * 1024);
+    futures::stream::unfold(Some((body, 0u64)), move |state| {
+        let what = what.clone();
+        async move {
+            let (mut body, seen) = state?;
+            match body.next().await {
+                Some(Ok(piece)) if seen + piece.len() as u64 > cap => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::FileTooLarge,
+                        format!("{what} is larger than this operator serves ({max_bytes} bytes); read a part of it"),
+                    )),
+                    None,
+                )),
+                Some(Ok(piece)) => {
+                    let seen = seen + piece.len() as u64;
+                    Some((Ok(piece), Some((body, seen))))
+                }
+                Some(Err(e)) => Some((Err(e), None)),
+                None => None,
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Writes one file into `container`: a tar holding it, extracted in its parent directory.
 pub(crate) async fn write_file(docker: &Docker, container: &str, upload: FileUpload) -> Result<(), EngineError> {
     let context = format!("writing {} in {container}", upload.path.as_str());
+    refuse_fixed_target(docker, container, &upload.path, &context).await?;
+    let parent = upload.path.parent().to_string();
     // The parent first: the daemon answers a stat under a file with a bare 500.
     match stat(docker, container, upload.path.parent(), &context).await? {
         Some(s) if s.file_mode & GO_MODE_DIR != 0 => {}
@@ -310,17 +360,78 @@ pub(crate) async fn write_file(docker: &Docker, container: &str, upload: FileUpl
         ));
     }
     let tar = upload
-        .to_tar(jiff::Timestamp::now().as_second().max(0) as u64)
+        .into_tar(jiff::Timestamp::now().as_second().max(0) as u64)
         .map_err(|e| EngineError::permanent(format!("{context}: {e}")).with_source(e))?;
     let options = UploadToContainerOptionsBuilder::default()
-        .path(upload.path.parent())
+        .path(parent.as_str())
         // A file may not replace a directory (nor the reverse).
         .no_overwrite_dir_non_dir("true")
         .build();
+    // Streamed: the archive goes to the daemon as the client's body comes, never held whole.
     docker
-        .upload_to_container(container, Some(options), bollard::body_full(tar.into()))
+        .upload_to_container(container, Some(options), bollard::body_try_stream(tar))
         .await
         .map_err(|e| classify_op(&context, e))
+}
+
+/// Refuses, before anything is sent, a write Docker would refuse for good with a bare 500 (one that says only
+/// its message): told by the container's inspect, never by the message.
+async fn refuse_fixed_target(
+    docker: &Docker,
+    container: &str,
+    path: &SandboxPath,
+    context: &str,
+) -> Result<(), EngineError> {
+    let inspect = docker
+        .inspect_container(container, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .map_err(|e| classify_op(context, e))?;
+    let managed = [
+        ("/etc/hosts", inspect.hosts_path.as_deref()),
+        ("/etc/hostname", inspect.hostname_path.as_deref()),
+        ("/etc/resolv.conf", inspect.resolv_conf_path.as_deref()),
+    ];
+    let managed: Vec<&str> =
+        managed.iter().filter(|(_, host)| host.is_some_and(|h| !h.is_empty())).map(|(p, _)| *p).collect();
+    let mounts: Vec<(String, bool)> = inspect
+        .mounts
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| Some((m.destination?, m.rw.unwrap_or(true))))
+        .collect();
+    let read_only_root = inspect.host_config.and_then(|h| h.readonly_rootfs).unwrap_or(false);
+    match fixed_target(path.as_str(), &managed, &mounts, read_only_root) {
+        None => Ok(()),
+        Some(why) => Err(EngineError::new(ErrorKind::Conflict, format!("{context}: {why}"))),
+    }
+}
+
+/// Why writing `path` cannot succeed in a container with these Docker-managed files (bind-mounted from the host),
+/// these mounts (destination, writable) and this root filesystem: the extraction replaces the file, which a mount
+/// point never allows and a read-only filesystem neither; `None` when it may.
+fn fixed_target(path: &str, managed: &[&str], mounts: &[(String, bool)], read_only_root: bool) -> Option<String> {
+    if managed.contains(&path) {
+        return Some(format!(
+            "{path} is bind-mounted into the sandbox by Docker and cannot be replaced through the files API; write its content in place with exec instead (such as `sh -c 'cat > {path}'` with the content as stdin)"
+        ));
+    }
+    if mounts.iter().any(|(dest, _)| dest == path) {
+        return Some(format!(
+            "{path} is a mount point of the sandbox and cannot be replaced through the files API; write its content in place with exec instead"
+        ));
+    }
+    let under = |dest: &str| path.strip_prefix(dest).is_some_and(|rest| rest.starts_with('/') || dest == "/");
+    let covering = mounts.iter().filter(|(dest, _)| under(dest)).max_by_key(|(dest, _)| dest.len());
+    match covering {
+        Some((dest, false)) => {
+            Some(format!("{path} is on a read-only mount of the sandbox ({dest}): nothing can be written there"))
+        }
+        Some((_, true)) => None,
+        None if read_only_root => Some(format!(
+            "the sandbox's root filesystem is read-only: {path} cannot be written (write under a writable mount, such as a tmpfs)"
+        )),
+        None => None,
+    }
 }
 
 /// One stats read of `container`. Not `one_shot`: the daemon then takes its two samples a second apart within
@@ -385,17 +496,68 @@ pub(crate) const SNAPSHOT_OF: &str = "aenv.io/snapshot-of";
 pub(crate) const SNAPSHOT_BY: &str = "aenv.io/snapshot-by";
 /// Label on a snapshot image: the template (`name@version`) it was made for.
 pub(crate) const SNAPSHOT_TEMPLATE: &str = "aenv.io/snapshot-template";
-/// Where snapshot images are named: `aenv-snapshot/<name>:<version>` is the image of template `name@version`.
+/// Where snapshot images are named: `aenv-snapshot/<name>:<version>.<random>` is an image of template
+/// `name@version` (the random part makes each snapshot's name its own, never one a caller could guess).
 pub(crate) const SNAPSHOT_REPO_PREFIX: &str = "aenv-snapshot/";
 
-/// Commits `container`'s filesystem as `reference` (`repo:tag`). Docker makes the container's config (its labels
-/// included) the image's, and containers inherit an image's labels: every label of the container is blanked in
-/// the image, so that no container started from it looks like this operator's, or carries an old expiry, unless
-/// the operator labels it itself.
+/// Why naming `image` directly is refused, if it is: it is under the snapshot repository (however the registry
+/// part is spelled: `docker.io/aenv-snapshot/...` is the same local image), or it is an image id or a prefix of
+/// one (`sha256:...`, or a bare hex string), which the daemon looks up among every image on the host, snapshots
+/// included.
+pub fn snapshot_spelling(image: &str) -> Option<&'static str> {
+    let image = image.trim().to_ascii_lowercase();
+    let hex = image.strip_prefix("sha256:").unwrap_or(&image);
+    if image.starts_with("sha256:") || (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Some(
+            "is an image id (or a prefix of one), which could name any image on the host, snapshots included: name the image by repository and tag",
+        );
+    }
+    let path = match image.split_once('/') {
+        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => rest,
+        _ => image.as_str(),
+    };
+    let path = path.strip_prefix("library/").unwrap_or(path);
+    path.starts_with(SNAPSHOT_REPO_PREFIX).then_some(
+        "is a snapshot image: a snapshot is used through its template (create with `envName` name@version), by those the template's sharing allows",
+    )
+}
+
+/// [`snapshot_spelling`] as a refusal naming `field`.
+pub fn refuse_snapshot_image(image: &str, field: &str) -> Result<(), aenv_core::InvalidSpec> {
+    match snapshot_spelling(image) {
+        None => Ok(()),
+        Some(why) => Err(aenv_core::InvalidSpec::new(field, format!("field `{field}`: {image:?} {why}"))),
+    }
+}
+
+/// Refuses a spec whose image, or one of whose stack's images, [`snapshot_spelling`] refuses, naming the field
+/// (`image`, `services.<name>.image`).
+pub fn refuse_snapshot_images(
+    spec: &aenv_core::EnvInstanceSpec,
+    policy: &crate::Policy,
+) -> Result<(), aenv_core::InvalidSpec> {
+    match spec.workload() {
+        aenv_core::Workload::Stack { compose_file } => {
+            // A file that does not plan is refused by the engine's validation, naming what is wrong with it.
+            let Ok(stack) = crate::compose::plan(spec, compose_file, policy) else { return Ok(()) };
+            for svc in &stack.services {
+                refuse_snapshot_image(&svc.image, &format!("services.{}.image", svc.name))?;
+            }
+            Ok(())
+        }
+        aenv_core::Workload::Container { image } => image.map_or(Ok(()), |i| refuse_snapshot_image(i, "image")),
+    }
+}
+
+/// Commits `container`'s filesystem as `reference` (`repo:tag`), the image of `template` (`name@version`).
+/// Docker makes the container's config (its labels included) the image's, and containers inherit an image's
+/// labels: every label of the container is blanked in the image, so that no container started from it looks like
+/// this operator's, or carries an old expiry, unless the operator labels it itself.
 pub(crate) async fn snapshot(
     docker: &Docker,
     container: &str,
     reference: &str,
+    template: &str,
     operator_id: &str,
 ) -> Result<String, EngineError> {
     let context = format!("snapshotting {container}");
@@ -410,9 +572,7 @@ pub(crate) async fn snapshot(
         inspect.config.and_then(|c| c.labels).unwrap_or_default().into_keys().map(|k| (k, String::new())).collect();
     labels.insert(SNAPSHOT_OF.into(), container.to_string());
     labels.insert(SNAPSHOT_BY.into(), operator_id.to_string());
-    if let Some(name) = repo.strip_prefix(SNAPSHOT_REPO_PREFIX) {
-        labels.insert(SNAPSHOT_TEMPLATE.into(), format!("{name}@{tag}"));
-    }
+    labels.insert(SNAPSHOT_TEMPLATE.into(), template.to_string());
     // A paused container is committed as it is (Docker pauses a running one for the commit itself).
     let options = CommitContainerOptionsBuilder::default()
         .container(container)
@@ -424,6 +584,17 @@ pub(crate) async fn snapshot(
     let config = bollard::models::ContainerConfig { labels: Some(labels), ..Default::default() };
     let made = docker.commit_container(options, config).await.map_err(|e| classify_op(&context, e))?;
     Ok(made.id)
+}
+
+/// What a commit of `container` would weigh: its size with its image's layers (`SizeRootFs`, the measure
+/// `docker images` gives the committed image), when the daemon reports it.
+pub(crate) async fn snapshot_size(docker: &Docker, container: &str) -> Result<Option<u64>, EngineError> {
+    let options = bollard::query_parameters::InspectContainerOptionsBuilder::default().size(true).build();
+    let inspect = docker
+        .inspect_container(container, Some(options))
+        .await
+        .map_err(|e| classify_op(&format!("measuring {container}"), e))?;
+    Ok(inspect.size_root_fs.and_then(|s| u64::try_from(s).ok()))
 }
 
 /// Whether memory checkpoints could be taken, from the daemon's experimental flag and `criu` on the host.
@@ -479,7 +650,7 @@ pub(crate) async fn criu_check(criu: &std::path::Path) -> Result<(), String> {
 }
 
 /// Every snapshot image on the daemon (labelled `aenv.io/snapshot-by` with a value), one per reference under
-/// `aenv-snapshot/`.
+/// `aenv-snapshot/`, with its size.
 pub(crate) async fn list_snapshots(docker: &Docker) -> Result<Vec<aenv_core::SnapshotImage>, EngineError> {
     let filters = std::collections::HashMap::from([("label", vec![SNAPSHOT_BY])]);
     let options = bollard::query_parameters::ListImagesOptionsBuilder::default().filters(&filters).build();
@@ -495,6 +666,7 @@ pub(crate) async fn list_snapshots(docker: &Docker) -> Result<Vec<aenv_core::Sna
                 operator_id: operator_id.clone(),
                 template: template.clone(),
                 created,
+                size: u64::try_from(image.size).ok(),
             });
         }
     }
@@ -517,6 +689,48 @@ pub(crate) async fn remove_snapshot(docker: &Docker, reference: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_images_are_refused_however_they_are_spelled() {
+        for image in [
+            "aenv-snapshot/env:1.abc",
+            "docker.io/aenv-snapshot/env:1",
+            "index.docker.io/aenv-snapshot/env@sha256:0123",
+            "localhost:5000/aenv-snapshot/env",
+            "docker.io/library/aenv-snapshot/env:1",
+            " AENV-SNAPSHOT/env:1",
+            "sha256:5e2ab43652be8c7ab0a9c6d7ad394c8172bd348036243ec0fb4c71b42e8d9358",
+            "sha256:5e",
+            "5e2a",
+            "5",
+            "cafe",
+        ] {
+            assert!(snapshot_spelling(image).is_some(), "{image:?} passed");
+        }
+        for image in
+            ["alpine:3.20", "aenv-snapshot:1", "team/aenv-snapshot/x", "cafe:1", "ghcr.io/x/y@sha256:0a", "bad-image"]
+        {
+            assert!(snapshot_spelling(image).is_none(), "{image:?} refused");
+        }
+        let e = refuse_snapshot_image("docker.io/aenv-snapshot/x:1", "services.web.image").unwrap_err();
+        assert_eq!(e.field, "services.web.image");
+        assert!(e.message.contains("`services.web.image`") && e.message.contains("template"), "{}", e.message);
+    }
+
+    #[test]
+    fn writes_docker_refuses_for_good_are_told_by_the_container_s_mounts() {
+        let managed = ["/etc/hosts", "/etc/resolv.conf"];
+        let mounts = vec![("/data".to_string(), true), ("/ro".to_string(), false), ("/etc/app.conf".to_string(), true)];
+        let why = |p: &str, ro: bool| fixed_target(p, &managed, &mounts, ro);
+        assert!(why("/etc/hosts", false).is_some_and(|w| w.contains("bind-mounted into the sandbox by Docker")));
+        assert!(why("/etc/app.conf", false).is_some_and(|w| w.contains("mount point")));
+        assert!(why("/ro/a", false).is_some_and(|w| w.contains("read-only mount")));
+        assert!(why("/rot/a", false).is_none(), "a prefix of a name is not a parent");
+        assert!(why("/tmp/a", false).is_none());
+        assert!(why("/etc/hostname", false).is_none(), "a file Docker does not manage here");
+        assert!(why("/tmp/a", true).is_some_and(|w| w.contains("root filesystem is read-only")));
+        assert!(why("/data/a", true).is_none(), "a writable mount over a read-only root");
+    }
 
     #[test]
     fn checkpoints_need_the_experimental_daemon_and_criu() {

@@ -118,6 +118,21 @@ impl Policy {
         self.registries.check(image).map_err(|why| InvalidSpec::new(key, format!("field `{key}`: {why}")))
     }
 
+    /// [`Policy::check_image`], and the addresses the registry's name resolves to
+    /// ([`Registries::check_resolved`], lenient: a name that does not resolve is judged again before a pull).
+    pub async fn check_image_resolved(&self, image: &str, key: &str) -> Result<(), InvalidSpec> {
+        self.registries
+            .check_resolved(image, false)
+            .await
+            .map_err(|why| InvalidSpec::new(key, format!("field `{key}`: {why}")))
+    }
+
+    /// Before a pull: the registry as [`Policy::check_registry`] judges it, and the addresses its name resolves
+    /// to; a name that does not resolve is refused.
+    pub async fn check_registry_resolved(&self, image: &str) -> Result<(), String> {
+        self.registries.check_resolved(image, true).await
+    }
+
     /// The host address every published port binds to (single containers always; stack ports unless the
     /// policy allows [`Allowance::HostPorts`] and the file names another).
     pub fn publish_host_ip(&self) -> &str {

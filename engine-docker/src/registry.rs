@@ -2,10 +2,19 @@
 //! reference names, from the host's network: a tenant naming `127.0.0.1:2375/x` or `10.0.0.5:80/x` would make it
 //! reach services on the host's loopback or private network. So registry hosts that are loopback, link-local,
 //! private or unspecified IP literals, and `localhost`, are refused unless the operator lists them
-//! (`--registry-allow`). Names are not resolved here: a public name that resolves to a private address is not
-//! caught (docs/operations.md says so).
+//! (`--registry-allow`).
+//!
+//! A name is judged by the addresses it resolves to, as the daemon would resolve it (the hosts file, then DNS):
+//! the machine's own name (which /etc/hosts maps to 127.0.1.1) or a public name pointing at 10.0.0.5 is refused
+//! like the address ([`Registries::check_resolved`]). A name that does not resolve is let through when a spec is
+//! accepted (the image may be on the host already; the daemon would not find the registry either), and refused
+//! when a pull is about to happen: the daemon is never sent to a name the operator could not judge. What stays
+//! open: a name whose answer changes between the operator's lookup and the daemon's (DNS rebinding, TTL 0).
 
-use std::net::IpAddr;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 /// The registry host (with its port, if any) an image reference names, as Docker reads it: the first path
 /// component when it has a `.` or a `:` or is `localhost`; `None` for Docker Hub (`alpine`, `team/app`).
@@ -35,6 +44,11 @@ pub fn is_internal(host_port: &str) -> bool {
         return true;
     }
     let Ok(ip) = host.parse::<IpAddr>() else { return false };
+    ip_is_internal(ip)
+}
+
+/// Whether an address is one the daemon must not be sent to by default (see [`is_internal`]).
+pub fn ip_is_internal(ip: IpAddr) -> bool {
     let v4_internal = |v4: std::net::Ipv4Addr| {
         let [a, b, ..] = v4.octets();
         v4.is_loopback()
@@ -93,6 +107,58 @@ impl Registries {
             "image {image:?} names the registry {host}, a loopback, link-local or private address the Docker daemon is not sent to (an operator started with --registry-allow {host} permits it)"
         ))
     }
+
+    /// [`Registries::check`], then the addresses the registry's name resolves to: refused when one of them is
+    /// internal (and the name is not listed). A name that does not resolve (or not within 5 s) is refused when
+    /// `strict` (a pull is next), else let through.
+    pub async fn check_resolved(&self, image: &str, strict: bool) -> Result<(), String> {
+        self.check(image)?;
+        let Some((host_port, host, port)) = self.name_to_resolve(image) else { return Ok(()) };
+        let lookup = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host.as_str(), port))).await;
+        let addrs: Vec<SocketAddr> = match lookup {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(e)) if strict => {
+                return Err(format!(
+                    "image {image:?} names the registry {host_port}, whose name does not resolve here ({e}): the operator judges a registry by its addresses before the daemon pulls; use a name that resolves, or list it with --registry-allow"
+                ));
+            }
+            Err(_) if strict => {
+                return Err(format!(
+                    "image {image:?} names the registry {host_port}, whose name did not resolve within 5 s: the operator judges a registry by its addresses before the daemon pulls; try again, or list it with --registry-allow"
+                ));
+            }
+            _ => return Ok(()),
+        };
+        judge_addresses(image, &host_port, addrs.iter().map(SocketAddr::ip))
+    }
+
+    /// The registry's name and port when it is a name to resolve: not an IP literal, not `localhost` (judged by
+    /// spelling), not Docker Hub, and not listed.
+    fn name_to_resolve(&self, image: &str) -> Option<(String, String, u16)> {
+        let host_port = registry_host(image)?;
+        let host = host_part(host_port);
+        if host.parse::<IpAddr>().is_ok()
+            || is_internal(host_port)
+            || self.allowed.iter().any(|p| matches(p, host_port))
+        {
+            return None;
+        }
+        let port = match host_port.rsplit_once(':') {
+            Some((_, p)) if !host_port.starts_with('[') || host_port.contains("]:") => p.parse().unwrap_or(443),
+            _ => 443,
+        };
+        Some((host_port.to_string(), host.to_string(), port))
+    }
+}
+
+/// Refuses a registry name one of whose addresses is internal, as [`Registries::check`] refuses the address.
+fn judge_addresses(image: &str, host_port: &str, addrs: impl IntoIterator<Item = IpAddr>) -> Result<(), String> {
+    match addrs.into_iter().find(|ip| ip_is_internal(*ip)) {
+        None => Ok(()),
+        Some(ip) => Err(format!(
+            "image {image:?} names the registry {host_port}, which resolves to {ip}, a loopback, link-local or private address the Docker daemon is not sent to (an operator started with --registry-allow {host_port} permits it)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +200,38 @@ mod tests {
         for host in ["ghcr.io", "registry-1.docker.io:443", "8.8.8.8", "[2001:db8::1]:5000", "172.32.0.1", "quay.io"] {
             assert!(!is_internal(host), "{host}");
         }
+    }
+
+    #[test]
+    fn a_name_is_judged_by_its_addresses() {
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let e = judge_addresses("vm:5998/x:1", "vm:5998", [v4("127.0.1.1")]).unwrap_err();
+        assert!(e.contains("resolves to 127.0.1.1") && e.contains("--registry-allow vm:5998"), "{e}");
+        assert!(judge_addresses("r.example/x", "r.example", [v4("8.8.8.8"), v4("10.0.0.5")]).is_err(), "any one");
+        assert!(judge_addresses("r.example/x", "r.example", [v4("169.254.169.254")]).is_err());
+        assert!(judge_addresses("r.example/x", "r.example", [v4("::ffff:192.168.0.1")]).is_err());
+        assert!(judge_addresses("r.example/x", "r.example", [v4("8.8.8.8"), v4("2001:db8::1")]).is_ok());
+        // Listed names, literals and Docker Hub are not looked up.
+        let listed = Registries::allowing(["vm:5998".to_string()]);
+        assert_eq!(listed.name_to_resolve("vm:5998/x:1"), None);
+        assert_eq!(listed.name_to_resolve("vm:5999/x:1").map(|(_, h, p)| (h, p)), Some(("vm".into(), 5999)));
+        assert_eq!(listed.name_to_resolve("ghcr.io/a/b").map(|(_, h, p)| (h, p)), Some(("ghcr.io".into(), 443)));
+        assert_eq!(listed.name_to_resolve("10.0.0.1:80/x"), None);
+        assert_eq!(listed.name_to_resolve("alpine"), None);
+    }
+
+    #[tokio::test]
+    async fn the_machine_s_own_name_is_refused_like_loopback() {
+        // The machine's name, which the hosts file maps to a loopback address: a name, not `localhost`.
+        let own = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        let none = Registries::default();
+        let e = none.check_resolved(&format!("{own}:5998/x:1"), false).await.unwrap_err();
+        assert!(e.contains("resolves to") && e.contains("--registry-allow"), "{e}");
+        // A name that does not resolve: let through when a spec is accepted, refused before a pull.
+        assert!(none.check_resolved("no-such-host.invalid/x:1", false).await.is_ok());
+        let e = none.check_resolved("no-such-host.invalid/x:1", true).await.unwrap_err();
+        assert!(e.contains("does not resolve") || e.contains("did not resolve"), "{e}");
+        assert!(none.check_resolved("alpine:3", true).await.is_ok(), "Docker Hub: no lookup");
     }
 
     #[test]

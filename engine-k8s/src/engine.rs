@@ -348,7 +348,7 @@ impl Engine for KubeEngine {
         ))
     }
 
-    async fn snapshot(&self, _inst: &EnvInstance, _reference: &str) -> Result<String, EngineError> {
+    async fn snapshot(&self, _inst: &EnvInstance, _reference: &str, _template: &str) -> Result<String, EngineError> {
         Err(EngineError::unsupported(
             "the Kubernetes engine cannot snapshot a sandbox: Kubernetes has no API to commit a Pod's filesystem to an image (snapshot and fork run on the Docker engine)",
         ))

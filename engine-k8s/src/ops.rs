@@ -1,4 +1,4 @@
-//! Operations on a running Pod (issue 15) through the Pod exec API (`pods/exec`, a WebSocket speaking
+//! Operations on a running Pod through the Pod exec API (`pods/exec`, a WebSocket speaking
 //! `v5.channel.k8s.io` or `v4.channel.k8s.io`): commands, and files as `kubectl cp` moves them (a tar through
 //! `tar` in the container).
 //!
@@ -40,10 +40,23 @@ const HELPER_STDERR: usize = 4096;
 const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Stops a process and every descendant (found through `/proc/<pid>/task/*/children`), top first so that none
-/// forks meanwhile, then kills them. `$1` is the pid.
+/// forks meanwhile, then kills them. `$1` is the pid. Then kills every process of the container whose environment carries the command's marker (`$2`: the
+/// wrapper exports it, every descendant inherits it), which finds those that left the tree (a double fork,
+/// `setsid`), scanning again while it finds some.
 const KILL_TREE: &str = r#"t() { kill -STOP "$1" 2>/dev/null; for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do t "$c"; done; kill -KILL "$1" 2>/dev/null; }
-kill -0 "$1" 2>/dev/null || exit 0
-t "$1""#;
+kill -0 "$1" 2>/dev/null && t "$1"
+m="AENV_EXEC_ID=$2"
+for i in 1 2 3 4 5; do
+  f=
+  for d in /proc/[0-9]*; do
+    if tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qxF "$m"; then kill -KILL "${d#/proc/}" 2>/dev/null && f=1; fi
+  done
+  [ -n "$f" ] || break
+done
+exit 0"#;
+
+/// The variable that marks the processes of one command, for its kill.
+const EXEC_ID_VAR: &str = "AENV_EXEC_ID";
 
 /// Exit codes of the file scripts, chosen outside what `sh` (1, 2, 126, 127) and `tar` (1, 2) use.
 const NO_TAR: i64 = 43;
@@ -216,9 +229,9 @@ fn quote(text: &str, field: &str) -> Result<String, EngineError> {
 
 /// `sh -c <wrapper> sh <command...>`: the wrapper writes its pid, sets the environment and the directory, and
 /// becomes the command.
-fn wrapped(request: &ExecRequest) -> Result<Vec<String>, EngineError> {
+fn wrapped(request: &ExecRequest, marker: &str) -> Result<Vec<String>, EngineError> {
     let mut script = String::from("printf 'aenv-exec-pid:%s\\n' \"$$\"\n");
-    for (name, value) in &request.env {
+    for (name, value) in request.env.iter().filter(|(name, _)| name.as_str() != EXEC_ID_VAR) {
         let is_identifier = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !is_identifier {
@@ -231,6 +244,8 @@ fn wrapped(request: &ExecRequest) -> Result<Vec<String>, EngineError> {
     if let Some(dir) = &request.workdir {
         script.push_str(&format!("cd {} || exit 126\n", quote(dir, "workdir")?));
     }
+    // Last, so that the request's `env` cannot set it: the marker is hex, nothing to quote.
+    script.push_str(&format!("export {EXEC_ID_VAR}={marker}\n"));
     script.push_str("exec \"$@\"");
     let mut command = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
     command.extend(request.command.iter().cloned());
@@ -264,8 +279,9 @@ async fn run_exec(pods: &Api<Pod>, pod: &str, request: ExecRequest, tx: &Sender)
             "field `user`: the Kubernetes engine runs commands as the Pod's own user (the Pod exec API cannot switch users); leave `user` out, or set the user in the image or the Pod's securityContext",
         ));
     }
-    let command = wrapped(&request)?;
-    match run(pods, pod, command, &request, true, tx, &context).await? {
+    let marker = format!("{:032x}", rand::random::<u128>());
+    let command = wrapped(&request, &marker)?;
+    match run(pods, pod, command, &request, Some(&marker), tx, &context).await? {
         None => Ok(()),
         // `sh` could not be started: the image has none. The command runs bare.
         Some(why) => {
@@ -279,25 +295,25 @@ async fn run_exec(pods: &Api<Pod>, pod: &str, request: ExecRequest, tx: &Sender)
             }
             debug!(pod, "no sh in the image: the command runs bare");
             // Unwrapped, a program that cannot start is an exit (127), never `Some`.
-            run(pods, pod, request.command.clone(), &request, false, tx, &context).await.map(|_| ())
+            run(pods, pod, request.command.clone(), &request, None, tx, &context).await.map(|_| ())
         }
     }
 }
 
-/// Runs `command` (the wrapper when `wrapper`), sending its output and exit to `tx`. `Some(message)` when the
+/// Runs `command` (the wrapper when `wrapper`, the command's marker), sending its output and exit to `tx`. `Some(message)` when the
 /// wrapper itself could not start (no `sh`): then nothing was sent.
 async fn run(
     pods: &Api<Pod>,
     pod: &str,
     command: Vec<String>,
     request: &ExecRequest,
-    wrapper: bool,
+    wrapper: Option<&str>,
     tx: &Sender,
     context: &str,
 ) -> Result<Option<String>, EngineError> {
     let mut started = start(pods, pod, command, request.stdin.clone(), context).await?;
     // The wrapper's first line (its pid), until it is read whole.
-    let mut head: Option<Vec<u8>> = wrapper.then(Vec::new);
+    let mut head: Option<Vec<u8>> = wrapper.map(|_| Vec::new());
     let mut pid: Option<u32> = None;
     let (mut out_open, mut err_open) = (true, true);
     let deadline = tokio::time::sleep(request.timeout);
@@ -347,7 +363,7 @@ async fn run(
     if !(timed_out || gone) {
         let exit = match started.status(Duration::from_secs(5)).await {
             Ended::Code(code) => ExecExit { exit_code: Some(code), ..Default::default() },
-            Ended::NotStarted(why) if wrapper && pid.is_none() => return Ok(Some(why)),
+            Ended::NotStarted(why) if wrapper.is_some() && pid.is_none() => return Ok(Some(why)),
             // The runtime could not start the program: as Docker does, its message and 127.
             Ended::NotStarted(why) => {
                 let _ = tx.send(Ok(ExecOutput::Stderr(format!("{why}\n").into_bytes()))).await;
@@ -364,7 +380,7 @@ async fn run(
     }
     // Past its timeout, or its caller went away: the command goes, with what it started.
     let (killed, message) = match pid {
-        Some(pid) => match kill_tree(pods, pod, pid).await {
+        Some(pid) => match kill_tree(pods, pod, pid, wrapper.unwrap_or_default()).await {
             Ok(()) => (true, None),
             Err(why) => {
                 warn!(pod, reason = %why, "could not kill a command past its timeout");
@@ -414,9 +430,10 @@ fn split_marker(buf: &[u8]) -> Marker {
 }
 
 /// Stops and kills process `pid` of the Pod's container and its descendants, through a second exec.
-async fn kill_tree(pods: &Api<Pod>, pod: &str, pid: u32) -> Result<(), String> {
+async fn kill_tree(pods: &Api<Pod>, pod: &str, pid: u32, marker: &str) -> Result<(), String> {
     let context = format!("killing a command in Pod {pod}");
-    let command = vec!["sh".to_string(), "-c".into(), KILL_TREE.into(), "sh".into(), pid.to_string()];
+    let command =
+        vec!["sh".to_string(), "-c".into(), KILL_TREE.into(), "sh".into(), pid.to_string(), marker.to_string()];
     match collect(pods, pod, command, None, 4096, &context).await {
         Ok(Some(Collected { ended: Ended::Code(0), .. })) => Ok(()),
         Ok(Some(Collected { ended: Ended::Code(code), stderr, .. })) => {
@@ -500,24 +517,27 @@ pub(crate) async fn read_path(
 /// is the tar's (`tar` run as root keeps it; a Pod running as another user owns what it writes).
 pub(crate) async fn write_file(pods: &Api<Pod>, pod: &str, upload: FileUpload) -> Result<(), EngineError> {
     let context = format!("writing {} in Pod {pod}", upload.path.as_str());
+    let (path, mode) = (upload.path.clone(), upload.mode);
+    // The exec API takes standard input whole here: the archive is collected (the service bounds its size).
     let tar = upload
-        .to_tar(jiff::Timestamp::now().as_second().max(0) as u64)
+        .into_tar_bytes(jiff::Timestamp::now().as_second().max(0) as u64)
+        .await
         .map_err(|e| EngineError::permanent(format!("{context}: {e}")).with_source(e))?;
     let command = vec![
         "sh".to_string(),
         "-c".into(),
         WRITE_SCRIPT.into(),
         "sh".into(),
-        upload.path.parent().into(),
-        upload.path.file_name().into(),
-        format!("{:o}", upload.mode.unwrap_or(0o644) & 0o7777),
+        path.parent().into(),
+        path.file_name().into(),
+        format!("{:o}", mode.unwrap_or(0o644) & 0o7777),
     ];
     let Some(collected) = collect(pods, pod, command, Some(tar), 64 * 1024, &context).await? else {
         return Err(EngineError::transient(format!("{context}: tar wrote more than expected")));
     };
     match collected.ended {
         Ended::Code(0) => Ok(()),
-        _ => Err(file_failure(&context, upload.path.as_str(), collected)),
+        _ => Err(file_failure(&context, path.as_str(), collected)),
     }
 }
 
@@ -565,12 +585,12 @@ mod tests {
             workdir: Some("/tmp/a b".into()),
             ..Default::default()
         };
-        let command = wrapped(&request).unwrap();
+        let command = wrapped(&request, "00").unwrap();
         assert_eq!(&command[..2], ["sh", "-c"]);
         assert!(command[2].contains(r#"export A="x'; rm -rf /""#), "{}", command[2]);
         assert!(command[2].contains("cd '/tmp/a b' || exit 126"), "{}", command[2]);
         assert_eq!(&command[3..], ["sh", "echo", "$HOME"]);
         let bad = ExecRequest { env: [("A-B".to_string(), "1".to_string())].into(), ..request };
-        assert_eq!(wrapped(&bad).unwrap_err().kind(), ErrorKind::Permanent);
+        assert_eq!(wrapped(&bad, "00").unwrap_err().kind(), ErrorKind::Permanent);
     }
 }

@@ -398,25 +398,29 @@ async fn a_missing_program_is_its_exit_code_not_an_error() {
 async fn a_timeout_kills_the_command_and_what_it_started() {
     let api = FakeApi::start(host()).await;
     let engine = api.engine();
-    let mut req = request(&["sh", "-c", "sleep 300 & echo $!; wait"]);
+    // A child, and a double-forked one that left the command's process tree (its parent exited at once).
+    let mut req = request(&["sh", "-c", "(sleep 301 & echo $!); sleep 300 & echo $!; wait"]);
     req.timeout = Duration::from_secs(2);
     let (out, err, exit) = run(&engine, &instance("box-1"), req).await;
     assert!(exit.timed_out && exit.killed, "{exit:?} {err:?}");
     assert_eq!(exit.exit_code, Some(137), "{exit:?}");
-    let child: u32 = out.trim().parse().unwrap_or_else(|_| panic!("no pid in {out:?}"));
-    // The child the command started is gone too (or a zombie awaiting its reaper).
-    let mut alive = true;
-    for _ in 0..100 {
-        alive = match std::fs::read_to_string(format!("/proc/{child}/stat")) {
-            Ok(stat) => !stat[stat.rfind(')').unwrap() + 1..].trim_start().starts_with('Z'),
-            Err(_) => false,
-        };
-        if !alive {
-            break;
+    let children: Vec<u32> = out.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(children.len(), 2, "{out:?}");
+    for child in children {
+        // The children the command started are gone too (or zombies awaiting their reaper).
+        let mut alive = true;
+        for _ in 0..100 {
+            alive = match std::fs::read_to_string(format!("/proc/{child}/stat")) {
+                Ok(stat) => !stat[stat.rfind(')').unwrap() + 1..].trim_start().starts_with('Z'),
+                Err(_) => false,
+            };
+            if !alive {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!alive, "the sleep {child} the command started survived its kill");
     }
-    assert!(!alive, "the sleep the command started survived its kill");
     // The kill was a second exec in the same container, naming the wrapper's pid.
     let calls = api.calls();
     assert_eq!(calls.len(), 2, "{calls:?}");
@@ -495,13 +499,7 @@ async fn a_v4_server_answers_too() {
 }
 
 fn upload(path: &Path, bytes: &[u8], mode: Option<u32>) -> FileUpload {
-    FileUpload {
-        path: SandboxPath::parse(path.to_str().unwrap()).unwrap(),
-        bytes: bytes.to_vec(),
-        mode,
-        owner: None,
-        service: None,
-    }
+    FileUpload { mode, ..FileUpload::from_bytes(SandboxPath::parse(path.to_str().unwrap()).unwrap(), bytes.to_vec()) }
 }
 
 fn sandbox_path(path: &Path) -> SandboxPath {
@@ -524,8 +522,9 @@ async fn files_go_in_and_come_out() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777, 0o600);
     match engine.read_path(&inst, None, &sandbox_path(&file), 1 << 20).await.unwrap() {
-        PathContent::File { bytes: read, mode } => {
-            assert_eq!(read, bytes);
+        PathContent::File { size, mode, body } => {
+            assert_eq!(size, bytes.len() as u64);
+            assert_eq!(aenv_core::collect_body(body).await.unwrap(), bytes);
             assert_eq!(mode & 0o7777, 0o600);
         }
         other => panic!("not a file: {other:?}"),
@@ -538,7 +537,8 @@ async fn files_go_in_and_come_out() {
     std::fs::create_dir(root.join("tree")).unwrap();
     std::fs::write(root.join("tree/a.txt"), b"A").unwrap();
     match engine.read_path(&inst, None, &sandbox_path(&root.join("tree")), 1 << 20).await.unwrap() {
-        PathContent::Directory { tar } => {
+        PathContent::Directory { body } => {
+            let tar = aenv_core::collect_body(body).await.unwrap();
             let names: Vec<String> = tar::Archive::new(tar.as_slice())
                 .entries()
                 .unwrap()

@@ -10,7 +10,9 @@ use aenv_core::{
     Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, InvalidSpec, ManagedObject, Observed, OwnedKind,
     OwnedObject, Phase, PullProgress, Workload, labels,
 };
-use aenv_engine_docker::{Allowance, NETWORK_LABEL, Prober, classify, is_conflict, is_not_found, owner_scoped};
+use aenv_engine_docker::{
+    Allowance, NETWORK_LABEL, Prober, classify, is_conflict, is_not_found, legacy_scoped, scoped_network,
+};
 use async_trait::async_trait;
 use bollard::{
     Docker,
@@ -83,34 +85,52 @@ impl SwarmEngine {
         Ok(())
     }
 
-    /// The overlay network an instance joins, scoped to its owner when owner networks are on.
-    fn network_of(&self, spec: &EnvInstanceSpec) -> String {
+    /// The overlay network an instance joins (its name), and the name it had before names carried the operator
+    /// id when that differs: scoped to its owner when owner networks are on, and to this operator, as on the
+    /// Docker engine ([`scoped_network`]).
+    fn network_of(&self, spec: &EnvInstanceSpec) -> (String, Option<String>) {
         let named = spec.network.as_deref().unwrap_or(&self.config.network);
+        let id = &self.config.docker.operator_id;
         match spec.owner.as_deref() {
             Some(owner) if self.config.docker.owner_networks => {
                 // The operator's own network stands for "the default" as `bridge` does on the Docker engine.
                 let scoped = if named == self.config.network { "bridge" } else { named };
-                owner_scoped(owner, scoped)
+                (scoped_network(id, Some(owner), scoped), legacy_scoped(id, Some(owner), scoped))
             }
-            _ => named.to_string(),
+            _ if named == self.config.network => (named.to_string(), None),
+            _ => (scoped_network(id, None, named), legacy_scoped(id, None, named)),
         }
     }
 
     async fn prepare_network(&self, spec: &EnvInstanceSpec) -> Result<String, EngineError> {
-        let name = self.network_of(spec);
+        let (name, legacy) = self.network_of(spec);
         let _one_at_a_time = self.network_lock.lock().await;
+        // An overlay of the name before the operator id that this operator made keeps serving while it exists.
+        if let Some(legacy) = legacy
+            && let Some(id) = network::ours(&self.docker, &legacy, &self.config.docker.operator_id).await?
+        {
+            return Ok(id);
+        }
         let owner = spec.owner.as_deref().filter(|_| self.config.docker.owner_networks);
+        let named = spec.network.as_deref() == Some(name.as_str());
         let foreign_ok = || {
             if name == self.config.network {
                 return Ok(());
+            }
+            if !named {
+                // A name this operator derives, taken by a network it did not make (another operator's have other
+                // names): made by hand. The request named no network: no field to name.
+                return Err(EngineError::permanent(format!(
+                    "network {name} (a name this operator gives its own networks) exists and was not created by this operator (id {}): remove it (docker network rm {name})",
+                    self.config.docker.operator_id
+                )));
             }
             self.config.docker.policy.check(Allowance::ExternalNetworks, "deployConfig.network").map_err(|e| {
                 let msg = format!("network {name} exists and was not created by aenv-operator: {}", e.message);
                 EngineError::permanent(msg).with_source(e)
             })
         };
-        network::ensure(&self.docker, &name, &self.config.docker.operator_id, owner, foreign_ok).await?;
-        Ok(name)
+        network::ensure(&self.docker, &name, &self.config.docker.operator_id, owner, foreign_ok).await
     }
 
     async fn service(&self, name: &str) -> Result<Option<Service>, EngineError> {
@@ -373,7 +393,7 @@ impl SwarmEngine {
     /// Creates a service (one that exists already, made by an earlier attempt, is adopted).
     async fn create_service(&self, spec: bollard::models::ServiceSpec, image: &str) -> Result<(), EngineError> {
         let name = spec.name.clone().unwrap_or_default();
-        self.config.docker.policy.check_registry(image).map_err(EngineError::permanent)?;
+        self.config.docker.policy.check_registry_resolved(image).await.map_err(EngineError::permanent)?;
         let credentials = aenv_engine_docker::credentials_for(image);
         match self.docker.create_service(spec, credentials).await {
             Ok(created) => {
@@ -548,6 +568,17 @@ impl Engine for SwarmEngine {
         spec::check(spec, &self.config)
     }
 
+    fn refuse_snapshot_images(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+        // A Docker-engine operator's snapshots may sit on a node's daemon.
+        aenv_engine_docker::refuse_snapshot_images(spec, &self.config.docker.policy)
+    }
+
+    /// Registry names judged by their addresses as this manager resolves them (the nodes resolve on their own;
+    /// a name that differs per node is not caught).
+    async fn admit(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+        aenv_engine_docker::admit_images(spec, &self.config.docker.policy).await
+    }
+
     async fn apply(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
         if let Workload::Stack { compose_file } = inst.spec.workload() {
             return self.apply_stack(inst, compose_file).await;
@@ -602,6 +633,8 @@ impl Engine for SwarmEngine {
                 Err(e) => Err(classify(&format!("removing network {}", object.id), e)),
             },
             OwnedKind::Container | OwnedKind::Volume => remove_service(&self.docker, &object.id).await,
+            // Swarm instances run without volumes (they are local to one node): there is nothing to remove.
+            OwnedKind::ServiceVolume => Ok(()),
         }
     }
 

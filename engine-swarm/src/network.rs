@@ -1,5 +1,5 @@
 //! The overlay networks instances join: the operator's (`--swarm-network`), and with tokens on each owner's own
-//! (`aenv-o-<hash>`, as on the Docker engine), so that two tenants' sandboxes never share a network. Each is made
+//! (`aenv-o-<hash of operator id and owner>`, as on the Docker engine), so that two tenants' sandboxes never share a network. Each is made
 //! attachable (an operator running in a container on a manager joins it to reach instances) and labelled as the
 //! operator's.
 
@@ -39,6 +39,16 @@ pub(crate) async fn ensure(
             .map(|(id, _)| id)
             .ok_or_else(|| EngineError::transient(format!("network {name} was made and removed meanwhile; retrying"))),
         Err(e) => Err(classify(&format!("creating overlay network {name}"), e)),
+    }
+}
+
+/// The overlay's id when it exists and this operator made it.
+pub(crate) async fn ours(docker: &Docker, name: &str, operator_id: &str) -> Result<Option<String>, EngineError> {
+    match docker.inspect_network(name, Some(InspectNetworkOptionsBuilder::default().scope("swarm").build())).await {
+        Ok(n) if n.scope.as_deref() == Some("swarm") && made_by(n.labels.as_ref(), operator_id) => Ok(n.id),
+        Ok(_) => Ok(None),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(classify(&format!("inspecting network {name}"), e)),
     }
 }
 

@@ -176,7 +176,7 @@ pub(crate) fn warmup(
                     send(PullState::Failed, "this operator runs with --no-pull: the nodes pull nothing".into()).await;
                 continue;
             }
-            if let Err(why) = config.docker.policy.check_registry(&image) {
+            if let Err(why) = config.docker.policy.check_registry_resolved(&image).await {
                 let _ = send(PullState::Failed, why).await;
                 continue;
             }

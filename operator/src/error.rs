@@ -17,6 +17,17 @@ pub enum Error {
         #[source]
         source: Option<redb::DatabaseError>,
     },
+    /// The store's file cannot take writes now (a full disk): nothing was written, the write may be retried; the
+    /// store reopens itself once it can write.
+    #[error(
+        "the store {path} cannot write now ({reason}); free space in the data directory: writes resume by themselves"
+    )]
+    StoreWrite {
+        path: String,
+        reason: String,
+        #[source]
+        source: Option<Box<redb::Error>>,
+    },
     #[error("{0} exists already")]
     AlreadyExists(String),
     /// A conditional write lost a race: the object changed since the version it was made against.
@@ -48,7 +59,7 @@ impl Error {
     /// A short, stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Store(_) | Error::StoreUnreadable { .. } => "store",
+            Error::Store(_) | Error::StoreUnreadable { .. } | Error::StoreWrite { .. } => "store",
             Error::AlreadyExists(_) => "already_exists",
             Error::Conflict(_) => "conflict",
             Error::Docker(_) => "docker",

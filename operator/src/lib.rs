@@ -19,6 +19,7 @@ mod error;
 pub mod http;
 pub mod metrics;
 pub mod service;
+pub mod slots;
 pub mod store;
 
 pub use app::{Config, serve};

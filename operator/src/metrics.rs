@@ -69,6 +69,9 @@ pub struct Metrics {
     pub orphans_removed: Counter,
     /// Objects of other operators removed because their expiry label passed (a lost store's sandboxes).
     pub expired_leftovers_removed: Counter,
+    /// Processes of commands (exec) killed after a restart because they outlived their timeout while the operator
+    /// was down.
+    pub overdue_commands_killed: Counter,
     /// Seconds per engine call, by operation (apply, delete, list).
     pub engine_calls: Family<OpLabels, Histogram, fn() -> Histogram>,
     /// Connections closed at once because a listener or a client address held its limit.
@@ -99,6 +102,7 @@ impl Default for Metrics {
             expired: Counter::default(),
             orphans_removed: Counter::default(),
             expired_leftovers_removed: Counter::default(),
+            overdue_commands_killed: Counter::default(),
             engine_calls: Family::new_with_constructor(engine_call_histogram),
             http_refused: Family::default(),
             claims: Family::default(),
@@ -123,6 +127,11 @@ impl Default for Metrics {
                 "expired_leftovers_removed",
                 "Objects of other operators removed because their aenv.io/expire-at passed more than --orphan-grace ago",
                 m.expired_leftovers_removed.clone(),
+            );
+            r.register(
+                "overdue_commands_killed",
+                "Processes of exec commands killed after a restart because they outlived their timeout while the operator was down",
+                m.overdue_commands_killed.clone(),
             );
             r.register(
                 "http_connections_refused",

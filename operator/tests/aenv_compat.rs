@@ -337,8 +337,12 @@ async fn images_from_internal_registries_need_registry_allow() {
     let image = registry.push(TEST_IMAGE, "aenv/guarded:1");
     let op = Operator::start(BIN, &[]).await;
     let name = unique_name("registry");
-    // Loopback, link-local (cloud metadata), localhost: refused before anything is stored or pulled.
-    for refused in [image.as_str(), "169.254.169.254/latest/x:1", "localhost:5000/x", "10.1.2.3:80/x"] {
+    // Loopback, link-local (cloud metadata), localhost: refused before anything is stored or pulled; and the
+    // machine's own name, which the hosts file maps to loopback, judged by that address, not by its spelling.
+    let own_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let by_name = image.replace("127.0.0.1", &own_name);
+    assert_ne!(by_name, image, "the registry is on 127.0.0.1");
+    for refused in [image.as_str(), &by_name, "169.254.169.254/latest/x:1", "localhost:5000/x", "10.1.2.3:80/x"] {
         let body = aenv_testkit::create_body(&name, refused, json!({}));
         let (code, resp) = op.post_json("/env-instance", &body).await;
         assert_eq!(code, 400, "{refused}: {resp}");

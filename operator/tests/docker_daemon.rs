@@ -185,3 +185,58 @@ async fn memory_checkpoint_support_is_detected_from_the_daemon_and_reported() {
     assert_eq!(ready["memoryCheckpoints"]["available"], criu_works, "{ready}");
     eprintln!("memoryCheckpoints on an experimental daemon: {}", ready["memoryCheckpoints"]);
 }
+
+/// A daemon killed (-9) in the middle of a burst of creates and started again: every instance the API accepted
+/// runs in the end. A start the daemon was in the middle of may leave the runtime a task for that container, and
+/// the restarted daemon then refuses each start of it ("task ... already exists"); the operator makes such a
+/// container (one that never ran) afresh instead of giving up on it. Several rounds, since where the kill lands
+/// decides what it leaves behind.
+#[tokio::test]
+async fn every_instance_accepted_around_a_daemon_killed_mid_burst_runs_after_its_restart() {
+    let mut daemon = PrivateDaemon::start_with_own_containerd();
+    let socket = daemon.socket.clone();
+    let op = Operator::start(BIN, &["--docker-host", &socket, "--resync-interval", "1s"]).await;
+    let name = unique_name("burst");
+    let body = create_body(&name, TEST_IMAGE, json!({"readiness": false, "ttl": "30m"}));
+    let mut accepted: Vec<String> = Vec::new();
+    for round in 0..3u64 {
+        let creates: Vec<_> = (0..24)
+            .map(|i| {
+                let (http, url, body) = (op.http.clone(), op.url("/env-instance"), body.clone());
+                tokio::spawn(async move {
+                    // Spread over the kill: some before, some while the daemon is down, some after.
+                    tokio::time::sleep(Duration::from_millis(i * 25)).await;
+                    let resp = http.post(url).json(&body).send().await.ok()?;
+                    let v: Value = resp.json().await.ok()?;
+                    v["data"]["id"].as_str().map(String::from)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(150 + round * 100)).await;
+        daemon.kill9();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        daemon.start_again();
+        for c in creates {
+            if let Some(id) = c.await.unwrap() {
+                accepted.push(id);
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut pending = Vec::new();
+            for id in &accepted {
+                let (_, v) = op.get(&format!("/env-instance/{id}")).await;
+                assert_ne!(v["data"]["status"], "Failed", "round {round}: {id} failed: {v}\n{}", op.log());
+                if !running(&v) {
+                    pending.push((id.clone(), v["data"]["message"].clone()));
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "round {round}: not running: {pending:?}\n{}", op.log());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    assert!(accepted.len() >= 24, "most creates were accepted: {}", accepted.len());
+}

@@ -1,4 +1,4 @@
-//! Hardening II (issue 13), the operator's side, as a hostile tenant would try it, against the real binary and the
+//! Hardening II, the operator's side, as a hostile tenant would try it, against the real binary and the
 //! real Docker daemon: a flood of connections that never finish their headers, the proxy handing the tenant's
 //! token to the sandbox, other tenants' templates, endless TTLs and body-less POSTs.
 
@@ -366,8 +366,13 @@ async fn templates_belong_to_their_owner() {
     assert_eq!(versions, ["2.0.0"], "{listed}");
     let (code, v) = call(Method::POST, "/env-instance", BOB, Some(json!({"envName": format!("{name}@1.0.0")}))).await;
     assert_eq!(code, 404, "{v}");
-    // He cannot take its name and version over.
+    // He cannot take its name and version over, and the refusal tells him nothing of whose it is.
     let (code, v) = call(Method::POST, "/env", BOB, Some(template("1.0.0", true))).await;
+    assert_eq!(code, 409, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("is taken"), "{v}");
+    assert!(!v.to_string().contains("alice"), "{v}");
+    // Its shared one is his to see: that refusal may name the owner.
+    let (code, v) = call(Method::POST, "/env", BOB, Some(template("2.0.0", true))).await;
     assert_eq!(code, 409, "{v}");
     assert!(v["message"].as_str().unwrap().contains("belongs to owner alice"), "{v}");
 

@@ -345,7 +345,7 @@ async fn pools_belong_to_their_owner() {
     let as_user = |token: &str, req: reqwest::RequestBuilder| req.bearer_auth(token.to_string());
     let alice = "alice-token-0123456789";
     let bob = "bob-token-0123456789ab";
-    // Shared, so that bob may create from alice's template at all (templates have owners, issue 13).
+    // Shared, so that bob may create from alice's template at all (templates have owners).
     let body = json!({"name": name, "version": "1.0.0", "shared": true,
         "artifacts": [{"type": "image", "content": TEST_IMAGE}]});
     let r = as_user(alice, op.http.post(op.url("/env")).json(&body)).send().await.unwrap();

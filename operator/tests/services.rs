@@ -98,7 +98,12 @@ async fn a_service_keeps_replicas_spreads_requests_rolls_updates_and_keeps_its_d
         assert!(env_of(r).iter().any(|e| e == "MODE=a"), "{:?}", env_of(r));
         let mounts = inspect(r)["Mounts"].clone();
         assert_eq!(mounts[0]["Type"], "volume", "{mounts}");
-        assert_eq!(mounts[0]["Name"], format!("aenv-pvc-{pvc}"), "{mounts}");
+        // The service's storage, scoped to this operator (two operators with one pvc_name never share it).
+        assert_eq!(
+            mounts[0]["Name"],
+            aenv_engine_docker::service_volume(&op.operator_id, &format!("aenv-pvc-{pvc}")),
+            "{mounts}"
+        );
         assert_eq!(mounts[0]["Destination"], "/home/admin/data", "{mounts}");
     }
     // Replicas are the service's, not instances: not listed, not readable as instances.
@@ -182,7 +187,7 @@ async fn a_service_keeps_replicas_spreads_requests_rolls_updates_and_keeps_its_d
         assert!(Instant::now() < deadline, "replicas not removed\n{}", op.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let volume = format!("aenv-pvc-{pvc}");
+    let volume = aenv_engine_docker::service_volume(&op.operator_id, &format!("aenv-pvc-{pvc}"));
     assert!(docker(&["volume", "inspect", &volume]).status.success(), "the volume stays");
     // The name is free once the deletion is through (the replicas' records go a moment after their containers):
     // until then a create of the same name is a 409 that says so.
@@ -233,7 +238,7 @@ async fn bad_service_input_is_refused_naming_the_field_and_changes_nothing() {
         (json!({"envName": env, "service_name": "Bad_Name"}), &["`service_name`"]),
         (json!({"envName": env, "service_name": "a".repeat(64)}), &["`service_name`"]),
         (json!({"envName": env, "replicas": -1}), &["`replicas`"]),
-        (json!({"envName": env, "replicas": "2"}), &["`replicas`"]),
+        (json!({"envName": env, "replicas": "two"}), &["`replicas`"]),
         (json!({"envName": env, "pvc_name": "/etc"}), &["`pvc_name`"]),
         (json!({"envName": env, "pvc_name": "../x"}), &["`pvc_name`"]),
         (json!({"envName": env, "pvc_name": "d", "mount_path": "relative/x"}), &["`mount_path`"]),
@@ -696,7 +701,7 @@ async fn a_replica_never_ready_is_replaced_after_the_ready_timeout_with_the_reas
     let (code, resp) = op.post_json("/env-service", &above).await;
     assert_eq!(code, 400, "{resp}");
     assert!(resp["message"].as_str().unwrap().contains("`memory_request`"), "{resp}");
-    for bad in [json!(0), json!(-5), json!(86_401), json!("2")] {
+    for bad in [json!(0), json!(-5), json!(86_401), json!("two")] {
         let (code, resp) = op.post_json("/env-service", &create(bad.clone())).await;
         assert_eq!(code, 400, "{bad}: {resp}");
         assert!(resp["message"].as_str().unwrap().contains("ready_timeout_seconds"), "{resp}");

@@ -135,7 +135,7 @@ impl Operator {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log_path,
             data_dir,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client"),
+            http: http_client(),
         };
         op.spawn(bin).await;
         op
@@ -210,12 +210,14 @@ impl Operator {
         format!("http://{}{path}", self.proxy_addr)
     }
 
-    /// SIGKILL, no chance to clean up.
+    /// SIGKILL, no chance to clean up. The client's pool is dropped with it: a kept-alive connection to the dead
+    /// process would otherwise be picked for the next request (which then fails as an incomplete message).
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.http = http_client();
     }
 
     /// Starts the operator again on the same data dir.
@@ -336,23 +338,37 @@ pub struct PrivateDaemon {
     pub socket: String,
     /// `tcp://127.0.0.1:PORT` when TLS is on.
     pub tls_host: Option<String>,
+    /// A containerd of its own, run beside it rather than by it (as systemd runs containerd.service).
+    containerd: Option<Child>,
 }
 
 impl PrivateDaemon {
     /// Starts the daemon and loads the test image into it. `live_restore` keeps containers running across a
     /// daemon restart.
     pub fn start(tls: bool, live_restore: bool) -> PrivateDaemon {
-        Self::start_in(tls, live_restore, None, "{}")
+        Self::start_in(tls, live_restore, None, "{}", false)
+    }
+
+    /// [`PrivateDaemon::start`] (no TLS, live restore) over a containerd the test runs beside the daemon, as a
+    /// host's service manager runs them: killing the daemon leaves containerd, and what it holds, running.
+    pub fn start_with_own_containerd() -> PrivateDaemon {
+        Self::start_in(false, true, None, "{}", true)
     }
 
     /// [`PrivateDaemon::start`] with `daemon_json` as its own daemon.json (such as `{"experimental": true}`).
     pub fn start_with_config(tls: bool, live_restore: bool, daemon_json: &str) -> PrivateDaemon {
-        Self::start_in(tls, live_restore, None, daemon_json)
+        Self::start_in(tls, live_restore, None, daemon_json, false)
     }
 
     /// Starts the daemon in the network namespace `netns` (`ip netns add`), with a bridge of its own made there;
     /// only the network namespace changes (`nsenter --net`: `ip netns exec` would hide the cgroup mounts).
-    fn start_in(tls: bool, live_restore: bool, netns: Option<&str>, daemon_json: &str) -> PrivateDaemon {
+    fn start_in(
+        tls: bool,
+        live_restore: bool,
+        netns: Option<&str>,
+        daemon_json: &str,
+        own_containerd: bool,
+    ) -> PrivateDaemon {
         ensure_test_image();
         let dir = tempfile::Builder::new().prefix("aenv-dockerd-").tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
@@ -392,6 +408,32 @@ impl PrivateDaemon {
         if live_restore {
             args.push("--live-restore".into());
         }
+        let containerd = own_containerd.then(|| {
+            let sock = root.join("containerd.sock");
+            std::fs::write(root.join("containerd.toml"), "version = 2\n").expect("containerd config");
+            let log = std::fs::File::create(root.join("containerd.log")).expect("containerd log");
+            let child = Command::new("containerd")
+                .arg("--config")
+                .arg(root.join("containerd.toml"))
+                .arg("--address")
+                .arg(&sock)
+                .arg("--root")
+                .arg(root.join("containerd-root"))
+                .arg("--state")
+                .arg(root.join("containerd-state"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("containerd must be installed for this test");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !sock.exists() {
+                assert!(Instant::now() < deadline, "containerd did not come up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            args.push("--containerd".into());
+            args.push(sock.display().to_string());
+            child
+        });
         let mut tls_host = None;
         if tls {
             let certs = make_certs(&root);
@@ -409,7 +451,16 @@ impl PrivateDaemon {
                 certs.join("server-key.pem").display().to_string(),
             ]);
         }
-        let mut d = PrivateDaemon { dir, child: None, args, bridge, socket, tls_host, netns: netns.map(String::from) };
+        let mut d = PrivateDaemon {
+            dir,
+            child: None,
+            args,
+            bridge,
+            socket,
+            tls_host,
+            netns: netns.map(String::from),
+            containerd,
+        };
         d.start_again();
         let mut save =
             Command::new("docker").args(["save", TEST_IMAGE]).stdout(Stdio::piped()).spawn().expect("docker save");
@@ -449,6 +500,14 @@ impl PrivateDaemon {
         while !self.docker(&["version"]).status.success() {
             assert!(Instant::now() < deadline, "private dockerd did not come up:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the daemon (SIGKILL: no chance to record what it was doing) and waits for it to exit.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -498,10 +557,16 @@ impl Drop for PrivateDaemon {
             }
         }
         self.stop();
+        if let Some(mut containerd) = self.containerd.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(containerd.id().to_string()).status();
+            let _ = containerd.wait();
+        }
         if self.netns.is_none() {
             let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
         }
-        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("exec")).stderr(Stdio::null()).status();
+        for dir in ["exec", "containerd-state"] {
+            let _ = Command::new("umount").arg("-R").arg(self.dir.path().join(dir)).stderr(Stdio::null()).status();
+        }
     }
 }
 
@@ -593,7 +658,7 @@ impl SwarmDaemon {
         let manager_node = swarm.docker_ok(&["node", "ls", "-q"]);
         swarm.docker_ok(&["node", "update", "--label-add", "aenv.node=manager", &manager_node]);
         if let Some(ns) = swarm.worker_netns.clone() {
-            let worker = PrivateDaemon::start_in(false, false, Some(&ns), "{}");
+            let worker = PrivateDaemon::start_in(false, false, Some(&ns), "{}", false);
             let token = swarm.docker_ok(&["swarm", "join-token", "-q", "worker"]);
             let worker_addr = swarm.manager_addr.trim_end_matches(".1").to_string() + ".2";
             let out = worker.docker(&["swarm", "join", "--token", &token, "--advertise-addr", &worker_addr, &listen]);
@@ -808,4 +873,106 @@ impl Drop for LocalRegistry {
         }
         let _ = &self.dir;
     }
+}
+
+/// Memory of a process, from /proc/PID/status: (peak resident `VmHWM`, resident now `VmRSS`), in KiB.
+pub fn resident_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// Starts counting process `pid`'s peak resident memory again from what it holds now (`clear_refs` 5); false
+/// when the kernel did not take it (then `VmHWM` is the peak since the start).
+pub fn reset_peak_memory(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// The command of [`collected_exec_load`]: `bytes` NUL bytes on stdout and as many on stderr, at once (NUL is
+/// the costliest byte to answer in JSON: `\u0000`).
+pub fn nul_output_command(bytes: u64) -> Value {
+    let script = format!("head -c {bytes} /dev/zero & head -c {bytes} /dev/zero >&2; wait");
+    serde_json::json!({"command": ["sh", "-c", script], "timeout": 300})
+}
+
+/// `count` collected execs at once in instance `id` of the operator at `api` (`http://host:port`), each printing
+/// `bytes` NUL bytes on stdout and on stderr: each answer's status and `truncated`.
+pub async fn collected_exec_load(
+    http: &reqwest::Client,
+    api: &str,
+    id: &str,
+    count: usize,
+    bytes: u64,
+) -> Vec<(u16, Option<bool>)> {
+    let url = format!("{api}/env-instance/{id}/exec");
+    let body = nul_output_command(bytes);
+    let runs = (0..count).map(|_| {
+        let request = http.post(&url).json(&body).timeout(Duration::from_secs(600));
+        async move {
+            let Ok(resp) = request.send().await else { return (0, None) };
+            let status = resp.status().as_u16();
+            let answer: Value = resp.json().await.unwrap_or_default();
+            (status, answer["data"]["truncated"].as_bool())
+        }
+    });
+    futures::future::join_all(runs).await
+}
+
+/// `count` uploads at once of `bytes` each (with their length) to `/tmp/load-N` in instance `id`: each status.
+pub async fn upload_load(http: &reqwest::Client, api: &str, id: &str, count: usize, bytes: usize) -> Vec<u16> {
+    let runs = (0..count).map(|n| {
+        let request = http
+            .put(format!("{api}/env-instance/{id}/files?path=/tmp/load-{n}"))
+            .body(bytes_of(bytes))
+            .timeout(Duration::from_secs(600));
+        async move { request.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    });
+    futures::future::join_all(runs).await
+}
+
+/// `count` downloads at once of `/tmp/load-N` in instance `id` (as [`upload_load`] left them), each read as it
+/// comes and counted, never held: each status, announced length and bytes read.
+pub async fn download_load(http: &reqwest::Client, api: &str, id: &str, count: usize) -> Vec<(u16, Option<u64>, u64)> {
+    let runs = (0..count).map(|n| {
+        let request =
+            http.get(format!("{api}/env-instance/{id}/files?path=/tmp/load-{n}")).timeout(Duration::from_secs(600));
+        async move {
+            let Ok(mut resp) = request.send().await else { return (0, None, 0) };
+            let (status, announced) = (resp.status().as_u16(), resp.content_length());
+            let mut read = 0u64;
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                read += chunk.len() as u64;
+            }
+            (status, announced, read)
+        }
+    });
+    futures::future::join_all(runs).await
+}
+
+/// `n` bytes of a repeating pattern, shared cheaply between requests.
+fn bytes_of(n: usize) -> reqwest::Body {
+    static CACHE: std::sync::Mutex<Option<(usize, &'static [u8])>> = std::sync::Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let slice = match *cache {
+        Some((len, s)) if len == n => s,
+        _ => {
+            let s: &'static [u8] = Vec::leak((0..n).map(|i| (i % 251) as u8).collect());
+            *cache = Some((n, s));
+            s
+        }
+    };
+    reqwest::Body::from(slice)
+}
+
+/// The client a test talks to an operator with. It drops a kept-alive connection after 5 s unused, before the
+/// operator closes it (`--header-read-timeout`, 10 s, also bounds the wait for a connection's next request): a
+/// request sent on a connection the server is closing at that instant fails as an incomplete message.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client")
 }

@@ -76,13 +76,14 @@ def kmock_url():
 class Operator:
     """`aenv-operator serve` in Kubernetes mode against kmock, on a port it picks itself."""
 
-    def __init__(self, kmock_url: str, namespace: str, extra: list[str]):
+    def __init__(self, kmock_url: str, namespace: str, extra: list[str], operator_id: str | None = None):
         binary = operator_binary()
         if not binary.exists():
             pytest.fail(f"{binary} is missing: build it first (cargo build -p aenv-operator, or scripts/test)")
         self.dir = tempfile.TemporaryDirectory(prefix='aenv-k8s-test-')
         self.log_path = pathlib.Path(self.dir.name) / 'operator.log'
-        self.operator_id = f"kmock-{os.getpid()}-{int(time.time() * 1000) % 1_000_000}"
+        # Replicas of one release share an operator id.
+        self.operator_id = operator_id or f"kmock-{os.getpid()}-{int(time.time() * 1000) % 1_000_000}"
         self.namespace = namespace
         args = [str(binary), 'serve', '--store', 'kubernetes', '--kube-api-url', kmock_url,
                 '--namespace', namespace, '--operator-id', self.operator_id,
@@ -109,6 +110,11 @@ class Operator:
         out = docker('ps', '-a', '--filter', f'label=aenv.io/operator-id={self.operator_id}', '--format', '{{.Names}}')
         return sorted(n for n in out.stdout.split() if n)
 
+    def kill(self):
+        """SIGKILL: the process vanishes without giving its Lease up."""
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -125,8 +131,8 @@ class Operator:
 def make_operator(kmock_url):
     started = []
 
-    def make(namespace: str, *extra: str) -> Operator:
-        op = Operator(kmock_url, namespace, list(extra))
+    def make(namespace: str, *extra: str, operator_id: str | None = None) -> Operator:
+        op = Operator(kmock_url, namespace, list(extra), operator_id)
         started.append(op)
         return op
 

@@ -111,6 +111,10 @@ def test_instances_rbac_status_events_and_the_lease_with_replicas():
     docs = render({'replicaCount': 2})
     c = operator_container(docs)
     assert '--leader-elect' in c['args'] and '--leader-elect-namespace=aenv' in c['args']
+    # Followers forward the writes that take quota to the leader's Pod address.
+    assert '--advertise-url=http://$(POD_IP):8080' in c['args'] and '--forward-timeout=60s' in c['args']
+    env = {e['name']: e for e in c['env']}
+    assert env['POD_IP']['valueFrom']['fieldRef']['fieldPath'] == 'status.podIP'
     r = rules(docs)
     assert ('aenv.io', 'envinstances/status', ('get', 'update', 'patch'), 'Role', 'aenv') in r
     assert any(x[0] == 'aenv.io' and x[1] == 'envservices' and 'watch' in x[2] for x in r), r
@@ -119,6 +123,7 @@ def test_instances_rbac_status_events_and_the_lease_with_replicas():
     assert ('coordination.k8s.io', 'leases', ('get', 'list', 'watch', 'create', 'update', 'patch'), 'Role', 'aenv') in r
     single = render({})
     assert '--leader-elect' not in operator_container(single)['args']
+    assert not any(a.startswith('--advertise-url') for a in operator_container(single)['args'])
     assert not any(x[1] == 'leases' for x in rules(single))
     cluster = render({'watchAllNamespaces': True})
     assert '--all-namespaces' in operator_container(cluster)['args']
@@ -219,7 +224,8 @@ def test_every_flag_the_chart_passes_is_one_the_binary_knows():
     for values in ({}, {'docker': {'enabled': False}}, {'gateway': {'auth': {'enabled': True, 'secretName': 't'}}},
                    {'gateway': {'auth': {'enabled': True, 'secretName': 't', 'proxyAuth': True}}},
                    {'docker': {'enabled': True}}, {'docker': {'enabled': True, 'compose': {'enabled': True}}},
-                   {'docker': {'enabled': True, 'allow': ['host-ports'], 'registryAllow': ['127.0.0.1:5000']}}):
+                   {'docker': {'enabled': True, 'allow': ['host-ports'], 'registryAllow': ['127.0.0.1:5000']}},
+                   {'replicaCount': 2}):
         for arg in operator_container(render(values))['args']:
             flag = arg.split('=')[0]
             assert f'{flag} ' in help_text or f'{flag}\n' in help_text or f'{flag} <' in help_text, f'{flag} is not a flag of serve'

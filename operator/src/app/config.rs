@@ -311,8 +311,9 @@ impl KubeArgs {
 /// Leader election among replicas (--store kubernetes).
 #[derive(Args, Clone, Debug, Default)]
 pub struct LeaderArgs {
-    /// Elect a leader through a coordination.k8s.io Lease, so that of several replicas only one reconciles
-    /// (all serve the REST API). Needs --store kubernetes.
+    /// Elect a leader through a coordination.k8s.io Lease, so that of several replicas only one reconciles and
+    /// serves the writes that take quota (followers forward them to it: see --advertise-url); all serve the REST
+    /// API's reads. Needs --store kubernetes.
     #[arg(long)]
     pub leader_elect: bool,
     /// Name of the Lease.
@@ -331,6 +332,44 @@ pub struct LeaderArgs {
     /// How long before expiry the leader renews (whole seconds); also the clock skew tolerated between nodes.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub leader_elect_renew_grace: Duration,
+    /// The URL at which the other replicas reach this replica's REST API (http://host:port). The leader publishes
+    /// it on the Lease; followers forward to it the writes that take quota (creates, pools, services, resizes,
+    /// snapshots, forks) and those of what they read or count (templates, deletions), so that owners' caps,
+    /// --max-instances, --create-rate and pool demand hold across replicas. Default: http://$POD_IP:<API port> when POD_IP is set (the chart sets it), else the
+    /// --api-listen address when it names one address (not 0.0.0.0).
+    #[arg(long, env = "AENV_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// How long a follower waits for the leader's whole answer to a forwarded write (Go duration). Past it the
+    /// caller gets a 504 (the leader may have served it). Raise it when snapshots or forks of large sandboxes take
+    /// longer.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "AENV_FORWARD_TIMEOUT")]
+    pub forward_timeout: Duration,
+}
+
+impl LeaderArgs {
+    /// The URL the other replicas reach this one's API at, for an API listening on `listening`: --advertise-url,
+    /// else from `pod_ip` ($POD_IP), else the listening address when it is a specific one.
+    pub fn advertised_url(&self, listening: SocketAddr, pod_ip: Option<&str>) -> Result<String, String> {
+        if let Some(url) = self.advertise_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            let url = url.trim().trim_end_matches('/');
+            let parsed: Result<warp::http::Uri, _> = url.parse();
+            return match parsed {
+                Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() && u.path() == "/" => Ok(url.to_string()),
+                _ => Err(format!("--advertise-url {url:?} must be http://host:port (no path)")),
+            };
+        }
+        if let Some(ip) = pod_ip.map(str::trim).filter(|ip| !ip.is_empty()) {
+            let ip: std::net::IpAddr = ip.parse().map_err(|e| format!("POD_IP {ip:?} is not an IP address: {e}"))?;
+            return Ok(format!("http://{}", SocketAddr::new(ip, listening.port())));
+        }
+        if listening.ip().is_unspecified() {
+            return Err(format!(
+                "--leader-elect needs the address the other replicas reach this one's REST API at (followers forward creates to the leader): --api-listen {listening} names none; give --advertise-url http://<this replica's address>:{} or set POD_IP",
+                listening.port()
+            ));
+        }
+        Ok(format!("http://{listening}"))
+    }
 }
 
 /// A Go duration (`90s`, `30m`, `1h30m`).
@@ -393,6 +432,24 @@ mod tests {
         assert_eq!(c.reconcile.max_concurrent_reconciles, 32);
         assert!(c.kube.leader.leader_elect);
         assert_eq!(c.kube.sandbox_namespace(), "default");
+        assert_eq!(c.kube.leader.forward_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_advertised_url_comes_from_the_flag_the_pod_ip_or_a_specific_listen_address() {
+        let leader = |url: Option<&str>| LeaderArgs { advertise_url: url.map(String::from), ..Default::default() };
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+        assert_eq!(leader(Some("http://10.0.0.7:8080/")).advertised_url(any, None).unwrap(), "http://10.0.0.7:8080");
+        assert_eq!(leader(None).advertised_url(any, Some("10.1.2.3")).unwrap(), "http://10.1.2.3:8080");
+        assert_eq!(leader(None).advertised_url(any, Some("fd00::5")).unwrap(), "http://[fd00::5]:8080");
+        assert_eq!(leader(None).advertised_url(lo, None).unwrap(), "http://127.0.0.1:41234");
+        let e = leader(None).advertised_url(any, None).unwrap_err();
+        assert!(e.contains("--advertise-url") && e.contains("POD_IP"), "{e}");
+        for bad in ["10.0.0.7:8080", "https://a:1", "http://a:1/api"] {
+            assert!(leader(Some(bad)).advertised_url(any, None).unwrap_err().contains("--advertise-url"), "{bad}");
+        }
+        assert!(leader(None).advertised_url(any, Some("pod")).unwrap_err().contains("POD_IP"));
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub async fn open_engine(
             let engine_config = aenv_engine_docker::DockerEngineConfig {
                 // With tokens, owners are tenants: their sandboxes never share a network.
                 owner_networks: config.api.tokens_file.is_some(),
+                // Beside the embedded store, which is this operator's alone: a restart on the same data dir kills
+                // the commands that outlived their timeout while it was down.
+                exec_journal: (config.store == StoreKind::Embedded).then(|| config.data_dir.join("execs")),
                 ..config.docker.engine_config(operator_id)
             };
             let engine = DockerEngine::new(docker, engine_config);
@@ -219,7 +222,31 @@ pub async fn serve(
     }
 
     let listener = bind(api.api_listen).await?;
-    info!(addr = %local_addr(&listener, api.api_listen)?, "REST API listening");
+    let api_addr = local_addr(&listener, api.api_listen)?;
+    info!(addr = %api_addr, "REST API listening");
+    // With leader election, the leader serves the writes that take quota; followers forward them to the URL it
+    // publishes on the Lease.
+    let election = config.kube.leader.leader_elect.then(|| leader::LeaderElection::from_args(&config.kube));
+    let leadership = match &election {
+        Some(election) => {
+            let url = config
+                .kube
+                .leader
+                .advertised_url(api_addr, std::env::var("POD_IP").ok().as_deref())
+                .map_err(Error::Config)?;
+            info!(identity = %election.identity, url = %url, "this replica's API, as the other replicas reach it");
+            Some(leader::Leadership::new(election, url))
+        }
+        None => None,
+    };
+    let forwarder = leadership.as_ref().map(|l| {
+        http::forward::Forwarder::new(
+            l.clone(),
+            config.kube.leader.forward_timeout,
+            api_limits.max_connections_per_ip,
+            api_limits.header_read_timeout,
+        )
+    });
     let proxy_listener = bind(api.proxy_listen).await?;
     let proxy_addr = local_addr(&proxy_listener, api.proxy_listen)?;
     info!(proxy_addr = %proxy_addr, "data-plane proxy listening");
@@ -285,7 +312,7 @@ pub async fn serve(
     let api = http::server::serve(
         "api",
         listener,
-        http::routes(services, auth),
+        http::routes(services, auth, forwarder),
         api_limits,
         metrics.clone(),
         shutdown.clone(),
@@ -298,12 +325,16 @@ pub async fn serve(
         metrics,
         shutdown.clone(),
     );
-    let election = config.kube.leader.leader_elect.then(|| leader::LeaderElection::from_args(&config.kube));
     let loop_config = config.reconcile.clone();
     let reconcile = async move {
-        match (election, client) {
-            (Some(election), Some(client)) => {
-                leader::run_when_leader(client, election, ctx, loop_config, shutdown).await
+        match (election, leadership, client) {
+            (Some(election), Some(leadership), Some(client)) => {
+                let lease = leader::watch_lease(client.clone(), election.clone(), leadership.clone(), shutdown.clone());
+                let (led, ()) = tokio::join!(
+                    leader::run_when_leader(client, election, leadership, ctx, loop_config, shutdown),
+                    lease
+                );
+                led
             }
             _ => {
                 controller::run(ctx, loop_config, shutdown).await;

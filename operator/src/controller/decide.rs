@@ -62,6 +62,15 @@ pub struct Decision {
 /// which gives a restarted operator another few tries, no more).
 pub const START_ATTEMPTS: u32 = 4;
 
+/// Whether the next apply is [`aenv_core::Engine::apply_afresh`]: after a start that failed. A failed start may
+/// leave state in the backend that fails every later start of the same container (a daemon killed mid-start keeps
+/// a task for it, and answers "already exists" to each start); a container that never ran can be removed and made
+/// again under its name at no cost, so the retries do that instead of starting the same container again. Whether
+/// it can pass is still not read from the message: a start that fails for good fails [`START_ATTEMPTS`] times.
+pub fn start_afresh(failed_starts: u32) -> bool {
+    failed_starts > 0
+}
+
 /// Decides from the engine's report (`None` after [`Step::Keep`]) what the status becomes and when to look again.
 /// `failed_probes` counts the probes that failed in a row before this one: the next probe waits 250 ms, 500 ms,
 /// … up to 5 s. `failed_starts` counts the starts that failed ([`ErrorKind::StartFailed`]) before this one.

@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aenv_core::{Engine, EngineError, EngineEvent, EnvInstance, Observed, OwnedObject, Phase};
+use aenv_core::{Engine, EngineError, EngineEvent, EnvInstance, Observed, OwnedObject, Phase, SnapshotImage};
 use async_trait::async_trait;
 use futures::{StreamExt, stream::BoxStream};
 use tokio::sync::mpsc;
@@ -16,6 +16,11 @@ use tokio::sync::mpsc;
 pub enum Call {
     /// `apply` of an instance, with the container id its status recorded at the time.
     Apply {
+        instance: String,
+        container_id: Option<String>,
+    },
+    /// `apply_afresh` (after a failed start), with the container id its status recorded at the time.
+    ApplyAfresh {
         instance: String,
         container_id: Option<String>,
     },
@@ -35,6 +40,8 @@ pub struct FakeEngine {
     owned: Mutex<Vec<OwnedObject>>,
     events: Mutex<Option<mpsc::Receiver<EngineEvent>>>,
     events_tx: Mutex<Option<mpsc::Sender<EngineEvent>>>,
+    /// Snapshot images the backend holds.
+    snapshots: Mutex<Vec<SnapshotImage>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,6 +78,14 @@ impl FakeEngine {
     }
 
     /// What `list_owned` reports from now on.
+    pub fn set_snapshots(&self, images: Vec<SnapshotImage>) {
+        *lock(&self.snapshots) = images;
+    }
+
+    pub fn snapshots(&self) -> Vec<SnapshotImage> {
+        lock(&self.snapshots).clone()
+    }
+
     pub fn set_owned(&self, owned: Vec<OwnedObject>) {
         *lock(&self.owned) = owned;
     }
@@ -114,6 +129,13 @@ impl Engine for FakeEngine {
         lock(&self.applies).pop_front().unwrap_or_else(|| Ok(running(&instance)))
     }
 
+    async fn apply_afresh(&self, inst: &EnvInstance) -> Result<Observed, EngineError> {
+        let instance = name(inst);
+        let container_id = inst.status.as_ref().and_then(|s| s.container_id.clone());
+        self.record(Call::ApplyAfresh { instance: instance.clone(), container_id });
+        lock(&self.applies).pop_front().unwrap_or_else(|| Ok(running(&instance)))
+    }
+
     async fn delete(&self, inst: &EnvInstance) -> Result<(), EngineError> {
         self.record(Call::Delete(name(inst)));
         lock(&self.deletes).pop_front().unwrap_or(Ok(()))
@@ -134,6 +156,15 @@ impl Engine for FakeEngine {
             Some(rx) => tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
             None => futures::stream::pending().boxed(),
         }
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotImage>, EngineError> {
+        Ok(self.snapshots())
+    }
+
+    async fn remove_snapshot(&self, reference: &str) -> Result<(), EngineError> {
+        lock(&self.snapshots).retain(|i| i.reference != reference);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), EngineError> {

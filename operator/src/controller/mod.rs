@@ -5,8 +5,9 @@
 
 pub mod decide;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 pub mod leader;
+pub mod members;
 pub mod pools;
 mod resync;
 pub mod services;
@@ -224,9 +225,9 @@ pub async fn run(
     };
 
     let pool_loop =
-        ctx.pools.clone().map(|p| tokio::spawn(pools::run(p, config.resync_interval, std::future::pending())));
+        ctx.pools.clone().map(|p| tokio::spawn(members::run(p, config.resync_interval, std::future::pending())));
     let service_loop =
-        ctx.services.clone().map(|s| tokio::spawn(services::run(s, config.resync_interval, std::future::pending())));
+        ctx.services.clone().map(|s| tokio::spawn(members::run(s, config.resync_interval, std::future::pending())));
 
     Controller::for_stream(objects, reader)
         .with_config(ControllerConfig::default().concurrency(config.max_concurrent_reconciles.max(1)))
@@ -258,6 +259,8 @@ impl Context {
         self.metrics.reconciles.inc();
         let key = key_of(obj.as_ref());
         let Some(inst) = self.store.get(&key) else { return Ok(Action::await_change()) };
+        let failed_probes = self.probes().get(&key).copied().unwrap_or(0);
+        let failed_starts = self.starts().get(&key).copied().unwrap_or(0);
         let observed = match decide::next_step(&inst, now) {
             Step::Remove { expired } => {
                 if expired {
@@ -282,11 +285,14 @@ impl Context {
             Step::Keep => None,
             Step::Apply => {
                 self.store.hold(&inst).await?;
-                Some(self.metrics.time("apply", self.engine.apply(&inst)).await)
+                let applied = if decide::start_afresh(failed_starts) {
+                    self.engine.apply_afresh(&inst)
+                } else {
+                    self.engine.apply(&inst)
+                };
+                Some(self.metrics.time("apply", applied).await)
             }
         };
-        let failed_probes = self.probes().get(&key).copied().unwrap_or(0);
-        let failed_starts = self.starts().get(&key).copied().unwrap_or(0);
         let decision = decide::decide(&inst, observed, now, failed_probes, failed_starts);
         if decision.became_running {
             if let Some(created) = &inst.metadata.creation_timestamp {

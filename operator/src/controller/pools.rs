@@ -1,40 +1,34 @@
-//! The pool controller: keeps each `EnvPool` at its target of waiting sandboxes. It runs beside the instance
-//! controller (on the leader only) and never talks to the engine: it writes `EnvInstance` objects labelled with
-//! the pool, and the instance controller starts, probes, adopts and removes them like any other. [`plan`] decides
-//! without I/O; [`Pools::reconcile`] carries the plan out.
+//! The pool controller: keeps each `EnvPool` at its target of waiting sandboxes, on the shared member-set planner
+//! ([`super::members`]: classification, backoff, compare-and-swap removals, creates, sweep, loop). What is the
+//! pool's own is its policy, [`plan`], which decides without I/O:
 //!
+//! - The target follows the demand: between `replicas` and `maxReplicas`, a pool keeps `replicas` plus the creates
+//!   of the demand window waiting.
 //! - Refill runs at the daemon's pace: at most `--pool-max-starting` sandboxes of all pools are being created at
 //!   once, and only one while instances that users asked for are still being created, so cold creates are never
 //!   starved.
-//! - A sandbox that fails (its container exits, its image cannot start) is removed and replaced, with a backoff
-//!   per pool (1 s, 2 s, … 60 s) while they keep failing, and the last failure in the pool's status: a template
-//!   that cannot start costs one attempt per backoff, not a storm.
+//! - A pool does not roll: sandboxes of an old template are replaced at once (nobody uses a waiting sandbox).
 //! - Removals are compare-and-swap deletes at the version the plan saw: a sandbox claimed meanwhile is not
 //!   removed.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use aenv_core::{
-    EnvInstance, EnvInstanceSpec, EnvPool, EnvPoolStatus, Environment, MemberState, Phase,
+    EnvInstance, EnvInstanceSpec, EnvPool, EnvPoolStatus, Environment, Phase,
     pool::{POOL_LABEL, member_spec},
 };
-use futures::StreamExt;
 use jiff::Timestamp;
-use kube::runtime::{
-    controller::{Action, Config as ControllerConfig, Controller},
-    reflector::ObjectRef,
-    watcher,
-};
-use tracing::{Instrument, debug, info, info_span, warn};
+use kube::runtime::{controller::Action, reflector::ObjectRef};
+use tracing::{Instrument, info, info_span};
 
+use super::members::{self, Birth, Census, Clock, Kin, Members, Owner};
 use crate::{
     Error,
     service::Demand,
-    store::{ObjectStore, key, key_of, random_suffix},
+    store::{ObjectStore, key, key_of},
 };
 
 /// Knobs of the pool controller.
@@ -62,30 +56,15 @@ pub struct Pools {
     pub config: PoolConfig,
     /// `--max-instances`: pooled sandboxes count towards it.
     pub max_instances: Option<usize>,
-    /// Consecutive failures per pool, and when the next sandbox may be made.
-    backoff: Mutex<HashMap<String, Backoff>>,
+    members: Members,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Backoff {
-    failures: u32,
-    until: Instant,
-}
+/// How a pool's sandboxes are tied to it.
+const KIN: Kin =
+    Kin { label: POOL_LABEL, noun: "sandbox", plural: "pooled sandboxes", owner: "pool", owner_of: EnvInstance::pool };
 
 /// What to do with one pool now.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    /// How many sandboxes to make.
-    pub create: u32,
-    /// Waiting sandboxes to remove: failed ones, ones of an old template, the excess over the target, or all
-    /// of them when the pool is being deleted.
-    pub remove: Vec<Arc<EnvInstance>>,
-    pub status: EnvPoolStatus,
-    /// Sandboxes that failed since the last look (for the backoff).
-    pub new_failures: u32,
-    /// Whether the pool is being deleted and has no waiting sandbox left: remove it.
-    pub finished: bool,
-}
+pub type Plan = members::Plan<EnvPoolStatus>;
 
 /// What [`plan`] reads besides the pool and its sandboxes.
 #[derive(Clone, Copy, Debug)]
@@ -106,82 +85,29 @@ pub fn plan(pool: &EnvPool, members: &[Arc<EnvInstance>], outlook: Outlook<'_>) 
     let Outlook { model, demand, room, now, ready_timeout } = outlook;
     let previous = pool.status.clone().unwrap_or_default();
     let deleting = pool.metadata.deletion_timestamp.is_some();
-    let mut remove = Vec::new();
-    let (mut ready, mut starting, mut new_failures) = (Vec::new(), Vec::new(), 0);
-    let mut last_error = None;
-    for m in members.iter().filter(|m| !m.is_deleting()) {
-        let stale = model.is_some_and(|model| m.spec != *model);
-        let id = m.metadata.name.as_deref().unwrap_or_default();
-        let age = m.metadata.creation_timestamp.as_ref().map_or(Duration::ZERO, |c| {
-            Duration::from_millis((now.as_millisecond() - c.0.as_millisecond()).max(0) as u64)
-        });
-        match m.member_state() {
-            _ if deleting || stale => remove.push(m.clone()),
-            MemberState::Failed => {
-                new_failures += 1;
-                last_error = Some(
-                    m.status
-                        .as_ref()
-                        .and_then(|s| s.message.clone())
-                        .unwrap_or_else(|| format!("sandbox {id} {}", m.phase())),
-                );
-                remove.push(m.clone());
-            }
-            MemberState::Starting if age > ready_timeout => {
-                new_failures += 1;
-                let why = m
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-                    .map(|c| c.message.clone())
-                    .filter(|m| !m.is_empty())
-                    .unwrap_or_else(|| format!("it is {}", m.phase()));
-                last_error = Some(format!("sandbox {id} not ready {}s after it was made: {why}", age.as_secs()));
-                remove.push(m.clone());
-            }
-            MemberState::Ready => ready.push(m.clone()),
-            MemberState::Starting => starting.push(m.clone()),
-        }
-    }
+    let mut census = Census::of(members, model, Clock { now, ready_timeout }, KIN.noun);
+    let mut remove = if deleting { census.take_all() } else { Vec::new() };
+    // Sandboxes of an old template go at once, and are no failure.
+    remove.append(&mut census.old_ready);
+    remove.append(&mut census.old_starting);
+    let (failed, new_failures, failure) = census.take_failed(|f| f.current);
+    remove.extend(failed);
     let target = if deleting || model.is_none() { 0 } else { pool.spec.target(demand) };
-    // Over the target (the demand fell, the pool was scaled down): the newest go first, those not ready before
-    // the ready ones.
-    let mut live = starting.len() + ready.len();
-    let by_age = |a: &Arc<EnvInstance>, b: &Arc<EnvInstance>| {
-        b.metadata.creation_timestamp.as_ref().map(|t| t.0).cmp(&a.metadata.creation_timestamp.as_ref().map(|t| t.0))
-    };
-    starting.sort_by(by_age);
-    ready.sort_by(by_age);
-    while live > target as usize {
-        let next = if starting.is_empty() { ready.remove(0) } else { starting.remove(0) };
-        remove.push(next);
-        live -= 1;
-    }
-    let create = if model.is_some() && !deleting { (target as usize - live).min(room as usize) as u32 } else { 0 };
-    let last_error = match (last_error, model) {
-        (Some(e), _) => Some(e),
-        (None, None) if !deleting => {
-            Some(format!("environment \"{}\" not found: register it, or delete the pool", pool.spec.env_name))
-        }
-        // Cleared once a sandbox is ready again.
-        (None, _) if !ready.is_empty() => None,
-        (None, _) => previous.last_error.clone(),
-    };
+    remove.extend(census.trim(target as usize));
+    let create =
+        if model.is_some() && !deleting { members::to_make(target as usize, census.current(), room) } else { 0 };
+    let missing = (model.is_none() && !deleting).then(|| members::template_missing(&pool.spec.env_name, KIN.owner));
     let status = EnvPoolStatus {
-        replicas: (ready.len() + starting.len()) as u32,
-        ready: ready.len() as u32,
-        starting: starting.len() as u32,
+        replicas: census.current() as u32,
+        ready: census.ready.len() as u32,
+        starting: census.starting.len() as u32,
         target,
-        last_error,
+        last_error: members::last_error(failure, missing, !census.ready.is_empty(), previous.last_error.clone()),
         ..previous
     };
     let finished = deleting && members.iter().all(|m| m.is_deleting()) && remove.is_empty();
-    Plan { create, remove, status, new_failures, finished }
-}
-
-/// The backoff after `n` sandboxes of a pool failed in a row: 1 s, 2 s, 4 s, … 60 s.
-pub fn failure_backoff(n: u32) -> Duration {
-    Duration::from_secs(1u64 << n.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+    let (healthy, settled) = (status.ready > 0, status.replicas + create >= status.target);
+    Plan { create, remove, status, new_failures, finished, healthy, settled }
 }
 
 impl Pools {
@@ -193,11 +119,8 @@ impl Pools {
         config: PoolConfig,
         max_instances: Option<usize>,
     ) -> Arc<Self> {
-        Arc::new(Pools { pools, instances, templates, demand, config, max_instances, backoff: Mutex::default() })
-    }
-
-    fn backoff(&self) -> std::sync::MutexGuard<'_, HashMap<String, Backoff>> {
-        self.backoff.lock().unwrap_or_else(|p| p.into_inner())
+        let members = Members::new(instances.clone(), KIN);
+        Arc::new(Pools { pools, instances, templates, demand, config, max_instances, members })
     }
 
     /// How many sandboxes may be started now, over all pools: the cap less those being created, one at most
@@ -218,96 +141,13 @@ impl Pools {
         cap.saturating_sub(pooled_starting).min(under_max)
     }
 
-    /// One look at a pool: plan, remove, create, write the status.
-    pub async fn reconcile(&self, pool: &EnvPool, now: Instant) -> Result<Action, Error> {
-        let pool_key = key_of(pool);
-        let Some(pool) = self.pools.get(&pool_key) else { return Ok(Action::await_change()) };
-        // Pools made around the API (`kubectl apply`) get the finalizer that lets their sandboxes go first.
-        self.pools.hold(&pool).await?;
+    /// What a sandbox of `pool` runs; `None` when its template is gone.
+    fn model(&self, pool: &EnvPool) -> Option<EnvInstanceSpec> {
         let namespace = pool.metadata.namespace.clone().unwrap_or_default();
-        let name = pool.metadata.name.clone().unwrap_or_default();
-        let model = pool.spec.template().and_then(|(n, v)| {
-            let t = self.templates.get(&key(&namespace, &Environment::object_name(n, v)))?;
-            (t.spec.name == n && t.spec.version == v && t.metadata.deletion_timestamp.is_none())
-                .then(|| member_spec(&t.spec.template, n, v, pool.spec.owner.as_deref()))
-        });
-        let members =
-            self.instances.list_where(&|i: &EnvInstance| i.pool() == Some(name.as_str()) && i.namespace() == namespace);
-        let backoff = self.backoff().get(&pool_key).copied();
-        let waiting = backoff.filter(|b| b.until > now).map(|b| b.until - now);
-        let room = if waiting.is_some() { 0 } else { self.room() };
-        let outlook = Outlook {
-            model: model.as_ref(),
-            demand: self.demand.recent(&pool_key, now),
-            room,
-            now: Timestamp::now(),
-            ready_timeout: self.config.pool_ready_timeout,
-        };
-        let plan = plan(&pool, &members, outlook);
-
-        if plan.new_failures > 0 {
-            let failures = backoff.map_or(0, |b| b.failures) + plan.new_failures;
-            let delay = failure_backoff(failures);
-            warn!(
-                failures,
-                ?delay,
-                error = plan.status.last_error.as_deref().unwrap_or(""),
-                "pooled sandboxes failed; replacing them after a backoff"
-            );
-            self.backoff().insert(pool_key.clone(), Backoff { failures, until: now + delay });
-        } else if plan.status.ready > 0 {
-            self.backoff().remove(&pool_key);
-        }
-        for m in &plan.remove {
-            let version = m.metadata.resource_version.clone().unwrap_or_default();
-            match self.instances.request_delete_at(&key_of(m.as_ref()), &version, Timestamp::now()).await {
-                Ok(_) => debug!(sandbox = ?m.metadata.name, "pooled sandbox removed"),
-                // Claimed (or changed) since the plan saw it: it is someone's instance now.
-                Err(Error::Conflict(_)) => {
-                    debug!(sandbox = ?m.metadata.name, "pooled sandbox changed meanwhile; left alone")
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        if plan.finished {
-            self.pools.purge(&pool_key).await?;
-            self.demand.forget(&pool_key);
-            self.backoff().remove(&pool_key);
-            info!("pool deleted");
-            return Ok(Action::await_change());
-        }
-        if let Some(model) = model.as_ref().filter(|_| plan.create > 0) {
-            for _ in 0..plan.create {
-                self.create_member(&pool, model).await?;
-            }
-            debug!(created = plan.create, "pool refilling");
-        }
-        self.write_status(&pool, plan.status.clone()).await?;
-        // Changes of the sandboxes wake the pool; look again anyway while it is short, at the backoff's end
-        // when it waits on one, and now and then for the demand window to move.
-        let short = plan.status.replicas + plan.create < plan.status.target;
-        let again = match waiting {
-            Some(w) => w,
-            None if short => Duration::from_millis(500),
-            None => Duration::from_secs(10),
-        };
-        Ok(Action::requeue(again))
-    }
-
-    async fn create_member(&self, pool: &EnvPool, model: &EnvInstanceSpec) -> Result<(), Error> {
-        let name = pool.metadata.name.clone().unwrap_or_default();
-        for _ in 0..8 {
-            let id = format!("{}-{}", model.env_name, random_suffix(6));
-            let mut member = EnvInstance::new(&id, model.clone());
-            member.metadata.namespace = pool.metadata.namespace.clone();
-            member.metadata.labels = Some([(POOL_LABEL.to_string(), name.clone())].into());
-            match self.instances.create(member, Timestamp::now()).await {
-                Ok(_) => return Ok(()),
-                Err(Error::AlreadyExists(_)) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        let (n, v) = pool.spec.template()?;
+        let t = self.templates.get(&key(&namespace, &Environment::object_name(n, v)))?;
+        (t.spec.name == n && t.spec.version == v && t.metadata.deletion_timestamp.is_none())
+            .then(|| member_spec(&t.spec.template, n, v, pool.spec.owner.as_deref()))
     }
 
     /// Writes the pool's status with the claims counted since the last write.
@@ -328,75 +168,70 @@ impl Pools {
         }
         Ok(())
     }
-
-    /// Removes waiting sandboxes whose pool is gone (deleted around the API, or a store restored without it).
-    async fn sweep(&self) -> Result<(), Error> {
-        for m in self.instances.list_where(&|i: &EnvInstance| i.pool().is_some() && !i.is_deleting()) {
-            let pool = key(m.namespace(), m.pool().unwrap_or_default());
-            if self.pools.get(&pool).is_some() {
-                continue;
-            }
-            let version = m.metadata.resource_version.clone().unwrap_or_default();
-            match self.instances.request_delete_at(&key_of(m.as_ref()), &version, Timestamp::now()).await {
-                Ok(_) => info!(sandbox = ?m.metadata.name, pool = %pool, "removed a pooled sandbox whose pool is gone"),
-                Err(Error::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
 }
 
-/// The pool a sandbox waits in or was claimed from: what a change to it should wake.
-fn pool_of(i: &EnvInstance) -> Option<ObjectRef<EnvPool>> {
-    let name = i.pool().or_else(|| i.claimed_from())?;
-    Some(ObjectRef::new(name).within(i.namespace()))
-}
-
-/// Runs the pool controller until `shutdown` resolves: pools wake on their own changes, on changes of their
-/// sandboxes, and on their requeues; a sweep every `sweep_every` removes sandboxes of pools that are gone.
-pub async fn run(
-    pools: Arc<Pools>,
-    sweep_every: Duration,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let (reader, objects) = pools.pools.controller_feed();
-    let members = super::owners_of(pools.instances.as_ref(), pool_of);
-    let sweeper = {
-        let pools = pools.clone();
-        super::spawn_sweeper(sweep_every, "pool", move || {
-            let pools = pools.clone();
-            async move { pools.sweep().await }
-        })
-    };
+impl Owner for Pools {
+    type Kind = EnvPool;
     // One pool at a time: the cap on starting sandboxes is counted over all pools.
-    Controller::for_stream(objects.map(Ok::<_, watcher::Error>), reader)
-        .with_config(ControllerConfig::default().concurrency(1))
-        .reconcile_on(members)
-        .graceful_shutdown_on(shutdown)
-        .run(
-            |pool: Arc<EnvPool>, pools: Arc<Pools>| async move {
-                let span = info_span!("pool", name = %pool.metadata.name.as_deref().unwrap_or_default());
-                pools.reconcile(&pool, Instant::now()).instrument(span).await
-            },
-            |pool: Arc<EnvPool>, err: &Error, _| {
-                warn!(pool = ?pool.metadata.name, error = %err, "pool reconcile failed; retrying");
-                Action::requeue(Duration::from_secs(1))
-            },
-            pools,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
-    sweeper.abort();
+    const CONCURRENCY: u16 = 1;
+
+    fn owners(&self) -> &dyn ObjectStore<EnvPool> {
+        self.pools.as_ref()
+    }
+
+    fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// The pool a sandbox waits in or was claimed from.
+    fn woken_by(i: &EnvInstance) -> Option<ObjectRef<EnvPool>> {
+        let name = i.pool().or_else(|| i.claimed_from())?;
+        Some(ObjectRef::new(name).within(i.namespace()))
+    }
+
+    /// One look at a pool: plan, remove, create, write the status.
+    async fn reconcile(&self, pool: Arc<EnvPool>, now: Instant) -> Result<Action, Error> {
+        let span = info_span!("pool", name = %pool.metadata.name.as_deref().unwrap_or_default());
+        let pool_key = key_of(pool.as_ref());
+        let Some(pool) = self.pools.get(&pool_key) else { return Ok(Action::await_change()) };
+        async {
+            // Pools made around the API (`kubectl apply`) get the finalizer that lets their sandboxes go first.
+            self.pools.hold(&pool).await?;
+            let model = self.model(&pool);
+            let look = self.members.backoffs.look(&pool_key, now);
+            let outlook = Outlook {
+                model: model.as_ref(),
+                demand: self.demand.recent(&pool_key, now),
+                room: if look.waiting.is_some() { 0 } else { self.room() },
+                now: Timestamp::now(),
+                ready_timeout: self.config.pool_ready_timeout,
+            };
+            let plan = plan(&pool, &self.members.of(&pool.metadata), outlook);
+            let prefix = model.as_ref().map(|m| m.env_name.clone()).unwrap_or_default();
+            let birth = Birth { owner: &pool.metadata, prefix: &prefix, model: model.as_ref() };
+            self.members.carry_out(&pool_key, look, &plan, birth, now).await?;
+            if plan.finished {
+                self.pools.purge(&pool_key).await?;
+                self.demand.forget(&pool_key);
+                info!("pool deleted");
+                return Ok(Action::await_change());
+            }
+            self.write_status(&pool, plan.status.clone()).await?;
+            Ok(members::requeue(look, plan.settled))
+        }
+        .instrument(span)
+        .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use aenv_core::{Condition, EnvInstanceStatus, EnvPoolSpec};
+    use aenv_core::{Condition, EnvInstanceStatus, EnvPoolSpec, EnvironmentSpec};
     use jiff::Timestamp;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
+    use crate::store::MemoryStore;
 
     fn pool(replicas: u32, max: Option<u32>) -> EnvPool {
         let mut p = EnvPool::new(
@@ -462,7 +297,7 @@ mod tests {
         let p = plan(&pool(3, None), &members, look(Some(&model()), 0, 4));
         assert_eq!((p.status.ready, p.status.starting, p.create, p.new_failures), (1, 1, 1, 1));
         assert_eq!(names(&p.remove), ["mini-000003"]);
-        assert_eq!(p.status.last_error.as_deref(), Some("the container exited with code 1"));
+        assert_eq!(p.status.last_error.as_deref(), Some("sandbox mini-000003: the container exited with code 1"));
     }
 
     #[test]
@@ -520,9 +355,63 @@ mod tests {
         assert!(p.status.last_error.unwrap().contains("not ready 199s"));
     }
 
-    #[test]
-    fn the_failure_backoff_doubles_to_a_minute() {
-        let b: Vec<_> = [1, 2, 3, 7, 50].iter().map(|n| failure_backoff(*n).as_secs()).collect();
-        assert_eq!(b, [1, 2, 4, 60, 60]);
+    /// The pool controller over the in-memory stores: no engine, no daemon.
+    #[tokio::test]
+    async fn looks_fill_the_pool_back_off_after_failures_and_a_deleted_pool_goes_after_its_sandboxes() {
+        let (pools, instances, templates) = (MemoryStore::new(), MemoryStore::<EnvInstance>::new(), MemoryStore::new());
+        let spec = EnvironmentSpec {
+            name: "mini".into(),
+            version: "1.0.0".into(),
+            template: EnvInstanceSpec { image: Some("mini:1".into()), ..Default::default() },
+            ..Default::default()
+        };
+        let mut t = Environment::new(&Environment::object_name("mini", "1.0.0"), spec);
+        t.metadata.namespace = Some("default".into());
+        templates.create(t, Timestamp::now()).await.unwrap();
+        let warm = pools.create(pool(2, None), Timestamp::now()).await.unwrap();
+        let config = PoolConfig {
+            pool_max_starting: 4,
+            pool_ready_timeout: Duration::from_secs(120),
+            pool_demand_window: Duration::from_secs(60),
+        };
+        let demand = Arc::new(Demand::new(Duration::from_secs(60)));
+        let ctl = Pools::new(pools.clone(), instances.clone(), templates, demand, config, None);
+        let t0 = Instant::now();
+        assert_eq!(ctl.reconcile(warm.clone(), t0).await.unwrap(), Action::requeue(Duration::from_secs(10)));
+        let made = instances.list();
+        assert_eq!(made.len(), 2);
+        assert!(made.iter().all(|m| m.pool() == Some("warm") && m.spec == model()), "labelled, of the template");
+
+        // One fails: it is removed, replaced, and the pool says why.
+        let fail = |m: &EnvInstance| {
+            let mut m = m.clone();
+            m.status = Some(EnvInstanceStatus {
+                phase: Phase::Failed,
+                message: Some("exited with code 2".into()),
+                ..Default::default()
+            });
+            m
+        };
+        instances.write_status(&fail(&made[0])).await.unwrap();
+        ctl.reconcile(warm.clone(), t0).await.unwrap();
+        assert!(instances.get(&key_of(made[0].as_ref())).unwrap().is_deleting());
+        assert_eq!(instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len(), 2, "replaced");
+        let status = pools.get("default/warm").and_then(|p| p.status.clone()).unwrap();
+        let id = made[0].metadata.name.as_deref().unwrap();
+        assert_eq!(status.last_error, Some(format!("sandbox {id}: exited with code 2")));
+
+        // Another fails within the backoff (1 s after the first): removed, not replaced until the backoff ends.
+        instances.write_status(&fail(&made[1])).await.unwrap();
+        let again = ctl.reconcile(warm.clone(), t0 + Duration::from_millis(100)).await.unwrap();
+        assert_eq!(again, Action::requeue(Duration::from_millis(900)));
+        assert_eq!(instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len(), 1);
+
+        // Deleted: its sandboxes go first, then the pool.
+        pools.request_delete("default/warm", Timestamp::now()).await.unwrap();
+        ctl.reconcile(warm.clone(), t0 + Duration::from_secs(5)).await.unwrap();
+        assert!(instances.list().iter().all(|i| i.is_deleting()));
+        assert!(pools.get("default/warm").is_some(), "not before its sandboxes are going");
+        assert_eq!(ctl.reconcile(warm, t0 + Duration::from_secs(6)).await.unwrap(), Action::await_change());
+        assert!(pools.get("default/warm").is_none());
     }
 }

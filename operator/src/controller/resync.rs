@@ -1,14 +1,16 @@
-//! The resync: one list call to the engine that sweeps objects no instance owns (orphans) and wakes every instance
+//! The resync: kills the commands that outlived their timeout while the operator was down; one list call to the
+//! engine that sweeps objects no instance owns (orphans) and wakes every instance
 //! whose engine state differs from its status (died, removed by hand, or missing), expired or being deleted; and
 //! one more that removes whatever any operator labelled whose expiry label passed more than --orphan-grace ago
-//! (a lost store's sandboxes).
+//! (a lost store's sandboxes), and the networks any operator made for instances to share that no container is on
+//! and that are older than --orphan-grace. Volumes of other operators are never removed: they hold data.
 
 use std::{
     collections::{HashMap, HashSet},
     time::Duration,
 };
 
-use aenv_core::EnvInstance;
+use aenv_core::{EnvInstance, OwnedKind};
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc;
@@ -27,6 +29,14 @@ pub(super) async fn resync(
     trigger: &mpsc::Sender<ObjectRef<EnvInstance>>,
     orphan_grace: Duration,
 ) -> Result<(), Error> {
+    // Commands that outlived their timeout while the operator was down (the first resync runs at start).
+    match ctx.engine.kill_overdue_commands().await {
+        Ok(n) => ctx.metrics.overdue_commands_killed.inc_by(u64::from(n)),
+        Err(e) => {
+            warn!(error = %e, "could not kill the commands that outlived their timeout");
+            0
+        }
+    };
     let owned = ctx.metrics.time("list", ctx.engine.list_owned()).await?;
     let mut seen = HashMap::with_capacity(owned.len());
     let now = Timestamp::now();
@@ -73,7 +83,8 @@ pub(super) async fn resync(
 
 /// Removes what other operators (other operator ids: a store that was lost, an operator that is gone) labelled
 /// and whose `aenv.io/expire-at` passed more than `grace` ago. Their unexpired objects, and those without an
-/// expiry, are never touched: operators that share one daemon must not remove each other's sandboxes.
+/// expiry, are never touched: operators that share one daemon must not remove each other's sandboxes. Shared
+/// networks (listed only while unused) go once older than `grace`; volumes never.
 async fn sweep_expired(ctx: &Context, ours: &HashSet<&str>, now: Timestamp, grace: Duration) -> Result<(), Error> {
     let managed = ctx.metrics.time("list", ctx.engine.list_managed()).await?;
     let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
@@ -81,7 +92,15 @@ async fn sweep_expired(ctx: &Context, ours: &HashSet<&str>, now: Timestamp, grac
         if ours.contains(m.object.id.as_str()) {
             continue;
         }
-        let Some(expired_at) = m.expires_at else { continue };
+        let since = match m.object.kind {
+            // Volumes hold data: never removed by an operator that did not make them.
+            OwnedKind::Volume | OwnedKind::ServiceVolume => continue,
+            // A shared network the engine lists only while no container is on it: removed once it is older than
+            // the grace (its containers are gone, so its expiry, if any, is theirs and passed).
+            OwnedKind::SharedNetwork => m.object.created,
+            OwnedKind::Container | OwnedKind::Network => m.expires_at,
+        };
+        let Some(expired_at) = since else { continue };
         if now.as_millisecond().saturating_sub(expired_at.as_millisecond()) <= grace_ms {
             continue;
         }

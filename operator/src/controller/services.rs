@@ -1,41 +1,35 @@
-//! The service controller: keeps each `EnvService` at its replicas. Like the pool controller it runs beside the
-//! instance controller (on the leader only) and starts nothing itself: it writes `EnvInstance` objects labelled
-//! `aenv.io/service=NAME`, and the instance controller starts, probes, adopts and removes them like any other.
-//! [`plan`] decides without I/O; [`ServiceLoop::reconcile`] carries the plan out.
+//! The service controller: keeps each `EnvService` at its replicas, on the shared member-set planner
+//! ([`super::members`]: classification, backoff, compare-and-swap removals, creates, sweep, loop). Its replicas are
+//! `EnvInstance` objects labelled `aenv.io/service=NAME`. What is the service's own is its policy, [`plan`], which
+//! decides without I/O, and the native path:
 //!
-//! - A replica that fails (its container exits, is removed by hand, cannot start) is removed and replaced, with a
-//!   backoff per service (1 s, 2 s, … 60 s) while replicas keep failing.
 //! - Rolling replacement: a replica whose spec is not what the service asks for now (a new image, environment, or
 //!   template) is of an old revision. New replicas are made at once; an old replica goes only once a new one is
 //!   ready in its place, so the service keeps as many ready replicas as it had.
 //! - Deletion: the replicas go first, then (with `deleteStorage`) the volume, then the service.
+//! - An engine that runs services natively (Kubernetes) gets the service itself instead of replicas.
 //! - Everything is in the store: after a kill -9 the next look carries on from what the store and the replicas
 //!   say.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use aenv_core::{
-    Engine, EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, Environment, MemberState, NativeServices,
-    OwnedKind, OwnedObject, Phase, ServicePhase,
+    Engine, EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, Environment, NativeServices, OwnedKind,
+    OwnedObject, Phase, ServicePhase,
     envservice::{DELETE_STORAGE_ANNOTATION, SERVICE_LABEL, on_service_network, replica_spec},
 };
-use futures::StreamExt;
 use jiff::Timestamp;
-use kube::runtime::{
-    controller::{Action, Config as ControllerConfig, Controller},
-    reflector::ObjectRef,
-    watcher,
-};
-use tracing::{Instrument, debug, info, info_span, warn};
+use kube::runtime::{controller::Action, reflector::ObjectRef};
+use tracing::{Instrument, info, info_span, warn};
 
-use super::pools::failure_backoff;
+pub use super::members::Clock;
+use super::members::{self, Birth, Census, Kin, Members, Owner};
 use crate::{
     Error,
-    store::{ObjectStore, key, key_of, random_suffix},
+    store::{ObjectStore, key, key_of},
 };
 
 /// What the service controller needs.
@@ -50,44 +44,15 @@ pub struct ServiceLoop {
     /// `--service-ready-timeout`: a replica not ready this long after it was made is replaced (a service's
     /// `readyTimeoutSeconds` overrides it).
     pub ready_timeout: Duration,
-    backoff: Mutex<HashMap<String, Backoff>>,
+    members: Members,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Backoff {
-    failures: u32,
-    until: Instant,
-}
+/// How a service's replicas are tied to it.
+const KIN: Kin =
+    Kin { label: SERVICE_LABEL, noun: "replica", plural: "replicas", owner: "service", owner_of: EnvInstance::service };
 
 /// What to do with one service now.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    /// How many replicas of the current revision to make.
-    pub create: u32,
-    /// Replicas to remove: failed ones, old ones a ready new one replaces, the excess, or all when deleting.
-    pub remove: Vec<Arc<EnvInstance>>,
-    pub status: EnvServiceStatus,
-    /// Replicas that failed since the last look (for the backoff).
-    pub new_failures: u32,
-    /// Whether the service is being deleted and no replica is left: remove its storage if asked, then it.
-    pub finished: bool,
-}
-
-fn age(m: &EnvInstance) -> Option<Timestamp> {
-    m.metadata.creation_timestamp.as_ref().map(|t| t.0)
-}
-
-/// How long ago `m` was made.
-fn age_of(m: &EnvInstance, now: Timestamp) -> Duration {
-    age(m).map_or(Duration::ZERO, |c| Duration::from_millis((now.as_millisecond() - c.as_millisecond()).max(0) as u64))
-}
-
-/// When a service looks: the instant, and how long a replica may take to become ready before it counts as failed.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    pub now: Timestamp,
-    pub ready_timeout: Duration,
-}
+pub type Plan = members::Plan<EnvServiceStatus>;
 
 /// Decides what a service needs. `members` are its replicas (deleting ones included); `model` what a replica of
 /// the current revision runs (`None`: the template is gone, and the replicas there are kept as they are); `room`
@@ -104,68 +69,25 @@ pub fn plan(
     let previous = svc.status.clone().unwrap_or_default();
     let deleting = svc.metadata.deletion_timestamp.is_some();
     let target = if deleting { 0 } else { svc.spec.replicas as usize };
-    let mut remove = Vec::new();
-    let (mut cur_ready, mut cur_starting, mut old_ready, mut new_failures) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    let mut last_error = None;
-    let mut had_old = false;
-    for m in members.iter().filter(|m| !m.is_deleting()) {
-        let current = model.is_none_or(|model| m.spec == *model);
-        had_old |= !current;
-        match m.member_state() {
-            _ if deleting => remove.push(m.clone()),
-            MemberState::Failed => {
-                new_failures += 1;
-                let id = m.metadata.name.as_deref().unwrap_or_default();
-                last_error = Some(
-                    m.status
-                        .as_ref()
-                        .and_then(|s| s.message.clone())
-                        .map(|msg| format!("replica {id}: {msg}"))
-                        .unwrap_or_else(|| format!("replica {id} {}", m.phase())),
-                );
-                remove.push(m.clone());
-            }
-            MemberState::Starting if current && !deleting && age_of(m, clock.now) > clock.ready_timeout => {
-                new_failures += 1;
-                let id = m.metadata.name.as_deref().unwrap_or_default();
-                let why = m
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-                    .map(|c| c.message.clone())
-                    .filter(|m| !m.is_empty())
-                    .unwrap_or_else(|| format!("it is {}", m.phase()));
-                last_error = Some(format!(
-                    "replica {id} not ready {}s after it was made (ready timeout {}s): {why}",
-                    age_of(m, clock.now).as_secs(),
-                    clock.ready_timeout.as_secs()
-                ));
-                remove.push(m.clone());
-            }
-            MemberState::Ready if current => cur_ready.push(m.clone()),
-            MemberState::Starting if current => cur_starting.push(m.clone()),
-            MemberState::Ready => old_ready.push(m.clone()),
-            // An old replica that does not serve yet serves nothing: it goes at once.
-            MemberState::Starting => remove.push(m.clone()),
-        }
-    }
-    // The newest first, the not-ready before the ready, when there are more than asked for.
-    let newest_first = |a: &Arc<EnvInstance>, b: &Arc<EnvInstance>| age(b).cmp(&age(a));
-    cur_starting.sort_by(newest_first);
-    cur_ready.sort_by(newest_first);
-    while cur_starting.len() + cur_ready.len() > target {
-        let next = if cur_starting.is_empty() { cur_ready.remove(0) } else { cur_starting.remove(0) };
-        remove.push(next);
-    }
-    let current = cur_starting.len() + cur_ready.len();
-    let create = if model.is_some() && !deleting { (target - current).min(room as usize) as u32 } else { 0 };
+    let mut census = Census::of(members, model, clock, KIN.noun);
+    let had_old = !deleting
+        && (!census.old_ready.is_empty()
+            || !census.old_starting.is_empty()
+            || census.failed.iter().any(|f| !f.current));
+    let mut remove = if deleting { census.take_all() } else { Vec::new() };
+    // Failed replicas of any revision count; an old replica that does not serve yet serves nothing: it goes at once.
+    let (failed, new_failures, failure) = census.take_failed(|_| true);
+    remove.extend(failed);
+    remove.append(&mut census.old_starting);
+    remove.extend(census.trim(target));
+    let current = census.current();
+    let create = if model.is_some() && !deleting { members::to_make(target, current, room) } else { 0 };
     // Old replicas stay while the new ones are not ready: as many as the ready new ones fall short of the target.
-    old_ready.sort_by(newest_first);
-    let keep_old = target.saturating_sub(cur_ready.len()).min(old_ready.len());
-    remove.extend(old_ready.drain(keep_old..));
-    let available = (cur_ready.len() + old_ready.len()) as u32;
+    let keep_old = target.saturating_sub(census.ready.len()).min(census.old_ready.len());
+    remove.extend(census.old_ready.drain(keep_old..));
+    let available = (census.ready.len() + census.old_ready.len()) as u32;
     let fulfilled = available as usize >= target;
-    let phase = if had_old && !deleting {
+    let phase = if had_old {
         ServicePhase::Updating
     } else if fulfilled && !deleting {
         ServicePhase::Running
@@ -174,23 +96,18 @@ pub fn plan(
     } else {
         ServicePhase::Pending
     };
-    let last_error = match (last_error, model) {
-        (Some(e), _) => Some(e),
-        (None, None) if !deleting => {
-            Some(format!("environment \"{}\" not found: register it again, or delete the service", svc.spec.env_name))
-        }
-        (None, _) if fulfilled => None,
-        (None, _) => previous.last_error.clone(),
-    };
+    let missing = (model.is_none() && !deleting).then(|| members::template_missing(&svc.spec.env_name, KIN.owner));
     let status = EnvServiceStatus {
         phase,
-        replicas: (current + old_ready.len()) as u32,
+        replicas: (current + census.old_ready.len()) as u32,
         available_replicas: available,
         updated_replicas: current as u32,
-        last_error,
+        last_error: members::last_error(failure, missing, fulfilled, previous.last_error.clone()),
     };
     let finished = deleting && members.is_empty();
-    Plan { create, remove, status, new_failures, finished }
+    let healthy = status.phase == ServicePhase::Running;
+    let settled = healthy && create == 0 && remove.is_empty();
+    Plan { create, remove, status, new_failures, finished, healthy, settled }
 }
 
 impl ServiceLoop {
@@ -202,19 +119,8 @@ impl ServiceLoop {
         max_instances: Option<usize>,
         ready_timeout: Duration,
     ) -> Arc<Self> {
-        Arc::new(ServiceLoop {
-            services,
-            instances,
-            templates,
-            engine,
-            max_instances,
-            ready_timeout,
-            backoff: Mutex::default(),
-        })
-    }
-
-    fn backoff(&self) -> std::sync::MutexGuard<'_, HashMap<String, Backoff>> {
-        self.backoff.lock().unwrap_or_else(|p| p.into_inner())
+        let members = Members::new(instances.clone(), KIN);
+        Arc::new(ServiceLoop { services, instances, templates, engine, max_instances, ready_timeout, members })
     }
 
     /// How many replicas may be made now: none over `--max-instances`.
@@ -239,85 +145,52 @@ impl ServiceLoop {
     }
 
     /// One look at a service: plan, remove, create, write the status.
-    pub async fn reconcile(&self, svc: &EnvService, now: Instant) -> Result<Action, Error> {
+    async fn look(&self, svc: &EnvService, now: Instant) -> Result<Action, Error> {
         let svc_key = key_of(svc);
-        let Some(svc) = self.services.get(&svc_key) else { return Ok(Action::await_change()) };
-        self.services.hold(&svc).await?;
+        self.services.hold(svc).await?;
         if let Some(native) = self.engine.native_services() {
-            return self.reconcile_native(&svc, native).await;
+            return self.reconcile_native(svc, native).await;
         }
-        let namespace = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let model = self.model(&svc);
-        let members = self
-            .instances
-            .list_where(&|i: &EnvInstance| i.service() == Some(name.as_str()) && i.namespace() == namespace);
-        let backoff = self.backoff().get(&svc_key).copied();
-        let waiting = backoff.filter(|b| b.until > now).map(|b| b.until - now);
-        let room = if waiting.is_some() { 0 } else { self.room() };
+        let model = self.model(svc);
+        let look = self.members.backoffs.look(&svc_key, now);
+        let room = if look.waiting.is_some() { 0 } else { self.room() };
         let ready_timeout =
             svc.spec.ready_timeout_seconds.map_or(self.ready_timeout, |s| Duration::from_secs(u64::from(s)));
         let clock = Clock { now: Timestamp::now(), ready_timeout };
-        let plan = plan(&svc, &members, model.as_ref(), room, backoff.is_some(), clock);
-
-        if plan.new_failures > 0 {
-            let failures = backoff.map_or(0, |b| b.failures) + plan.new_failures;
-            let delay = failure_backoff(failures);
-            warn!(
-                failures,
-                ?delay,
-                error = plan.status.last_error.as_deref().unwrap_or(""),
-                "replicas failed; replacing them after a backoff"
-            );
-            self.backoff().insert(svc_key.clone(), Backoff { failures, until: now + delay });
-        } else if plan.status.phase == ServicePhase::Running {
-            self.backoff().remove(&svc_key);
-        }
-        for m in &plan.remove {
-            let version = m.metadata.resource_version.clone().unwrap_or_default();
-            match self.instances.request_delete_at(&key_of(m.as_ref()), &version, Timestamp::now()).await {
-                Ok(_) => debug!(replica = ?m.metadata.name, "replica removed"),
-                Err(Error::Conflict(_)) => debug!(replica = ?m.metadata.name, "replica changed meanwhile; next look"),
-                Err(e) => return Err(e),
-            }
-        }
+        let plan = plan(svc, &self.members.of(&svc.metadata), model.as_ref(), room, look.failing, clock);
+        let prefix = svc.metadata.name.clone().unwrap_or_default();
+        let birth = Birth { owner: &svc.metadata, prefix: &prefix, model: model.as_ref() };
+        self.members.carry_out(&svc_key, look, &plan, birth, now).await?;
         if plan.finished {
-            let with_storage = svc.metadata.annotations.as_ref().and_then(|a| a.get(DELETE_STORAGE_ANNOTATION));
-            if let (Some(_), Some(volume)) = (with_storage, svc.spec.volume()) {
-                let object = OwnedObject {
-                    namespace: namespace.clone(),
-                    instance: name.clone(),
-                    kind: OwnedKind::Volume,
-                    id: volume.name.clone(),
-                    phase: Phase::Terminated,
-                    created: None,
-                };
-                self.engine.delete_owned(&object).await.map_err(Error::Engine)?;
-                info!(volume = %volume.name, "service storage removed");
-            }
+            self.remove_storage(svc).await?;
             self.services.purge(&svc_key).await?;
-            self.backoff().remove(&svc_key);
             info!("service deleted");
             return Ok(Action::await_change());
         }
-        if let Some(model) = model.as_ref().filter(|_| plan.create > 0) {
-            for _ in 0..plan.create {
-                self.create_replica(&svc, model).await?;
-            }
-            debug!(created = plan.create, "service scaling up");
-        }
         if svc.status.as_ref() != Some(&plan.status) {
-            let mut updated = (*svc).clone();
+            let mut updated = svc.clone();
             updated.status = Some(plan.status.clone());
             self.services.write_status(&updated).await?;
         }
-        let settled = plan.status.phase == ServicePhase::Running && plan.create == 0 && plan.remove.is_empty();
-        let again = match waiting {
-            Some(w) => w,
-            None if !settled => Duration::from_millis(500),
-            None => Duration::from_secs(10),
-        };
-        Ok(Action::requeue(again))
+        Ok(members::requeue(look, plan.settled))
+    }
+
+    /// Removes the volume of a service deleted with its storage.
+    async fn remove_storage(&self, svc: &EnvService) -> Result<(), Error> {
+        let with_storage = svc.metadata.annotations.as_ref().and_then(|a| a.get(DELETE_STORAGE_ANNOTATION));
+        if let (Some(_), Some(volume)) = (with_storage, svc.spec.volume()) {
+            let object = OwnedObject {
+                namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+                instance: svc.metadata.name.clone().unwrap_or_default(),
+                kind: OwnedKind::ServiceVolume,
+                id: volume.name.clone(),
+                phase: Phase::Terminated,
+                created: None,
+            };
+            self.engine.delete_owned(&object).await.map_err(Error::Engine)?;
+            info!(volume = %volume.name, "service storage removed (if this operator made it)");
+        }
+        Ok(())
     }
 
     /// One look at a service the engine runs natively (Kubernetes: a Deployment, a Service, a claim): the engine
@@ -337,10 +210,7 @@ impl ServiceLoop {
         let previous = svc.status.clone().unwrap_or_default();
         let status = match self.model(svc) {
             None => EnvServiceStatus {
-                last_error: Some(format!(
-                    "environment \"{}\" not found: register it again, or delete the service",
-                    svc.spec.env_name
-                )),
+                last_error: Some(members::template_missing(&svc.spec.env_name, KIN.owner)),
                 ..previous.clone()
             },
             Some(model) => match native.apply_service(svc, &model).await {
@@ -368,79 +238,30 @@ impl ServiceLoop {
             Duration::from_secs(1)
         }))
     }
-
-    async fn create_replica(&self, svc: &EnvService, model: &EnvInstanceSpec) -> Result<(), Error> {
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        for _ in 0..8 {
-            let id = format!("{name}-{}", random_suffix(6));
-            let mut replica = EnvInstance::new(&id, model.clone());
-            replica.metadata.namespace = svc.metadata.namespace.clone();
-            replica.metadata.labels = Some([(SERVICE_LABEL.to_string(), name.clone())].into());
-            match self.instances.create(replica, Timestamp::now()).await {
-                Ok(_) => return Ok(()),
-                Err(Error::AlreadyExists(_)) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes replicas whose service is gone (deleted around the API, or a store restored without it).
-    async fn sweep(&self) -> Result<(), Error> {
-        for m in self.instances.list_where(&|i: &EnvInstance| i.service().is_some() && !i.is_deleting()) {
-            if self.services.get(&key(m.namespace(), m.service().unwrap_or_default())).is_some() {
-                continue;
-            }
-            let version = m.metadata.resource_version.clone().unwrap_or_default();
-            match self.instances.request_delete_at(&key_of(m.as_ref()), &version, Timestamp::now()).await {
-                Ok(_) => info!(replica = ?m.metadata.name, "removed a replica whose service is gone"),
-                Err(Error::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
 }
 
-/// The service a replica belongs to: what a change to it should wake.
-fn service_of(i: &EnvInstance) -> Option<ObjectRef<EnvService>> {
-    Some(ObjectRef::new(i.service()?).within(i.namespace()))
-}
+impl Owner for ServiceLoop {
+    type Kind = EnvService;
+    const CONCURRENCY: u16 = 2;
 
-/// Runs the service controller until `shutdown` resolves: services wake on their own changes, on changes of their
-/// replicas, and on their requeues; a sweep every `sweep_every` removes replicas of services that are gone.
-pub async fn run(
-    services: Arc<ServiceLoop>,
-    sweep_every: Duration,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let (reader, objects) = services.services.controller_feed();
-    let replicas = super::owners_of(services.instances.as_ref(), service_of);
-    let sweeper = {
-        let services = services.clone();
-        super::spawn_sweeper(sweep_every, "service", move || {
-            let services = services.clone();
-            async move { services.sweep().await }
-        })
-    };
-    Controller::for_stream(objects.map(Ok::<_, watcher::Error>), reader)
-        .with_config(ControllerConfig::default().concurrency(2))
-        .reconcile_on(replicas)
-        .graceful_shutdown_on(shutdown)
-        .run(
-            |svc: Arc<EnvService>, services: Arc<ServiceLoop>| async move {
-                let span = info_span!("service", name = %svc.metadata.name.as_deref().unwrap_or_default());
-                services.reconcile(&svc, Instant::now()).instrument(span).await
-            },
-            |svc: Arc<EnvService>, err: &Error, _| {
-                warn!(service = ?svc.metadata.name, error = %err, "service reconcile failed; retrying");
-                Action::requeue(Duration::from_secs(1))
-            },
-            services,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
-    sweeper.abort();
+    fn owners(&self) -> &dyn ObjectStore<EnvService> {
+        self.services.as_ref()
+    }
+
+    fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// The service a replica belongs to.
+    fn woken_by(i: &EnvInstance) -> Option<ObjectRef<EnvService>> {
+        Some(ObjectRef::new(i.service()?).within(i.namespace()))
+    }
+
+    async fn reconcile(&self, svc: Arc<EnvService>, now: Instant) -> Result<Action, Error> {
+        let span = info_span!("service", name = %svc.metadata.name.as_deref().unwrap_or_default());
+        let Some(svc) = self.services.get(&key_of(svc.as_ref())) else { return Ok(Action::await_change()) };
+        self.look(&svc, now).instrument(span).await
+    }
 }
 
 #[cfg(test)]
@@ -449,6 +270,10 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
+    use crate::{
+        controller::fake::{Call, FakeEngine},
+        store::MemoryStore,
+    };
 
     fn svc(replicas: u32) -> EnvService {
         let mut s = EnvService::new(
@@ -581,5 +406,53 @@ mod tests {
         let p = plan(&svc(2), &members, None, u32::MAX, false, clock());
         assert_eq!(p.create, 0, "no template: nothing made");
         assert!(p.status.last_error.unwrap().contains("not found"));
+    }
+
+    /// The service controller over the in-memory stores and the recording engine: no daemon.
+    #[tokio::test]
+    async fn looks_scale_up_settle_and_a_deleted_service_removes_its_storage_last() {
+        let (services, instances, templates) =
+            (MemoryStore::new(), MemoryStore::<EnvInstance>::new(), MemoryStore::new());
+        let engine = FakeEngine::new();
+        let ctl = ServiceLoop::new(
+            services.clone(),
+            instances.clone(),
+            templates,
+            engine.clone(),
+            None,
+            Duration::from_secs(300),
+        );
+        let mut web = svc(2);
+        web.spec.template = Some(Box::new(model("a")));
+        web.spec.pvc_name = Some("data".into());
+        web.metadata.annotations = Some([(DELETE_STORAGE_ANNOTATION.to_string(), "true".to_string())].into());
+        let web = services.create(web, Timestamp::now()).await.unwrap();
+        let t0 = Instant::now();
+        assert_eq!(ctl.reconcile(web.clone(), t0).await.unwrap(), Action::requeue(Duration::from_millis(500)));
+        let made = instances.list();
+        assert_eq!(made.len(), 2);
+        assert!(
+            made.iter().all(|m| m.service() == Some("web") && m.metadata.name.as_deref().unwrap().starts_with("web-"))
+        );
+        for m in &made {
+            let mut ready = (**m).clone();
+            ready.status = replica(1, model("a"), Phase::Running, true).status.clone();
+            instances.write_status(&ready).await.unwrap();
+        }
+        assert_eq!(ctl.reconcile(web.clone(), t0).await.unwrap(), Action::requeue(Duration::from_secs(10)));
+        let status = services.get("default/web").and_then(|s| s.status.clone()).unwrap();
+        assert_eq!((status.phase, status.available_replicas), (ServicePhase::Running, 2));
+
+        services.request_delete("default/web", Timestamp::now()).await.unwrap();
+        ctl.reconcile(web.clone(), t0).await.unwrap();
+        assert!(instances.list().iter().all(|i| i.is_deleting()));
+        assert!(engine.calls().is_empty(), "the storage stays while replicas are there");
+        for m in &made {
+            instances.purge(&key_of(m.as_ref())).await.unwrap();
+        }
+        assert_eq!(ctl.reconcile(web.clone(), t0).await.unwrap(), Action::await_change());
+        let volume = web.spec.volume().unwrap().name;
+        assert_eq!(engine.calls(), [Call::DeleteOwned(volume)]);
+        assert!(services.get("default/web").is_none());
     }
 }

@@ -150,6 +150,46 @@ async fn a_retryable_error_keeps_the_phase_says_why_and_backs_off() {
     assert_eq!(error_policy(inst, &err, f.ctx.clone()), Action::requeue(Duration::from_millis(400)));
 }
 
+/// A daemon killed while it started a container keeps a task for it after its restart, and refuses every start of
+/// that container with a 5xx ("task ... already exists"): starting it again as it is can never pass. The attempt
+/// after a failed start makes the container afresh (it never ran, so nothing is lost), and the instance runs.
+#[tokio::test]
+async fn the_attempt_after_a_failed_start_makes_the_container_afresh() {
+    let f = Fixture::new();
+    f.instance("a-000001", Some("30m")).await;
+    let stale = EngineError::new(
+        aenv_core::ErrorKind::StartFailed,
+        "starting container a-000001: failed to create task for container: task a1b2 already exists: unknown",
+    );
+    f.engine.script_apply(Err(stale));
+    f.reconcile("a-000001", 0).await.unwrap_err();
+    assert_eq!(f.status("a-000001").phase, Phase::Pending);
+    // The next attempt does not start the same container again: it asks for a fresh one, which runs.
+    f.reconcile("a-000001", 1000).await.unwrap();
+    let calls: Vec<Call> = f.engine.calls().into_iter().filter(|c| !matches!(c, Call::ListOwned)).collect();
+    assert_eq!(
+        calls,
+        vec![
+            Call::Apply { instance: "a-000001".into(), container_id: None },
+            Call::ApplyAfresh { instance: "a-000001".into(), container_id: None },
+        ]
+    );
+    assert_eq!(f.status("a-000001").phase, Phase::Running);
+    // Once it ran, the next reconcile is a plain apply again (nothing is ever recreated that has run).
+    f.reconcile("a-000001", 2000).await.unwrap();
+    assert!(
+        matches!(f.engine.calls().last(), Some(Call::Apply { container_id: Some(_), .. })),
+        "{:?}",
+        f.engine.calls()
+    );
+    // Other errors (the daemon away) do not make the next attempt a fresh one.
+    f.instance("b-000002", Some("30m")).await;
+    f.engine.script_apply(Err(EngineError::unavailable("the Docker daemon does not answer")));
+    f.reconcile("b-000002", 0).await.unwrap_err();
+    f.reconcile("b-000002", 1000).await.unwrap();
+    assert!(matches!(f.engine.calls().last(), Some(Call::Apply { .. })), "{:?}", f.engine.calls());
+}
+
 #[tokio::test]
 async fn a_start_that_keeps_failing_fails_the_instance_after_a_few_attempts() {
     let f = Fixture::new();

@@ -7,16 +7,19 @@
 use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 use warp::{Filter, http::StatusCode, hyper::body::Bytes};
 
 use super::{
     ApiError, Caller, MAX_BODY_BYTES,
+    body::{
+        self,
+        create::{Strictness, parse_create_object},
+        services::controller_service,
+    },
     pods::{json_line, text_error},
-    request::{Strictness, parse_create},
     with_services,
 };
-use crate::service::{Principal, ServiceError, ServiceRequest, ServiceUpdate, Services};
+use crate::service::{Principal, ServiceError, ServiceUpdate, Services};
 
 /// The controller's `HttpServiceResponseData`, field for field.
 #[derive(Serialize)]
@@ -72,55 +75,20 @@ fn data(svc: &Services, s: &aenv_core::EnvService) -> ServiceData {
     }
 }
 
-fn deploy_string(deploy: &Map<String, Value>, key: &str) -> Option<String> {
-    deploy.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
-}
-
-fn deploy_int(deploy: &Map<String, Value>, key: &str) -> Result<Option<i64>, ApiError> {
-    match deploy.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_i64().map(Some).ok_or_else(|| {
-            ApiError::bad_request(format!("field `deployConfig.{key}` must be a whole number (got {v})"))
-        }),
-    }
-}
-
 /// `POST /services`: the Env resolved like `/pods` does (inline, lenient), the service's keys from `deployConfig`.
 async fn create(svc: &Services, body: &[u8], caller: Option<Principal>) -> warp::reply::Response {
     let made = async {
-        let (request, _) = parse_create(body, Strictness::Lenient)?;
+        let obj = body::object(body, r#"{"name": "web", "artifacts": [{"type": "image", "content": "IMAGE"}]}"#)?;
+        let deploy =
+            ["deployConfig", "deploy_config"].iter().find_map(|k| obj.get(*k).filter(|v| !v.is_null())).cloned();
+        let (request, _) = parse_create_object(obj, Strictness::Lenient)?;
         let template = svc.resolve(request, caller.as_ref())?;
-        let raw: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let empty = Map::new();
-        let deploy = raw.get("deployConfig").and_then(Value::as_object).unwrap_or(&empty);
         let name = template.env_name.clone();
         let version = if template.env_version.is_empty() { "1.0.0".to_string() } else { template.env_version.clone() };
-        let mut inline = template.clone();
+        let mut inline = template;
         // The service's variables are the template's here; replicas do not expire.
         inline.ttl = None;
-        let request = ServiceRequest {
-            env_name: format!("{name}@{version}"),
-            service_name: deploy_string(deploy, "serviceName"),
-            replicas: deploy_int(deploy, "replicas")?,
-            env: Default::default(),
-            pvc_name: deploy_string(deploy, "pvcName"),
-            mount_path: deploy_string(deploy, "mountPath"),
-            storage_size: deploy_string(deploy, "storageSize"),
-            port: deploy_int(deploy, "port")?,
-            cpu: deploy_string(deploy, "cpuLimit"),
-            memory: deploy_string(deploy, "memoryLimit"),
-            requests: aenv_core::Resources {
-                cpu: deploy_string(deploy, "cpuRequest"),
-                memory: deploy_string(deploy, "memoryRequest"),
-            },
-            ephemeral_storage: aenv_core::envservice::EphemeralStorage {
-                request: deploy_string(deploy, "ephemeralStorageRequest"),
-                limit: deploy_string(deploy, "ephemeralStorageLimit"),
-            },
-            owner: deploy_string(deploy, "owner"),
-            ready_timeout_seconds: None,
-            inline: Some(inline),
-        };
+        let request = controller_service(deploy, format!("{name}@{version}"), inline)?;
         Ok::<_, ApiError>(svc.create_service(request, caller.as_ref()).await?)
     };
     match made.await {
@@ -133,6 +101,9 @@ async fn create(svc: &Services, body: &[u8], caller: Option<Principal>) -> warp:
 fn not_found(what: &str, name: &str) -> warp::reply::Response {
     text_error(404, &format!("failed to {what}: services \"{name}\" not found"))
 }
+
+/// The query of `GET /services`.
+const LIST_QUERY: &[super::query::Param] = &[super::query::Param::text("envName")];
 
 /// The `/services` routes.
 pub fn routes(
@@ -148,7 +119,7 @@ pub fn routes(
         .then(|c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move { create(&svc, &body, c).await });
     let list = warp::path!("services")
         .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(super::query::query(LIST_QUERY))
         .and(who.clone())
         .and(with_services(svc.clone()))
         .map(|q: HashMap<String, String>, c: Option<Principal>, svc: Arc<Services>| {
@@ -168,7 +139,7 @@ pub fn routes(
         .and(body)
         .and(with_services(svc.clone()))
         .then(|name: String, c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move {
-            let update = match super::services::parse_update(&body) {
+            let update = match body::services::parse_update(&body) {
                 Ok(u) => u,
                 Err(e) => return text_error(400, &format!("Invalid request body: {}", e.message)),
             };
@@ -188,7 +159,7 @@ pub fn routes(
         });
     let delete = warp::path!("services" / String)
         .and(warp::delete())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(super::query::query(super::services::DELETE_QUERY))
         .and(who)
         .and(with_services(svc))
         .then(|name: String, q: HashMap<String, String>, c: Option<Principal>, svc: Arc<Services>| async move {

@@ -7,9 +7,10 @@ use serde_json::{Value, json};
 use warp::{Filter, Reply, hyper::body::Bytes};
 
 use super::{
-    ApiError, Caller, MAX_BODY_BYTES, reply,
-    request::{Strictness, parse_create},
-    wire, with_services,
+    ApiError, Caller, MAX_BODY_BYTES,
+    body::create::{Strictness, parse_create},
+    query::{self, Param},
+    reply, wire, with_services,
 };
 use crate::service::{Principal, Services};
 
@@ -41,12 +42,18 @@ fn rendered(
     svc.matching(pattern, status, caller.as_ref()).iter().map(|i| wire::instance(i)).collect()
 }
 
+/// The query of the lists: a template pattern and an instance status.
+const LIST_QUERY: &[Param] = &[Param::text("envName"), Param::one_of("status", query::STATUSES)];
+
+/// The query of a log read (an instance's or a service replica's).
+pub(super) const LOGS_QUERY: &[Param] = &[Param::count("tail"), Param::bool("follow")];
+
 /// The `/env-instance` routes.
 pub fn routes(
     svc: Arc<Services>,
     who: Caller,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    let query = warp::query::<HashMap<String, String>>();
+    let query = query::query(LIST_QUERY);
     let create = warp::path!("env-instance")
         .and(warp::post())
         .and(who.clone())
@@ -73,7 +80,10 @@ pub fn routes(
         .map(|c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
             let items = rendered(&svc, q.get("envName").map(String::as_str), &q, c);
             reply::<ApiError>(Ok(json!({"items": items})))
-        });
+        })
+        // Answered here: `GET /env-instance/{id}` would otherwise take `list` for an id.
+        .recover(query::refused)
+        .unify();
     // `GET /env-instance/{*|name|name@version}/list`: an array, as the api-service and the CLI have it.
     let list_of = warp::path!("env-instance" / String / "list")
         .and(warp::get())
@@ -94,12 +104,14 @@ pub fn routes(
         warp::path!("env-instance" / String).and(warp::delete()).and(who.clone()).and(with_services(svc.clone())).then(
             |id: String, c: Option<Principal>, svc: Arc<Services>| async move { reply(delete(&svc, &id, c).await) },
         );
-    let logs =
-        warp::path!("env-instance" / String / "logs").and(warp::get()).and(who).and(query).and(with_services(svc)).map(
-            |id: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
-                logs(&svc, &id, c, &q).unwrap_or_else(ApiError::into_reply)
-            },
-        );
+    let logs = warp::path!("env-instance" / String / "logs")
+        .and(warp::get())
+        .and(who)
+        .and(query::query(LOGS_QUERY))
+        .and(with_services(svc))
+        .map(|id: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+            logs(&svc, &id, c, &q).unwrap_or_else(ApiError::into_reply)
+        });
     create
         .or(list_items)
         .unify()
@@ -152,15 +164,7 @@ pub(super) fn stream_logs(
             Err(e) => Bytes::from(format!("\n[aenv-operator: {e}]\n")),
         })
     });
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        let mut stream = stream;
-        while let Some(item) = stream.next().await {
-            if tx.send(item).await.is_err() {
-                return;
-            }
-        }
-    });
-    let body = warp::reply::stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    // A follow of a silent container ends when its client goes, not at the container's next line.
+    let body = warp::reply::stream(super::stream::pump(stream, None));
     Ok(warp::reply::with_header(body, "content-type", "text/plain; charset=utf-8").into_response())
 }

@@ -8,26 +8,38 @@
 //!   `/services` ([`ctl_services`]);
 //! - the data-plane proxy on its own listener ([`proxy`]).
 //!
-//! Handlers parse the wire format ([`request`]), call a use-case, and render its answer ([`wire`]) or its
-//! [`ServiceError`] as one [`ApiError`].
+//! Handlers decode the request bodies ([`body`]), call a use-case, and render its answer ([`wire`]) or its
+//! [`ServiceError`] as one [`ApiError`]. With leader election, a follower forwards the writes that take quota to
+//! the leader before any of them ([`forward`]).
 
 pub mod auth;
+pub mod body;
 mod ctl_services;
+pub mod forward;
 mod instances;
 mod pods;
 mod pools;
 pub mod proxy;
-pub mod request;
+pub mod query;
 mod sandbox;
 pub mod server;
 mod services;
+mod stream;
 mod templates;
 pub mod wire;
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use serde_json::Value;
-use warp::{Filter, Rejection, Reply, http::StatusCode};
+use warp::{
+    Filter, Rejection, Reply,
+    http::{Method, StatusCode},
+    path::FullPath,
+};
 
 use crate::service::{Principal, ServiceError, Services, whole_seconds};
 
@@ -42,13 +54,15 @@ pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 pub struct ApiError {
     pub status: u16,
     pub message: String,
+    /// The request field at fault (`deployConfig.cpu`), when one is: sent as the envelope's `field`.
+    pub field: Option<String>,
     /// Sent as `Retry-After` (whole seconds, rounded up).
     pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), retry_after: None }
+        Self { status, message: message.into(), field: None, retry_after: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -63,10 +77,13 @@ impl ApiError {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
-    fn into_reply(self) -> warp::reply::Response {
+    pub(crate) fn into_reply(self) -> warp::reply::Response {
         let status = self.status_code();
-        let mut reply = warp::reply::with_status(warp::reply::json(&wire::error(self.status, &self.message)), status)
-            .into_response();
+        let mut reply = warp::reply::with_status(
+            warp::reply::json(&wire::error(self.status, &self.message, self.field.as_deref())),
+            status,
+        )
+        .into_response();
         if let Some(after) = self.retry_after {
             reply.headers_mut().insert(warp::http::header::RETRY_AFTER, whole_seconds(after).into());
         }
@@ -77,20 +94,26 @@ impl ApiError {
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         let status = match &e {
-            ServiceError::Invalid(_) => 400,
+            ServiceError::Invalid(_) | ServiceError::Refused(_) => 400,
             ServiceError::NotFound(_) => 404,
             ServiceError::Forbidden(_) => 403,
             ServiceError::Conflict(_) => 409,
-            ServiceError::RateLimited { .. } => 429,
+            ServiceError::RateLimited { .. } | ServiceError::Overloaded { .. } => 429,
             ServiceError::Store { .. } | ServiceError::Busy(_) => 503,
             ServiceError::TooLarge(_) => 413,
             ServiceError::Engine(e) => engine_status(e.kind()),
         };
         let retry_after = match &e {
-            ServiceError::RateLimited { retry_after } => Some(*retry_after),
+            ServiceError::RateLimited { retry_after } | ServiceError::Overloaded { retry_after, .. } => {
+                Some(*retry_after)
+            }
             _ => None,
         };
-        ApiError { status, message: e.to_string(), retry_after }
+        let field = match &e {
+            ServiceError::Refused(spec) => Some(spec.field.clone()),
+            _ => None,
+        };
+        ApiError { status, message: e.to_string(), field, retry_after }
     }
 }
 
@@ -126,31 +149,42 @@ fn with_services(svc: Arc<Services>) -> impl Filter<Extract = (Arc<Services>,), 
 /// The filter that yields the caller of a request (see [`auth::caller`]).
 type Caller = warp::filters::BoxedFilter<(Option<Principal>,)>;
 
-/// Every route of the API listener.
+/// Every route of the API listener; with `forwarder` (leader election), the writes that take quota go to the
+/// leader from a follower.
 pub fn routes(
     svc: Arc<Services>,
     auth: Arc<auth::Auth>,
+    forwarder: Option<Arc<forward::Forwarder>>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
     let who: Caller = auth::caller(auth).boxed();
+    let forward = forwarder.map(|f| forward::routes(f, who.clone()));
     let health =
         warp::path!("health").and(warp::get()).map(|| warp::reply::json(&serde_json::json!({})).into_response());
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok".into_response());
-    // Ready when the store is open (it is, while this serves) and the engine answers.
-    let readyz = warp::path!("readyz").and(warp::get()).and(with_services(svc.clone())).then(|svc: Arc<Services>| async move {
-        match svc.engine.ping().await {
-            Ok(()) => warp::reply::json(&serde_json::json!({
-                "status": "ready",
-                "engine": svc.engine.name(),
-                "memoryCheckpoints": svc.engine.checkpoints(),
-            }))
-            .into_response(),
-            Err(e) => warp::reply::with_status(
-                warp::reply::json(&serde_json::json!({"status": "not ready", "engine": svc.engine.name(), "reason": e.to_string()})),
-                StatusCode::SERVICE_UNAVAILABLE,
-            )
-            .into_response(),
-        }
-    });
+    // Ready when the store takes writes and the engine answers.
+    let readyz =
+        warp::path!("readyz").and(warp::get()).and(with_services(svc.clone())).then(|svc: Arc<Services>| async move {
+            let store = svc.instances.write_failure().map(|reason| format!("store: {reason}"));
+            let engine = match store {
+                Some(reason) => Err(reason),
+                None => svc.engine.ping().await.map_err(|e| e.to_string()),
+            };
+            match engine {
+                Ok(()) => warp::reply::json(&serde_json::json!({
+                    "status": "ready",
+                    "engine": svc.engine.name(),
+                    "memoryCheckpoints": svc.engine.checkpoints(),
+                }))
+                .into_response(),
+                Err(e) => warp::reply::with_status(
+                    warp::reply::json(
+                        &serde_json::json!({"status": "not ready", "engine": svc.engine.name(), "reason": e}),
+                    ),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
+                .into_response(),
+            }
+        });
     let openapi = warp::path!("openapi.json")
         .and(warp::get())
         .map(|| warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response());
@@ -159,7 +193,7 @@ pub fn routes(
         warp::reply::with_header(body, "content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
             .into_response()
     });
-    instances::routes(svc.clone(), who.clone())
+    let api = instances::routes(svc.clone(), who.clone())
         .or(sandbox::routes(svc.clone(), who.clone()))
         .unify()
         .or(templates::routes(svc.clone(), who.clone()))
@@ -181,14 +215,65 @@ pub fn routes(
         .or(openapi)
         .unify()
         .or(metrics)
-        .unify()
-        .recover(recover)
+        .unify();
+    // Without leader election the routes are the same as they always were.
+    let api = match forward {
+        Some(forward) => forward.or(api).unify().boxed(),
+        None => api.boxed(),
+    };
+    // The request's method and path stay at hand for the answer to a rejection (a 405's `Allow`).
+    warp::method()
+        .and(warp::path::full())
+        .and(api.map(Ok::<_, Rejection>).or_else(|rej| async move { Ok::<_, Rejection>((Err(rej),)) }))
+        .map(|method: Method, path: FullPath, answer: Result<warp::reply::Response, Rejection>| {
+            answer.unwrap_or_else(|rej| refusal(&method, path.as_str(), &rej))
+        })
+        .recover(|rej: Rejection| async move { Ok::<_, Infallible>(refusal(&Method::GET, "", &rej)) })
         .unify()
 }
 
-/// Turns warp's rejections into the envelope, with the status they stand for.
-async fn recover(rej: Rejection) -> Result<warp::reply::Response, Infallible> {
+/// The methods the API answers on `path`, from the paths of the OpenAPI document (a `{name}` segment stands
+/// for any one segment), sorted; empty for a path it does not have.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    static PATHS: LazyLock<Vec<(Vec<String>, Vec<&'static str>)>> = LazyLock::new(|| {
+        const METHODS: &[&str] = &["GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap_or_default();
+        let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+            return Vec::new();
+        };
+        paths
+            .iter()
+            .map(|(template, ops)| {
+                let segments = template.trim_start_matches('/').split('/').map(str::to_string).collect();
+                let methods = METHODS.iter().copied().filter(|m| ops.get(m.to_ascii_lowercase()).is_some()).collect();
+                (segments, methods)
+            })
+            .collect()
+    });
+    let asked: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut methods: Vec<&'static str> = PATHS
+        .iter()
+        .filter(|(template, _)| {
+            template.len() == asked.len()
+                && template
+                    .iter()
+                    .zip(&asked)
+                    .all(|(t, a)| if t.starts_with('{') && t.ends_with('}') { !a.is_empty() } else { t == a })
+        })
+        .flat_map(|(_, methods)| methods.iter().copied())
+        .collect();
+    methods.sort_unstable();
+    methods.dedup();
+    methods
+}
+
+/// Turns warp's rejections of `method path` into the envelope, with the status they stand for.
+fn refusal(method: &Method, path: &str, rej: &Rejection) -> warp::reply::Response {
     let err = if let Some(auth::Refused(e)) = rej.find::<auth::Refused>() {
+        e.clone()
+    } else if let Some(query::BadQuery(e)) = rej.find::<query::BadQuery>() {
+        // The route of this method and path was found, and its query refused: before the 405 of the path's
+        // routes of other methods.
         e.clone()
     } else if rej.is_not_found() {
         ApiError::not_found("no such route; see /openapi.json")
@@ -201,12 +286,18 @@ async fn recover(rej: Rejection) -> Result<warp::reply::Response, Infallible> {
             411,
             "the request body is missing: send a JSON object (with a Content-Length header) as application/json",
         )
-    } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::new(405, "method not allowed on this route")
     } else if rej.find::<warp::reject::InvalidQuery>().is_some() {
         ApiError::bad_request("the query string is not valid")
+    } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+        let allowed = allowed_methods(path).join(", ");
+        let mut reply =
+            ApiError::new(405, format!("method {method} is not allowed on {path}; it answers {allowed}")).into_reply();
+        if let Ok(value) = warp::http::HeaderValue::from_str(&allowed) {
+            reply.headers_mut().insert(warp::http::header::ALLOW, value);
+        }
+        return reply;
     } else {
         ApiError::bad_request(format!("bad request: {rej:?}"))
     };
-    Ok(err.into_reply())
+    err.into_reply()
 }

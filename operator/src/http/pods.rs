@@ -15,7 +15,8 @@ use warp::{
 
 use super::{
     ApiError, Caller, MAX_BODY_BYTES,
-    request::{Strictness, parse_create},
+    body::create::{Strictness, parse_create},
+    query::Param,
     wire, with_services,
 };
 use crate::service::{Principal, Services};
@@ -116,6 +117,7 @@ fn create_error(e: ApiError) -> warp::reply::Response {
 
 async fn create_pod(svc: &Services, body: &[u8], caller: Option<Principal>) -> warp::reply::Response {
     let spec = match parse_create(body, Strictness::Lenient)
+        .map_err(ApiError::from)
         .and_then(|(request, _)| svc.resolve(request, caller.as_ref()).map_err(ApiError::from))
     {
         Ok(spec) => spec,
@@ -165,6 +167,9 @@ fn list_pods(svc: &Services, query: &HashMap<String, String>, caller: Option<Pri
     if items.is_empty() { json_line(StatusCode::OK, Option::<()>::None) } else { json_line(StatusCode::OK, items) }
 }
 
+/// The query of `GET /pods`: the controller knows one filter.
+const LIST_QUERY: &[Param] = &[Param::one_of("filter", &["expired"]), Param::text("envName")];
+
 /// The `/pods` routes.
 pub fn routes(
     svc: Arc<Services>,
@@ -180,7 +185,7 @@ pub fn routes(
     let list = warp::path!("pods")
         .and(warp::get())
         .and(who.clone())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(super::query::query(LIST_QUERY))
         .and(with_services(svc.clone()))
         .map(|c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| list_pods(&svc, &q, c));
     // `GET /pods/` is getPod("") upstream.

@@ -307,25 +307,11 @@ impl Proxy {
                 );
             }
         };
-        let (parts, mut incoming) = response.into_parts();
-        // Stream the answer through as it comes (SSE stays open until either side closes it).
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-        tokio::spawn(async move {
-            while let Some(frame) = incoming.frame().await {
-                let item = match frame {
-                    Ok(f) => match f.into_data() {
-                        Ok(data) => Ok(data),
-                        Err(_) => continue,
-                    },
-                    Err(e) => Err(std::io::Error::other(e)),
-                };
-                let stop = item.is_err();
-                if tx.send(item).await.is_err() || stop {
-                    return;
-                }
-            }
-        });
-        let mut reply = warp::reply::stream(tokio_stream::wrappers::ReceiverStream::new(rx)).into_response();
+        let (parts, incoming) = response.into_parts();
+        // Stream the answer through as it comes (SSE stays open until either side closes it); a client that goes
+        // closes the upstream connection at once, even while the upstream is quiet.
+        let frames = http_body_util::BodyDataStream::new(incoming).map(|data| data.map_err(std::io::Error::other));
+        let mut reply = warp::reply::stream(super::stream::pump(frames, None)).into_response();
         *reply.status_mut() = parts.status;
         for (name, value) in &parts.headers {
             if !HOP_BY_HOP.contains(&name.as_str()) {

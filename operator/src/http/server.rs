@@ -4,20 +4,21 @@
 //!   `503` (best effort, without waiting) and closed at once, never queued;
 //! - a header-read timeout (hyper's, on a Tokio timer): a request head must arrive whole within it, counted from
 //!   the connection's start and again from the end of each answer on a kept-alive connection;
-//! - an idle timeout: a connection on which no byte moved for that long is closed (0 turns it off).
+//! - an idle timeout: a connection on which no byte moved for that long is closed (0 turns it off);
+//! - a [`ConnectionCloser`] in every request's extensions, with which a handler closes its connection (a
+//!   streamed answer whose reader stopped taking it: hyper would wait on the socket for ever).
 //!
 //! The per-listener cap is also held below the process's open-file limit (`RLIMIT_NOFILE`), so that the API's
 //! sockets cannot use up the descriptors the Docker client, the store and the reconciler need.
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
     future::Future,
     io,
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -31,7 +32,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, watch},
+    sync::{Notify, Semaphore, watch},
 };
 use tracing::{debug, info, warn};
 use warp::Filter;
@@ -76,39 +77,41 @@ pub fn open_file_limit() -> Option<u64> {
 }
 
 /// Open connections per client address.
-#[derive(Default)]
-struct PerAddress {
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
+type PerAddress = crate::slots::Slots<IpAddr>;
 
-impl PerAddress {
-    /// Counts one more connection from `ip`, unless it holds `max` already.
-    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(AddressSlot { table: self.clone(), ip })
+/// Closes the connection a request came on (found in the request's extensions: `warp::ext::optional`).
+#[derive(Clone, Default)]
+pub struct ConnectionCloser(Arc<Notify>);
+
+impl ConnectionCloser {
+    /// Asks for the connection to be closed now, whatever it is doing.
+    pub fn close(&self) {
+        self.0.notify_one();
+    }
+
+    /// Resolves once [`ConnectionCloser::close`] was called.
+    pub async fn closed(&self) {
+        self.0.notified().await;
     }
 }
 
-/// One open connection of an address; counted down when dropped.
-struct AddressSlot {
-    table: Arc<PerAddress>,
-    ip: IpAddr,
+/// A service that puts the connection's [`ConnectionCloser`] in each request's extensions.
+struct WithCloser<S> {
+    inner: S,
+    closer: ConnectionCloser,
 }
 
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
+impl<S, B> hyper::service::Service<hyper::Request<B>> for WithCloser<S>
+where
+    S: hyper::service::Service<hyper::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.closer.clone());
+        self.inner.call(request)
     }
 }
 
@@ -174,7 +177,7 @@ pub async fn serve<F>(
             refuse(stream);
             continue;
         };
-        let Some(slot) = per_address.enter(peer.ip(), limits.max_connections_per_ip) else {
+        let Some(slot) = per_address.take(peer.ip(), limits.max_connections_per_ip) else {
             refused("address_full");
             debug!(listener = name, %peer, "refused a connection: its address holds its limit");
             refuse(stream);
@@ -182,12 +185,14 @@ pub async fn serve<F>(
         };
         // Answers go out at once: Nagle's algorithm against a client's delayed ACK cost ~40 ms per proxied request.
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(warp::service(filter.clone()));
+        let closer = ConnectionCloser::default();
+        let service =
+            WithCloser { inner: TowerToHyperService::new(warp::service(filter.clone())), closer: closer.clone() };
         let limits = limits.clone();
         let stop = stop_rx.clone();
         tokio::spawn(async move {
             let _held = (permit, slot);
-            serve_connection(stream, peer, service, &limits, stop).await;
+            serve_connection(stream, peer, service, &limits, stop, closer).await;
         });
     }
     let _ = stop_tx.send(true);
@@ -203,6 +208,7 @@ async fn serve_connection<S>(
     service: S,
     limits: &ConnLimits,
     mut stop: watch::Receiver<bool>,
+    closer: ConnectionCloser,
 ) where
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
@@ -243,6 +249,10 @@ async fn serve_connection<S>(
                     debug!(%peer, "closing an idle connection");
                     return;
                 }
+            }
+            () = closer.closed() => {
+                debug!(%peer, "closing a connection its handler gave up on");
+                return;
             }
             changed = stop.changed(), if !stopping => {
                 stopping = true;
@@ -336,12 +346,12 @@ mod tests {
     fn per_address_counts_down_on_drop() {
         let table = Arc::new(PerAddress::default());
         let ip: IpAddr = "127.0.0.2".parse().unwrap();
-        let a = table.enter(ip, 2).unwrap();
-        let _b = table.enter(ip, 2).unwrap();
-        assert!(table.enter(ip, 2).is_none(), "a third connection from one address is refused");
-        assert!(table.enter("127.0.0.3".parse().unwrap(), 2).is_some(), "another address has its own count");
+        let a = table.take(ip, 2).unwrap();
+        let _b = table.take(ip, 2).unwrap();
+        assert!(table.take(ip, 2).is_none(), "a third connection from one address is refused");
+        assert!(table.take("127.0.0.3".parse().unwrap(), 2).is_some(), "another address has its own count");
         drop(a);
-        assert!(table.enter(ip, 2).is_some(), "a closed connection frees its place");
+        assert!(table.take(ip, 2).is_some(), "a closed connection frees its place");
     }
 
     #[test]

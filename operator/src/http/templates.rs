@@ -9,9 +9,9 @@ use serde_json::Value;
 use warp::{Filter, Reply, hyper::body::Bytes};
 
 use super::{
-    ApiError, Caller, MAX_BODY_BYTES, reply,
-    request::{CreateRequest, Strictness, parse_create},
-    wire, with_services,
+    ApiError, Caller, MAX_BODY_BYTES,
+    body::create::{CreateRequest, Strictness, parse_create},
+    reply, wire, with_services,
 };
 use crate::service::{Principal, Services};
 
@@ -44,7 +44,10 @@ pub fn routes(
     let list = warp::path!("env")
         .and(warp::get())
         .and(who.clone())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(super::query::query({
+            const LIST: &[super::query::Param] = &[super::query::Param::text("name")];
+            LIST
+        }))
         .and(with_services(svc.clone()))
         .map(|caller: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
             let items = svc.list_templates(q.get("name").map(String::as_str), caller.as_ref());

@@ -20,9 +20,14 @@ pub fn ok(data: Value) -> Value {
     json!({"success": true, "code": 0, "message": "", "data": data})
 }
 
-/// `{"success":false,"code":<status>,"message":...,"data":null}`.
-pub fn error(status: u16, message: &str) -> Value {
-    json!({"success": false, "code": status, "message": message, "data": null})
+/// `{"success":false,"code":<status>,"message":...,"data":null}`, with `"field"` naming the request field at
+/// fault when the refusal is about one (AEnvironment clients read `message`; `field` is for programs).
+pub fn error(status: u16, message: &str, field: Option<&str>) -> Value {
+    let mut out = json!({"success": false, "code": status, "message": message, "data": null});
+    if let (Some(obj), Some(field)) = (out.as_object_mut(), field) {
+        obj.insert("field".into(), json!(field));
+    }
+    out
 }
 
 /// Where an image warmup stands: `{"env", "startedAt", "finishedAt"?, "done", "images": [...]}`.

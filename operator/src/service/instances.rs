@@ -7,7 +7,12 @@ use aenv_core::{EnvInstance, EnvInstanceSpec, Environment, duration::parse_go_du
 use jiff::Timestamp;
 use tracing::{info, warn};
 
-use super::{Principal, ServiceError, Services};
+use aenv_core::pool::OwnerRule;
+
+use super::{
+    Principal, ServiceError, Services,
+    quota::{Adding, Except},
+};
 use crate::{Error, store::random_suffix};
 
 /// What a create asked for, parsed from the wire.
@@ -72,13 +77,18 @@ impl Services {
             CreateRequest::FromTemplate { .. } => "the template's deployConfig.ttl",
         };
         let mut spec = match request {
-            CreateRequest::Inline(spec) => *spec,
+            CreateRequest::Inline(spec) => {
+                // A snapshot is used through its template, never by naming its image.
+                self.engine.refuse_snapshot_images(&spec).map_err(ServiceError::Refused)?;
+                *spec
+            }
             CreateRequest::FromTemplate { name, version, overrides } => {
                 let (template, _) = self.usable_template(&name, &version, caller).map_err(|_| {
                     ServiceError::NotFound(format!(
                         "environment \"{name}@{version}\" not found: register it with POST /env, or send the inline body with name, version and artifacts"
                     ))
                 })?;
+                super::templates::not_pending(&template)?;
                 overrides.apply(&template.spec.template, &name, &version)
             }
         };
@@ -86,20 +96,23 @@ impl Services {
             spec.ttl = Some(self.default_ttl.as_str().to_string());
         }
         self.check_ttl(spec.ttl.as_deref(), ttl_field)?;
-        self.engine.validate(&spec).map_err(|e| ServiceError::Invalid(e.message))?;
+        self.engine.validate(&spec).map_err(ServiceError::Refused)?;
         Ok(spec)
     }
 
     /// Refuses a TTL longer than `--max-ttl` (or one that does not parse), naming `field`.
     pub(super) fn check_ttl(&self, ttl: Option<&str>, field: &str) -> Result<(), ServiceError> {
         let Some(ttl) = ttl else { return Ok(()) };
-        let parsed = parse_go_duration(ttl).map_err(|e| ServiceError::Invalid(format!("field `{field}`: {e}")))?;
+        let parsed = parse_go_duration(ttl).map_err(|e| ServiceError::field(field, format!("field `{field}`: {e}")))?;
         let max = &self.limits.limits.max_ttl;
         if parsed > max.duration {
-            return Err(ServiceError::Invalid(format!(
-                "field `{field}` ({ttl}) is longer than this operator allows (--max-ttl {}); ask for {} or less",
-                max.text, max.text
-            )));
+            return Err(ServiceError::field(
+                field,
+                format!(
+                    "field `{field}` ({ttl}) is longer than this operator allows (--max-ttl {}); ask for {} or less",
+                    max.text, max.text
+                ),
+            ));
         }
         Ok(())
     }
@@ -119,9 +132,12 @@ impl Services {
         let Some(service) = aenv_core::envservice::service_of_network(net) else { return Ok(()) };
         match self.service(service, caller) {
             Ok(_) => Ok(()),
-            Err(ServiceError::NotFound(_)) => Err(ServiceError::Invalid(format!(
-                "field `deployConfig.network`: {net:?} is the network of service \"{service}\", which does not exist or is not yours; name the network of one of your services"
-            ))),
+            Err(ServiceError::NotFound(_)) => Err(ServiceError::field(
+                "deployConfig.network",
+                format!(
+                    "field `deployConfig.network`: {net:?} is the network of service \"{service}\", which does not exist or is not yours; name the network of one of your services"
+                ),
+            )),
             Err(e) => Err(e),
         }
     }
@@ -136,46 +152,29 @@ impl Services {
     ) -> Result<Arc<EnvInstance>, ServiceError> {
         self.limits.take_create()?;
         self.check_service_network(&spec, caller)?;
-        let _one_at_a_time = self.quota.lock().await;
+        // What needs I/O to judge (the addresses of an image's registry), once the rate limit let it through.
+        self.engine.admit(&spec).await.map_err(ServiceError::Refused)?;
         if let Some(p) = caller {
             spec.owner = Some(p.owner.clone());
-            if let Some(max) = p.max_instances {
-                // Its instances and its services' replicas (pooled sandboxes are counted by the pools' rules).
-                let held = self
-                    .instances
-                    .list_where(&|i: &EnvInstance| {
-                        !i.is_deleting() && i.pool().is_none() && i.spec.owner.as_deref() == Some(p.owner.as_str())
-                    })
-                    .len()
-                    + self.native_replicas(Some(p.owner.as_str()));
-                if held >= max {
-                    return Err(ServiceError::Forbidden(format!(
-                        "Instance count exceeds limit: {max} (owner {} holds {held}; delete one first)",
-                        p.owner
-                    )));
-                }
-            }
         }
-        if let Some(claimed) = self.claim(&spec).await? {
+        let _turn = self.owner_turn(caller).await;
+        self.check_owner_room(caller, Adding::Instance, 1, Except::Nothing)?;
+        let owners = if caller.is_some() { OwnerRule::Tenant } else { OwnerRule::Attribution };
+        if let Some(claimed) = self.claim(&spec, owners).await? {
             self.metrics.created.inc();
             return Ok(claimed);
         }
-        if let Some(max) = self.limits.limits.max_instances {
-            // Sandboxes waiting in pools count: they hold the host's resources as instances do.
-            let live =
-                self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len() + self.native_replicas(None);
-            if live >= max {
-                return Err(ServiceError::Forbidden(format!(
-                    "the operator holds its limit of {max} live instances; try again when some are gone"
-                )));
-            }
-        }
+        // Sandboxes waiting in pools count: they hold the host's resources as instances do.
+        let room = self.reserve_live(1).map_err(|live| self.operator_full(live, 1))?;
         for _ in 0..8 {
             let id = format!("{}-{}", spec.env_name, random_suffix(6));
             let mut obj = EnvInstance::new(&id, spec.clone());
             obj.metadata.namespace = Some(self.namespace.clone());
             let now = Timestamp::now();
             obj.stamp_expiry(now).map_err(|e| ServiceError::Invalid(format!("field `deployConfig.ttl`: {e}")))?;
+            if let Some(room) = &room {
+                room.writes(&self.key(&id));
+            }
             match self.instances.create(obj, now).await {
                 Ok(stored) => {
                     info!(instance = %id, env = %spec.env_name, "instance accepted");
@@ -190,6 +189,22 @@ impl Services {
             }
         }
         Err(ServiceError::Busy("could not draw a free instance id; try again".into()))
+    }
+
+    /// The refusal of `more` instances past `--max-instances` when `live` are held.
+    fn operator_full(&self, live: usize, more: usize) -> ServiceError {
+        let max = self.limits.limits.max_instances.unwrap_or_default();
+        ServiceError::Forbidden(format!(
+            "the operator holds its limit of {max} live instances{}; try again when some are gone",
+            if more == 1 { String::new() } else { format!(" ({live} live, {more} asked for)") }
+        ))
+    }
+
+    /// Refuses `more` new instances for `caller` that its cap or the operator's would refuse now (the creates
+    /// check again as they record).
+    pub(super) fn check_instance_room(&self, caller: Option<&Principal>, more: usize) -> Result<(), ServiceError> {
+        self.check_owner_room(caller, Adding::Instance, more, Except::Nothing)?;
+        self.reserve_live(more).map(drop).map_err(|live| self.operator_full(live, more))
     }
 
     /// The instance `id`, if `caller` may see it.

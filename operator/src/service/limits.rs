@@ -18,7 +18,7 @@ pub struct Principal {
 }
 
 /// Limits on creates.
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct Limits {
     /// Most live instances in all; creates beyond it get 403.
     #[arg(long)]
@@ -38,6 +38,86 @@ pub struct Limits {
     /// `kubectl patch` keeps the clock running either way.
     #[arg(long, env = "AENV_PAUSE_EXTENDS_TTL")]
     pub pause_extends_ttl: bool,
+    /// Most snapshots one owner holds (templates made by POST /env-instance/{id}/snapshot or /fork, until their
+    /// template is deleted); one more is refused with 403 before anything is committed. Without tokens every
+    /// snapshot counts as one owner's.
+    #[arg(long, default_value_t = DEFAULT_MAX_SNAPSHOTS, env = "AENV_MAX_SNAPSHOTS_PER_OWNER")]
+    pub max_snapshots_per_owner: usize,
+    /// Most bytes of snapshot images one owner holds (a quantity such as 20Gi): the sizes Docker reports for the
+    /// owner's snapshot images (each with its base layers) plus the sandbox's current size (its own layer and its
+    /// image's) must stay within it, or the snapshot is refused with 403 before the commit.
+    #[arg(long, default_value = "20Gi", value_parser = parse_bytes, env = "AENV_MAX_SNAPSHOT_BYTES_PER_OWNER")]
+    pub max_snapshot_bytes_per_owner: ByteLimit,
+    /// Most bytes kept of each of a command's output streams (stdout, stderr) in a collected exec answer; past it
+    /// the answer says `"truncated": true` (the command runs on; a streamed exec, `?stream=true`, has no cap).
+    #[arg(long, default_value_t = DEFAULT_EXEC_OUTPUT, env = "AENV_MAX_EXEC_OUTPUT")]
+    pub max_exec_output: usize,
+    /// Most heavy requests (exec, file uploads and downloads) one owner has running at once: the token's owner,
+    /// without tokens the instance's `owner` (the instance itself when it has none). Beyond it: 429 with
+    /// Retry-After. 0 = no bound.
+    #[arg(long, default_value_t = 8, env = "AENV_MAX_HEAVY_REQUESTS_PER_OWNER")]
+    pub max_heavy_requests_per_owner: usize,
+}
+
+/// Snapshots one owner may hold unless told otherwise.
+pub const DEFAULT_MAX_SNAPSHOTS: usize = 32;
+
+/// The default of `--max-exec-output` (1 MiB per stream).
+pub const DEFAULT_EXEC_OUTPUT: usize = 1024 * 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_instances: None,
+            create_rate: None,
+            create_burst: 50,
+            max_ttl: MaxTtl::default(),
+            pause_extends_ttl: false,
+            max_snapshots_per_owner: DEFAULT_MAX_SNAPSHOTS,
+            max_snapshot_bytes_per_owner: ByteLimit::default(),
+            max_exec_output: DEFAULT_EXEC_OUTPUT,
+            max_heavy_requests_per_owner: 8,
+        }
+    }
+}
+
+/// A number of bytes, with the text it was given as (for messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ByteLimit {
+    pub bytes: u64,
+    pub text: String,
+}
+
+impl Default for ByteLimit {
+    fn default() -> Self {
+        ByteLimit { bytes: 20 << 30, text: "20Gi".into() }
+    }
+}
+
+fn parse_bytes(s: &str) -> Result<ByteLimit, String> {
+    let bytes = aenv_core::quantity::parse_memory_bytes(s).map_err(|e| e.to_string())?;
+    Ok(ByteLimit { bytes, text: s.trim().to_string() })
+}
+
+/// Heavy requests (exec, files) each owner has running, within `--max-heavy-requests-per-owner`.
+pub(super) type HeavyRequests = crate::slots::Slots<String>;
+
+/// One running heavy request of an owner; counted down when dropped.
+pub type HeavyPermit = crate::slots::Slot<String>;
+
+/// Counts one more heavy request of `owner`, unless `max` run already (0: no bound).
+pub(super) fn enter_heavy(
+    table: &std::sync::Arc<HeavyRequests>,
+    owner: String,
+    max: usize,
+) -> Result<HeavyPermit, ServiceError> {
+    let bound = if max == 0 { usize::MAX } else { max };
+    table.take(owner, bound).ok_or_else(|| ServiceError::Overloaded {
+        message: format!(
+            "{max} exec and file requests of this owner are running already (--max-heavy-requests-per-owner); wait for one to end"
+        ),
+        retry_after: Duration::from_secs(1),
+    })
 }
 
 /// The longest TTL, with the text it was given as (for messages).
@@ -88,6 +168,24 @@ impl CreateLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heavy_requests_are_bounded_per_owner_and_counted_down() {
+        let table = std::sync::Arc::new(HeavyRequests::default());
+        let a = enter_heavy(&table, "alice".into(), 2).unwrap();
+        let _b = enter_heavy(&table, "alice".into(), 2).unwrap();
+        match enter_heavy(&table, "alice".into(), 2) {
+            Err(ServiceError::Overloaded { retry_after, .. }) => assert_eq!(retry_after, Duration::from_secs(1)),
+            other => panic!("a third request of one owner is refused, got {:?}", other.map(|_| ())),
+        }
+        assert!(enter_heavy(&table, "bob".into(), 2).is_ok(), "another owner has its own count");
+        drop(a);
+        assert!(enter_heavy(&table, "alice".into(), 2).is_ok(), "an ended request frees its place");
+        assert!(
+            (0..100).all(|_| enter_heavy(&table, "carol".into(), 0).map(std::mem::forget).is_ok()),
+            "0 is no bound"
+        );
+    }
 
     #[test]
     fn rate_limit_with_burst_then_refusal_with_the_wait() {

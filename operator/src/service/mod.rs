@@ -5,6 +5,7 @@
 mod instances;
 pub mod limits;
 pub mod pools;
+mod quota;
 pub mod sandbox;
 pub mod services;
 mod templates;
@@ -18,16 +19,22 @@ pub use instances::{CreateRequest, Overrides, status_string};
 pub use limits::{Limits, MaxTtl, Principal};
 pub use pools::{Demand, PoolRequest};
 pub use services::{ServiceRequest, ServiceUpdate};
-pub use templates::{SnapshotSweep, TemplateAccess, TemplateMeta, WarmupState};
+pub use templates::{
+    SNAPSHOT_IMAGE_ANNOTATION, SNAPSHOT_PENDING_ANNOTATION, SnapshotSweep, TemplateAccess, TemplateMeta, WarmupState,
+    snapshot_image_of, snapshot_pending,
+};
 
 use crate::{metrics::Metrics, store::ObjectStore};
 
 /// Why a use-case refused or failed. Each variant stands for one answer of the API; messages say what to do.
 #[derive(Debug, Error)]
 pub enum ServiceError {
-    /// The request cannot be served as written (a field the engine refuses, a bad TTL).
+    /// The request cannot be served as written, for a reason no one field holds (a body that could not be read).
     #[error("{0}")]
     Invalid(String),
+    /// A field of the request is refused (by the engine's checks or the use-case's): which one, and why.
+    #[error(transparent)]
+    Refused(aenv_core::InvalidSpec),
     #[error("{0}")]
     NotFound(String),
     /// A cap is reached (the caller's or the operator's).
@@ -52,6 +59,9 @@ pub enum ServiceError {
     /// Nothing went wrong for good, but the request could not be served now (no free instance id was drawn).
     #[error("{0}")]
     Busy(String),
+    /// Too many requests of one kind at once: try again after `retry_after`.
+    #[error("{message}; retry after {}s", whole_seconds(*retry_after))]
+    Overloaded { message: String, retry_after: Duration },
     /// More than the operator takes (a file over the limit).
     #[error("{0}")]
     TooLarge(String),
@@ -60,11 +70,28 @@ pub enum ServiceError {
     Engine(aenv_core::EngineError),
 }
 
+impl From<aenv_core::InvalidSpec> for ServiceError {
+    fn from(e: aenv_core::InvalidSpec) -> Self {
+        ServiceError::Refused(e)
+    }
+}
+
 impl ServiceError {
+    /// A refusal of `field`; `message` names it and the fix.
+    pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
+        ServiceError::Refused(aenv_core::InvalidSpec::new(field, message))
+    }
+
     /// A write the store refused.
     pub(crate) fn store(context: &'static str, source: crate::Error) -> Self {
         ServiceError::Store { context, source: Box::new(source) }
     }
+}
+
+/// The refusal of a name another owner holds: names of services and pools are the operator's (one namespace for
+/// all tenants), so the answer says that the name is taken, and nothing of who holds it or of its state.
+pub(crate) fn taken(name: &str, field: &str) -> String {
+    format!("the name \"{name}\" is taken; pick another `{field}`")
 }
 
 /// Seconds, rounded up (a `Retry-After` of 0 would invite an immediate retry that fails again).
@@ -123,9 +150,13 @@ pub struct Services {
     default_ttl: DefaultTtl,
     limits: limits::CreateLimits,
     warmups: templates::Warmups,
-    /// Held from the quota check to the record (of an instance, a claim, a pool's size), so that concurrent requests
-    /// cannot overshoot a cap.
-    quota: tokio::sync::Mutex<()>,
+    /// Each owner's turn from its quota check to its record, and the reservations under `--max-instances` (see
+    /// [`quota`]).
+    gate: quota::Gate,
+    /// One per owner (`""` without tokens), held while it takes a snapshot, from its caps to the commit.
+    snapshot_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Exec and file requests running per owner.
+    heavy: Arc<limits::HeavyRequests>,
 }
 
 impl Services {
@@ -155,7 +186,9 @@ impl Services {
             default_ttl,
             limits: limits::CreateLimits::new(limits),
             warmups: Default::default(),
-            quota: Default::default(),
+            gate: Default::default(),
+            snapshot_locks: Default::default(),
+            heavy: Default::default(),
         })
     }
 

@@ -11,12 +11,15 @@ use std::{
 
 use aenv_core::{
     EnvInstance, EnvInstanceSpec, EnvPool, EnvPoolSpec, MemberState,
-    pool::{MAX_POOL_REPLICAS, member_spec, serves},
+    pool::{MAX_POOL_REPLICAS, OwnerRule, member_spec, serves},
 };
 use jiff::Timestamp;
 use tracing::{debug, info};
 
-use super::{Principal, ServiceError, Services};
+use super::{
+    Principal, ServiceError, Services,
+    quota::{Adding, Except},
+};
 use crate::{Error, metrics::ClaimLabels, store::key_of};
 
 /// How long a create counts as demand when the pool controller sizes a pool, unless configured otherwise
@@ -112,14 +115,18 @@ impl Demand {
 /// Checks a pool request's numbers: each refusal names the field.
 fn check_sizes(replicas: u32, max_replicas: Option<u32>) -> Result<(), ServiceError> {
     if replicas > MAX_POOL_REPLICAS {
-        return Err(ServiceError::Invalid(format!(
-            "field `replicas` must be between 0 and {MAX_POOL_REPLICAS} (got {replicas})"
-        )));
+        return Err(ServiceError::field(
+            "replicas",
+            format!("field `replicas` must be between 0 and {MAX_POOL_REPLICAS} (got {replicas})"),
+        ));
     }
     match max_replicas {
-        Some(max) if max < replicas || max > MAX_POOL_REPLICAS => Err(ServiceError::Invalid(format!(
-            "field `maxReplicas` must be between `replicas` ({replicas}) and {MAX_POOL_REPLICAS} (got {max}); leave it out for a pool of fixed size"
-        ))),
+        Some(max) if max < replicas || max > MAX_POOL_REPLICAS => Err(ServiceError::field(
+            "maxReplicas",
+            format!(
+                "field `maxReplicas` must be between `replicas` ({replicas}) and {MAX_POOL_REPLICAS} (got {max}); leave it out for a pool of fixed size"
+            ),
+        )),
         _ => Ok(()),
     }
 }
@@ -134,9 +141,12 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
     if ok {
         Ok(())
     } else {
-        Err(ServiceError::Invalid(format!(
-            "field `name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {name:?})"
-        )))
+        Err(ServiceError::field(
+            "name",
+            format!(
+                "field `name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {name:?})"
+            ),
+        ))
     }
 }
 
@@ -161,16 +171,17 @@ impl Services {
             owner: caller.map(|p| p.owner.clone()),
         };
         let Some((name, version)) = spec.template() else {
-            return Err(ServiceError::Invalid(format!(
-                "field `envName` must be name@version of a registered environment (got {:?})",
-                req.env_name
-            )));
+            return Err(ServiceError::field(
+                "envName",
+                format!("field `envName` must be name@version of a registered environment (got {:?})", req.env_name),
+            ));
         };
         // A tenant pools only templates it may create from (its own, shared ones, ownerless ones).
-        self.usable_template(name, version, caller)?;
-        // Held from the room check to the record, so that two racing creates cannot both fit.
-        let _one_at_a_time = self.quota.lock().await;
-        self.check_room(caller, spec.ceiling(), None)?;
+        let (template, _) = self.usable_template(name, version, caller)?;
+        super::templates::not_pending(&template)?;
+        // The owner's turn from the room check to the record, so that two racing requests cannot both fit.
+        let _turn = self.owner_turn(caller).await;
+        self.check_owner_room(caller, Adding::Pool, spec.ceiling() as usize, Except::Nothing)?;
         let mut pool = EnvPool::new(&req.name, spec);
         pool.metadata.namespace = Some(self.namespace.clone());
         match self.pools.create(pool, Timestamp::now()).await {
@@ -178,10 +189,16 @@ impl Services {
                 info!(pool = %req.name, env = %req.env_name, replicas = req.replicas, "pool created");
                 Ok(stored)
             }
-            Err(Error::AlreadyExists(_)) => Err(ServiceError::Conflict(format!(
-                "pool \"{}\" exists already; change its size with PUT /env-pool/{}, or pick another name",
-                req.name, req.name
-            ))),
+            Err(Error::AlreadyExists(_)) => Err(ServiceError::Conflict(
+                match self.pools.get(&self.key(&req.name)).filter(|p| Self::pool_visible(p, caller)) {
+                    Some(_) => format!(
+                        "pool \"{}\" exists already; change its size with PUT /env-pool/{}, or pick another name",
+                        req.name, req.name
+                    ),
+                    // Another owner's: its existence only (see `taken`).
+                    None => super::taken(&req.name, "name"),
+                },
+            )),
             Err(source) => Err(ServiceError::store("the pool could not be recorded", source)),
         }
     }
@@ -212,7 +229,7 @@ impl Services {
         max_replicas: Option<u32>,
         caller: Option<&Principal>,
     ) -> Result<Arc<EnvPool>, ServiceError> {
-        let _one_at_a_time = self.quota.lock().await;
+        let _turn = self.owner_turn(caller).await;
         for _ in 0..8 {
             let current = self.pool(name, caller)?;
             let max_replicas = max_replicas.or(current.spec.max_replicas.filter(|m| *m >= replicas));
@@ -220,7 +237,7 @@ impl Services {
             let mut next = (*current).clone();
             next.spec.replicas = replicas;
             next.spec.max_replicas = max_replicas;
-            self.check_room(caller, next.spec.ceiling(), Some(name))?;
+            self.check_owner_room(caller, Adding::Pool, next.spec.ceiling() as usize, Except::Pool(name))?;
             match self.pools.replace(&next).await {
                 Ok(Some(stored)) => {
                     info!(pool = %name, replicas, "pool scaled");
@@ -247,27 +264,6 @@ impl Services {
         }
     }
 
-    /// With a cap on the caller's instances, its pools together may keep at most that many sandboxes waiting:
-    /// refused (naming the fields) when `ceiling` more, beside its other pools (but `except`), would exceed it.
-    fn check_room(&self, caller: Option<&Principal>, ceiling: u32, except: Option<&str>) -> Result<(), ServiceError> {
-        let Some((owner, max)) = caller.and_then(|p| p.max_instances.map(|m| (p.owner.as_str(), m))) else {
-            return Ok(());
-        };
-        let others: usize = self
-            .list_pools(caller)
-            .iter()
-            .filter(|p| except.is_none_or(|e| p.metadata.name.as_deref() != Some(e)))
-            .map(|p| p.spec.ceiling() as usize)
-            .sum();
-        if others + ceiling as usize > max {
-            return Err(ServiceError::Forbidden(format!(
-                "owner {owner} may keep at most {max} sandboxes (its instance limit); its other pools keep up to {others}, so `replicas`/`maxReplicas` may be at most {}",
-                max.saturating_sub(others)
-            )));
-        }
-        Ok(())
-    }
-
     /// Pools (not being deleted) made from the template `name@version`.
     pub fn pools_of(&self, name: &str, version: &str) -> Vec<Arc<EnvPool>> {
         self.pools.list_where(&|p: &EnvPool| {
@@ -277,9 +273,14 @@ impl Services {
 
     /// Serves a create of `wanted` (owner already set) from a pool when one holds a ready sandbox that serves it:
     /// the sandbox, claimed (durable when this returns). `None` when no pool applies or none has a ready sandbox
-    /// (counted as a miss): the create then starts a sandbox of its own. The caller holds the quota lock, so two
-    /// claims of this process never race; the store's compare-and-swap keeps other processes out.
-    pub(super) async fn claim(&self, wanted: &EnvInstanceSpec) -> Result<Option<Arc<EnvInstance>>, ServiceError> {
+    /// (counted as a miss): the create then starts a sandbox of its own. `owners` says what the create's owner
+    /// means to a pool ([`OwnerRule`]). Two claims of one sandbox race on the store's compare-and-swap: one wins,
+    /// the other takes the next sandbox.
+    pub(super) async fn claim(
+        &self,
+        wanted: &EnvInstanceSpec,
+        owners: OwnerRule,
+    ) -> Result<Option<Arc<EnvInstance>>, ServiceError> {
         let (name, version) = (wanted.env_name.as_str(), wanted.env_version.as_str());
         let namespace = self.namespace.as_str();
         let pools = self.pools_of(name, version);
@@ -290,9 +291,10 @@ impl Services {
         let mut wanting = None;
         for pool in pools.iter().filter(|p| p.metadata.namespace.as_deref() == Some(namespace)) {
             // A pool's sandboxes run the template as the SDK asks for it, for the pool's owner: a create that
-            // asks for more (variables, arguments, resources) or for another owner is not one it can serve.
+            // asks for more (variables, arguments, resources), or, with tokens, for another owner, is not one it
+            // can serve.
             let model = member_spec(&template.spec.template, name, version, pool.spec.owner.as_deref());
-            if !serves(&model, wanted) {
+            if !serves(&model, wanted, owners) {
                 continue;
             }
             wanting.get_or_insert(pool);
@@ -301,14 +303,14 @@ impl Services {
                 i.pool() == Some(pool_name)
                     && i.metadata.namespace.as_deref() == Some(namespace)
                     && i.member_state() == MemberState::Ready
-                    && serves(&i.spec, wanted)
+                    && serves(&i.spec, wanted, owners)
             });
             // Oldest first: the longest-waiting sandbox has passed its probe the longest.
             candidates.sort_by_key(|c| c.metadata.creation_timestamp.as_ref().map(|t| t.0));
             for candidate in candidates {
                 let claimed = candidate
                     .claimed(wanted, Timestamp::now())
-                    .map_err(|e| ServiceError::Invalid(format!("field `ttl`: {e}")))?;
+                    .map_err(|e| ServiceError::field("ttl", format!("field `ttl`: {e}")))?;
                 match self.instances.replace(&claimed).await {
                     Ok(Some(stored)) => {
                         self.demand.record(&key_of(pool.as_ref()), true, Instant::now());

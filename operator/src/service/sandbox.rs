@@ -1,4 +1,4 @@
-//! Operations on a running sandbox (issue 15): exec, files, pause and resume. Each finds the instance the caller may see, checks
+//! Operations on a running sandbox: exec, files, pause and resume. Each finds the instance the caller may see, checks
 //! that it is in a state to serve the operation, and hands it to the engine.
 
 use std::sync::Arc;
@@ -10,14 +10,10 @@ use aenv_core::{
 use futures::{StreamExt, stream::BoxStream};
 use tracing::info;
 
-use super::{Principal, ServiceError, Services};
+use super::{Principal, ServiceError, Services, limits::HeavyPermit};
 
 /// Largest file (or directory archive) moved in or out of a sandbox in one request (64 MiB).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Most output kept of each of a command's streams in a collected answer (16 MiB); past it the answer says
-/// `truncated` (a streamed exec has no such limit).
-pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
 
 /// A command's whole answer, collected.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -25,7 +21,7 @@ pub struct ExecResult {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub exit: ExecExit,
-    /// Output beyond [`MAX_EXEC_OUTPUT`] was dropped.
+    /// Output beyond `--max-exec-output` was dropped.
     pub truncated: bool,
 }
 
@@ -36,6 +32,18 @@ impl From<EngineError> for ServiceError {
 }
 
 impl Services {
+    /// A place among the heavy requests (exec, files) of whoever acts on `inst`: the caller's owner, without
+    /// tokens the instance's owner, or the instance itself when it has none. [`ServiceError::Overloaded`] when
+    /// that owner runs `--max-heavy-requests-per-owner` already.
+    fn heavy(&self, inst: &EnvInstance, caller: Option<&Principal>) -> Result<HeavyPermit, ServiceError> {
+        let owner = match (caller, inst.spec.owner.as_deref()) {
+            (Some(p), _) => format!("owner:{}", p.owner),
+            (None, Some(owner)) => format!("owner:{owner}"),
+            (None, None) => format!("instance:{}", inst.metadata.name.as_deref().unwrap_or_default()),
+        };
+        super::limits::enter_heavy(&self.heavy, owner, self.limits.limits.max_heavy_requests_per_owner)
+    }
+
     /// The instance `id` as an operation finds it: visible to `caller`, not being deleted, running.
     fn operable(&self, id: &str, caller: Option<&Principal>) -> Result<Arc<EnvInstance>, ServiceError> {
         let inst = self
@@ -91,7 +99,7 @@ impl Services {
                 next.stop_ttl_clock(now);
             } else if !paused {
                 next.restart_ttl_clock(now)
-                    .map_err(|e| ServiceError::Invalid(format!("field `deployConfig.ttl`: {e}")))?;
+                    .map_err(|e| ServiceError::field("deployConfig.ttl", format!("field `deployConfig.ttl`: {e}")))?;
             }
             match self.instances.replace(&next).await {
                 Ok(Some(stored)) => {
@@ -127,8 +135,13 @@ impl Services {
     }
 
     /// Saves instance `id`'s filesystem as a new template `name@version` (its environment's name; `version`, or
-    /// `snap-<random>`), owned by `caller`, whose image is the snapshot (never pulled). The image goes with the
-    /// template.
+    /// `snap-<random>`), owned by `caller`, whose image is the snapshot (never pulled, named
+    /// `aenv-snapshot/<name>:<version>.<random>`, so that no one can guess it). The image goes with the template.
+    ///
+    /// Within the caller's snapshot caps (count and bytes), checked before anything is committed. The template is
+    /// recorded first, marked pending (which reserves `name@version`: of two snapshots of one version, the second
+    /// is refused before it commits anything), then the image is committed, then the mark goes; a commit that
+    /// fails takes the record back.
     pub async fn snapshot(
         &self,
         id: &str,
@@ -147,43 +160,128 @@ impl Services {
         let name = inst.spec.env_name.clone();
         let version = version.unwrap_or_else(|| format!("snap-{}", crate::store::random_suffix(8)));
         if self.find_template(&name, &version).is_some() {
-            return Err(ServiceError::Conflict(format!(
-                "environment \"{name}@{version}\" exists already; name another version"
-            )));
+            return Err(self.taken(&name, &version, caller));
         }
-        let reference = format!("aenv-snapshot/{name}:{version}");
-        self.engine.snapshot(&inst, &reference).await?;
+        // One owner's snapshots are taken one at a time, so that its caps count every one of them.
+        let owner_lock = self.snapshot_lock(caller);
+        let _one_at_a_time = owner_lock.lock().await;
+        self.check_snapshot_caps(&inst, caller).await?;
+        let reference = format!("aenv-snapshot/{name}:{version}.{}", crate::store::random_suffix(12));
         let mut spec = inst.spec.clone();
         spec.image = Some(reference.clone());
         spec.image_pull_policy = Some(aenv_core::PullPolicy::Never);
         spec.compose_file = None;
         spec.paused = false;
         spec.owner = None;
-        spec.env_version = version;
+        spec.env_version = version.clone();
         let meta = super::TemplateMeta { description: format!("snapshot of env instance {id}"), ..Default::default() };
-        match self.register_template_of(spec, meta, caller, Some(reference.clone())).await {
-            Ok(template) => {
-                info!(instance = %id, image = %reference, "snapshot taken");
-                Ok(template)
+        let annotations = [
+            (super::templates::SNAPSHOT_IMAGE_ANNOTATION.to_string(), reference.clone()),
+            (super::templates::SNAPSHOT_PENDING_ANNOTATION.to_string(), "true".to_string()),
+        ]
+        .into();
+        let reserved = self.record_template(spec, meta, caller, annotations).await?;
+        if let Err(e) = self.engine.snapshot(&inst, &reference, &format!("{name}@{version}")).await {
+            if let Err(rm) = self.discard_template(&reserved).await {
+                tracing::warn!(env = %format!("{name}@{version}"), error = %rm, "could not take back a snapshot's template (the sweep will)");
             }
-            Err(e) => {
-                // The template was not recorded: its image has no owner.
-                if let Err(rm) = self.engine.remove_snapshot(&reference).await {
-                    tracing::warn!(image = %reference, error = %rm, "could not remove an unregistered snapshot");
+            return Err(e.into());
+        }
+        let template = self.finish_snapshot(&reserved).await?;
+        info!(instance = %id, image = %reference, "snapshot taken");
+        Ok(template)
+    }
+
+    /// Refuses a snapshot of `inst` past `caller`'s caps: the number of snapshots it holds, and their bytes (the
+    /// sizes the engine reports for its snapshot images, plus the sandbox's current size).
+    async fn check_snapshot_caps(&self, inst: &EnvInstance, caller: Option<&Principal>) -> Result<(), ServiceError> {
+        let owner = caller.map(|p| p.owner.as_str());
+        let mine = self.templates.list_where(&|t: &aenv_core::Environment| {
+            super::templates::snapshot_image_of(t).is_some() && t.spec.owner.as_deref() == owner
+        });
+        let who = owner.map_or_else(|| "this operator".to_string(), |o| format!("owner {o}"));
+        let limits = &self.limits.limits;
+        if mine.len() >= limits.max_snapshots_per_owner {
+            return Err(ServiceError::Forbidden(format!(
+                "{who} holds {} snapshots, the most allowed (--max-snapshots-per-owner {}); delete one first (DELETE /env/<name>/<version>)",
+                mine.len(),
+                limits.max_snapshots_per_owner
+            )));
+        }
+        let sizes: std::collections::HashMap<String, u64> = self
+            .engine
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .filter_map(|i| i.size.map(|size| (i.reference, size)))
+            .collect();
+        let held: u64 =
+            mine.iter().filter_map(|t| super::templates::snapshot_image_of(t).and_then(|image| sizes.get(image))).sum();
+        let this = self.engine.snapshot_size(inst).await?.unwrap_or(0);
+        let max = &limits.max_snapshot_bytes_per_owner;
+        if held.saturating_add(this) > max.bytes {
+            return Err(ServiceError::Forbidden(format!(
+                "{who} holds {held} bytes of snapshots and this sandbox is {this} bytes: more than allowed (--max-snapshot-bytes-per-owner {}); delete a snapshot first (DELETE /env/<name>/<version>)",
+                max.text
+            )));
+        }
+        Ok(())
+    }
+
+    /// The lock one owner's snapshots take in turn.
+    fn snapshot_lock(&self, caller: Option<&Principal>) -> Arc<tokio::sync::Mutex<()>> {
+        let owner = caller.map(|p| p.owner.clone()).unwrap_or_default();
+        let mut locks = self.snapshot_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(owner).or_default().clone()
+    }
+
+    /// Clears the pending mark of snapshot template `reserved`, whose image is committed: the template is usable
+    /// from then on. A template deleted meanwhile takes its image with it.
+    pub(super) async fn finish_snapshot(
+        &self,
+        reserved: &aenv_core::Environment,
+    ) -> Result<Arc<aenv_core::Environment>, ServiceError> {
+        let key = self.key(&aenv_core::Environment::object_name(&reserved.spec.name, &reserved.spec.version));
+        for _ in 0..8 {
+            let Some(current) = self.templates.get(&key).filter(|t| t.metadata.uid == reserved.metadata.uid) else {
+                break;
+            };
+            let mut next = (*current).clone();
+            if let Some(a) = next.metadata.annotations.as_mut() {
+                a.remove(super::templates::SNAPSHOT_PENDING_ANNOTATION);
+            }
+            match self.templates.replace(&next).await {
+                Ok(Some(stored)) => return Ok(stored),
+                Ok(None) => break,
+                Err(crate::Error::Conflict(_)) => continue,
+                Err(source) => {
+                    return Err(ServiceError::store("the snapshot's template could not be recorded", source));
                 }
-                Err(e)
             }
         }
+        // Deleted meanwhile: the image has no template.
+        if let Some(image) = super::templates::snapshot_image_of(reserved) {
+            self.engine.remove_snapshot(image).await?;
+        }
+        Err(ServiceError::Conflict(format!(
+            "environment \"{}@{}\" was deleted while its snapshot was taken",
+            reserved.spec.name, reserved.spec.version
+        )))
     }
 
     /// Snapshots instance `id` and starts `count` instances of the snapshot for `caller`: the template and the
-    /// new instances' ids. A create that is refused (a cap) stops the fork; the refusal names those made before.
+    /// new instances' ids. The caps on instances are checked first: a fork they refuse commits nothing; one whose
+    /// first create is refused takes its snapshot back. A create refused later stops the fork; the refusal names
+    /// those made before.
     pub async fn fork(
         &self,
         id: &str,
         caller: Option<&Principal>,
         count: usize,
     ) -> Result<(Arc<aenv_core::Environment>, Vec<String>), ServiceError> {
+        if self.instance(id, caller).is_some() {
+            self.check_instance_room(caller, count)?;
+        }
         let template = self.snapshot(id, caller, None).await?;
         let (name, version) = (template.spec.name.clone(), template.spec.version.clone());
         let ttl = self.instance(id, caller).and_then(|i| i.spec.ttl.clone());
@@ -200,7 +298,12 @@ impl Services {
             };
             match created {
                 Ok(inst) => made.push(inst.metadata.name.clone().unwrap_or_default()),
-                Err(e) if made.is_empty() => return Err(e),
+                Err(e) if made.is_empty() => {
+                    if let Err(rm) = self.discard_template(&template).await {
+                        tracing::warn!(env = %format!("{name}@{version}"), error = %rm, "could not take back a refused fork's snapshot");
+                    }
+                    return Err(e);
+                }
                 Err(e) => {
                     return Err(ServiceError::Forbidden(format!(
                         "the fork stopped after {} of {count} instances ({}) of {name}@{version}: {e}",
@@ -221,7 +324,16 @@ impl Services {
         request: ExecRequest,
     ) -> Result<BoxStream<'static, Result<ExecOutput, EngineError>>, ServiceError> {
         let inst = self.operable(id, caller)?;
-        Ok(self.engine.exec(&inst, request))
+        let permit = self.heavy(&inst, caller)?;
+        // The place is held as long as the output is read.
+        Ok(self
+            .engine
+            .exec(&inst, request)
+            .map(move |item| {
+                let _held = &permit;
+                item
+            })
+            .boxed())
     }
 
     /// Runs a command in instance `id` and collects its answer.
@@ -234,10 +346,11 @@ impl Services {
         let mut stream = self.exec(id, caller, request)?;
         let mut result = ExecResult::default();
         let mut exited = false;
+        let max = self.limits.limits.max_exec_output;
         while let Some(item) = stream.next().await {
             match item? {
-                ExecOutput::Stdout(bytes) => result.truncated |= keep(&mut result.stdout, &bytes),
-                ExecOutput::Stderr(bytes) => result.truncated |= keep(&mut result.stderr, &bytes),
+                ExecOutput::Stdout(bytes) => result.truncated |= keep(&mut result.stdout, &bytes, max),
+                ExecOutput::Stderr(bytes) => result.truncated |= keep(&mut result.stderr, &bytes, max),
                 ExecOutput::Exited(exit) => {
                     result.exit = exit;
                     exited = true;
@@ -262,7 +375,21 @@ impl Services {
         path: &SandboxPath,
     ) -> Result<PathContent, ServiceError> {
         let inst = self.operable(id, caller)?;
-        Ok(self.engine.read_path(&inst, service, path, MAX_FILE_BYTES).await.map_err(not_found_path(path))?)
+        let permit = self.heavy(&inst, caller)?;
+        let content =
+            self.engine.read_path(&inst, service, path, MAX_FILE_BYTES).await.map_err(not_found_path(path))?;
+        // The read is heavy until its last byte is taken: the body holds the owner's slot.
+        let held = move |body: aenv_core::ByteStream| {
+            body.map(move |piece| {
+                let _slot = &permit;
+                piece
+            })
+            .boxed()
+        };
+        Ok(match content {
+            PathContent::File { size, mode, body } => PathContent::File { size, mode, body: held(body) },
+            PathContent::Directory { body } => PathContent::Directory { body: held(body) },
+        })
     }
 
     /// Writes one file in instance `id`.
@@ -272,13 +399,14 @@ impl Services {
         caller: Option<&Principal>,
         upload: FileUpload,
     ) -> Result<(), ServiceError> {
-        if upload.bytes.len() as u64 > MAX_FILE_BYTES {
+        if upload.size > MAX_FILE_BYTES {
             return Err(ServiceError::TooLarge(format!(
                 "the file is {} bytes; this operator takes at most {MAX_FILE_BYTES}",
-                upload.bytes.len()
+                upload.size
             )));
         }
         let inst = self.operable(id, caller)?;
+        let _permit = self.heavy(&inst, caller)?;
         let path = upload.path.clone();
         self.engine.write_file(&inst, upload).await.map_err(not_found_path(&path))?;
         Ok(())
@@ -296,9 +424,9 @@ fn not_found_path(path: &SandboxPath) -> impl FnOnce(EngineError) -> EngineError
     }
 }
 
-/// Appends what fits under [`MAX_EXEC_OUTPUT`]; true when some did not.
-fn keep(buf: &mut Vec<u8>, bytes: &[u8]) -> bool {
-    let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());
+/// Appends what fits under `max` bytes; true when some did not.
+fn keep(buf: &mut Vec<u8>, bytes: &[u8], max: usize) -> bool {
+    let room = max.saturating_sub(buf.len());
     buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
     bytes.len() > room
 }

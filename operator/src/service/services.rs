@@ -6,12 +6,14 @@ use std::{collections::BTreeMap, sync::Arc};
 use aenv_core::{
     EnvInstance, EnvInstanceSpec, EnvService, EnvServiceSpec, Resources, VolumeMount,
     envservice::{DEFAULT_MOUNT_PATH, DELETE_STORAGE_ANNOTATION, MAX_SERVICE_REPLICAS, replica_spec},
-    quantity::{parse_cpu_millis, parse_memory_bytes},
 };
 use jiff::Timestamp;
 use tracing::info;
 
-use super::{Principal, ServiceError, Services};
+use super::{
+    Principal, ServiceError, Services,
+    quota::{Adding, Except, Reservation},
+};
 use crate::{Error, store::random_suffix};
 
 /// Annotation of a service: when it was last changed through the API (the answer's `updated_at`).
@@ -62,15 +64,21 @@ fn dns_label(s: &str) -> bool {
 
 fn check_replicas(replicas: i64) -> Result<u32, ServiceError> {
     u32::try_from(replicas).ok().filter(|r| *r <= MAX_SERVICE_REPLICAS).ok_or_else(|| {
-        ServiceError::Invalid(format!("field `replicas` must be between 0 and {MAX_SERVICE_REPLICAS} (got {replicas})"))
+        ServiceError::field(
+            "replicas",
+            format!("field `replicas` must be between 0 and {MAX_SERVICE_REPLICAS} (got {replicas})"),
+        )
     })
 }
 
 fn check_env(env: &BTreeMap<String, String>) -> Result<(), ServiceError> {
     match env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
-        Some(k) => Err(ServiceError::Invalid(format!(
-            "field `environment_variables` has the name {k:?}: a variable name is not empty and holds no '=' or NUL"
-        ))),
+        Some(k) => Err(ServiceError::field(
+            "environment_variables",
+            format!(
+                "field `environment_variables` has the name {k:?}: a variable name is not empty and holds no '=' or NUL"
+            ),
+        )),
         None => Ok(()),
     }
 }
@@ -110,22 +118,32 @@ impl Services {
 
     /// Checks what a replica of `spec` runs against the engine: the engine's own service checks when it runs
     /// services natively (its storage is then a claim, not a Docker volume), else the instance checks.
-    fn validate_service_spec(
+    async fn validate_service_spec(
         &self,
         id: &str,
         template: &EnvInstanceSpec,
         spec: &EnvServiceSpec,
     ) -> Result<(), ServiceError> {
-        if let Some((_, message)) = spec.request_above_limit() {
-            return Err(ServiceError::Invalid(message));
+        if let Some((field, message)) = spec.request_above_limit() {
+            return Err(ServiceError::field(field, message));
+        }
+        // A snapshot is used through its template, never by naming its image (the service's `image`, or an
+        // inline template's).
+        if let Some(image) = &spec.image {
+            let named = EnvInstanceSpec { image: Some(image.clone()), ..Default::default() };
+            self.engine.refuse_snapshot_images(&named).map_err(ServiceError::Refused)?;
+        }
+        if let Some(inline) = &spec.template {
+            self.engine.refuse_snapshot_images(inline).map_err(ServiceError::Refused)?;
         }
         let Some((name, version)) = spec.template() else { return Ok(()) };
         let mut replica = replica_spec(template, name, version, spec);
         if let Some(native) = self.engine.native_services() {
-            native.validate_service(id, spec).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            native.validate_service(id, spec).map_err(ServiceError::Refused)?;
             replica.volumes.clear();
         }
-        self.engine.validate(&replica).map_err(|e| ServiceError::Invalid(e.to_string()))
+        self.engine.validate(&replica).map_err(ServiceError::Refused)?;
+        self.engine.admit(&replica).await.map_err(ServiceError::Refused)
     }
 
     /// Replicas of `svc` that passed their readiness probe: its replica instances', or, for a service the engine
@@ -143,36 +161,27 @@ impl Services {
         self.engine.native_services().map(|n| n.service_address(svc))
     }
 
-    /// Checks that `caller` may hold `more` replicas on top of what it holds (its instances, its pools' ceilings
-    /// are counted by their sandboxes, its services' replicas), and the operator its `--max-instances`.
-    fn check_replica_room(&self, caller: Option<&Principal>, more: usize) -> Result<(), ServiceError> {
+    /// Checks that `caller`'s owner may hold `replicas` for the service `except` (beside what else it holds, by
+    /// the rule of [`super::quota`]), and that `more` new ones fit under `--max-instances`: room reserved until
+    /// the caller's write is done.
+    fn check_replica_room(
+        &self,
+        caller: Option<&Principal>,
+        replicas: usize,
+        more: usize,
+        except: Except<'_>,
+    ) -> Result<Option<Reservation<'_>>, ServiceError> {
         if more == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        if let Some((owner, max)) = caller.and_then(|p| p.max_instances.map(|m| (p.owner.as_str(), m))) {
-            let held = self
-                .instances
-                .list_where(&|i: &EnvInstance| !i.is_deleting() && i.spec.owner.as_deref() == Some(owner))
-                .len()
-                + self.native_replicas(Some(owner));
-            if held + more > max {
-                return Err(ServiceError::Forbidden(format!(
-                    "owner {owner} may hold at most {max} sandboxes and holds {held}: `replicas` may add at most {} (service replicas count as instances)",
-                    max.saturating_sub(held)
-                )));
-            }
-        }
-        if let Some(max) = self.limits.limits.max_instances {
-            let live =
-                self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()).len() + self.native_replicas(None);
-            if live + more > max {
-                return Err(ServiceError::Forbidden(format!(
-                    "the operator holds {live} of its limit of {max} live instances: `replicas` may add at most {}",
-                    max.saturating_sub(live)
-                )));
-            }
-        }
-        Ok(())
+        self.check_owner_room(caller, Adding::Service, replicas, except)?;
+        self.reserve_live(more).map_err(|live| {
+            let max = self.limits.limits.max_instances.unwrap_or_default();
+            ServiceError::Forbidden(format!(
+                "the operator holds {live} of its limit of {max} live instances: `replicas` may add at most {}",
+                max.saturating_sub(live)
+            ))
+        })
     }
 
     /// Makes a service of an existing template; the service controller starts its replicas.
@@ -182,49 +191,60 @@ impl Services {
         caller: Option<&Principal>,
     ) -> Result<Arc<EnvService>, ServiceError> {
         let Some((name, version)) = req.env_name.split_once('@').filter(|(n, v)| !n.is_empty() && !v.is_empty()) else {
-            return Err(ServiceError::Invalid(format!(
-                "field `envName` must be name@version of a registered environment (got {:?})",
-                req.env_name
-            )));
+            return Err(ServiceError::field(
+                "envName",
+                format!("field `envName` must be name@version of a registered environment (got {:?})", req.env_name),
+            ));
         };
         let template = match (&req.inline, self.usable_template(name, version, caller)) {
             (Some(inline), _) => Arc::new(aenv_core::Environment::new(
                 "inline",
                 aenv_core::EnvironmentSpec { template: inline.clone(), ..Default::default() },
             )),
-            (None, Ok((t, _))) => t,
+            (None, Ok((t, _))) => {
+                super::templates::not_pending(&t)?;
+                t
+            }
             (None, Err(ServiceError::NotFound(_))) => {
-                return Err(ServiceError::Invalid(format!(
-                    "field `envName`: environment \"{name}@{version}\" is not registered; register it with POST /env first"
-                )));
+                return Err(ServiceError::field(
+                    "envName",
+                    format!(
+                        "field `envName`: environment \"{name}@{version}\" is not registered; register it with POST /env first"
+                    ),
+                ));
             }
             (None, Err(e)) => return Err(e),
         };
         let id = match req.service_name.as_deref() {
             Some(n) if dns_label(n) => n.to_string(),
             Some(n) => {
-                return Err(ServiceError::Invalid(format!(
-                    "field `service_name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {n:?})"
-                )));
+                return Err(ServiceError::field(
+                    "service_name",
+                    format!(
+                        "field `service_name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {n:?})"
+                    ),
+                ));
             }
             None => default_name(name),
         };
         let replicas = check_replicas(req.replicas.unwrap_or(1))?;
-        if let Some(size) = &req.storage_size {
-            parse_memory_bytes(size).map_err(|e| {
-                ServiceError::Invalid(format!("field `storage_size` must be a size such as \"10Gi\": {e}"))
-            })?;
-            if replicas > 1 {
-                return Err(ServiceError::Invalid(format!(
+        // The quantities were checked as the request was decoded (each named as its route spells it).
+        if req.storage_size.is_some() && replicas > 1 {
+            return Err(ServiceError::field(
+                "storage_size",
+                format!(
                     "fields `replicas` and `storage_size`: a service with storage_size has one replica (got replicas {replicas}); leave out storage_size, or ask for replicas 1"
-                )));
-            }
+                ),
+            ));
         }
         let pvc_name = match (&req.pvc_name, &req.storage_size, &req.mount_path) {
             (Some(p), _, _) if !dns_label(p) => {
-                return Err(ServiceError::Invalid(format!(
-                    "field `pvc_name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {p:?})"
-                )));
+                return Err(ServiceError::field(
+                    "pvc_name",
+                    format!(
+                        "field `pvc_name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {p:?})"
+                    ),
+                ));
             }
             (Some(p), _, _) => Some(p.clone()),
             // Storage asked for without a name: named after the environment, as upstream does.
@@ -237,49 +257,25 @@ impl Services {
             }
             (None, None, None) => None,
         };
-        if let Some(path) = &req.mount_path {
-            let probe = VolumeMount { name: "probe".into(), mount_path: path.clone() };
-            if let Some(why) = probe.check() {
-                return Err(ServiceError::Invalid(why.replace("volumes.mountPath", "mount_path")));
-            }
+        if let Some(path) = &req.mount_path
+            && let Some(why) = VolumeMount::mount_path_refusal(path)
+        {
+            return Err(ServiceError::field("mount_path", format!("field `mount_path` {why} (got {path:?})")));
         }
         let port = match req.port {
             None => aenv_core::envservice::DEFAULT_PORT,
             Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
-                ServiceError::Invalid(format!("field `port` must be a port number from 1 to 65535 (got {p})"))
+                ServiceError::field("port", format!("field `port` must be a port number from 1 to 65535 (got {p})"))
             })?,
         };
-        if let Some(cpu) = &req.cpu {
-            parse_cpu_millis(cpu).map_err(|e| {
-                ServiceError::Invalid(format!("field `cpu_limit` must be a cpu quantity such as \"2\": {e}"))
-            })?;
-        }
-        if let Some(memory) = &req.memory {
-            parse_memory_bytes(memory).map_err(|e| {
-                ServiceError::Invalid(format!("field `memory_limit` must be a size such as \"4Gi\": {e}"))
-            })?;
-        }
-        for (field, value, cpu) in [
-            ("cpu_request", &req.requests.cpu, true),
-            ("memory_request", &req.requests.memory, false),
-            ("ephemeral_storage_request", &req.ephemeral_storage.request, false),
-            ("ephemeral_storage_limit", &req.ephemeral_storage.limit, false),
-        ] {
-            let Some(q) = value else { continue };
-            let ok = if cpu { parse_cpu_millis(q).is_ok() } else { parse_memory_bytes(q).is_ok() };
-            if !ok {
-                return Err(ServiceError::Invalid(format!(
-                    "field `{field}` must be a quantity such as \"1\" or \"2Gi\" (got {q:?})"
-                )));
-            }
-        }
         let ready_timeout_seconds = req
             .ready_timeout_seconds
             .map(|t| {
                 u32::try_from(t).ok().filter(|t| (1..=86_400).contains(t)).ok_or_else(|| {
-                    ServiceError::Invalid(format!(
-                        "field `ready_timeout_seconds` must be from 1 to 86400 seconds (got {t})"
-                    ))
+                    ServiceError::field(
+                        "ready_timeout_seconds",
+                        format!("field `ready_timeout_seconds` must be from 1 to 86400 seconds (got {t})"),
+                    )
                 })
             })
             .transpose()?;
@@ -304,9 +300,9 @@ impl Services {
             template: req.inline.clone().map(Box::new),
         };
         // What a replica runs must pass the engine's checks now, not fail later in the controller.
-        self.validate_service_spec(&id, &template.spec.template, &spec)?;
-        let _quota = self.quota.lock().await;
-        self.check_replica_room(caller, replicas as usize)?;
+        self.validate_service_spec(&id, &template.spec.template, &spec).await?;
+        let _turn = self.owner_turn(caller).await;
+        let _room = self.check_replica_room(caller, replicas as usize, replicas as usize, Except::Nothing)?;
         let mut svc = EnvService::new(&id, spec);
         svc.metadata.namespace = Some(self.namespace.clone());
         match self.env_services.create(svc, Timestamp::now()).await {
@@ -314,16 +310,19 @@ impl Services {
                 info!(service = %id, env = %req.env_name, replicas, "service created");
                 Ok(stored)
             }
-            Err(Error::AlreadyExists(_))
-                if self.env_services.get(&self.key(&id)).is_some_and(|s| s.metadata.deletion_timestamp.is_some()) =>
-            {
-                Err(ServiceError::Conflict(format!(
-                    "service \"{id}\" is still being deleted (its replicas are going); try again in a few seconds, or pick another service_name"
-                )))
-            }
-            Err(Error::AlreadyExists(_)) => Err(ServiceError::Conflict(format!(
-                "service \"{id}\" exists already; change it with PUT /env-service/{id}, or pick another service_name"
-            ))),
+            Err(Error::AlreadyExists(_)) => Err(ServiceError::Conflict(
+                match self.env_services.get(&self.key(&id)).filter(|s| Self::service_visible(s, caller)) {
+                    Some(s) if s.metadata.deletion_timestamp.is_some() => format!(
+                        "service \"{id}\" is still being deleted (its replicas are going); try again in a few seconds, or pick another service_name"
+                    ),
+                    Some(_) => format!(
+                        "service \"{id}\" exists already; change it with PUT /env-service/{id}, or pick another service_name"
+                    ),
+                    // Names are the operator's, not the owner's: another tenant's service is told apart from
+                    // nothing but its existence (who holds it, and in what state, are not said).
+                    None => super::taken(&id, "service_name"),
+                },
+            )),
             Err(source) => Err(ServiceError::store("the service could not be recorded", source)),
         }
     }
@@ -354,11 +353,11 @@ impl Services {
         update: ServiceUpdate,
         caller: Option<&Principal>,
     ) -> Result<Arc<EnvService>, ServiceError> {
-        let _quota = self.quota.lock().await;
+        let _turn = self.owner_turn(caller).await;
         // The controller writes the status meanwhile (a new resource version): read again and retry a few times.
         for _ in 0..8 {
             let current = self.service(id, caller)?;
-            let svc = self.updated(&current, &update, caller)?;
+            let (svc, _room) = self.updated(&current, &update, caller).await?;
             match self.env_services.replace(&svc).await {
                 Ok(Some(stored)) => {
                     info!(service = %id, replicas = stored.spec.replicas, "service updated");
@@ -373,27 +372,32 @@ impl Services {
     }
 
     /// `current` with `update` applied and checked.
-    fn updated(
+    async fn updated(
         &self,
         current: &EnvService,
         update: &ServiceUpdate,
         caller: Option<&Principal>,
-    ) -> Result<EnvService, ServiceError> {
+    ) -> Result<(EnvService, Option<Reservation<'_>>), ServiceError> {
         let id = current.metadata.name.as_deref().unwrap_or_default();
         let mut svc = current.clone();
+        let mut room = None;
         if let Some(r) = update.replicas {
             let replicas = check_replicas(r)?;
             if replicas > 1 && svc.spec.storage_size.is_some() {
-                return Err(ServiceError::Invalid(format!(
-                    "fields `replicas` and `storage_size`: service \"{id}\" has storage_size and keeps one replica (got replicas {replicas})"
-                )));
+                return Err(ServiceError::field(
+                    "replicas",
+                    format!(
+                        "fields `replicas` and `storage_size`: service \"{id}\" has storage_size and keeps one replica (got replicas {replicas})"
+                    ),
+                ));
             }
-            self.check_replica_room(caller, replicas.saturating_sub(svc.spec.replicas) as usize)?;
+            let more = replicas.saturating_sub(svc.spec.replicas) as usize;
+            room = self.check_replica_room(caller, replicas as usize, more, Except::Service(id))?;
             svc.spec.replicas = replicas;
         }
         if let Some(image) = &update.image {
             if image.trim().is_empty() {
-                return Err(ServiceError::Invalid("field `image` must name an image, such as \"repo/app:2\"".into()));
+                return Err(ServiceError::field("image", "field `image` must name an image, such as \"repo/app:2\""));
             }
             svc.spec.image = Some(image.trim().to_string());
         }
@@ -407,14 +411,14 @@ impl Services {
                 None => self.usable_template(name, version, caller).ok().map(|(t, _)| t.spec.template.clone()),
             };
             if let Some(template) = template {
-                self.validate_service_spec(id, &template, &svc.spec)?;
+                self.validate_service_spec(id, &template, &svc.spec).await?;
             }
         }
         svc.metadata
             .annotations
             .get_or_insert_with(Default::default)
             .insert(UPDATED_AT_ANNOTATION.into(), Timestamp::now().to_string());
-        Ok(svc)
+        Ok((svc, room))
     }
 
     /// Deletes a service: its replicas go, then (with `delete_storage`) its volume. Without it the volume stays,

@@ -2,7 +2,7 @@
 //! template runs, with progress per image.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
@@ -16,6 +16,30 @@ use crate::Error;
 
 /// Annotation of a template made by a snapshot: the image it owns, removed with it.
 pub const SNAPSHOT_IMAGE_ANNOTATION: &str = "aenv.io/snapshot-image";
+/// Annotation of a snapshot's template recorded before its image is committed (the record reserves the
+/// `name@version`): it cannot be created from until the commit is done and the annotation gone.
+pub const SNAPSHOT_PENDING_ANNOTATION: &str = "aenv.io/snapshot-pending";
+
+/// The snapshot image a template owns, if it was made by a snapshot.
+pub fn snapshot_image_of(t: &Environment) -> Option<&str> {
+    t.metadata.annotations.as_ref().and_then(|a| a.get(SNAPSHOT_IMAGE_ANNOTATION)).map(String::as_str)
+}
+
+/// Whether a snapshot's template still waits for its image.
+pub fn snapshot_pending(t: &Environment) -> bool {
+    t.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(SNAPSHOT_PENDING_ANNOTATION))
+}
+
+/// Refuses to start anything from a snapshot's template whose image is still being committed.
+pub(super) fn not_pending(t: &Environment) -> Result<(), ServiceError> {
+    if snapshot_pending(t) {
+        return Err(ServiceError::Conflict(format!(
+            "environment \"{}@{}\" is a snapshot still being taken; try again in a few seconds",
+            t.spec.name, t.spec.version
+        )));
+    }
+    Ok(())
+}
 
 /// What a template carries beyond its spec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -80,30 +104,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Services {
     /// Registers a template from an inline spec (its name and version name the template); with tokens on, it
-    /// belongs to `caller`.
+    /// belongs to `caller`. Its image may not be a snapshot's (a snapshot is used through its own template).
     pub async fn register_template(
         &self,
         spec: EnvInstanceSpec,
         meta: TemplateMeta,
         caller: Option<&Principal>,
     ) -> Result<Arc<Environment>, ServiceError> {
-        self.register_template_of(spec, meta, caller, None).await
+        self.engine.refuse_snapshot_images(&spec).map_err(ServiceError::Refused)?;
+        self.record_template(spec, meta, caller, BTreeMap::new()).await
     }
 
-    /// [`Services::register_template`], marking the template as the owner of snapshot image `snapshot` (removed
-    /// with it).
-    pub(super) async fn register_template_of(
+    /// Records template `spec.env_name@spec.env_version` for `caller`, with `annotations` (a snapshot's image).
+    pub(super) async fn record_template(
         &self,
         spec: EnvInstanceSpec,
         meta: TemplateMeta,
         caller: Option<&Principal>,
-        snapshot: Option<String>,
+        annotations: BTreeMap<String, String>,
     ) -> Result<Arc<Environment>, ServiceError> {
         if spec.env_version.is_empty() {
-            return Err(ServiceError::Invalid("field `version` is required for an Environment".into()));
+            return Err(ServiceError::field("version", "field `version` is required for an Environment"));
         }
         self.check_ttl(spec.ttl.as_deref(), "deployConfig.ttl")?;
-        self.engine.validate(&spec).map_err(|e| ServiceError::Invalid(e.message))?;
+        self.engine.validate(&spec).map_err(ServiceError::Refused)?;
+        self.engine.admit(&spec).await.map_err(ServiceError::Refused)?;
         let (name, version) = (spec.env_name.clone(), spec.env_version.clone());
         let mut env = Environment::new(
             &Environment::object_name(&name, &version),
@@ -119,33 +144,37 @@ impl Services {
             },
         );
         env.metadata.namespace = Some(self.namespace.clone());
-        if let Some(image) = snapshot {
-            env.metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(SNAPSHOT_IMAGE_ANNOTATION.into(), image);
+        if !annotations.is_empty() {
+            env.metadata.annotations = Some(annotations);
         }
         match self.templates.create(env, Timestamp::now()).await {
             Ok(stored) => {
                 info!(env = %format!("{name}@{version}"), owner = ?caller.map(|p| &p.owner), "environment registered");
                 Ok(stored)
             }
-            Err(Error::AlreadyExists(_)) => {
-                let holder = self
-                    .find_template(&name, &version)
-                    .and_then(|t| t.spec.owner.clone())
-                    .filter(|o| caller.is_some_and(|p| p.owner != *o));
-                Err(ServiceError::Conflict(match holder {
-                    Some(owner) => format!(
-                        "environment \"{name}@{version}\" exists already and belongs to owner {owner}; register another name or version"
-                    ),
-                    None => format!(
-                        "environment \"{name}@{version}\" exists already; delete it first, or register a new version"
-                    ),
-                }))
-            }
+            Err(Error::AlreadyExists(_)) => Err(self.taken(&name, &version, caller)),
             Err(source) => Err(ServiceError::store("the environment could not be recorded", source)),
         }
+    }
+
+    /// The refusal of a `name@version` that is taken. It tells a caller only what it may see: the holder of a
+    /// template it may read; of one it may not (another tenant's private template or snapshot), nothing but
+    /// that the name is taken, as for any name.
+    pub(super) fn taken(&self, name: &str, version: &str, caller: Option<&Principal>) -> ServiceError {
+        let held = self.find_template(name, version);
+        let access = held.as_deref().map_or(TemplateAccess::None, |t| TemplateAccess::of(t, caller));
+        let holder = held.and_then(|t| t.spec.owner.clone()).filter(|o| caller.is_some_and(|p| p.owner != *o));
+        ServiceError::Conflict(match (access, holder) {
+            (TemplateAccess::Own, _) | (TemplateAccess::Use, None) => {
+                format!("environment \"{name}@{version}\" exists already; delete it first, or register a new version")
+            }
+            (TemplateAccess::Use, Some(owner)) => format!(
+                "environment \"{name}@{version}\" exists already and belongs to owner {owner}; register another name or version"
+            ),
+            (TemplateAccess::None, _) => {
+                format!("environment \"{name}@{version}\" is taken; register another name or version")
+            }
+        })
     }
 
     /// The template `name@version` as `caller` may see it (another tenant's shared template without its
@@ -194,25 +223,48 @@ impl Services {
                 )
             )));
         }
-        if let Some(pool) = self.pools_of(name, version).first() {
-            let pool = pool.metadata.name.as_deref().unwrap_or_default();
-            return Err(ServiceError::Conflict(format!(
-                "environment \"{name}@{version}\" is used by pool \"{pool}\": delete the pool first (DELETE /env-pool/{pool})"
-            )));
+        // Refusals name only what the caller may see: another tenant's pools and instances are counted.
+        let pools = self.pools_of(name, version);
+        if !pools.is_empty() {
+            return Err(ServiceError::Conflict(
+                match pools.iter().find(|p| Self::pool_visible(p, caller)).and_then(|p| p.metadata.name.as_deref()) {
+                    Some(pool) => format!(
+                        "environment \"{name}@{version}\" is used by pool \"{pool}\": delete the pool first (DELETE /env-pool/{pool})"
+                    ),
+                    None => format!(
+                        "environment \"{name}@{version}\" is used by {} pool(s) of other owners; it can be deleted once they are gone",
+                        pools.len()
+                    ),
+                },
+            ));
         }
         // A snapshot's image goes with its template, once no instance runs from it.
-        if let Some(image) = t.metadata.annotations.as_ref().and_then(|a| a.get(SNAPSHOT_IMAGE_ANNOTATION)) {
+        if let Some(image) = snapshot_image_of(&t) {
             let users = self.instances.list_where(&|i: &aenv_core::EnvInstance| i.spec.image.as_deref() == Some(image));
-            if let Some(user) = users.first() {
-                return Err(ServiceError::Conflict(format!(
-                    "environment \"{name}@{version}\" is a snapshot that {} instance(s) still run from (such as \"{}\"): delete them first",
-                    users.len(),
-                    user.metadata.name.as_deref().unwrap_or_default()
-                )));
+            if !users.is_empty() {
+                let yours = users.iter().find(|i| Self::visible(i, caller)).and_then(|i| i.metadata.name.as_deref());
+                return Err(ServiceError::Conflict(match yours {
+                    Some(user) => format!(
+                        "environment \"{name}@{version}\" is a snapshot that {} instance(s) still run from (such as \"{user}\"): delete them first",
+                        users.len()
+                    ),
+                    None => format!(
+                        "environment \"{name}@{version}\" is a snapshot that {} instance(s) of other owners still run from; it can be deleted once they are gone",
+                        users.len()
+                    ),
+                }));
             }
+        }
+        self.discard_template(&t).await
+    }
+
+    /// Removes template `t` for good, with its snapshot image if it has one (the image first: a template
+    /// whose image could not go stays, to be deleted again).
+    pub(super) async fn discard_template(&self, t: &Environment) -> Result<(), ServiceError> {
+        if let Some(image) = snapshot_image_of(t) {
             self.engine.remove_snapshot(image).await?;
         }
-        let key = self.key(&Environment::object_name(name, version));
+        let key = self.key(&Environment::object_name(&t.spec.name, &t.spec.version));
         self.templates.purge(&key).await.map_err(|source| ServiceError::store("could not delete", source))
     }
 
@@ -315,7 +367,27 @@ impl Services {
         let now = Timestamp::now();
         let grace_s = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
         let mut sweep = SnapshotSweep::default();
-        for image in self.engine.list_snapshots().await? {
+        let images = self.engine.list_snapshots().await?;
+        // Templates left pending by a crash between their record and the end of their commit, once older than
+        // `grace`: finished when their image was committed, taken back when it was not.
+        let stale = self.templates.list_where(&|t: &Environment| {
+            snapshot_pending(t)
+                && t.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .is_some_and(|c| now.as_second().saturating_sub(c.0.as_second()) > grace_s)
+        });
+        for t in stale {
+            let env = format!("{}@{}", t.spec.name, t.spec.version);
+            let committed = images.iter().any(|i| Some(i.reference.as_str()) == snapshot_image_of(&t));
+            let done =
+                if committed { self.finish_snapshot(&t).await.map(|_| ()) } else { self.discard_template(&t).await };
+            match done {
+                Ok(()) => tracing::warn!(env = %env, committed, "settled a snapshot's template left pending"),
+                Err(e) => tracing::debug!(env = %env, error = %e, "a snapshot's template left pending stays for now"),
+            }
+        }
+        for image in images {
             if image.operator_id != operator_id {
                 sweep.foreign.push(image);
                 continue;
@@ -325,13 +397,8 @@ impl Services {
                 continue;
             }
             let reference = image.reference.as_str();
-            let owned = !self
-                .templates
-                .list_where(&|t: &Environment| {
-                    t.metadata.annotations.as_ref().and_then(|a| a.get(SNAPSHOT_IMAGE_ANNOTATION)).map(String::as_str)
-                        == Some(reference)
-                })
-                .is_empty();
+            let owned =
+                !self.templates.list_where(&|t: &Environment| snapshot_image_of(t) == Some(reference)).is_empty();
             let used = !self
                 .instances
                 .list_where(&|i: &aenv_core::EnvInstance| i.spec.image.as_deref() == Some(reference))
@@ -350,5 +417,105 @@ impl Services {
             }
         }
         Ok(sweep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aenv_core::{EnvInstance, EnvPool, EnvService, SnapshotImage};
+
+    use super::*;
+    use crate::{controller::fake::FakeEngine, service::CreateRequest, store::MemoryStore};
+
+    fn services(engine: Arc<FakeEngine>) -> Arc<Services> {
+        Services::new(
+            MemoryStore::<EnvInstance>::new(),
+            MemoryStore::<Environment>::new(),
+            MemoryStore::<EnvPool>::new(),
+            MemoryStore::<EnvService>::new(),
+            Arc::new(super::super::Demand::new(Duration::from_secs(60))),
+            engine,
+            Arc::new(crate::metrics::Metrics::default()),
+            "default".into(),
+            super::super::DefaultTtl::parse("30m").unwrap(),
+            Default::default(),
+        )
+    }
+
+    fn image(name: &str) -> String {
+        format!("aenv-snapshot/{name}:v1.abcdef012345")
+    }
+
+    /// A snapshot's template as it is recorded before its commit.
+    async fn reserve(svc: &Services, name: &str) {
+        let spec = EnvInstanceSpec {
+            env_name: name.into(),
+            env_version: "v1".into(),
+            image: Some(image(name)),
+            ..Default::default()
+        };
+        let annotations = BTreeMap::from([
+            (SNAPSHOT_IMAGE_ANNOTATION.to_string(), image(name)),
+            (SNAPSHOT_PENDING_ANNOTATION.to_string(), "true".to_string()),
+        ]);
+        svc.record_template(spec, TemplateMeta::default(), None, annotations).await.unwrap();
+    }
+
+    fn create(name: &str) -> CreateRequest {
+        CreateRequest::FromTemplate { name: name.into(), version: "v1".into(), overrides: Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_template_left_pending_is_finished_or_taken_back_by_the_sweep() {
+        let engine = FakeEngine::new();
+        let svc = services(engine.clone());
+        // A crash left two reservations: one whose image was committed, one whose commit never happened.
+        reserve(&svc, "committed").await;
+        reserve(&svc, "lost").await;
+        engine.set_snapshots(vec![SnapshotImage {
+            reference: image("committed"),
+            operator_id: "op".into(),
+            template: Some("committed@v1".into()),
+            created: Some(Timestamp::now()),
+            size: Some(1),
+        }]);
+        // Within the grace, both stay pending and nothing starts from them.
+        svc.sweep_snapshots("op", Duration::from_secs(3600)).await.unwrap();
+        for name in ["committed", "lost"] {
+            assert!(snapshot_pending(&svc.find_template(name, "v1").unwrap()), "{name}");
+            assert!(matches!(svc.resolve(create(name), None), Err(ServiceError::Conflict(_))), "{name}");
+        }
+        // Past it: the committed one is finished and usable, the other taken back.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        svc.sweep_snapshots("op", Duration::ZERO).await.unwrap();
+        let finished = svc.find_template("committed", "v1").expect("the committed snapshot's template stays");
+        assert!(!snapshot_pending(&finished));
+        assert_eq!(svc.resolve(create("committed"), None).unwrap().image.as_deref(), Some(image("committed").as_str()));
+        assert!(svc.find_template("lost", "v1").is_none(), "a reservation without an image stayed");
+        assert_eq!(engine.snapshots().len(), 1, "the committed image stays with its template");
+    }
+
+    #[tokio::test]
+    async fn a_taken_version_names_its_holder_only_to_those_who_may_see_it() {
+        let svc = services(FakeEngine::new());
+        let alice = Principal { owner: "alice".into(), ..Default::default() };
+        let bob = Principal { owner: "bob".into(), ..Default::default() };
+        reserve(&svc, "mine").await;
+        let spec = EnvInstanceSpec {
+            env_name: "private".into(),
+            env_version: "v1".into(),
+            image: Some("a:1".into()),
+            ..Default::default()
+        };
+        svc.record_template(spec.clone(), TemplateMeta::default(), Some(&alice), BTreeMap::new()).await.unwrap();
+        let shared = EnvInstanceSpec { env_name: "open".into(), ..spec.clone() };
+        let meta = TemplateMeta { shared: true, ..Default::default() };
+        svc.record_template(shared, meta, Some(&alice), BTreeMap::new()).await.unwrap();
+        let hidden = svc.taken("private", "v1", Some(&bob)).to_string();
+        assert_eq!(hidden, "environment \"private@v1\" is taken; register another name or version");
+        assert!(svc.taken("open", "v1", Some(&bob)).to_string().contains("owner alice"));
+        assert!(svc.taken("private", "v1", Some(&alice)).to_string().contains("delete it first"));
     }
 }

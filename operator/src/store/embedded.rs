@@ -2,18 +2,30 @@
 //! Kubernetes-style resource versions and a watch stream. One [`Embedded`] database holds a table per kind.
 //!
 //! Every write goes to disk before it is visible: a create is durable (fsync) before the API answers, so an
-//! accepted instance survives a crash at any instant. Status writes are not fsynced on their own (they are
+//! accepted instance survives a crash at any instant. Concurrent writes share one transaction and its fsync
+//! (group commit, see [`EmbeddedStore`]). Status writes are not fsynced on their own (they are
 //! observations the reconciler makes again); the next durable commit carries them to disk.
+//!
+//! A full disk is survived without a restart. redb latches the first I/O error of a [`Database`] and refuses every
+//! later operation ("previous I/O error"), so after one the handle is closed and reopened (redb repairs the file
+//! back to its last commit) until a probe write goes through. Meanwhile writes answer [`Error::StoreWrite`]
+//! (retryable: nothing was accepted), reads keep coming from the index, and [`ObjectStore::write_failure`] says why, which
+//! `/readyz` reports.
 
-use std::{collections::BTreeMap, marker::PhantomData, path::Path, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
 use kube::runtime::watcher;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::Mutex;
-use tracing::warn;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
 
 use super::{
     Kind, ObjectStore, cache::Cache, check_version, key_of, marked_for_deletion, random_suffix, replaced, stamp_new,
@@ -24,13 +36,162 @@ use crate::Error;
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const META_OPERATOR_ID: &str = "operator_id";
 
+const META_PROBE: &str = "probe";
+/// How often a failed database is reopened and probed.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a reopen waits for transactions still running on the failed handle.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
+
 fn db_err(e: impl Into<redb::Error>) -> Error {
     Error::Store(e.into().to_string())
 }
 
+/// Whether `e` is an I/O failure of the file (a full disk, a failed write), after which redb refuses every
+/// operation of this handle: the database must be reopened.
+fn is_io_failure(e: &redb::Error) -> bool {
+    matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
+}
+
+/// Opens `path`, telling an unusable file (empty, truncated, corrupt) from one in use by another process.
+fn open_database(path: &Path) -> Result<Database, Error> {
+    let unreadable = |reason: String, source: Option<redb::DatabaseError>| Error::StoreUnreadable {
+        path: path.display().to_string(),
+        reason,
+        source,
+    };
+    // redb takes an empty file for a new database: that would start afresh, with a new operator id, and lose
+    // every instance (and the TTLs of their containers) silently.
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.len() == 0
+    {
+        return Err(unreadable("it is empty (0 bytes)".into(), None));
+    }
+    Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Store(format!(
+            "{} is in use by another aenv-operator process (stop it, or pass another --data-dir)",
+            path.display()
+        )),
+        other => unreadable("it cannot be read as a store".into(), Some(other)),
+    })
+}
+
+/// The open database, replaced by a fresh open after an I/O failure.
+struct Handle {
+    path: PathBuf,
+    /// `None` while a failed database is being closed and reopened.
+    current: RwLock<Option<Arc<Database>>>,
+    /// Why writes fail now; `None` when they go through.
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Handle {
+    fn lock_failure(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The database to run a transaction on, or why there is none now.
+    fn database(&self) -> Result<Arc<Database>, Error> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        current.ok_or_else(|| self.write_error(None))
+    }
+
+    fn write_error(&self, source: Option<redb::Error>) -> Error {
+        let reason = self.lock_failure().clone().unwrap_or_else(|| "the database is being reopened".into());
+        Error::StoreWrite { path: self.path.display().to_string(), reason, source: source.map(Box::new) }
+    }
+
+    /// Runs `write` in a transaction of the current database. An I/O failure marks the store failing and starts
+    /// its recovery (once), and is answered as [`Error::StoreWrite`].
+    fn write(self: &Arc<Self>, write: impl FnOnce(&Database) -> Result<(), redb::Error>) -> Result<(), Error> {
+        let db = self.database()?;
+        match write(&db) {
+            Ok(()) => Ok(()),
+            Err(e) if is_io_failure(&e) => {
+                drop(db);
+                self.failed(&e);
+                Err(self.write_error(Some(e)))
+            }
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// Notes the failure; the first one starts the thread that reopens the database until a write goes through.
+    fn failed(self: &Arc<Self>, e: &redb::Error) {
+        let start = {
+            let mut failure = self.lock_failure();
+            let first = failure.is_none();
+            *failure = Some(e.to_string());
+            first
+        };
+        if !start {
+            return;
+        }
+        error!(path = %self.path.display(), error = %e, "the store cannot write; reopening it until it can (free space in the data directory)");
+        let handle = self.clone();
+        let spawned = std::thread::Builder::new().name("store-recovery".into()).spawn(move || handle.recover());
+        if let Err(e) = spawned {
+            error!(error = %e, "could not start the store's recovery; writes fail until a restart");
+        }
+    }
+
+    /// Closes the failed database, then reopens and probes it every [`RECOVERY_INTERVAL`] until a durable write
+    /// goes through.
+    fn recover(&self) {
+        loop {
+            std::thread::sleep(RECOVERY_INTERVAL);
+            let failed = self.current.write().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(failed) = failed {
+                self.release(failed);
+            }
+            match open_database(&self.path).and_then(|db| probe(&db).map(|()| db)) {
+                Ok(db) => {
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+                    *self.lock_failure() = None;
+                    info!(path = %self.path.display(), "the store writes again");
+                    return;
+                }
+                Err(e) => {
+                    warn!(path = %self.path.display(), error = %e, "the store still cannot write");
+                    *self.lock_failure() = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Waits for the transactions still holding `db` to end, then closes it (redb refuses a second open of a file
+    /// while the first is open).
+    fn release(&self, mut db: Arc<Database>) {
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => return drop(db),
+                Err(shared) if std::time::Instant::now() < deadline => {
+                    db = shared;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    warn!(path = %self.path.display(), "a transaction still holds the failed store; reopening beside it");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A durable write of nothing that matters: whether the file takes writes again.
+fn probe(db: &Database) -> Result<(), Error> {
+    let run = || -> Result<(), redb::Error> {
+        let txn = db.begin_write()?;
+        txn.open_table(META)?.insert(META_PROBE, jiff::Timestamp::now().to_string().as_str())?;
+        txn.commit()?;
+        Ok(())
+    };
+    run().map_err(db_err)
+}
+
 /// The database file, shared by the stores of each kind.
 pub struct Embedded {
-    db: Arc<Database>,
+    handle: Arc<Handle>,
     operator_id: String,
     /// The database was made by this open (a new operator id).
     fresh: bool,
@@ -42,25 +203,7 @@ impl Embedded {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Store(format!("cannot create the data directory {}: {e}", dir.display())))?;
         let path = dir.join("aenv.redb");
-        let unreadable = |reason: String, source: Option<redb::DatabaseError>| Error::StoreUnreadable {
-            path: path.display().to_string(),
-            reason,
-            source,
-        };
-        // redb takes an empty file for a new database: that would start afresh, with a new operator id, and lose
-        // every instance (and the TTLs of their containers) silently.
-        if let Ok(meta) = std::fs::metadata(&path)
-            && meta.len() == 0
-        {
-            return Err(unreadable("it is empty (0 bytes)".into(), None));
-        }
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Store(format!(
-                "{} is in use by another aenv-operator process (stop it, or pass another --data-dir)",
-                path.display()
-            )),
-            other => unreadable("it cannot be read as a store".into(), Some(other)),
-        })?;
+        let db = open_database(&path)?;
         let txn = db.begin_write().map_err(db_err)?;
         let (operator_id, fresh) = {
             let mut meta = txn.open_table(META).map_err(db_err)?;
@@ -75,7 +218,8 @@ impl Embedded {
             }
         };
         txn.commit().map_err(db_err)?;
-        Ok(Embedded { db: Arc::new(db), operator_id, fresh })
+        let handle = Arc::new(Handle { path, current: RwLock::new(Some(Arc::new(db))), failure: Default::default() });
+        Ok(Embedded { handle, operator_id, fresh })
     }
 
     /// Whether this open made the database (and a new operator id).
@@ -93,27 +237,171 @@ impl Embedded {
     where
         K: Kind,
     {
-        EmbeddedStore::load(self.db.clone(), K::plural(&()).into_owned())
+        EmbeddedStore::load(self.handle.clone(), K::plural(&()).into_owned())
     }
 }
 
+/// Most writes one transaction carries.
+const MAX_BATCH: usize = 256;
+
 /// The embedded store of one kind.
+///
+/// Writes are group-committed: each is checked against the latest state (stored or staged) and staged under a
+/// short lock, then a flush task writes every staged write in one transaction (one fsync when any of them is
+/// durable) and only then makes them visible to readers and watchers and answers their callers. So concurrent
+/// writers share an fsync, none holds a lock across it, and each is still durable before it is answered; versions
+/// and watch events follow staging order.
 pub struct EmbeddedStore<K> {
-    db: Arc<Database>,
+    shared: Arc<Shared<K>>,
+}
+
+struct Shared<K> {
+    db: Arc<Handle>,
     table: String,
     rv_key: String,
     cache: Cache<K>,
-    /// Serialises writers, so that resource versions and the order of watch events follow commit order.
-    writer: Mutex<()>,
-    _kind: PhantomData<K>,
+    pending: std::sync::Mutex<Pending<K>>,
+}
+
+/// Writes staged and not yet on disk.
+struct Pending<K> {
+    /// The resource version of the last staged write.
+    last_rv: u64,
+    /// The latest staged state of each key with a write in flight (`None`: removed), with its version: what the
+    /// next write of that key is checked against.
+    overlay: HashMap<String, (u64, Option<Arc<K>>)>,
+    queue: Vec<Staged<K>>,
+    /// A flush task runs.
+    flushing: bool,
+}
+
+struct Staged<K> {
+    key: String,
+    obj: Option<K>,
+    bytes: Option<Vec<u8>>,
+    rv: u64,
+    durable: bool,
+    done: oneshot::Sender<Result<Option<Arc<K>>, Error>>,
+}
+
+/// What a write makes of the current state of its key.
+enum Decision<K> {
+    /// Write this (`None`: remove the key).
+    Write(Option<K>, Durability),
+    /// Nothing to write: answer this.
+    Answer(Option<Arc<K>>),
+}
+
+impl<K: Kind> Pending<K> {
+    fn current(&self, cache: &Cache<K>, key: &str) -> Option<Arc<K>> {
+        match self.overlay.get(key) {
+            Some((_, staged)) => staged.clone(),
+            None => cache.get(key),
+        }
+    }
+}
+
+impl<K> Shared<K>
+where
+    K: Kind,
+{
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending<K>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the staged writes in transactions of up to [`MAX_BATCH`], then applies and answers them, until none
+    /// is left.
+    async fn flush(self: Arc<Self>) {
+        loop {
+            let batch: Vec<Staged<K>> = {
+                let mut p = self.lock();
+                if p.queue.is_empty() {
+                    p.flushing = false;
+                    return;
+                }
+                let n = p.queue.len().min(MAX_BATCH);
+                p.queue.drain(..n).collect()
+            };
+            let durability = if batch.iter().any(|s| s.durable) { Durability::Immediate } else { Durability::None };
+            let rv = batch.last().map_or(0, |s| s.rv);
+            let items: Vec<(String, Option<Vec<u8>>)> =
+                batch.iter().map(|s| (s.key.clone(), s.bytes.clone())).collect();
+            let (db, table, rv_key) = (self.db.clone(), self.table.clone(), self.rv_key.clone());
+            let written =
+                tokio::task::spawn_blocking(move || write_batch(&db, &table, &rv_key, &items, rv, durability))
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Store(format!("store writer task failed: {e}"))));
+            let mut p = self.lock();
+            let mut answered = batch;
+            if written.is_err() {
+                // Writes staged after these were decided on their state, which never reached the disk: they
+                // fail with them (the caller may retry on what is stored).
+                answered.append(&mut p.queue);
+            }
+            let failure = written.err();
+            for staged in answered {
+                if failure.is_some() || p.overlay.get(&staged.key).is_some_and(|(v, _)| *v == staged.rv) {
+                    p.overlay.remove(&staged.key);
+                }
+                let answer = match &failure {
+                    None => Ok(self.cache.apply(staged.key, staged.obj, staged.rv)),
+                    Some(e) => Err(for_each_caller(e)),
+                };
+                let _ = staged.done.send(answer);
+            }
+        }
+    }
+}
+
+/// The failure of a batch as told to each of its callers: a write the full disk refused stays retryable.
+fn for_each_caller(e: &Error) -> Error {
+    match e {
+        Error::StoreWrite { path, reason, .. } => {
+            Error::StoreWrite { path: path.clone(), reason: reason.clone(), source: None }
+        }
+        other => Error::Store(other.to_string()),
+    }
+}
+
+/// One transaction: `items` written (or removed when `None`), the kind's resource version set to `rv`.
+fn write_batch(
+    db: &Arc<Handle>,
+    table: &str,
+    rv_key: &str,
+    items: &[(String, Option<Vec<u8>>)],
+    rv: u64,
+    durability: Durability,
+) -> Result<(), Error> {
+    db.write(|db| {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(durability)?;
+        {
+            let mut records = txn.open_table(TableDefinition::<&str, &[u8]>::new(table))?;
+            for (key, bytes) in items {
+                match bytes {
+                    Some(b) => {
+                        records.insert(key.as_str(), b.as_slice())?;
+                    }
+                    None => {
+                        records.remove(key.as_str())?;
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(rv_key, rv.to_string().as_str())?;
+        }
+        txn.commit()?;
+        Ok(())
+    })
 }
 
 impl<K> EmbeddedStore<K>
 where
     K: Kind,
 {
-    fn load(db: Arc<Database>, table: String) -> Result<Arc<Self>, Error> {
+    fn load(handle: Arc<Handle>, table: String) -> Result<Arc<Self>, Error> {
         let rv_key = format!("resource_version/{table}");
+        let db = handle.database()?;
         {
             let txn = db.begin_write().map_err(db_err)?;
             txn.open_table(TableDefinition::<&str, &[u8]>::new(&table)).map_err(db_err)?;
@@ -134,65 +422,61 @@ where
                 Err(e) => warn!(key = k.value(), error = %e, "skipping an unreadable record"),
             }
         }
+        let pending =
+            Pending { last_rv: resource_version, overlay: HashMap::new(), queue: Vec::new(), flushing: false };
         Ok(Arc::new(EmbeddedStore {
-            db,
-            table,
-            rv_key,
-            cache: Cache::new(objects, resource_version),
-            writer: Mutex::new(()),
-            _kind: PhantomData,
+            shared: Arc::new(Shared {
+                db: handle,
+                table,
+                rv_key,
+                cache: Cache::new(objects, resource_version),
+                pending: std::sync::Mutex::new(pending),
+            }),
         }))
     }
 
-    /// Marks `current` for deletion, durably. The caller holds the writer lock.
-    async fn mark_deleted(&self, current: Arc<K>, now: Timestamp) -> Result<Option<Arc<K>>, Error> {
-        match marked_for_deletion(current.as_ref(), now) {
-            Some(obj) => self.commit(key_of(current.as_ref()), Some(obj), Durability::Immediate).await,
-            None => Ok(Some(current)),
-        }
-    }
-
     pub fn len(&self) -> usize {
-        self.cache.len()
+        self.shared.cache.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Writes `obj` at `key` (or removes the key when `None`), bumping the resource version; then updates the
-    /// index and tells watchers. The caller holds the writer lock.
-    async fn commit(&self, key: String, obj: Option<K>, durability: Durability) -> Result<Option<Arc<K>>, Error> {
-        let rv = self.cache.next_resource_version();
-        let obj = obj.map(|mut o| {
-            o.meta_mut().resource_version = Some(rv.to_string());
-            o
-        });
-        let bytes = obj.as_ref().map(serde_json::to_vec).transpose().map_err(|e| Error::Store(e.to_string()))?;
-        let (db, table, rv_key, disk_key) = (self.db.clone(), self.table.clone(), self.rv_key.clone(), key.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), Error> {
-            let mut txn = db.begin_write().map_err(db_err)?;
-            txn.set_durability(durability).map_err(|e| Error::Store(e.to_string()))?;
-            {
-                let mut records = txn.open_table(TableDefinition::<&str, &[u8]>::new(&table)).map_err(db_err)?;
-                match &bytes {
-                    Some(b) => {
-                        records.insert(disk_key.as_str(), b.as_slice()).map_err(db_err)?;
-                    }
-                    None => {
-                        records.remove(disk_key.as_str()).map_err(db_err)?;
-                    }
-                }
-                let mut meta = txn.open_table(META).map_err(db_err)?;
-                meta.insert(rv_key.as_str(), rv.to_string().as_str()).map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await
-        .map_err(|e| Error::Store(format!("store writer task failed: {e}")))??;
-
-        let stored = self.cache.apply(key, obj, rv);
-        Ok(stored)
+    /// Decides a write of `key` on its latest state (`decide`), stages it, and waits until it is on disk and
+    /// visible. Its answer: the stored object (`None` when removed), or what `decide` answered.
+    async fn write(
+        &self,
+        key: String,
+        decide: impl FnOnce(Option<Arc<K>>) -> Result<Decision<K>, Error>,
+    ) -> Result<Option<Arc<K>>, Error> {
+        let (done, start) = {
+            let mut p = self.shared.lock();
+            let current = p.current(&self.shared.cache, &key);
+            let (obj, durability) = match decide(current)? {
+                Decision::Answer(a) => return Ok(a),
+                Decision::Write(obj, durability) => (obj, durability),
+            };
+            let rv = p.last_rv + 1;
+            let obj = obj.map(|mut o| {
+                o.meta_mut().resource_version = Some(rv.to_string());
+                o
+            });
+            let bytes = obj.as_ref().map(serde_json::to_vec).transpose().map_err(|e| Error::Store(e.to_string()))?;
+            p.last_rv = rv;
+            p.overlay.insert(key.clone(), (rv, obj.clone().map(Arc::new)));
+            let (tx, rx) = oneshot::channel();
+            let durable = !matches!(durability, Durability::None);
+            p.queue.push(Staged { key, obj, bytes, rv, durable, done: tx });
+            let start = !p.flushing;
+            p.flushing = true;
+            (rx, start)
+        };
+        if start {
+            // A task of its own: a caller that goes away never leaves the flush half done.
+            tokio::spawn(self.shared.clone().flush());
+        }
+        done.await.map_err(|_| Error::Store("the store's flush ended without an answer".into()))?
     }
 }
 
@@ -202,69 +486,89 @@ where
     K: Kind,
 {
     async fn create(&self, mut obj: K, now: Timestamp) -> Result<Arc<K>, Error> {
-        let _w = self.writer.lock().await;
         let key = key_of(&obj);
-        if self.cache.contains(&key) {
-            return Err(Error::AlreadyExists(key));
-        }
-        stamp_new(&mut obj, now);
-        self.commit(key, Some(obj), Durability::Immediate)
-            .await?
-            .ok_or_else(|| Error::Store("a create stored nothing".into()))
+        self.write(key.clone(), |current| {
+            if current.is_some() {
+                return Err(Error::AlreadyExists(key));
+            }
+            stamp_new(&mut obj, now);
+            Ok(Decision::Write(Some(obj), Durability::Immediate))
+        })
+        .await?
+        .ok_or_else(|| Error::Store("a create stored nothing".into()))
     }
 
     fn get(&self, key: &str) -> Option<Arc<K>> {
-        self.cache.get(key)
+        self.shared.cache.get(key)
     }
 
     fn list(&self) -> Vec<Arc<K>> {
-        self.cache.list_where(&|_| true)
+        self.shared.cache.list_where(&|_| true)
     }
 
     fn list_where(&self, filter: &dyn Fn(&K) -> bool) -> Vec<Arc<K>> {
-        self.cache.list_where(filter)
+        self.shared.cache.list_where(filter)
     }
 
     async fn write_status(&self, obj: &K) -> Result<Option<Arc<K>>, Error> {
-        let _w = self.writer.lock().await;
-        let key = key_of(obj);
-        let Some(current) = self.get(&key) else { return Ok(None) };
-        // Only the status moves: everything else stays as stored.
-        let merged = with_status_of(current.as_ref(), obj)?;
-        self.commit(key, Some(merged), Durability::None).await
+        self.write(key_of(obj), |current| match current {
+            None => Ok(Decision::Answer(None)),
+            // Only the status moves: everything else stays as stored.
+            Some(current) => Ok(Decision::Write(Some(with_status_of(current.as_ref(), obj)?), Durability::None)),
+        })
+        .await
     }
 
     async fn replace(&self, obj: &K) -> Result<Option<Arc<K>>, Error> {
-        let _w = self.writer.lock().await;
-        let key = key_of(obj);
-        let Some(current) = self.get(&key) else { return Ok(None) };
-        let next = replaced(current.as_ref(), obj)?;
-        self.commit(key, Some(next), Durability::Immediate).await
+        self.write(key_of(obj), |current| match current {
+            None => Ok(Decision::Answer(None)),
+            Some(current) => Ok(Decision::Write(Some(replaced(current.as_ref(), obj)?), Durability::Immediate)),
+        })
+        .await
     }
 
     async fn request_delete(&self, key: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error> {
-        let _w = self.writer.lock().await;
-        let Some(current) = self.get(key) else { return Ok(None) };
-        self.mark_deleted(current, now).await
+        self.write(key.to_string(), |current| Ok(mark_deleted(current, now))).await
     }
 
     async fn request_delete_at(&self, key: &str, version: &str, now: Timestamp) -> Result<Option<Arc<K>>, Error> {
-        let _w = self.writer.lock().await;
-        let Some(current) = self.get(key) else { return Ok(None) };
-        check_version(current.as_ref(), version)?;
-        self.mark_deleted(current, now).await
+        self.write(key.to_string(), |current| {
+            if let Some(current) = &current {
+                check_version(current.as_ref(), version)?;
+            }
+            Ok(mark_deleted(current, now))
+        })
+        .await
     }
 
     async fn purge(&self, key: &str) -> Result<(), Error> {
-        let _w = self.writer.lock().await;
-        if self.get(key).is_none() {
-            return Ok(());
-        }
-        self.commit(key.to_string(), None, Durability::Immediate).await.map(|_| ())
+        self.write(key.to_string(), |current| {
+            Ok(match current {
+                None => Decision::Answer(None),
+                Some(_) => Decision::Write(None, Durability::Immediate),
+            })
+        })
+        .await
+        .map(|_| ())
     }
 
     fn watch(&self) -> BoxStream<'static, watcher::Event<K>> {
-        self.cache.watch()
+        self.shared.cache.watch()
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.shared.db.lock_failure().clone()
+    }
+}
+
+/// `current` marked for deletion at `now`, durably; as it is when marked already; nothing when gone.
+fn mark_deleted<K: Kind>(current: Option<Arc<K>>, now: Timestamp) -> Decision<K> {
+    match current {
+        None => Decision::Answer(None),
+        Some(current) => match marked_for_deletion(current.as_ref(), now) {
+            Some(obj) => Decision::Write(Some(obj), Durability::Immediate),
+            None => Decision::Answer(Some(current)),
+        },
     }
 }
 

@@ -195,6 +195,11 @@ pub trait ObjectStore<K>: Send + Sync + 'static {
     /// the watcher falls behind.
     fn watch(&self) -> BoxStream<'static, watcher::Event<K>>;
 
+    /// Why writes fail now (the embedded store on a full disk), for `/readyz`; `None` when they work.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
+
     /// Makes sure the object stays until [`ObjectStore::purge`], before the engine makes anything for it. The
     /// embedded store always keeps objects until purged; the Kubernetes store adds its finalizer to objects made
     /// around the operator (`kubectl apply`).
