@@ -6,6 +6,7 @@ mod instances;
 pub mod limits;
 pub mod pools;
 mod quota;
+mod retry;
 pub mod sandbox;
 pub mod services;
 mod templates;

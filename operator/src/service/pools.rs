@@ -230,7 +230,8 @@ impl Services {
         caller: Option<&Principal>,
     ) -> Result<Arc<EnvPool>, ServiceError> {
         let _turn = self.owner_turn(caller).await;
-        for _ in 0..8 {
+        let mut attempts = super::retry::Attempts::new();
+        while attempts.next().await {
             let current = self.pool(name, caller)?;
             let max_replicas = max_replicas.or(current.spec.max_replicas.filter(|m| *m >= replicas));
             check_sizes(replicas, max_replicas)?;

@@ -75,7 +75,8 @@ impl Services {
         caller: Option<&Principal>,
         paused: bool,
     ) -> Result<Arc<EnvInstance>, ServiceError> {
-        for _ in 0..8 {
+        let mut attempts = super::retry::Attempts::new();
+        while attempts.next().await {
             let inst = self
                 .instance(id, caller)
                 .ok_or_else(|| ServiceError::NotFound(format!("env instance \"{id}\" not found")))?;
@@ -242,7 +243,8 @@ impl Services {
         reserved: &aenv_core::Environment,
     ) -> Result<Arc<aenv_core::Environment>, ServiceError> {
         let key = self.key(&aenv_core::Environment::object_name(&reserved.spec.name, &reserved.spec.version));
-        for _ in 0..8 {
+        let mut attempts = super::retry::Attempts::new();
+        while attempts.next().await {
             let Some(current) = self.templates.get(&key).filter(|t| t.metadata.uid == reserved.metadata.uid) else {
                 break;
             };

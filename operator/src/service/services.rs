@@ -355,7 +355,8 @@ impl Services {
     ) -> Result<Arc<EnvService>, ServiceError> {
         let _turn = self.owner_turn(caller).await;
         // The controller writes the status meanwhile (a new resource version): read again and retry a few times.
-        for _ in 0..8 {
+        let mut attempts = super::retry::Attempts::new();
+        while attempts.next().await {
             let current = self.service(id, caller)?;
             let (svc, _room) = self.updated(&current, &update, caller).await?;
             match self.env_services.replace(&svc).await {
@@ -431,7 +432,8 @@ impl Services {
     ) -> Result<(), ServiceError> {
         let key = self.key(id);
         let mut marked = !delete_storage;
-        for _ in 0..8 {
+        let mut attempts = super::retry::Attempts::new();
+        while attempts.next().await {
             if marked {
                 break;
             }
