@@ -346,11 +346,9 @@ pub trait Engine: Send + Sync + 'static {
     async fn list_owned(&self) -> Result<Vec<OwnedObject>, EngineError>;
 
     /// Everything any aenv-operator labelled on this backend, whichever operator id it carries, with that id and
-    /// its expiry label, in one pass: the expiry sweep removes what a lost store left behind. The default finds
-    /// nothing (an engine whose objects go with their owner).
-    async fn list_managed(&self) -> Result<Vec<ManagedObject>, EngineError> {
-        Ok(Vec::new())
-    }
+    /// its expiry label, in one pass: the expiry sweep removes what a lost store left behind. No default: an
+    /// engine that answered nothing here would turn that sweep off without a word.
+    async fn list_managed(&self) -> Result<Vec<ManagedObject>, EngineError>;
 
     /// Changes made outside the operator. The stream reconnects by itself and never ends.
     fn events(&self) -> BoxStream<'static, EngineEvent>;

@@ -1,7 +1,7 @@
 use aenv_core::{
     Engine, EngineError, EngineEvent, EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, ExecOutput,
-    ExecRequest, FileUpload, InstanceStats, InvalidSpec, NativeServices, Observed, OwnedKind, OwnedObject, PathContent,
-    Phase, SandboxPath, Workload, envservice::SERVICE_LABEL, labels,
+    ExecRequest, FileUpload, InstanceStats, InvalidSpec, ManagedObject, NativeServices, Observed, OwnedObject,
+    PathContent, Phase, SandboxPath, Workload, labels,
 };
 use std::collections::BTreeMap;
 
@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use crate::{
     Error,
     error::{api_code, classify},
-    pod::{observe, pod_for},
+    pod::{managed_of, observe, owned_of, pod_for},
     service::{check_service, deployment_differs, deployment_for, k8s_service_for, observe_deployment, pvc_for},
 };
 
@@ -256,24 +256,14 @@ impl Engine for KubeEngine {
             .list(&ListParams::default().labels(&self.owned_selector()))
             .await
             .map_err(|e| classify("listing Pods", e))?;
-        Ok(pods
-            .items
-            .into_iter()
-            // A service's Pods belong to its Deployment, not to an instance.
-            .filter(|pod| pod.metadata.labels.as_ref().is_none_or(|l| !l.contains_key(SERVICE_LABEL)))
-            .filter_map(|pod| {
-                let (namespace, instance) = labels::instance_of(|k| pod.metadata.labels.as_ref()?.get(k))?;
-                let observed = observe(&pod, false);
-                Some(OwnedObject {
-                    kind: OwnedKind::Container,
-                    namespace,
-                    instance,
-                    id: pod.metadata.name.clone()?,
-                    phase: observed.phase,
-                    created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                })
-            })
-            .collect())
+        Ok(pods.items.into_iter().filter_map(|pod| owned_of(&pod)).collect())
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedObject>, EngineError> {
+        let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
+        let pods =
+            self.pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| classify("listing Pods", e))?;
+        Ok(pods.items.iter().filter_map(managed_of).collect())
     }
 
     fn events(&self) -> BoxStream<'static, EngineEvent> {

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use aenv_core::{
-    EngineError, EnvInstance, Observed, Phase, PullPolicy, Workload,
-    labels::InstanceLabels,
+    EngineError, EnvInstance, ManagedObject, Observed, OwnedKind, OwnedObject, Phase, PullPolicy, Workload,
+    envservice::SERVICE_LABEL,
+    labels::{self, InstanceLabels},
     quantity::{parse_cpu_millis, parse_memory_bytes},
 };
 use k8s_openapi::{
@@ -226,6 +227,41 @@ pub fn pod_for(inst: &EnvInstance, config: &KubeEngineConfig) -> Result<Pod, Eng
 
 /// Waiting reasons that no retry by the kubelet will cure.
 const HOPELESS_WAITING: &[&str] = &["InvalidImageName", "CreateContainerConfigError"];
+
+/// The instance Pod as the resync sees it (`None` for a Pod that is no instance's: a service's Pods belong to its
+/// Deployment).
+pub fn owned_of(pod: &Pod) -> Option<OwnedObject> {
+    let l = pod.metadata.labels.as_ref()?;
+    if l.contains_key(SERVICE_LABEL) {
+        return None;
+    }
+    let (namespace, instance) = labels::instance_of(|k| l.get(k))?;
+    Some(OwnedObject {
+        kind: OwnedKind::Container,
+        namespace,
+        instance,
+        id: pod.metadata.name.clone()?,
+        phase: observe(pod, false).phase,
+        created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    })
+}
+
+/// An instance Pod of any operator id, with that id and its expiry (the annotation: a label value cannot hold a
+/// time), for the sweep of what a lost store left.
+pub fn managed_of(pod: &Pod) -> Option<ManagedObject> {
+    let object = owned_of(pod)?;
+    let l = pod.metadata.labels.as_ref()?;
+    Some(ManagedObject {
+        object,
+        operator_id: l.get(labels::OPERATOR_ID).cloned().unwrap_or_default(),
+        expires_at: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EXPIRE_AT_ANNOTATION))
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+    })
+}
 
 /// Maps a Pod to the instance's phase, IP, message and readiness. `probe` says whether the instance has a
 /// readiness probe (then `ready` comes from the Pod's `Ready` condition).

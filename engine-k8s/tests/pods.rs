@@ -321,6 +321,39 @@ async fn list_owned_is_one_call_with_the_operator_selector() {
 }
 
 #[tokio::test]
+async fn list_managed_finds_every_operator_s_instance_pods_with_their_id_and_expiry() {
+    let (engine, mut handle) = engine("aenv-sandbox");
+    let server = tokio::spawn(async move {
+        let (query, _, send) = expect(&mut handle, "GET", "/api/v1/namespaces/aenv-sandbox/pods").await;
+        let selector = query.split('&').find_map(|kv| kv.strip_prefix("labelSelector=")).unwrap_or_default();
+        assert_eq!(
+            selector.replace("%2F", "/").replace("%3D", "=").replace("%2C", ","),
+            "aenv.io/managed-by=aenv-operator",
+            "whichever operator id"
+        );
+        let mut lost = pod_json("lost-abc123", "op-gone", json!({"phase": "Running"}));
+        lost["metadata"]["annotations"] = json!({"aenv.io/expire-at": "2026-01-01T00:10:00Z"});
+        let unexpiring = pod_json("keep-abc123", "op-2", json!({"phase": "Running"}));
+        let mut replica = pod_json("svc-abc123", "op-2", json!({"phase": "Running"}));
+        replica["metadata"]["labels"]["aenv.io/service"] = json!("svc");
+        let items = json!([lost, unexpiring, replica]);
+        reply(send, 200, json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}));
+    });
+    let managed = engine.list_managed().await.unwrap();
+    server.await.unwrap();
+    let seen: Vec<_> =
+        managed.iter().map(|m| (m.object.instance.as_str(), m.operator_id.as_str(), m.expires_at)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("lost-abc123", "op-gone", Some("2026-01-01T00:10:00Z".parse().unwrap())),
+            ("keep-abc123", "op-2", None),
+        ],
+        "a service's Pods belong to its Deployment, not to an instance"
+    );
+}
+
+#[tokio::test]
 async fn validate_refuses_what_a_pod_cannot_do() {
     let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let engine =

@@ -565,6 +565,7 @@ impl Engine for SwarmEngine {
     }
 
     fn validate(&self, spec: &EnvInstanceSpec) -> Result<(), InvalidSpec> {
+        stack::check_file(spec, &self.config)?;
         spec::check(spec, &self.config)
     }
 

@@ -52,12 +52,9 @@ pub const DEFAULT_NETWORK: &str = "aenv-sandboxes";
 /// The port the readiness probe uses when the spec has none (AEnvironment images answer `/health` there).
 const DEFAULT_PROBE_PORT: u16 = 8081;
 
-/// What Swarm cannot do that a spec asks for, as the API's 400 (the field and the fix).
+/// What Swarm cannot do that a single-container spec asks for, as the API's 400 (the field and the fix); a stack's
+/// own checks are [`crate::stack::check`].
 pub(crate) fn check(spec: &EnvInstanceSpec, config: &SwarmEngineConfig) -> Result<(), InvalidSpec> {
-    if let Some(file) = spec.compose_file.as_deref() {
-        let stack = aenv_engine_docker::compose::plan(spec, file, &config.docker.policy)?;
-        crate::stack::check(&stack)?;
-    }
     if !spec.volumes.is_empty() {
         return Err(InvalidSpec::new(
             "volumes",
@@ -481,14 +478,6 @@ mod tests {
     fn what_swarm_cannot_run_is_refused_naming_the_field() {
         let cfg = config();
         let field = |spec: EnvInstanceSpec| check(&spec, &cfg).unwrap_err().field;
-        // A compose file: the Docker engine's checks, then what Swarm cannot run (see stack.rs).
-        let stack = |yaml: &str| EnvInstanceSpec { compose_file: Some(yaml.into()), ..Default::default() };
-        assert_eq!(field(stack("services: {}")), "deployConfig.composeFile.services");
-        assert_eq!(
-            field(stack("services:\n  web:\n    image: x\n    volumes: [\"d:/d\"]\nvolumes:\n  d: {}\n")),
-            "deployConfig.composeFile.volumes.d"
-        );
-        assert!(check(&stack("services:\n  web:\n    image: x\n    tmpfs: [\"/scratch\"]\n"), &cfg).is_ok());
         assert_eq!(
             field(EnvInstanceSpec { network: Some("host".into()), ..Default::default() }),
             "deployConfig.network"

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aenv_core::{EngineError, EnvInstance, InvalidSpec, Observed, Phase, labels::InstanceLabels};
+use aenv_core::{EngineError, EnvInstance, EnvInstanceSpec, InvalidSpec, Observed, Phase, labels::InstanceLabels};
 use aenv_engine_docker::compose::{self, Condition, MountSpec, StackSpec, compose_labels as cl};
 use bollard::models::{
     EndpointSpecModeEnum, Mount, MountTmpfsOptions, MountType, NetworkAttachmentConfig, ServiceSpec, TaskSpec,
@@ -38,6 +38,15 @@ pub(crate) fn network_name(instance: &str) -> String {
 
 fn refuse(key: String, why: impl std::fmt::Display) -> InvalidSpec {
     InvalidSpec::new(format!("{FIELD}.{key}"), format!("{FIELD}.{key}: {why}"))
+}
+
+/// What Swarm cannot run of a spec's compose file, when it has one: the Docker engine's checks of the file, then
+/// [`check`].
+pub(crate) fn check_file(spec: &EnvInstanceSpec, config: &SwarmEngineConfig) -> Result<(), InvalidSpec> {
+    match spec.compose_file.as_deref() {
+        Some(file) => check(&compose::plan(spec, file, &config.docker.policy)?),
+        None => Ok(()),
+    }
 }
 
 /// What the Docker engine runs from a compose file and Swarm cannot: node-local storage, the host's namespaces,
@@ -323,7 +332,6 @@ pub(crate) fn aggregate(
 
 #[cfg(test)]
 mod tests {
-    use aenv_core::EnvInstanceSpec;
     use aenv_engine_docker::{DockerEngineConfig, Policy};
 
     use super::*;
@@ -346,6 +354,21 @@ services:
     image: img:2
     mem_limit: 32m
 ";
+
+    #[test]
+    fn a_compose_file_swarm_cannot_run_is_refused_naming_its_key() {
+        let cfg = SwarmEngineConfig::new(DockerEngineConfig::new("op1"));
+        let stack = |yaml: &str| EnvInstanceSpec { compose_file: Some(yaml.into()), ..Default::default() };
+        let field = |yaml: &str| check_file(&stack(yaml), &cfg).unwrap_err().field;
+        // The Docker engine's checks first, then what Swarm cannot run.
+        assert_eq!(field("services: {}"), "deployConfig.composeFile.services");
+        assert_eq!(
+            field("services:\n  web:\n    image: x\n    volumes: [\"d:/d\"]\nvolumes:\n  d: {}\n"),
+            "deployConfig.composeFile.volumes.d"
+        );
+        assert!(check_file(&stack("services:\n  web:\n    image: x\n    tmpfs: [\"/scratch\"]\n"), &cfg).is_ok());
+        assert!(check_file(&EnvInstanceSpec::default(), &cfg).is_ok(), "no file, nothing to refuse");
+    }
 
     /// An operator started with --allow cap-add (TWO adds a capability).
     fn config() -> SwarmEngineConfig {

@@ -8,6 +8,7 @@
 //! - [`http`]: routes, handlers, wire formats, authentication, the data-plane proxy;
 //! - [`controller`]: the reconcile loop (`decide` + act), resync and orphan sweep, leader election;
 //! - [`store`]: where objects live (embedded redb, Kubernetes custom resources, in memory for tests);
+//! - [`demand`]: what pools were asked for lately, shared by the use-cases and the pool controller;
 //! - [`metrics`], [`crds`].
 
 #![recursion_limit = "256"]
@@ -15,6 +16,7 @@
 pub mod app;
 pub mod controller;
 pub mod crds;
+pub mod demand;
 mod error;
 pub mod http;
 pub mod metrics;

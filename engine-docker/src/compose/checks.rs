@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use serde_norway::{Mapping, Value};
 
 use super::{
-    Refusal,
+    Refusal, join,
     model::{
         ComposeFile, DependsOn, DependsOnOptions, Mount, Ports, SERVICE_KEYS, Service, ServiceDef, Shaped, TOP_KEYS,
-        TopVolume, VolumeDef, join, scalar_text,
+        TopVolume, VolumeDef, scalar_text,
     },
     spec::{ServiceSpec, StackSpec},
     values::short_volume_is_bind,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_norway::Value;
 
-use super::{Refusal, model::join};
+use super::{Refusal, join};
 
 /// Interpolates one string. The error says what is wrong, without the key (the caller adds it).
 pub(crate) fn interpolate(input: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {

@@ -121,6 +121,11 @@ impl Refusal {
     }
 }
 
+/// The path of `key` under `path` in a compose document, as refusals name it (`services.web` + `ports`).
+pub(crate) fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
 /// A policy refusal names the compose key it was asked for.
 impl From<InvalidSpec> for Refusal {
     fn from(e: InvalidSpec) -> Self {

@@ -498,10 +498,6 @@ pub(crate) fn read(yaml: &str, vars: &BTreeMap<String, String>) -> Result<Read, 
     Ok(Read { file, doc })
 }
 
-pub(crate) fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use aenv_engine_docker::{Allowance, ConnectOptions, DockerEngineConfig, Hardenin
 use clap::{Args, ValueEnum};
 
 use crate::{
-    controller::{LoopConfig, pools::PoolConfig},
+    controller::{LoopConfig, leader::LeaderElection, pools::PoolConfig},
     http::server::ConnLimits,
     service::{DefaultTtl, Limits},
 };
@@ -40,9 +40,9 @@ pub struct Config {
     #[command(flatten, next_help_heading = "Limits")]
     pub limits: Limits,
     #[command(flatten, next_help_heading = "Reconcile loop")]
-    pub reconcile: LoopConfig,
+    pub reconcile: ReconcileArgs,
     #[command(flatten, next_help_heading = "Warm pools")]
-    pub pools: PoolConfig,
+    pub pools: PoolArgs,
     /// A service replica (Docker engine) not ready this long after it was made (its readiness probe keeps
     /// failing) is removed and replaced, with the reason in the service's lastError. A service's own
     /// `readyTimeoutSeconds` (`ready_timeout_seconds` at create) overrides it.
@@ -262,6 +262,61 @@ impl DockerArgs {
     }
 }
 
+/// Knobs of the reconcile loop.
+#[derive(Args, Clone, Debug)]
+pub struct ReconcileArgs {
+    /// How often the reconciler lists the daemon's containers to catch changes the event stream missed and to
+    /// sweep orphaned containers (one list call per interval).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// How many instances are reconciled at once (at least 1).
+    #[arg(long, default_value_t = 32)]
+    pub max_concurrent_reconciles: u16,
+    /// Labelled containers without an instance are removed by the resync once they are older than this; and
+    /// whatever any operator labelled (another operator id, a lost store) once its aenv.io/expire-at passed by
+    /// more than this; and this operator's snapshot images that no template owns once they are older than this.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub orphan_grace: Duration,
+}
+
+impl ReconcileArgs {
+    /// The loop's configuration.
+    pub fn config(&self) -> LoopConfig {
+        LoopConfig {
+            resync_interval: self.resync_interval,
+            max_concurrent_reconciles: self.max_concurrent_reconciles,
+            orphan_grace: self.orphan_grace,
+        }
+    }
+}
+
+/// Knobs of the pool controller.
+#[derive(Args, Clone, Debug)]
+pub struct PoolArgs {
+    /// How many pooled sandboxes (of all pools) may be starting at once. Refill runs at the daemon's pace
+    /// within this cap; while instances that users asked for are being created, only one is.
+    #[arg(long, default_value_t = 4)]
+    pub pool_max_starting: u32,
+    /// A pooled sandbox not ready this long after it was made (its readiness probe keeps failing) is replaced.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub pool_ready_timeout: Duration,
+    /// How long a create that a pool could serve counts as demand: between `replicas` and `maxReplicas`, a pool
+    /// keeps `replicas` plus the creates of this window waiting, and shrinks back when they age out.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub pool_demand_window: Duration,
+}
+
+impl PoolArgs {
+    /// The pool controller's configuration.
+    pub fn config(&self) -> PoolConfig {
+        PoolConfig {
+            pool_max_starting: self.pool_max_starting,
+            pool_ready_timeout: self.pool_ready_timeout,
+            pool_demand_window: self.pool_demand_window,
+        }
+    }
+}
+
 /// The Kubernetes side (used when the store or the engine is `kubernetes`).
 #[derive(Args, Clone, Debug, Default)]
 pub struct KubeArgs {
@@ -305,6 +360,25 @@ impl KubeArgs {
     /// The API server URL given on the command line, if any.
     pub fn api_url(&self) -> Option<&str> {
         self.kube_api_url.as_deref().filter(|u| !u.is_empty())
+    }
+
+    /// The election the command line asks for: the Lease in --leader-elect-namespace (else --namespace), this
+    /// replica named by --leader-elect-identity (else $POD_NAME or $HOSTNAME with a random suffix).
+    pub fn leader_election(&self) -> LeaderElection {
+        let args = &self.leader;
+        let identity = args.leader_elect_identity.clone().unwrap_or_else(|| {
+            let host = std::env::var("POD_NAME")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| "aenv-operator".into());
+            format!("{host}-{}", crate::store::random_suffix(5))
+        });
+        LeaderElection {
+            lease_name: args.leader_elect_lease_name.clone(),
+            namespace: args.leader_elect_namespace.clone().unwrap_or_else(|| self.namespace.clone()),
+            identity,
+            lease_duration: args.leader_elect_lease_duration,
+            renew_grace: args.leader_elect_renew_grace,
+        }
     }
 }
 

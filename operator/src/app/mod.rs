@@ -15,8 +15,9 @@ use tracing::{info, warn};
 use crate::{
     Error,
     controller::{self, leader},
+    demand::Demand,
     http, metrics,
-    service::{Demand, Services},
+    service::Services,
     store::{self, ObjectStore},
 };
 
@@ -226,7 +227,7 @@ pub async fn serve(
     info!(addr = %api_addr, "REST API listening");
     // With leader election, the leader serves the writes that take quota; followers forward them to the URL it
     // publishes on the Lease.
-    let election = config.kube.leader.leader_elect.then(|| leader::LeaderElection::from_args(&config.kube));
+    let election = config.kube.leader.leader_elect.then(|| config.kube.leader_election());
     let leadership = match &election {
         Some(election) => {
             let url = config
@@ -258,7 +259,7 @@ pub async fn serve(
         instances.clone(),
         templates.clone(),
         demand.clone(),
-        config.pools.clone(),
+        config.pools.config(),
         config.limits.max_instances,
     );
     let service_loop = controller::services::ServiceLoop::new(
@@ -306,7 +307,7 @@ pub async fn serve(
         service_host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let _ = services.proxy_url.set(format!("http://{service_host}"));
-    spawn_snapshot_sweep(services.clone(), operator_id.clone(), &config.reconcile);
+    spawn_snapshot_sweep(services.clone(), operator_id.clone(), &config.reconcile.config());
 
     let shutdown = shutdown.shared();
     let api = http::server::serve(
@@ -325,7 +326,7 @@ pub async fn serve(
         metrics,
         shutdown.clone(),
     );
-    let loop_config = config.reconcile.clone();
+    let loop_config = config.reconcile.config();
     let reconcile = async move {
         match (election, leadership, client) {
             (Some(election), Some(leadership), Some(client)) => {

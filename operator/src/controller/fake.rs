@@ -6,7 +6,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aenv_core::{Engine, EngineError, EngineEvent, EnvInstance, Observed, OwnedObject, Phase, SnapshotImage};
+use aenv_core::{
+    Engine, EngineError, EngineEvent, EnvInstance, ManagedObject, Observed, OwnedObject, Phase, SnapshotImage,
+};
 use async_trait::async_trait;
 use futures::{StreamExt, stream::BoxStream};
 use tokio::sync::mpsc;
@@ -149,6 +151,10 @@ impl Engine for FakeEngine {
     async fn list_owned(&self) -> Result<Vec<OwnedObject>, EngineError> {
         self.record(Call::ListOwned);
         Ok(lock(&self.owned).clone())
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedObject>, EngineError> {
+        Ok(Vec::new())
     }
 
     fn events(&self) -> BoxStream<'static, EngineEvent> {

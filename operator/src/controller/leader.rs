@@ -53,27 +53,6 @@ pub struct LeaderElection {
     pub renew_grace: Duration,
 }
 
-impl LeaderElection {
-    /// The election the command line asks for: the Lease in --leader-elect-namespace (else --namespace), this
-    /// replica named by --leader-elect-identity (else $POD_NAME or $HOSTNAME with a random suffix).
-    pub fn from_args(kube: &crate::app::KubeArgs) -> Self {
-        let args = &kube.leader;
-        let identity = args.leader_elect_identity.clone().unwrap_or_else(|| {
-            let host = std::env::var("POD_NAME")
-                .or_else(|_| std::env::var("HOSTNAME"))
-                .unwrap_or_else(|_| "aenv-operator".into());
-            format!("{host}-{}", crate::store::random_suffix(5))
-        });
-        LeaderElection {
-            lease_name: args.leader_elect_lease_name.clone(),
-            namespace: args.leader_elect_namespace.clone().unwrap_or_else(|| kube.namespace.clone()),
-            identity,
-            lease_duration: args.leader_elect_lease_duration,
-            renew_grace: args.leader_elect_renew_grace,
-        }
-    }
-}
-
 /// The leader as this replica last saw it on the Lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Seen {

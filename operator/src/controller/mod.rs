@@ -121,20 +121,15 @@ impl Context {
     }
 }
 
-/// Knobs of the loop.
-#[derive(clap::Args, Clone, Debug)]
+/// Knobs of the loop (the command line's `--resync-interval`, `--max-concurrent-reconciles`, `--orphan-grace`).
+#[derive(Clone, Debug)]
 pub struct LoopConfig {
     /// How often the reconciler lists the daemon's containers to catch changes the event stream missed and to
-    /// sweep orphaned containers (one list call per interval).
-    #[arg(long, default_value = "10s", value_parser = crate::app::config::parse_duration)]
+    /// sweep orphaned containers.
     pub resync_interval: Duration,
     /// How many instances are reconciled at once (at least 1).
-    #[arg(long, default_value_t = 32)]
     pub max_concurrent_reconciles: u16,
-    /// Labelled containers without an instance are removed by the resync once they are older than this; and
-    /// whatever any operator labelled (another operator id, a lost store) once its aenv.io/expire-at passed by
-    /// more than this; and this operator's snapshot images that no template owns once they are older than this.
-    #[arg(long, default_value = "30s", value_parser = crate::app::config::parse_duration)]
+    /// How old a leftover must be before a sweep removes it.
     pub orphan_grace: Duration,
 }
 

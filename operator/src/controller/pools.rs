@@ -27,23 +27,19 @@ use tracing::{Instrument, info, info_span};
 use super::members::{self, Birth, Census, Clock, Kin, Members, Owner};
 use crate::{
     Error,
-    service::Demand,
+    demand::Demand,
     store::{ObjectStore, key, key_of},
 };
 
-/// Knobs of the pool controller.
-#[derive(clap::Args, Clone, Debug)]
+/// Knobs of the pool controller (the command line's `--pool-max-starting`, `--pool-ready-timeout`,
+/// `--pool-demand-window`).
+#[derive(Clone, Debug)]
 pub struct PoolConfig {
-    /// How many pooled sandboxes (of all pools) may be starting at once. Refill runs at the daemon's pace
-    /// within this cap; while instances that users asked for are being created, only one is.
-    #[arg(long, default_value_t = 4)]
+    /// How many pooled sandboxes (of all pools) may be starting at once.
     pub pool_max_starting: u32,
-    /// A pooled sandbox not ready this long after it was made (its readiness probe keeps failing) is replaced.
-    #[arg(long, default_value = "2m", value_parser = crate::app::config::parse_duration)]
+    /// A pooled sandbox not ready this long after it was made is replaced.
     pub pool_ready_timeout: Duration,
-    /// How long a create that a pool could serve counts as demand: between `replicas` and `maxReplicas`, a pool
-    /// keeps `replicas` plus the creates of this window waiting, and shrinks back when they age out.
-    #[arg(long, default_value = "60s", value_parser = crate::app::config::parse_duration)]
+    /// How long a create that a pool could serve counts as demand.
     pub pool_demand_window: Duration,
 }
 

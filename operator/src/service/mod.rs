@@ -18,14 +18,14 @@ use thiserror::Error;
 
 pub use instances::{CreateRequest, Overrides, status_string};
 pub use limits::{Limits, MaxTtl, Principal};
-pub use pools::{Demand, PoolRequest};
+pub use pools::PoolRequest;
 pub use services::{ServiceRequest, ServiceUpdate};
 pub use templates::{
     SNAPSHOT_IMAGE_ANNOTATION, SNAPSHOT_PENDING_ANNOTATION, SnapshotSweep, TemplateAccess, TemplateMeta, WarmupState,
     snapshot_image_of, snapshot_pending,
 };
 
-use crate::{metrics::Metrics, store::ObjectStore};
+use crate::{demand::Demand, metrics::Metrics, store::ObjectStore};
 
 /// Why a use-case refused or failed. Each variant stands for one answer of the API; messages say what to do.
 #[derive(Debug, Error)]

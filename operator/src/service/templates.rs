@@ -435,7 +435,7 @@ mod tests {
             MemoryStore::<Environment>::new(),
             MemoryStore::<EnvPool>::new(),
             MemoryStore::<EnvService>::new(),
-            Arc::new(super::super::Demand::new(Duration::from_secs(60))),
+            Arc::new(crate::demand::Demand::new(Duration::from_secs(60))),
             engine,
             Arc::new(crate::metrics::Metrics::default()),
             "default".into(),
