@@ -10,6 +10,7 @@ use thiserror::Error;
 use crate::{
     EnvInstance, EnvInstanceSpec, EnvService, EnvServiceStatus, Phase,
     ops::{ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent, SandboxPath},
+    pty::{PtyInput, PtyOutput, PtyRequest},
     types::{PortStatus, ServiceStatus},
 };
 
@@ -396,6 +397,19 @@ pub trait Engine: Send + Sync + 'static {
         Box::pin(futures::stream::once(async {
             Err(EngineError::unsupported("this engine does not run commands in instances"))
         }))
+    }
+
+    /// Starts a program on a terminal in the instance: `input` carries typed bytes and window sizes, the answer its
+    /// screen bytes then its exit (always the last item). When `input` ends or the answer is dropped, the program
+    /// is ended (killed) and everything held for it let go. A program that is not there is
+    /// [`ErrorKind::Permanent`], before anything runs. The default: this engine does not serve terminals.
+    async fn pty(
+        &self,
+        _instance: &EnvInstance,
+        _request: PtyRequest,
+        _input: BoxStream<'static, PtyInput>,
+    ) -> Result<BoxStream<'static, Result<PtyOutput, EngineError>>, EngineError> {
+        Err(EngineError::unsupported("this engine does not serve interactive terminals"))
     }
 
     /// Reads `path` in the instance (in `service` of a compose stack, its main service when `None`): a file's

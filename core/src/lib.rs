@@ -6,6 +6,7 @@
 //! - [`quantity`]: cpu (`1C`, `2`, `500m`, `0.5`) and memory (`512Mi`, `2Gi`, `2G`, `512M`) quantities;
 //! - [`labels`]: the label keys put on every object an engine creates;
 //! - [`ops`]: operations on a running sandbox (exec, files) and their checks;
+//! - [`pty`]: interactive terminals (a program on a pseudo-terminal);
 //! - [`pool`]: the `EnvPool` custom resource (warm pools) and the rules of claiming a pooled sandbox;
 //! - [`envservice`]: the `EnvService` custom resource (long-running replicas with storage) and its rules.
 //!
@@ -18,6 +19,7 @@ mod error;
 pub mod labels;
 pub mod ops;
 pub mod pool;
+pub mod pty;
 pub mod quantity;
 pub mod types;
 
@@ -32,6 +34,7 @@ pub use ops::{
     body_of, collect_body,
 };
 pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};
+pub use pty::{BadWindow, PtyInput, PtyOutput, PtyRequest, WindowSize};
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, Placement,
     PortSpec, PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus, VolumeMount, Workload,

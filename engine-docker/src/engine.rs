@@ -779,6 +779,16 @@ impl Engine for DockerEngine {
         }
     }
 
+    async fn pty(
+        &self,
+        inst: &EnvInstance,
+        request: aenv_core::PtyRequest,
+        input: BoxStream<'static, aenv_core::PtyInput>,
+    ) -> Result<BoxStream<'static, Result<aenv_core::PtyOutput, EngineError>>, EngineError> {
+        let container = self.container_of(inst, request.service.as_deref())?;
+        crate::pty::pty(self.docker.clone(), container, request, input, self.journal.clone()).await
+    }
+
     async fn read_path(
         &self,
         inst: &EnvInstance,

@@ -19,6 +19,7 @@ mod network;
 mod ops;
 mod policy;
 mod probe;
+mod pty;
 mod registry;
 mod volume;
 

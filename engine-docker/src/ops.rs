@@ -192,7 +192,7 @@ async fn finished(docker: &Docker, id: &str, timed_out: bool, killed: bool, mess
 /// Kills an exec's processes and everything they started (see [`crate::kill`]): the daemon says which process
 /// the command is, if it still runs; the marker finds the rest. That needs the daemon on this host and the right
 /// to signal its processes (root, as the operator runs next to a local daemon); otherwise the reason is returned.
-async fn kill_exec(docker: &Docker, id: &str, container_id: &str, marker: &Marker) -> Result<(), String> {
+pub(crate) async fn kill_exec(docker: &Docker, id: &str, container_id: &str, marker: &Marker) -> Result<(), String> {
     let inspect =
         docker.inspect_exec(id).await.map_err(|e| format!("the daemon did not say which process it is: {e}"))?;
     let pid = match inspect.pid.filter(|p| *p > 0) {
@@ -211,7 +211,7 @@ async fn kill_exec(docker: &Docker, id: &str, container_id: &str, marker: &Marke
 const GO_MODE_DIR: u32 = 1 << 31;
 
 /// The daemon's stat of `path` (a HEAD of the archive API): `None` when there is nothing there.
-async fn stat(
+pub(crate) async fn stat(
     docker: &Docker,
     container: &str,
     path: &str,

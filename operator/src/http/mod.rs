@@ -1,5 +1,6 @@
 //! The REST API (warp), answered from the stores' in-memory indexes through [`crate::service`]:
 //! - `/env-instance`: the AEnvironment api-service API the SDK uses ([`instances`]);
+//! - `/env-instance/{id}/pty`: an interactive terminal over a WebSocket ([`pty`]);
 //! - `/env-instance/{id}/exec`, `/files`: commands and files in a running sandbox ([`sandbox`]);
 //! - `/env`: Environment templates, as envhub serves them, with image warmup ([`templates`]);
 //! - `/env-pool`: warm pools, whose ready sandboxes serve `/env-instance` creates ([`pools`]);
@@ -20,6 +21,7 @@ mod instances;
 mod pods;
 mod pools;
 pub mod proxy;
+mod pty;
 pub mod query;
 mod sandbox;
 pub mod server;
@@ -195,6 +197,8 @@ pub fn routes(
     });
     let api = instances::routes(svc.clone(), who.clone())
         .or(sandbox::routes(svc.clone(), who.clone()))
+        .unify()
+        .or(pty::routes(svc.clone(), who.clone()))
         .unify()
         .or(templates::routes(svc.clone(), who.clone()))
         .unify()

@@ -222,7 +222,8 @@ async fn serve_connection<S>(
     let io = TokioIo::new(Activity { inner: stream, started, last: last.clone() });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
-    let conn = builder.serve_connection(io, service);
+    // With upgrades: a WebSocket (the terminal) takes the connection over once its handshake is answered.
+    let conn = builder.serve_connection(io, service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let mut stopping = false;
     loop {

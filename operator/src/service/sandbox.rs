@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use aenv_core::{
     EngineError, EnvInstance, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent,
-    Phase, SandboxPath,
+    Phase, PtyInput, PtyOutput, PtyRequest, SandboxPath,
 };
 use futures::{StreamExt, stream::BoxStream};
 use tracing::info;
@@ -336,6 +336,19 @@ impl Services {
                 item
             })
             .boxed())
+    }
+
+    /// Starts a program on a terminal in instance `id` (see [`aenv_core::Engine::pty`]): its screen then its exit,
+    /// for as long as `input` is fed and the answer read.
+    pub async fn pty(
+        &self,
+        id: &str,
+        caller: Option<&Principal>,
+        request: PtyRequest,
+        input: BoxStream<'static, PtyInput>,
+    ) -> Result<BoxStream<'static, Result<PtyOutput, EngineError>>, ServiceError> {
+        let inst = self.operable(id, caller)?;
+        Ok(self.engine.pty(&inst, request, input).await?)
     }
 
     /// Runs a command in instance `id` and collects its answer.
