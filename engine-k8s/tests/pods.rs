@@ -345,10 +345,7 @@ async fn list_managed_finds_every_operator_s_instance_pods_with_their_id_and_exp
         managed.iter().map(|m| (m.object.instance.as_str(), m.operator_id.as_str(), m.expires_at)).collect();
     assert_eq!(
         seen,
-        vec![
-            ("lost-abc123", "op-gone", Some("2026-01-01T00:10:00Z".parse().unwrap())),
-            ("keep-abc123", "op-2", None),
-        ],
+        vec![("lost-abc123", "op-gone", Some("2026-01-01T00:10:00Z".parse().unwrap())), ("keep-abc123", "op-2", None),],
         "a service's Pods belong to its Deployment, not to an instance"
     );
 }

@@ -20,9 +20,9 @@ pub mod demand;
 mod error;
 pub mod http;
 pub mod metrics;
-pub mod service;
 pub mod slots;
 pub mod store;
+pub mod usecase;
 
 pub use app::{Config, serve};
 pub use error::Error;

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use crate::{
     controller::{LoopConfig, leader::LeaderElection, pools::PoolConfig},
     http::server::ConnLimits,
-    service::{DefaultTtl, Limits},
+    usecase::{DefaultTtl, Limits},
 };
 
 /// Everything `serve` needs.

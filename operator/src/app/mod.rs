@@ -17,8 +17,8 @@ use crate::{
     controller::{self, leader},
     demand::Demand,
     http, metrics,
-    service::Services,
     store::{self, ObjectStore},
+    usecase::UseCases,
 };
 
 /// A Kubernetes client from `--kube-api-url`, `--kubeconfig`, or the environment (in-cluster service account,
@@ -262,7 +262,7 @@ pub async fn serve(
         config.pools.config(),
         config.limits.max_instances,
     );
-    let service_loop = controller::services::ServiceLoop::new(
+    let service_loop = controller::env_services::ServiceLoop::new(
         env_services.clone(),
         instances.clone(),
         templates.clone(),
@@ -289,7 +289,7 @@ pub async fn serve(
         engine.clone(),
         engine.dials_published_ports(),
     );
-    let services = Services::new(
+    let services = UseCases::new(
         instances,
         templates,
         pools,
@@ -350,7 +350,7 @@ pub async fn serve(
 
 /// Every resync interval, this operator's snapshot images that no template owns go (after --orphan-grace); other
 /// operators' are reported once.
-fn spawn_snapshot_sweep(services: Arc<Services>, operator_id: String, config: &controller::LoopConfig) {
+fn spawn_snapshot_sweep(services: Arc<UseCases>, operator_id: String, config: &controller::LoopConfig) {
     let grace = config.orphan_grace;
     let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
     controller::spawn_sweeper(config.resync_interval.max(std::time::Duration::from_secs(1)), "snapshot", move || {

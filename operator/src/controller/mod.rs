@@ -4,13 +4,13 @@
 //! [`Engine`] and the store. [`leader`] runs it on one replica of several.
 
 pub mod decide;
+pub mod env_services;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod leader;
 pub mod members;
 pub mod pools;
 mod resync;
-pub mod services;
 #[cfg(test)]
 mod tests;
 
@@ -54,7 +54,7 @@ pub struct Context {
     /// The pool controller, run beside this one when pools are kept.
     pools: Option<Arc<pools::Pools>>,
     /// The service controller, run beside this one when services are kept.
-    services: Option<Arc<services::ServiceLoop>>,
+    services: Option<Arc<env_services::ServiceLoop>>,
 }
 
 impl Context {
@@ -78,7 +78,7 @@ impl Context {
         engine: Arc<dyn Engine>,
         metrics: Arc<Metrics>,
         pools: Arc<pools::Pools>,
-        services: Arc<services::ServiceLoop>,
+        services: Arc<env_services::ServiceLoop>,
     ) -> Arc<Self> {
         Self::build(store, engine, metrics, Some(pools), Some(services))
     }
@@ -88,7 +88,7 @@ impl Context {
         engine: Arc<dyn Engine>,
         metrics: Arc<Metrics>,
         pools: Option<Arc<pools::Pools>>,
-        services: Option<Arc<services::ServiceLoop>>,
+        services: Option<Arc<env_services::ServiceLoop>>,
     ) -> Arc<Self> {
         Arc::new(Context {
             store,

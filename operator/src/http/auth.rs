@@ -7,7 +7,7 @@ use serde::Deserialize;
 use warp::{Filter, Rejection};
 
 use super::ApiError;
-use crate::{Error, service::Principal};
+use crate::{Error, usecase::Principal};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

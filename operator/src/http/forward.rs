@@ -40,7 +40,7 @@ use warp::{
 };
 
 use super::{ApiError, Caller, MAX_BODY_BYTES};
-use crate::{controller::leader::Leadership, service::Principal};
+use crate::{controller::leader::Leadership, usecase::Principal};
 
 /// The header a follower puts on a request it forwards: the follower's identity. A replica that receives it never
 /// forwards the request again.

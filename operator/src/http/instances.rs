@@ -12,19 +12,19 @@ use super::{
     query::{self, Param},
     reply, wire, with_services,
 };
-use crate::service::{Principal, Services};
+use crate::usecase::{Principal, UseCases};
 
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("env instance \"{id}\" not found"))
 }
 
-async fn create(svc: &Services, body: &[u8], caller: Option<Principal>) -> Result<Value, ApiError> {
+async fn create(svc: &UseCases, body: &[u8], caller: Option<Principal>) -> Result<Value, ApiError> {
     let (request, _) = parse_create(body, Strictness::Strict)?;
     let spec = svc.resolve(request, caller.as_ref())?;
     Ok(wire::instance(&*svc.create(spec, caller.as_ref()).await?))
 }
 
-async fn delete(svc: &Services, id: &str, caller: Option<Principal>) -> Result<Value, ApiError> {
+async fn delete(svc: &UseCases, id: &str, caller: Option<Principal>) -> Result<Value, ApiError> {
     match svc.delete(id, caller.as_ref()).await? {
         Some(()) => Ok(Value::from("Deleted successfully")),
         None => Err(not_found(id)),
@@ -33,7 +33,7 @@ async fn delete(svc: &Services, id: &str, caller: Option<Principal>) -> Result<V
 
 /// Instances matching `pattern` and the `status` query, rendered.
 fn rendered(
-    svc: &Services,
+    svc: &UseCases,
     pattern: Option<&str>,
     q: &HashMap<String, String>,
     caller: Option<Principal>,
@@ -50,7 +50,7 @@ pub(super) const LOGS_QUERY: &[Param] = &[Param::count("tail"), Param::bool("fol
 
 /// The `/env-instance` routes.
 pub fn routes(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     who: Caller,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let query = query::query(LIST_QUERY);
@@ -61,12 +61,12 @@ pub fn routes(
         .and(warp::body::bytes())
         .and(with_services(svc.clone()))
         .then(
-            |c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move { reply(create(&svc, &body, c).await) },
+            |c: Option<Principal>, body: Bytes, svc: Arc<UseCases>| async move { reply(create(&svc, &body, c).await) },
         );
     // `GET /env-instance?envName=` (the Docker-engine guide): an array.
     let list =
         warp::path!("env-instance").and(warp::get()).and(who.clone()).and(query).and(with_services(svc.clone())).map(
-            |c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+            |c: Option<Principal>, q: HashMap<String, String>, svc: Arc<UseCases>| {
                 reply::<ApiError>(Ok(Value::Array(rendered(&svc, q.get("envName").map(String::as_str), &q, c))))
             },
         );
@@ -77,7 +77,7 @@ pub fn routes(
         .and(who.clone())
         .and(query)
         .and(with_services(svc.clone()))
-        .map(|c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+        .map(|c: Option<Principal>, q: HashMap<String, String>, svc: Arc<UseCases>| {
             let items = rendered(&svc, q.get("envName").map(String::as_str), &q, c);
             reply::<ApiError>(Ok(json!({"items": items})))
         })
@@ -90,26 +90,26 @@ pub fn routes(
         .and(who.clone())
         .and(query)
         .and(with_services(svc.clone()))
-        .map(|pattern: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+        .map(|pattern: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<UseCases>| {
             let pattern = if pattern == "*" { q.get("envName").cloned().unwrap_or(pattern) } else { pattern };
             reply::<ApiError>(Ok(Value::Array(rendered(&svc, Some(&pattern), &q, c))))
         });
     let get =
         warp::path!("env-instance" / String).and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
-            |id: String, c: Option<Principal>, svc: Arc<Services>| {
+            |id: String, c: Option<Principal>, svc: Arc<UseCases>| {
                 reply(svc.instance(&id, c.as_ref()).map(|i| wire::instance(&i)).ok_or_else(|| not_found(&id)))
             },
         );
     let delete =
         warp::path!("env-instance" / String).and(warp::delete()).and(who.clone()).and(with_services(svc.clone())).then(
-            |id: String, c: Option<Principal>, svc: Arc<Services>| async move { reply(delete(&svc, &id, c).await) },
+            |id: String, c: Option<Principal>, svc: Arc<UseCases>| async move { reply(delete(&svc, &id, c).await) },
         );
     let logs = warp::path!("env-instance" / String / "logs")
         .and(warp::get())
         .and(who)
         .and(query::query(LOGS_QUERY))
         .and(with_services(svc))
-        .map(|id: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+        .map(|id: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<UseCases>| {
             logs(&svc, &id, c, &q).unwrap_or_else(ApiError::into_reply)
         });
     create
@@ -129,7 +129,7 @@ pub fn routes(
 
 /// `GET /env-instance/{id}/logs?follow=true&tail=N`: the container's output as plain text, streamed.
 fn logs(
-    svc: &Services,
+    svc: &UseCases,
     id: &str,
     caller: Option<Principal>,
     q: &HashMap<String, String>,
@@ -141,7 +141,7 @@ fn logs(
 /// The output of `inst` as plain text, streamed, as `?follow=true&tail=N` ask (the instance's and a service
 /// replica's logs alike).
 pub(super) fn stream_logs(
-    svc: &Services,
+    svc: &UseCases,
     inst: &aenv_core::EnvInstance,
     q: &HashMap<String, String>,
 ) -> Result<warp::reply::Response, ApiError> {

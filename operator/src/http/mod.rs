@@ -1,31 +1,30 @@
-//! The REST API (warp), answered from the stores' in-memory indexes through [`crate::service`]:
+//! The REST API (warp), answered from the stores' in-memory indexes through [`crate::usecase`]:
 //! - `/env-instance`: the AEnvironment api-service API the SDK uses ([`instances`]);
 //! - `/env-instance/{id}/pty`: an interactive terminal over a WebSocket ([`pty`]);
 //! - `/env-instance/{id}/exec`, `/files`: commands and files in a running sandbox ([`sandbox`]);
 //! - `/env`: Environment templates, as envhub serves them, with image warmup ([`templates`]);
 //! - `/env-pool`: warm pools, whose ready sandboxes serve `/env-instance` creates ([`pools`]);
-//! - `/env-service`: long-running services with replicas and storage ([`services`]);
-//! - `/pods`: the AEnvironment controller's API, for an api-service pointed at this operator ([`pods`]), and its
-//!   `/services` ([`ctl_services`]);
+//! - `/env-service`: long-running services with replicas and storage ([`env_services`]);
+//! - `/pods` and `/services`: the AEnvironment Go controller's API, for an api-service pointed at this operator
+//!   ([`ctl`]);
 //! - the data-plane proxy on its own listener ([`proxy`]).
 //!
 //! Handlers decode the request bodies ([`body`]), call a use-case, and render its answer ([`wire`]) or its
-//! [`ServiceError`] as one [`ApiError`]. With leader election, a follower forwards the writes that take quota to
+//! [`UseCaseError`] as one [`ApiError`]. With leader election, a follower forwards the writes that take quota to
 //! the leader before any of them ([`forward`]).
 
 pub mod auth;
 pub mod body;
-mod ctl_services;
+mod ctl;
+mod env_services;
 pub mod forward;
 mod instances;
-mod pods;
 mod pools;
 pub mod proxy;
 mod pty;
 pub mod query;
 mod sandbox;
 pub mod server;
-mod services;
 mod stream;
 mod templates;
 pub mod wire;
@@ -43,7 +42,7 @@ use warp::{
     path::FullPath,
 };
 
-use crate::service::{Principal, ServiceError, Services, whole_seconds};
+use crate::usecase::{Principal, UseCaseError, UseCases, whole_seconds};
 
 /// Largest request body accepted (1 MiB).
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
@@ -93,26 +92,26 @@ impl ApiError {
     }
 }
 
-impl From<ServiceError> for ApiError {
-    fn from(e: ServiceError) -> Self {
+impl From<UseCaseError> for ApiError {
+    fn from(e: UseCaseError) -> Self {
         let status = match &e {
-            ServiceError::Invalid(_) | ServiceError::Refused(_) => 400,
-            ServiceError::NotFound(_) => 404,
-            ServiceError::Forbidden(_) => 403,
-            ServiceError::Conflict(_) => 409,
-            ServiceError::RateLimited { .. } | ServiceError::Overloaded { .. } => 429,
-            ServiceError::Store { .. } | ServiceError::Busy(_) => 503,
-            ServiceError::TooLarge(_) => 413,
-            ServiceError::Engine(e) => engine_status(e.kind()),
+            UseCaseError::Invalid(_) | UseCaseError::Refused(_) => 400,
+            UseCaseError::NotFound(_) => 404,
+            UseCaseError::Forbidden(_) => 403,
+            UseCaseError::Conflict(_) => 409,
+            UseCaseError::RateLimited { .. } | UseCaseError::Overloaded { .. } => 429,
+            UseCaseError::Store { .. } | UseCaseError::Busy(_) => 503,
+            UseCaseError::TooLarge(_) => 413,
+            UseCaseError::Engine(e) => engine_status(e.kind()),
         };
         let retry_after = match &e {
-            ServiceError::RateLimited { retry_after } | ServiceError::Overloaded { retry_after, .. } => {
+            UseCaseError::RateLimited { retry_after } | UseCaseError::Overloaded { retry_after, .. } => {
                 Some(*retry_after)
             }
             _ => None,
         };
         let field = match &e {
-            ServiceError::Refused(spec) => Some(spec.field.clone()),
+            UseCaseError::Refused(spec) => Some(spec.field.clone()),
             _ => None,
         };
         ApiError { status, message: e.to_string(), field, retry_after }
@@ -144,7 +143,7 @@ fn reply<E: Into<ApiError>>(result: Result<Value, E>) -> warp::reply::Response {
     }
 }
 
-fn with_services(svc: Arc<Services>) -> impl Filter<Extract = (Arc<Services>,), Error = Infallible> + Clone {
+fn with_services(svc: Arc<UseCases>) -> impl Filter<Extract = (Arc<UseCases>,), Error = Infallible> + Clone {
     warp::any().map(move || svc.clone())
 }
 
@@ -154,7 +153,7 @@ type Caller = warp::filters::BoxedFilter<(Option<Principal>,)>;
 /// Every route of the API listener; with `forwarder` (leader election), the writes that take quota go to the
 /// leader from a follower.
 pub fn routes(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     auth: Arc<auth::Auth>,
     forwarder: Option<Arc<forward::Forwarder>>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
@@ -165,7 +164,7 @@ pub fn routes(
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok".into_response());
     // Ready when the store takes writes and the engine answers.
     let readyz =
-        warp::path!("readyz").and(warp::get()).and(with_services(svc.clone())).then(|svc: Arc<Services>| async move {
+        warp::path!("readyz").and(warp::get()).and(with_services(svc.clone())).then(|svc: Arc<UseCases>| async move {
             let store = svc.instances.write_failure().map(|reason| format!("store: {reason}"));
             let engine = match store {
                 Some(reason) => Err(reason),
@@ -190,7 +189,7 @@ pub fn routes(
     let openapi = warp::path!("openapi.json")
         .and(warp::get())
         .map(|| warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response());
-    let metrics = warp::path!("metrics").and(warp::get()).and(with_services(svc.clone())).map(|svc: Arc<Services>| {
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_services(svc.clone())).map(|svc: Arc<UseCases>| {
         let body = svc.metrics.render(svc.instances.as_ref());
         warp::reply::with_header(body, "content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
             .into_response()
@@ -204,11 +203,11 @@ pub fn routes(
         .unify()
         .or(pools::routes(svc.clone(), who.clone()))
         .unify()
-        .or(services::routes(svc.clone(), who.clone()))
+        .or(env_services::routes(svc.clone(), who.clone()))
         .unify()
-        .or(pods::routes(svc.clone(), who.clone()))
+        .or(ctl::pods::routes(svc.clone(), who.clone()))
         .unify()
-        .or(ctl_services::routes(svc, who))
+        .or(ctl::services::routes(svc, who))
         .unify()
         .or(health)
         .unify()

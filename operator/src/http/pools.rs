@@ -13,17 +13,17 @@ use super::{
     body::pools::{parse_create, parse_scale},
     reply, wire, with_services,
 };
-use crate::service::{Principal, Services};
+use crate::usecase::{Principal, UseCases};
 
 /// The `/env-pool` routes.
 pub fn routes(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     who: Caller,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let body = warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes());
     let create =
         warp::path!("env-pool").and(warp::post()).and(who.clone()).and(body).and(with_services(svc.clone())).then(
-            |c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move {
+            |c: Option<Principal>, body: Bytes, svc: Arc<UseCases>| async move {
                 let made = async {
                     let request = parse_create(&body)?;
                     Ok::<_, ApiError>(wire::pool(&*svc.create_pool(request, c.as_ref()).await?))
@@ -32,12 +32,12 @@ pub fn routes(
             },
         );
     let list = warp::path!("env-pool").and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
-        |c: Option<Principal>, svc: Arc<Services>| {
+        |c: Option<Principal>, svc: Arc<UseCases>| {
             reply::<ApiError>(Ok(Value::Array(svc.list_pools(c.as_ref()).iter().map(|p| wire::pool(p)).collect())))
         },
     );
     let get = warp::path!("env-pool" / String).and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
-        |name: String, c: Option<Principal>, svc: Arc<Services>| {
+        |name: String, c: Option<Principal>, svc: Arc<UseCases>| {
             reply(svc.pool(&name, c.as_ref()).map(|p| wire::pool(&p)))
         },
     );
@@ -46,7 +46,7 @@ pub fn routes(
         .and(who.clone())
         .and(body)
         .and(with_services(svc.clone()))
-        .then(|name: String, c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move {
+        .then(|name: String, c: Option<Principal>, body: Bytes, svc: Arc<UseCases>| async move {
             let scaled = async {
                 let (replicas, max) = parse_scale(&body)?;
                 Ok::<_, ApiError>(wire::pool(&*svc.scale_pool(&name, replicas, max, c.as_ref()).await?))
@@ -54,7 +54,7 @@ pub fn routes(
             reply(scaled.await)
         });
     let delete = warp::path!("env-pool" / String).and(warp::delete()).and(who).and(with_services(svc)).then(
-        |name: String, c: Option<Principal>, svc: Arc<Services>| async move {
+        |name: String, c: Option<Principal>, svc: Arc<UseCases>| async move {
             reply(svc.delete_pool(&name, c.as_ref()).await.map(|()| Value::from("Deleted successfully")))
         },
     );

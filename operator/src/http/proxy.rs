@@ -33,8 +33,8 @@ use warp::{
 
 use super::auth::Auth;
 use crate::{
-    service::{Principal, Services},
     store::ObjectStore,
+    usecase::{Principal, UseCases},
 };
 
 /// The header that names the target.
@@ -117,7 +117,7 @@ impl Proxy {
         let loopback = matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]");
         self.instances
             .list_where(&|i: &EnvInstance| {
-                !i.is_deleting() && i.phase() == Phase::Running && i.pool().is_none() && Services::visible(i, caller)
+                !i.is_deleting() && i.phase() == Phase::Running && i.pool().is_none() && UseCases::visible(i, caller)
             })
             .iter()
             .filter_map(|i| i.status.as_ref())
@@ -229,7 +229,7 @@ impl Proxy {
         let Some(svc) = self
             .services
             .get(&crate::store::key(&self.namespace, service))
-            .filter(|s| s.metadata.deletion_timestamp.is_none() && Services::service_visible(s, caller.as_ref()))
+            .filter(|s| s.metadata.deletion_timestamp.is_none() && UseCases::service_visible(s, caller.as_ref()))
         else {
             return error(StatusCode::NOT_FOUND, &format!("service \"{service}\" not found"), "");
         };

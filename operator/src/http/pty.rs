@@ -16,7 +16,7 @@ use warp::{
 };
 
 use super::{ApiError, Caller, with_services};
-use crate::service::{Principal, Services};
+use crate::usecase::{Principal, UseCases};
 
 const QUERY: &[super::query::Param] = &[
     super::query::Param::text("cmd"),
@@ -96,7 +96,7 @@ pub(crate) fn parse_query(q: &HashMap<String, String>) -> Result<PtyRequest, Api
 }
 
 async fn open(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     id: String,
     caller: Option<Principal>,
     q: HashMap<String, String>,
@@ -182,7 +182,7 @@ fn control(text: &str) -> Result<PtyInput, String> {
 
 /// The terminal route.
 pub fn routes(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     who: Caller,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     warp::path!("env-instance" / String / "pty")
@@ -191,7 +191,7 @@ pub fn routes(
         .and(super::query::query(QUERY))
         .and(warp::ws())
         .and(with_services(svc))
-        .then(|id: String, c: Option<Principal>, q: HashMap<String, String>, ws: Ws, svc: Arc<Services>| async move {
+        .then(|id: String, c: Option<Principal>, q: HashMap<String, String>, ws: Ws, svc: Arc<UseCases>| async move {
             open(svc, id, c, q, ws).await.unwrap_or_else(ApiError::into_reply)
         })
 }

@@ -17,8 +17,8 @@ use super::{
     server::ConnectionCloser,
     with_services,
 };
-use crate::service::{
-    Principal, ServiceError, Services,
+use crate::usecase::{
+    Principal, UseCaseError, UseCases,
     sandbox::{ExecResult, MAX_FILE_BYTES},
 };
 
@@ -78,7 +78,7 @@ fn wants_stream(q: &HashMap<String, String>, accept: Option<&str>) -> Result<boo
 }
 
 async fn exec(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     id: String,
     caller: Option<Principal>,
     q: HashMap<String, String>,
@@ -122,7 +122,7 @@ fn query_path(q: &HashMap<String, String>) -> Result<SandboxPath, ApiError> {
 }
 
 async fn get_file(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     id: String,
     caller: Option<Principal>,
     q: HashMap<String, String>,
@@ -152,15 +152,15 @@ async fn get_file(
 async fn bounded_body(
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
     limit: u64,
-) -> Result<Vec<u8>, ServiceError> {
+) -> Result<Vec<u8>, UseCaseError> {
     let mut body = body;
     let mut bytes = Vec::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| ServiceError::Invalid(format!("the body could not be read: {e}")))?;
+        let mut chunk = chunk.map_err(|e| UseCaseError::Invalid(format!("the body could not be read: {e}")))?;
         while chunk.has_remaining() {
             let piece = chunk.chunk();
             if (bytes.len() + piece.len()) as u64 > limit {
-                return Err(ServiceError::TooLarge(format!(
+                return Err(UseCaseError::TooLarge(format!(
                     "the body is larger than this operator takes ({limit} bytes)"
                 )));
             }
@@ -196,7 +196,7 @@ fn parse_owner(q: &HashMap<String, String>) -> Result<Option<(u64, u64)>, ApiErr
 }
 
 async fn put_file(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     id: String,
     caller: Option<Principal>,
     q: HashMap<String, String>,
@@ -220,7 +220,7 @@ async fn put_file(
     // first (the archive it goes in names its length up front), never held in memory.
     let (size, body) = match length {
         Some(size) if size > MAX_FILE_BYTES => {
-            return Err(ServiceError::TooLarge(format!(
+            return Err(UseCaseError::TooLarge(format!(
                 "the file is {size} bytes; this operator takes at most {MAX_FILE_BYTES}"
             ))
             .into());
@@ -237,23 +237,23 @@ async fn put_file(
 async fn spool(
     body: impl Stream<Item = std::io::Result<Bytes>> + Unpin,
     limit: u64,
-) -> Result<(u64, aenv_core::ByteStream), ServiceError> {
+) -> Result<(u64, aenv_core::ByteStream), UseCaseError> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
     let spool_failed = |e: std::io::Error| {
-        ServiceError::Busy(format!("the upload could not be spooled to a temporary file ({e}); try again"))
+        UseCaseError::Busy(format!("the upload could not be spooled to a temporary file ({e}); try again"))
     };
     let file = tokio::task::spawn_blocking(tempfile::tempfile)
         .await
-        .map_err(|e| ServiceError::Busy(format!("the upload could not be spooled: {e}")))?
+        .map_err(|e| UseCaseError::Busy(format!("the upload could not be spooled: {e}")))?
         .map_err(spool_failed)?;
     let mut file = tokio::fs::File::from_std(file);
     let mut body = body;
     let mut size = 0u64;
     while let Some(piece) = body.next().await {
-        let piece = piece.map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let piece = piece.map_err(|e| UseCaseError::Invalid(e.to_string()))?;
         size += piece.len() as u64;
         if size > limit {
-            return Err(ServiceError::TooLarge(format!("the body is larger than this operator takes ({limit} bytes)")));
+            return Err(UseCaseError::TooLarge(format!("the body is larger than this operator takes ({limit} bytes)")));
         }
         file.write_all(&piece).await.map_err(spool_failed)?;
     }
@@ -269,7 +269,7 @@ async fn spool(
 }
 
 async fn snapshot(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     id: String,
     caller: Option<Principal>,
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
@@ -285,7 +285,7 @@ async fn snapshot(
 }
 
 async fn fork(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     id: String,
     caller: Option<Principal>,
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
@@ -306,7 +306,7 @@ const QUERY: &[super::query::Param] = &[
 
 /// The sandbox-operation routes.
 pub fn routes(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     who: Caller,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let query = super::query::query(QUERY);
@@ -326,7 +326,7 @@ pub fn routes(
              accept: Option<String>,
              body: Bytes,
              closer: Option<ConnectionCloser>,
-             svc: Arc<Services>| async move {
+             svc: Arc<UseCases>| async move {
                 exec(svc, id, c, q, accept, body, closer).await.unwrap_or_else(ApiError::into_reply)
             },
         );
@@ -335,7 +335,7 @@ pub fn routes(
         .and(who.clone())
         .and(query)
         .and(with_services(svc.clone()))
-        .then(|id: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| async move {
+        .then(|id: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<UseCases>| async move {
             get_file(svc, id, c, q).await.unwrap_or_else(ApiError::into_reply)
         });
     let put_file = warp::path!("env-instance" / String / "files")
@@ -351,7 +351,7 @@ pub fn routes(
              q: HashMap<String, String>,
              length: Option<u64>,
              body,
-             svc: Arc<Services>| async move {
+             svc: Arc<UseCases>| async move {
                 put_file(svc, id, c, q, length, body).await.unwrap_or_else(ApiError::into_reply)
             },
         );
@@ -360,7 +360,7 @@ pub fn routes(
         .and(who.clone())
         .and(warp::body::stream())
         .and(with_services(svc.clone()))
-        .then(|id: String, c: Option<Principal>, body, svc: Arc<Services>| async move {
+        .then(|id: String, c: Option<Principal>, body, svc: Arc<UseCases>| async move {
             reply(snapshot(svc, id, c, body).await)
         });
     let fork = warp::path!("env-instance" / String / "fork")
@@ -368,7 +368,7 @@ pub fn routes(
         .and(who.clone())
         .and(warp::body::stream())
         .and(with_services(svc.clone()))
-        .then(|id: String, c: Option<Principal>, body, svc: Arc<Services>| async move {
+        .then(|id: String, c: Option<Principal>, body, svc: Arc<UseCases>| async move {
             reply(fork(svc, id, c, body).await)
         });
     let pause = warp::path!("env-instance" / String / String)
@@ -383,7 +383,7 @@ pub fn routes(
         .untuple_one()
         .and(who.clone())
         .and(with_services(svc.clone()))
-        .then(|id: String, paused: bool, c: Option<Principal>, svc: Arc<Services>| async move {
+        .then(|id: String, paused: bool, c: Option<Principal>, svc: Arc<UseCases>| async move {
             reply(svc.set_paused(&id, c.as_ref(), paused).await.map(|i| super::wire::instance(&i)))
         });
     let stats = warp::path!("env-instance" / String / "stats")
@@ -391,7 +391,7 @@ pub fn routes(
         .and(who)
         .and(query)
         .and(with_services(svc))
-        .then(|id: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| async move {
+        .then(|id: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<UseCases>| async move {
             let service = match query_service(&q) {
                 Ok(s) => s,
                 Err(e) => return e.into_reply(),

@@ -1,8 +1,8 @@
 //! The AEnvironment wire format: the response envelope and the `EnvInstance` JSON of the api-service
 //! (`id, env, status, created_at, updated_at, ip, ttl, owner`), where `env` is a complete Env.
 
-use crate::service::WarmupState;
-use crate::service::status_string;
+use crate::usecase::WarmupState;
+use crate::usecase::status_string;
 use aenv_core::{EnvInstance, EnvInstanceSpec, EnvPool, EnvService, Environment};
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -80,7 +80,7 @@ pub fn service(s: &EnvService, template: Option<&Environment>, available: u32, u
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(crate::service::services::UPDATED_AT_ANNOTATION))
+        .and_then(|a| a.get(crate::usecase::env_services::UPDATED_AT_ANNOTATION))
         .and_then(|t| t.parse::<Timestamp>().ok())
         .map(format_time)
         .unwrap_or_else(|| created.clone());

@@ -14,7 +14,7 @@ use super::{
     BodyError,
     lenient::{EnvValues, Ignored, LabelValues, Ranged, StringMap, Text},
 };
-pub use crate::service::{CreateRequest, Overrides, TemplateMeta};
+pub use crate::usecase::{CreateRequest, Overrides, TemplateMeta};
 
 /// Largest compose file accepted (256 KiB).
 pub const MAX_COMPOSE_BYTES: usize = 256 * 1024;

@@ -20,11 +20,11 @@
 //!   field path in the refusal.
 
 pub mod create;
+pub mod env_services;
 pub mod lenient;
 pub mod openapi;
 pub mod pools;
 pub mod sandbox;
-pub mod services;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;

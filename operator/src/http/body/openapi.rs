@@ -7,7 +7,7 @@
 use schemars::{JsonSchema, generate::SchemaSettings};
 use serde_json::{Map, Value};
 
-use super::{create, pools, sandbox, services};
+use super::{create, env_services, pools, sandbox};
 
 /// The components every request body of the API refers to (its own and the nested ones), by name.
 pub fn request_schemas() -> Map<String, Value> {
@@ -19,8 +19,8 @@ pub fn request_schemas() -> Map<String, Value> {
     add::<create::Inline>(&mut generator);
     add::<pools::PoolCreate>(&mut generator);
     add::<pools::PoolScale>(&mut generator);
-    add::<services::ServiceCreate>(&mut generator);
-    add::<services::ServiceChange>(&mut generator);
+    add::<env_services::ServiceCreate>(&mut generator);
+    add::<env_services::ServiceChange>(&mut generator);
     add::<sandbox::Exec>(&mut generator);
     add::<sandbox::Snapshot>(&mut generator);
     add::<sandbox::Fork>(&mut generator);
@@ -237,8 +237,8 @@ mod tests {
             }),
             ("EnvPoolCreate", |b| ok(pools::parse_create(b))),
             ("EnvPoolScale", |b| ok(pools::parse_scale(b))),
-            ("EnvServiceCreate", |b| ok(services::parse_create(b))),
-            ("EnvServiceUpdate", |b| ok(services::parse_update(b))),
+            ("EnvServiceCreate", |b| ok(env_services::parse_create(b))),
+            ("EnvServiceUpdate", |b| ok(env_services::parse_update(b))),
             ("ExecRequest", |b| ok(sandbox::parse_exec(b))),
             ("SnapshotRequest", |b| ok(sandbox::parse_snapshot(b))),
             ("ForkRequest", |b| ok(sandbox::parse_fork(b))),

@@ -7,7 +7,7 @@ use super::{
     BodyError,
     lenient::{Ranged, Text},
 };
-use crate::service::PoolRequest;
+use crate::usecase::PoolRequest;
 
 /// Sandboxes one pool may keep (`aenv_core::pool::MAX_POOL_REPLICAS`).
 type PoolCount = Ranged<0, 1000>;

@@ -2,13 +2,13 @@
 //! delete what, quotas and the create rate, instance ids and expiry, templates and image warmup. The REST layer
 //! ([`crate::http`]) parses requests, calls these, and renders the answers; nothing here knows of warp.
 
+pub mod env_services;
 mod instances;
 pub mod limits;
 pub mod pools;
 mod quota;
 mod retry;
 pub mod sandbox;
-pub mod services;
 mod templates;
 
 use std::{sync::Arc, time::Duration};
@@ -16,10 +16,10 @@ use std::{sync::Arc, time::Duration};
 use aenv_core::{Engine, EnvInstance, EnvPool, EnvService, Environment, duration::parse_go_duration};
 use thiserror::Error;
 
+pub use env_services::{EnvServiceRequest, EnvServiceUpdate};
 pub use instances::{CreateRequest, Overrides, status_string};
 pub use limits::{Limits, MaxTtl, Principal};
 pub use pools::PoolRequest;
-pub use services::{ServiceRequest, ServiceUpdate};
 pub use templates::{
     SNAPSHOT_IMAGE_ANNOTATION, SNAPSHOT_PENDING_ANNOTATION, SnapshotSweep, TemplateAccess, TemplateMeta, WarmupState,
     snapshot_image_of, snapshot_pending,
@@ -29,7 +29,7 @@ use crate::{demand::Demand, metrics::Metrics, store::ObjectStore};
 
 /// Why a use-case refused or failed. Each variant stands for one answer of the API; messages say what to do.
 #[derive(Debug, Error)]
-pub enum ServiceError {
+pub enum UseCaseError {
     /// The request cannot be served as written, for a reason no one field holds (a body that could not be read).
     #[error("{0}")]
     Invalid(String),
@@ -71,21 +71,21 @@ pub enum ServiceError {
     Engine(aenv_core::EngineError),
 }
 
-impl From<aenv_core::InvalidSpec> for ServiceError {
+impl From<aenv_core::InvalidSpec> for UseCaseError {
     fn from(e: aenv_core::InvalidSpec) -> Self {
-        ServiceError::Refused(e)
+        UseCaseError::Refused(e)
     }
 }
 
-impl ServiceError {
+impl UseCaseError {
     /// A refusal of `field`; `message` names it and the fix.
     pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
-        ServiceError::Refused(aenv_core::InvalidSpec::new(field, message))
+        UseCaseError::Refused(aenv_core::InvalidSpec::new(field, message))
     }
 
     /// A write the store refused.
     pub(crate) fn store(context: &'static str, source: crate::Error) -> Self {
-        ServiceError::Store { context, source: Box::new(source) }
+        UseCaseError::Store { context, source: Box::new(source) }
     }
 }
 
@@ -133,7 +133,7 @@ impl std::str::FromStr for DefaultTtl {
 }
 
 /// Everything the use-cases need; one per process, shared by the HTTP handlers.
-pub struct Services {
+pub struct UseCases {
     pub instances: Arc<dyn ObjectStore<EnvInstance>>,
     pub templates: Arc<dyn ObjectStore<Environment>>,
     pub pools: Arc<dyn ObjectStore<EnvPool>>,
@@ -160,7 +160,7 @@ pub struct Services {
     heavy: Arc<limits::HeavyRequests>,
 }
 
-impl Services {
+impl UseCases {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         instances: Arc<dyn ObjectStore<EnvInstance>>,
@@ -174,7 +174,7 @@ impl Services {
         default_ttl: DefaultTtl,
         limits: Limits,
     ) -> Arc<Self> {
-        Arc::new(Services {
+        Arc::new(UseCases {
             instances,
             templates,
             pools,

@@ -5,7 +5,7 @@ use std::{num::NonZeroU32, time::Duration};
 use aenv_core::duration::parse_go_duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 
-use super::ServiceError;
+use super::UseCaseError;
 
 /// An authenticated caller: an owner is a tenant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -110,9 +110,9 @@ pub(super) fn enter_heavy(
     table: &std::sync::Arc<HeavyRequests>,
     owner: String,
     max: usize,
-) -> Result<HeavyPermit, ServiceError> {
+) -> Result<HeavyPermit, UseCaseError> {
     let bound = if max == 0 { usize::MAX } else { max };
-    table.take(owner, bound).ok_or_else(|| ServiceError::Overloaded {
+    table.take(owner, bound).ok_or_else(|| UseCaseError::Overloaded {
         message: format!(
             "{max} exec and file requests of this owner are running already (--max-heavy-requests-per-owner); wait for one to end"
         ),
@@ -156,10 +156,10 @@ impl CreateLimits {
         CreateLimits { limits, limiter }
     }
 
-    /// Takes one create from the rate limit; [`ServiceError::RateLimited`] (with the wait) when none is left.
-    pub(super) fn take_create(&self) -> Result<(), ServiceError> {
+    /// Takes one create from the rate limit; [`UseCaseError::RateLimited`] (with the wait) when none is left.
+    pub(super) fn take_create(&self) -> Result<(), UseCaseError> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
-        limiter.check().map_err(|not_until| ServiceError::RateLimited {
+        limiter.check().map_err(|not_until| UseCaseError::RateLimited {
             retry_after: not_until.wait_time_from(governor::clock::DefaultClock::default().now()),
         })
     }
@@ -175,7 +175,7 @@ mod tests {
         let a = enter_heavy(&table, "alice".into(), 2).unwrap();
         let _b = enter_heavy(&table, "alice".into(), 2).unwrap();
         match enter_heavy(&table, "alice".into(), 2) {
-            Err(ServiceError::Overloaded { retry_after, .. }) => assert_eq!(retry_after, Duration::from_secs(1)),
+            Err(UseCaseError::Overloaded { retry_after, .. }) => assert_eq!(retry_after, Duration::from_secs(1)),
             other => panic!("a third request of one owner is refused, got {:?}", other.map(|_| ())),
         }
         assert!(enter_heavy(&table, "bob".into(), 2).is_ok(), "another owner has its own count");
@@ -197,7 +197,7 @@ mod tests {
         });
         assert!(limits.take_create().is_ok() && limits.take_create().is_ok(), "a burst of 2");
         match limits.take_create() {
-            Err(e @ ServiceError::RateLimited { retry_after }) => {
+            Err(e @ UseCaseError::RateLimited { retry_after }) => {
                 assert_eq!(super::super::whole_seconds(retry_after), 1);
                 assert!(e.to_string().ends_with("retry after 1s"), "{e}");
             }

@@ -10,13 +10,13 @@ use warp::{Filter, hyper::body::Bytes};
 
 use super::{
     ApiError, Caller, MAX_BODY_BYTES,
-    body::services::{parse_create, parse_update},
+    body::env_services::{parse_create, parse_update},
     query::{self, Param},
     reply, wire, with_services,
 };
-use crate::service::{Principal, Services};
+use crate::usecase::{Principal, UseCases};
 
-fn render(svc: &Services, s: &aenv_core::EnvService) -> Value {
+fn render(svc: &UseCases, s: &aenv_core::EnvService) -> Value {
     let template = s.spec.template().and_then(|(n, v)| match &s.spec.template {
         // An inline template (made through the controller API's /services) renders as an Env of that name.
         Some(inline) => Some(Arc::new(aenv_core::Environment::new(
@@ -45,13 +45,13 @@ pub(super) const DELETE_QUERY: &[Param] = &[Param::one_of("deleteStorage", &["tr
 
 /// The `/env-service` routes.
 pub fn routes(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     who: Caller,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let body = warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes());
     let create =
         warp::path!("env-service").and(warp::post()).and(who.clone()).and(body).and(with_services(svc.clone())).then(
-            |c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move {
+            |c: Option<Principal>, body: Bytes, svc: Arc<UseCases>| async move {
                 let made = async {
                     let request = parse_create(&body)?;
                     let made = svc.create_service(request, c.as_ref()).await?;
@@ -64,13 +64,13 @@ pub fn routes(
         .and(warp::get())
         .and(who.clone())
         .and(with_services(svc.clone()))
-        .map(|env: String, c: Option<Principal>, svc: Arc<Services>| {
+        .map(|env: String, c: Option<Principal>, svc: Arc<UseCases>| {
             let items = svc.list_services(&env, c.as_ref()).iter().map(|s| render(&svc, s)).collect();
             reply::<ApiError>(Ok(Value::Array(items)))
         });
     let get =
         warp::path!("env-service" / String).and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
-            |id: String, c: Option<Principal>, svc: Arc<Services>| {
+            |id: String, c: Option<Principal>, svc: Arc<UseCases>| {
                 reply(svc.service(&id, c.as_ref()).map(|s| render(&svc, &s)))
             },
         );
@@ -79,7 +79,7 @@ pub fn routes(
         .and(who.clone())
         .and(body)
         .and(with_services(svc.clone()))
-        .then(|id: String, c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move {
+        .then(|id: String, c: Option<Principal>, body: Bytes, svc: Arc<UseCases>| async move {
             let updated = async {
                 let update = parse_update(&body)?;
                 let s = svc.update_service(&id, update, c.as_ref()).await?;
@@ -92,7 +92,7 @@ pub fn routes(
         .and(query::query(DELETE_QUERY))
         .and(who.clone())
         .and(with_services(svc.clone()))
-        .then(|id: String, q: HashMap<String, String>, c: Option<Principal>, svc: Arc<Services>| async move {
+        .then(|id: String, q: HashMap<String, String>, c: Option<Principal>, svc: Arc<UseCases>| async move {
             let result = async {
                 let delete_storage = match q.get("deleteStorage").map(String::as_str) {
                     None | Some("false") => false,
@@ -113,20 +113,20 @@ pub fn routes(
         .and(warp::get())
         .and(who.clone())
         .and(with_services(svc.clone()))
-        .map(|id: String, c: Option<Principal>, svc: Arc<Services>| reply(replicas(&svc, &id, c.as_ref())));
+        .map(|id: String, c: Option<Principal>, svc: Arc<UseCases>| reply(replicas(&svc, &id, c.as_ref())));
     let logs = warp::path!("env-service" / String / "replicas" / String / "logs")
         .and(warp::get())
         .and(who)
         .and(logs_query)
         .and(with_services(svc))
-        .map(|id: String, replica: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| {
+        .map(|id: String, replica: String, c: Option<Principal>, q: HashMap<String, String>, svc: Arc<UseCases>| {
             replica_logs(&svc, &id, &replica, c.as_ref(), &q).unwrap_or_else(ApiError::into_reply)
         });
     create.or(replicas).unify().or(logs).unify().or(list).unify().or(get).unify().or(update).unify().or(delete).unify()
 }
 
 /// A service the engine runs natively has no replica of its own to show.
-fn native_refusal(svc: &Services, s: &aenv_core::EnvService) -> Result<(), ApiError> {
+fn native_refusal(svc: &UseCases, s: &aenv_core::EnvService) -> Result<(), ApiError> {
     match svc.native_address(s) {
         None => Ok(()),
         Some(_) => Err(ApiError::new(
@@ -141,7 +141,7 @@ fn native_refusal(svc: &Services, s: &aenv_core::EnvService) -> Result<(), ApiEr
 
 /// `GET /env-service/{id}/replicas`: the service's replicas, oldest first: `id`, `status`, `ready`, `ip`,
 /// `created_at`, `message`. Only the owner's service (404 otherwise).
-fn replicas(svc: &Services, id: &str, caller: Option<&Principal>) -> Result<Value, ApiError> {
+fn replicas(svc: &UseCases, id: &str, caller: Option<&Principal>) -> Result<Value, ApiError> {
     let s = svc.service(id, caller)?;
     native_refusal(svc, &s)?;
     let mut members = svc.replicas_of(&s);
@@ -167,7 +167,7 @@ fn replicas(svc: &Services, id: &str, caller: Option<&Principal>) -> Result<Valu
 /// `GET /env-service/{id}/replicas/{replica}/logs?follow=true&tail=N`: one replica's output as plain text. The
 /// replica must be one of the service's, and the service the caller's.
 fn replica_logs(
-    svc: &Services,
+    svc: &UseCases,
     id: &str,
     replica: &str,
     caller: Option<&Principal>,

@@ -9,17 +9,17 @@ use std::{collections::HashMap, sync::Arc};
 use serde::Serialize;
 use warp::{Filter, http::StatusCode, hyper::body::Bytes};
 
-use super::{
+use crate::http::{
     ApiError, Caller, MAX_BODY_BYTES,
     body::{
         self,
         create::{Strictness, parse_create_object},
-        services::controller_service,
+        env_services::controller_service,
     },
-    pods::{json_line, text_error},
+    ctl::pods::{json_line, text_error},
     with_services,
 };
-use crate::service::{Principal, ServiceError, ServiceUpdate, Services};
+use crate::usecase::{EnvServiceUpdate, Principal, UseCaseError, UseCases};
 
 /// The controller's `HttpServiceResponseData`, field for field.
 #[derive(Serialize)]
@@ -45,7 +45,7 @@ fn go_time(t: jiff::Timestamp) -> String {
 
 /// The service as the controller reports it; its status as the controller words it (`Creating` while none is
 /// available, `Updating` while fewer than asked, else `Running`).
-fn data(svc: &Services, s: &aenv_core::EnvService) -> ServiceData {
+fn data(svc: &UseCases, s: &aenv_core::EnvService) -> ServiceData {
     let available = svc.available_replicas(s);
     let id = s.metadata.name.clone().unwrap_or_default();
     let (envname, version) = s.spec.template().map_or((String::new(), String::new()), |(n, v)| (n.into(), v.into()));
@@ -76,7 +76,7 @@ fn data(svc: &Services, s: &aenv_core::EnvService) -> ServiceData {
 }
 
 /// `POST /services`: the Env resolved like `/pods` does (inline, lenient), the service's keys from `deployConfig`.
-async fn create(svc: &Services, body: &[u8], caller: Option<Principal>) -> warp::reply::Response {
+async fn create(svc: &UseCases, body: &[u8], caller: Option<Principal>) -> warp::reply::Response {
     let made = async {
         let obj = body::object(body, r#"{"name": "web", "artifacts": [{"type": "image", "content": "IMAGE"}]}"#)?;
         let deploy =
@@ -103,11 +103,11 @@ fn not_found(what: &str, name: &str) -> warp::reply::Response {
 }
 
 /// The query of `GET /services`.
-const LIST_QUERY: &[super::query::Param] = &[super::query::Param::text("envName")];
+const LIST_QUERY: &[crate::http::query::Param] = &[crate::http::query::Param::text("envName")];
 
 /// The `/services` routes.
 pub fn routes(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     who: Caller,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let body = warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes());
@@ -116,19 +116,19 @@ pub fn routes(
         .and(who.clone())
         .and(body)
         .and(with_services(svc.clone()))
-        .then(|c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move { create(&svc, &body, c).await });
+        .then(|c: Option<Principal>, body: Bytes, svc: Arc<UseCases>| async move { create(&svc, &body, c).await });
     let list = warp::path!("services")
         .and(warp::get())
-        .and(super::query::query(LIST_QUERY))
+        .and(crate::http::query::query(LIST_QUERY))
         .and(who.clone())
         .and(with_services(svc.clone()))
-        .map(|q: HashMap<String, String>, c: Option<Principal>, svc: Arc<Services>| {
+        .map(|q: HashMap<String, String>, c: Option<Principal>, svc: Arc<UseCases>| {
             let env = q.get("envName").map(String::as_str).filter(|e| !e.is_empty()).unwrap_or("*");
             let items: Vec<ServiceData> = svc.list_services(env, c.as_ref()).iter().map(|s| data(&svc, s)).collect();
             json_line(StatusCode::OK, items)
         });
     let get = warp::path!("services" / String).and(warp::get()).and(who.clone()).and(with_services(svc.clone())).map(
-        |name: String, c: Option<Principal>, svc: Arc<Services>| match svc.service(&name, c.as_ref()) {
+        |name: String, c: Option<Principal>, svc: Arc<UseCases>| match svc.service(&name, c.as_ref()) {
             Ok(s) => json_line(StatusCode::OK, data(&svc, &s)),
             Err(_) => not_found("get deployment", &name),
         },
@@ -138,19 +138,19 @@ pub fn routes(
         .and(who.clone())
         .and(body)
         .and(with_services(svc.clone()))
-        .then(|name: String, c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move {
-            let update = match body::services::parse_update(&body) {
+        .then(|name: String, c: Option<Principal>, body: Bytes, svc: Arc<UseCases>| async move {
+            let update = match body::env_services::parse_update(&body) {
                 Ok(u) => u,
                 Err(e) => return text_error(400, &format!("Invalid request body: {}", e.message)),
             };
-            let update = ServiceUpdate { ..update };
+            let update = EnvServiceUpdate { ..update };
             match svc.update_service(&name, update, c.as_ref()).await {
                 Ok(s) => {
                     let mut d = data(&svc, &s);
                     d.status = "Updating".into();
                     json_line(StatusCode::OK, d)
                 }
-                Err(ServiceError::NotFound(_)) => not_found("get deployment", &name),
+                Err(UseCaseError::NotFound(_)) => not_found("get deployment", &name),
                 Err(e) => {
                     let e = ApiError::from(e);
                     text_error(e.status, &format!("failed to update deployment: {}", e.message))
@@ -159,14 +159,14 @@ pub fn routes(
         });
     let delete = warp::path!("services" / String)
         .and(warp::delete())
-        .and(super::query::query(super::services::DELETE_QUERY))
+        .and(crate::http::query::query(crate::http::env_services::DELETE_QUERY))
         .and(who)
         .and(with_services(svc))
-        .then(|name: String, q: HashMap<String, String>, c: Option<Principal>, svc: Arc<Services>| async move {
+        .then(|name: String, q: HashMap<String, String>, c: Option<Principal>, svc: Arc<UseCases>| async move {
             let delete_storage = q.get("deleteStorage").map(String::as_str) == Some("true");
             match svc.delete_service(&name, delete_storage, c.as_ref()).await {
                 Ok(()) => json_line(StatusCode::OK, true),
-                Err(ServiceError::NotFound(_)) => not_found("delete deployment", &name),
+                Err(UseCaseError::NotFound(_)) => not_found("delete deployment", &name),
                 Err(e) => {
                     let e = ApiError::from(e);
                     text_error(e.status, &format!("failed to delete deployment: {}", e.message))

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use aenv_core::pool::OwnerRule;
 
 use super::{
-    Principal, ServiceError, Services,
+    Principal, UseCaseError, UseCases,
     quota::{Adding, Except},
 };
 use crate::{Error, store::random_suffix};
@@ -67,10 +67,10 @@ pub fn status_string(inst: &EnvInstance) -> &'static str {
     if inst.is_deleting() { "Terminated" } else { inst.phase().as_str() }
 }
 
-impl Services {
+impl UseCases {
     /// Turns a create into the spec to record: inline as it is, or the template (one `caller` may use) with the
     /// overrides; the default TTL when none is named; then the engine's own checks.
-    pub fn resolve(&self, request: CreateRequest, caller: Option<&Principal>) -> Result<EnvInstanceSpec, ServiceError> {
+    pub fn resolve(&self, request: CreateRequest, caller: Option<&Principal>) -> Result<EnvInstanceSpec, UseCaseError> {
         let ttl_field = match &request {
             CreateRequest::Inline(_) => "deployConfig.ttl",
             CreateRequest::FromTemplate { overrides, .. } if overrides.ttl.is_some() => "ttl",
@@ -79,12 +79,12 @@ impl Services {
         let mut spec = match request {
             CreateRequest::Inline(spec) => {
                 // A snapshot is used through its template, never by naming its image.
-                self.engine.refuse_snapshot_images(&spec).map_err(ServiceError::Refused)?;
+                self.engine.refuse_snapshot_images(&spec).map_err(UseCaseError::Refused)?;
                 *spec
             }
             CreateRequest::FromTemplate { name, version, overrides } => {
                 let (template, _) = self.usable_template(&name, &version, caller).map_err(|_| {
-                    ServiceError::NotFound(format!(
+                    UseCaseError::NotFound(format!(
                         "environment \"{name}@{version}\" not found: register it with POST /env, or send the inline body with name, version and artifacts"
                     ))
                 })?;
@@ -96,17 +96,17 @@ impl Services {
             spec.ttl = Some(self.default_ttl.as_str().to_string());
         }
         self.check_ttl(spec.ttl.as_deref(), ttl_field)?;
-        self.engine.validate(&spec).map_err(ServiceError::Refused)?;
+        self.engine.validate(&spec).map_err(UseCaseError::Refused)?;
         Ok(spec)
     }
 
     /// Refuses a TTL longer than `--max-ttl` (or one that does not parse), naming `field`.
-    pub(super) fn check_ttl(&self, ttl: Option<&str>, field: &str) -> Result<(), ServiceError> {
+    pub(super) fn check_ttl(&self, ttl: Option<&str>, field: &str) -> Result<(), UseCaseError> {
         let Some(ttl) = ttl else { return Ok(()) };
-        let parsed = parse_go_duration(ttl).map_err(|e| ServiceError::field(field, format!("field `{field}`: {e}")))?;
+        let parsed = parse_go_duration(ttl).map_err(|e| UseCaseError::field(field, format!("field `{field}`: {e}")))?;
         let max = &self.limits.limits.max_ttl;
         if parsed > max.duration {
-            return Err(ServiceError::field(
+            return Err(UseCaseError::field(
                 field,
                 format!(
                     "field `{field}` ({ttl}) is longer than this operator allows (--max-ttl {}); ask for {} or less",
@@ -127,12 +127,12 @@ impl Services {
     /// An instance joins a service's network (`deployConfig.network: "aenv-svc-<service>"`, where the service's
     /// replicas answer to its name) only when the service exists and is the caller's: a tenant never reaches
     /// another tenant's service network (with tokens each owner's networks are its own anyway).
-    fn check_service_network(&self, spec: &EnvInstanceSpec, caller: Option<&Principal>) -> Result<(), ServiceError> {
+    fn check_service_network(&self, spec: &EnvInstanceSpec, caller: Option<&Principal>) -> Result<(), UseCaseError> {
         let Some(net) = spec.network.as_deref() else { return Ok(()) };
         let Some(service) = aenv_core::envservice::service_of_network(net) else { return Ok(()) };
         match self.service(service, caller) {
             Ok(_) => Ok(()),
-            Err(ServiceError::NotFound(_)) => Err(ServiceError::field(
+            Err(UseCaseError::NotFound(_)) => Err(UseCaseError::field(
                 "deployConfig.network",
                 format!(
                     "field `deployConfig.network`: {net:?} is the network of service \"{service}\", which does not exist or is not yours; name the network of one of your services"
@@ -143,17 +143,17 @@ impl Services {
     }
 
     /// Records a new instance of `spec` for `caller` (whose name becomes the owner), within the rate limit and the
-    /// caps: a ready sandbox claimed from a pool when one serves the spec (see [`Services::claim`]), else a new
+    /// caps: a ready sandbox claimed from a pool when one serves the spec (see [`UseCases::claim`]), else a new
     /// one, whose id is `<name>-<6 random [a-z0-9]>`, as AEnvironment names pods. Durable when it returns.
     pub async fn create(
         &self,
         mut spec: EnvInstanceSpec,
         caller: Option<&Principal>,
-    ) -> Result<Arc<EnvInstance>, ServiceError> {
+    ) -> Result<Arc<EnvInstance>, UseCaseError> {
         self.limits.take_create()?;
         self.check_service_network(&spec, caller)?;
         // What needs I/O to judge (the addresses of an image's registry), once the rate limit let it through.
-        self.engine.admit(&spec).await.map_err(ServiceError::Refused)?;
+        self.engine.admit(&spec).await.map_err(UseCaseError::Refused)?;
         if let Some(p) = caller {
             spec.owner = Some(p.owner.clone());
         }
@@ -171,7 +171,7 @@ impl Services {
             let mut obj = EnvInstance::new(&id, spec.clone());
             obj.metadata.namespace = Some(self.namespace.clone());
             let now = Timestamp::now();
-            obj.stamp_expiry(now).map_err(|e| ServiceError::Invalid(format!("field `deployConfig.ttl`: {e}")))?;
+            obj.stamp_expiry(now).map_err(|e| UseCaseError::Invalid(format!("field `deployConfig.ttl`: {e}")))?;
             if let Some(room) = &room {
                 room.writes(&self.key(&id));
             }
@@ -184,17 +184,17 @@ impl Services {
                 Err(Error::AlreadyExists(_)) => continue,
                 Err(source) => {
                     warn!(error = %source, "could not record an instance");
-                    return Err(ServiceError::store("the instance could not be recorded", source));
+                    return Err(UseCaseError::store("the instance could not be recorded", source));
                 }
             }
         }
-        Err(ServiceError::Busy("could not draw a free instance id; try again".into()))
+        Err(UseCaseError::Busy("could not draw a free instance id; try again".into()))
     }
 
     /// The refusal of `more` instances past `--max-instances` when `live` are held.
-    fn operator_full(&self, live: usize, more: usize) -> ServiceError {
+    fn operator_full(&self, live: usize, more: usize) -> UseCaseError {
         let max = self.limits.limits.max_instances.unwrap_or_default();
-        ServiceError::Forbidden(format!(
+        UseCaseError::Forbidden(format!(
             "the operator holds its limit of {max} live instances{}; try again when some are gone",
             if more == 1 { String::new() } else { format!(" ({live} live, {more} asked for)") }
         ))
@@ -202,7 +202,7 @@ impl Services {
 
     /// Refuses `more` new instances for `caller` that its cap or the operator's would refuse now (the creates
     /// check again as they record).
-    pub(super) fn check_instance_room(&self, caller: Option<&Principal>, more: usize) -> Result<(), ServiceError> {
+    pub(super) fn check_instance_room(&self, caller: Option<&Principal>, more: usize) -> Result<(), UseCaseError> {
         self.check_owner_room(caller, Adding::Instance, more, Except::Nothing)?;
         self.reserve_live(more).map(drop).map_err(|live| self.operator_full(live, more))
     }
@@ -213,7 +213,7 @@ impl Services {
     }
 
     /// Asks for an instance's deletion; `None` when there is no such instance (or `caller` may not see it).
-    pub async fn delete(&self, id: &str, caller: Option<&Principal>) -> Result<Option<()>, ServiceError> {
+    pub async fn delete(&self, id: &str, caller: Option<&Principal>) -> Result<Option<()>, UseCaseError> {
         if self.instance(id, caller).is_none() {
             return Ok(None);
         }
@@ -223,7 +223,7 @@ impl Services {
                 Ok(Some(()))
             }
             Ok(None) => Ok(None),
-            Err(source) => Err(ServiceError::store("the deletion could not be recorded", source)),
+            Err(source) => Err(UseCaseError::store("the deletion could not be recorded", source)),
         }
     }
 

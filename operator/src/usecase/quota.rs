@@ -1,7 +1,7 @@
 //! What a tenant holds, counted by one rule for instances, services and pools, and the serialisation that keeps
 //! the caps exact without making every create wait on every other.
 //!
-//! The rule ([`Services::held_by`]): an owner holds
+//! The rule ([`UseCases::held_by`]): an owner holds
 //! - each of its instances that is not being deleted (cold or claimed from a pool: a claimed sandbox is an
 //!   instance of the claimer's);
 //! - for each of its services, its `replicas`, or the replicas it runs when more (a rollover);
@@ -29,7 +29,7 @@ use std::{
 use aenv_core::EnvInstance;
 use tokio::sync::OwnedMutexGuard;
 
-use super::{Principal, ServiceError, Services};
+use super::{Principal, UseCaseError, UseCases};
 use crate::store::{key, key_of};
 
 /// What a resize leaves out of the count: the object being resized, whose new size the caller adds.
@@ -170,7 +170,7 @@ pub(super) enum Adding {
     Service,
 }
 
-impl Services {
+impl UseCases {
     /// Refuses (403) when `more` sandboxes, beside what `caller`'s owner holds (leaving out `except`), would take
     /// it past its `maxInstances`. The caller holds the owner's turn ([`Gate::owner`]) until its record is written.
     pub(super) fn check_owner_room(
@@ -179,7 +179,7 @@ impl Services {
         adding: Adding,
         more: usize,
         except: Except<'_>,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<(), UseCaseError> {
         let Some((owner, max)) = caller.and_then(|p| p.max_instances.map(|m| (p.owner.as_str(), m))) else {
             return Ok(());
         };
@@ -189,7 +189,7 @@ impl Services {
         }
         let left = max.saturating_sub(held);
         const COUNTED: &str = "its instances, its services' replicas and its pools' room count";
-        Err(ServiceError::Forbidden(match adding {
+        Err(UseCaseError::Forbidden(match adding {
             Adding::Instance => format!(
                 "Instance count exceeds limit: {max} (owner {owner} holds {held}: {COUNTED}; delete an instance, or shrink a pool or a service, first)"
             ),

@@ -12,7 +12,7 @@ use super::{
     create::validate_env,
     lenient::{EnvValues, Ranged, StringMap, Text, Whole},
 };
-use crate::service::{ServiceRequest, ServiceUpdate};
+use crate::usecase::{EnvServiceRequest, EnvServiceUpdate};
 
 /// A DNS label (a service's or a volume's name).
 const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
@@ -128,7 +128,7 @@ fn quantity(field: &str, value: &Option<String>, cpu: bool) -> Result<(), BodyEr
 }
 
 /// `POST /env-service`'s body.
-pub fn parse_create(bytes: &[u8]) -> Result<ServiceRequest, BodyError> {
+pub fn parse_create(bytes: &[u8]) -> Result<EnvServiceRequest, BodyError> {
     let body: ServiceCreate = super::decode(bytes, r#"{"envName": "name@version"}"#)?;
     let env_name = text(body.env_name).ok_or_else(|| {
         BodyError::field(
@@ -138,7 +138,7 @@ pub fn parse_create(bytes: &[u8]) -> Result<ServiceRequest, BodyError> {
     })?;
     let env = body.environment_variables.unwrap_or_default().into_inner();
     validate_env(&env, "environment_variables")?;
-    let request = ServiceRequest {
+    let request = EnvServiceRequest {
         env_name,
         service_name: text(body.service_name),
         replicas: body.replicas.map(|r| r.0),
@@ -175,7 +175,7 @@ pub fn parse_create(bytes: &[u8]) -> Result<ServiceRequest, BodyError> {
 
 /// The quantities of `r`, each named as the route spells it (in the order cpu, memory, cpu request, memory
 /// request, ephemeral request, ephemeral limit, storage size).
-fn check_quantities(r: &ServiceRequest, names: [&str; 7]) -> Result<(), BodyError> {
+fn check_quantities(r: &EnvServiceRequest, names: [&str; 7]) -> Result<(), BodyError> {
     quantity(names[0], &r.cpu, true)?;
     quantity(names[1], &r.memory, false)?;
     quantity(names[2], &r.requests.cpu, true)?;
@@ -186,14 +186,14 @@ fn check_quantities(r: &ServiceRequest, names: [&str; 7]) -> Result<(), BodyErro
 }
 
 /// `PUT /env-service/{id}`'s body.
-pub fn parse_update(bytes: &[u8]) -> Result<ServiceUpdate, BodyError> {
+pub fn parse_update(bytes: &[u8]) -> Result<EnvServiceUpdate, BodyError> {
     let body: ServiceChange = super::decode(bytes, r#"{"replicas": 2}"#)?;
     let env = body.environment_variables.map(StringMap::into_inner);
     if let Some(env) = &env {
         validate_env(env, "environment_variables")?;
     }
-    let update = ServiceUpdate { replicas: body.replicas.map(|r| r.0), image: text(body.image), env };
-    if update == ServiceUpdate::default() {
+    let update = EnvServiceUpdate { replicas: body.replicas.map(|r| r.0), image: text(body.image), env };
+    if update == EnvServiceUpdate::default() {
         return Err(BodyError::body(
             "nothing to change: give at least one of `replicas`, `image`, `environment_variables`",
         ));
@@ -239,12 +239,12 @@ pub fn controller_service(
     deploy: Option<Value>,
     env_name: String,
     inline: aenv_core::EnvInstanceSpec,
-) -> Result<ServiceRequest, BodyError> {
+) -> Result<EnvServiceRequest, BodyError> {
     let keys: ControllerService = match deploy {
         Some(d @ Value::Object(_)) => super::from_value_at(d, "deployConfig")?,
         _ => ControllerService::default(),
     };
-    let request = ServiceRequest {
+    let request = EnvServiceRequest {
         env_name,
         service_name: text(keys.service_name),
         replicas: keys.replicas.map(|r| r.0),

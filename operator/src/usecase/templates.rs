@@ -11,7 +11,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use tracing::info;
 
-use super::{Principal, ServiceError, Services};
+use super::{Principal, UseCaseError, UseCases};
 use crate::Error;
 
 /// Annotation of a template made by a snapshot: the image it owns, removed with it.
@@ -31,9 +31,9 @@ pub fn snapshot_pending(t: &Environment) -> bool {
 }
 
 /// Refuses to start anything from a snapshot's template whose image is still being committed.
-pub(super) fn not_pending(t: &Environment) -> Result<(), ServiceError> {
+pub(super) fn not_pending(t: &Environment) -> Result<(), UseCaseError> {
     if snapshot_pending(t) {
-        return Err(ServiceError::Conflict(format!(
+        return Err(UseCaseError::Conflict(format!(
             "environment \"{}@{}\" is a snapshot still being taken; try again in a few seconds",
             t.spec.name, t.spec.version
         )));
@@ -102,7 +102,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Services {
+impl UseCases {
     /// Registers a template from an inline spec (its name and version name the template); with tokens on, it
     /// belongs to `caller`. Its image may not be a snapshot's (a snapshot is used through its own template).
     pub async fn register_template(
@@ -110,8 +110,8 @@ impl Services {
         spec: EnvInstanceSpec,
         meta: TemplateMeta,
         caller: Option<&Principal>,
-    ) -> Result<Arc<Environment>, ServiceError> {
-        self.engine.refuse_snapshot_images(&spec).map_err(ServiceError::Refused)?;
+    ) -> Result<Arc<Environment>, UseCaseError> {
+        self.engine.refuse_snapshot_images(&spec).map_err(UseCaseError::Refused)?;
         self.record_template(spec, meta, caller, BTreeMap::new()).await
     }
 
@@ -122,13 +122,13 @@ impl Services {
         meta: TemplateMeta,
         caller: Option<&Principal>,
         annotations: BTreeMap<String, String>,
-    ) -> Result<Arc<Environment>, ServiceError> {
+    ) -> Result<Arc<Environment>, UseCaseError> {
         if spec.env_version.is_empty() {
-            return Err(ServiceError::field("version", "field `version` is required for an Environment"));
+            return Err(UseCaseError::field("version", "field `version` is required for an Environment"));
         }
         self.check_ttl(spec.ttl.as_deref(), "deployConfig.ttl")?;
-        self.engine.validate(&spec).map_err(ServiceError::Refused)?;
-        self.engine.admit(&spec).await.map_err(ServiceError::Refused)?;
+        self.engine.validate(&spec).map_err(UseCaseError::Refused)?;
+        self.engine.admit(&spec).await.map_err(UseCaseError::Refused)?;
         let (name, version) = (spec.env_name.clone(), spec.env_version.clone());
         let mut env = Environment::new(
             &Environment::object_name(&name, &version),
@@ -153,18 +153,18 @@ impl Services {
                 Ok(stored)
             }
             Err(Error::AlreadyExists(_)) => Err(self.taken(&name, &version, caller)),
-            Err(source) => Err(ServiceError::store("the environment could not be recorded", source)),
+            Err(source) => Err(UseCaseError::store("the environment could not be recorded", source)),
         }
     }
 
     /// The refusal of a `name@version` that is taken. It tells a caller only what it may see: the holder of a
     /// template it may read; of one it may not (another tenant's private template or snapshot), nothing but
     /// that the name is taken, as for any name.
-    pub(super) fn taken(&self, name: &str, version: &str, caller: Option<&Principal>) -> ServiceError {
+    pub(super) fn taken(&self, name: &str, version: &str, caller: Option<&Principal>) -> UseCaseError {
         let held = self.find_template(name, version);
         let access = held.as_deref().map_or(TemplateAccess::None, |t| TemplateAccess::of(t, caller));
         let holder = held.and_then(|t| t.spec.owner.clone()).filter(|o| caller.is_some_and(|p| p.owner != *o));
-        ServiceError::Conflict(match (access, holder) {
+        UseCaseError::Conflict(match (access, holder) {
             (TemplateAccess::Own, _) | (TemplateAccess::Use, None) => {
                 format!("environment \"{name}@{version}\" exists already; delete it first, or register a new version")
             }
@@ -184,7 +184,7 @@ impl Services {
         name: &str,
         version: &str,
         caller: Option<&Principal>,
-    ) -> Result<Arc<Environment>, ServiceError> {
+    ) -> Result<Arc<Environment>, UseCaseError> {
         let (t, access) = self.usable_template(name, version, caller)?;
         Ok(as_seen(t, access))
     }
@@ -195,14 +195,14 @@ impl Services {
         name: &str,
         version: &str,
         caller: Option<&Principal>,
-    ) -> Result<(Arc<Environment>, TemplateAccess), ServiceError> {
+    ) -> Result<(Arc<Environment>, TemplateAccess), UseCaseError> {
         self.find_template(name, version)
             .map(|t| {
                 let access = TemplateAccess::of(&t, caller);
                 (t, access)
             })
             .filter(|(_, access)| *access != TemplateAccess::None)
-            .ok_or_else(|| ServiceError::NotFound(format!("environment \"{name}@{version}\" not found")))
+            .ok_or_else(|| UseCaseError::NotFound(format!("environment \"{name}@{version}\" not found")))
     }
 
     /// Deletes a template: only its owner or an admin token may (anyone with auth off), and not while a pool
@@ -212,10 +212,10 @@ impl Services {
         name: &str,
         version: &str,
         caller: Option<&Principal>,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<(), UseCaseError> {
         let (t, access) = self.usable_template(name, version, caller)?;
         if access != TemplateAccess::Own {
-            return Err(ServiceError::Forbidden(format!(
+            return Err(UseCaseError::Forbidden(format!(
                 "environment \"{name}@{version}\" belongs to {}; only its owner or an admin token may delete it",
                 t.spec.owner.as_deref().map_or_else(
                     || "no tenant (it was registered without tokens)".to_string(),
@@ -226,7 +226,7 @@ impl Services {
         // Refusals name only what the caller may see: another tenant's pools and instances are counted.
         let pools = self.pools_of(name, version);
         if !pools.is_empty() {
-            return Err(ServiceError::Conflict(
+            return Err(UseCaseError::Conflict(
                 match pools.iter().find(|p| Self::pool_visible(p, caller)).and_then(|p| p.metadata.name.as_deref()) {
                     Some(pool) => format!(
                         "environment \"{name}@{version}\" is used by pool \"{pool}\": delete the pool first (DELETE /env-pool/{pool})"
@@ -243,7 +243,7 @@ impl Services {
             let users = self.instances.list_where(&|i: &aenv_core::EnvInstance| i.spec.image.as_deref() == Some(image));
             if !users.is_empty() {
                 let yours = users.iter().find(|i| Self::visible(i, caller)).and_then(|i| i.metadata.name.as_deref());
-                return Err(ServiceError::Conflict(match yours {
+                return Err(UseCaseError::Conflict(match yours {
                     Some(user) => format!(
                         "environment \"{name}@{version}\" is a snapshot that {} instance(s) still run from (such as \"{user}\"): delete them first",
                         users.len()
@@ -260,12 +260,12 @@ impl Services {
 
     /// Removes template `t` for good, with its snapshot image if it has one (the image first: a template
     /// whose image could not go stays, to be deleted again).
-    pub(super) async fn discard_template(&self, t: &Environment) -> Result<(), ServiceError> {
+    pub(super) async fn discard_template(&self, t: &Environment) -> Result<(), UseCaseError> {
         if let Some(image) = snapshot_image_of(t) {
             self.engine.remove_snapshot(image).await?;
         }
         let key = self.key(&Environment::object_name(&t.spec.name, &t.spec.version));
-        self.templates.purge(&key).await.map_err(|source| ServiceError::store("could not delete", source))
+        self.templates.purge(&key).await.map_err(|source| UseCaseError::store("could not delete", source))
     }
 
     /// Templates in the API's namespace that `caller` may see, of one name or all (another tenant's shared
@@ -292,7 +292,7 @@ impl Services {
         name: &str,
         version: &str,
         caller: Option<&Principal>,
-    ) -> Result<WarmupState, ServiceError> {
+    ) -> Result<WarmupState, UseCaseError> {
         let (template, _) = self.usable_template(name, version, caller)?;
         let env = format!("{name}@{version}");
         let mut warmups = lock(&self.warmups);
@@ -332,13 +332,13 @@ impl Services {
         name: &str,
         version: &str,
         caller: Option<&Principal>,
-    ) -> Result<WarmupState, ServiceError> {
+    ) -> Result<WarmupState, UseCaseError> {
         self.usable_template(name, version, caller)?;
         let env = format!("{name}@{version}");
         let warmups = lock(&self.warmups);
         let state = warmups
             .get(&env)
-            .ok_or_else(|| ServiceError::NotFound(format!("no warmup of \"{env}\" has run; start one with POST")))?;
+            .ok_or_else(|| UseCaseError::NotFound(format!("no warmup of \"{env}\" has run; start one with POST")))?;
         Ok(lock(state).clone())
     }
 }
@@ -353,7 +353,7 @@ pub struct SnapshotSweep {
     pub foreign: Vec<aenv_core::SnapshotImage>,
 }
 
-impl Services {
+impl UseCases {
     /// Removes this operator's snapshot images that no template owns any more and that are older than `grace`:
     /// left by a template whose image could not be removed with it, by a crash between the commit and the
     /// template's record, or by a store that was lost (the Kubernetes store keeps the operator id). An image that
@@ -427,10 +427,10 @@ mod tests {
     use aenv_core::{EnvInstance, EnvPool, EnvService, SnapshotImage};
 
     use super::*;
-    use crate::{controller::fake::FakeEngine, service::CreateRequest, store::MemoryStore};
+    use crate::{controller::fake::FakeEngine, store::MemoryStore, usecase::CreateRequest};
 
-    fn services(engine: Arc<FakeEngine>) -> Arc<Services> {
-        Services::new(
+    fn services(engine: Arc<FakeEngine>) -> Arc<UseCases> {
+        UseCases::new(
             MemoryStore::<EnvInstance>::new(),
             MemoryStore::<Environment>::new(),
             MemoryStore::<EnvPool>::new(),
@@ -449,7 +449,7 @@ mod tests {
     }
 
     /// A snapshot's template as it is recorded before its commit.
-    async fn reserve(svc: &Services, name: &str) {
+    async fn reserve(svc: &UseCases, name: &str) {
         let spec = EnvInstanceSpec {
             env_name: name.into(),
             env_version: "v1".into(),
@@ -485,7 +485,7 @@ mod tests {
         svc.sweep_snapshots("op", Duration::from_secs(3600)).await.unwrap();
         for name in ["committed", "lost"] {
             assert!(snapshot_pending(&svc.find_template(name, "v1").unwrap()), "{name}");
-            assert!(matches!(svc.resolve(create(name), None), Err(ServiceError::Conflict(_))), "{name}");
+            assert!(matches!(svc.resolve(create(name), None), Err(UseCaseError::Conflict(_))), "{name}");
         }
         // Past it: the committed one is finished and usable, the other taken back.
         tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -10,7 +10,7 @@ use aenv_core::{
 use futures::{StreamExt, stream::BoxStream};
 use tracing::info;
 
-use super::{Principal, ServiceError, Services, limits::HeavyPermit};
+use super::{Principal, UseCaseError, UseCases, limits::HeavyPermit};
 
 /// Largest file (or directory archive) moved in or out of a sandbox in one request (64 MiB).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -25,17 +25,17 @@ pub struct ExecResult {
     pub truncated: bool,
 }
 
-impl From<EngineError> for ServiceError {
+impl From<EngineError> for UseCaseError {
     fn from(e: EngineError) -> Self {
-        ServiceError::Engine(e)
+        UseCaseError::Engine(e)
     }
 }
 
-impl Services {
+impl UseCases {
     /// A place among the heavy requests (exec, files) of whoever acts on `inst`: the caller's owner, without
-    /// tokens the instance's owner, or the instance itself when it has none. [`ServiceError::Overloaded`] when
+    /// tokens the instance's owner, or the instance itself when it has none. [`UseCaseError::Overloaded`] when
     /// that owner runs `--max-heavy-requests-per-owner` already.
-    fn heavy(&self, inst: &EnvInstance, caller: Option<&Principal>) -> Result<HeavyPermit, ServiceError> {
+    fn heavy(&self, inst: &EnvInstance, caller: Option<&Principal>) -> Result<HeavyPermit, UseCaseError> {
         let owner = match (caller, inst.spec.owner.as_deref()) {
             (Some(p), _) => format!("owner:{}", p.owner),
             (None, Some(owner)) => format!("owner:{owner}"),
@@ -45,21 +45,21 @@ impl Services {
     }
 
     /// The instance `id` as an operation finds it: visible to `caller`, not being deleted, running.
-    fn operable(&self, id: &str, caller: Option<&Principal>) -> Result<Arc<EnvInstance>, ServiceError> {
+    fn operable(&self, id: &str, caller: Option<&Principal>) -> Result<Arc<EnvInstance>, UseCaseError> {
         let inst = self
             .instance(id, caller)
-            .ok_or_else(|| ServiceError::NotFound(format!("env instance \"{id}\" not found")))?;
+            .ok_or_else(|| UseCaseError::NotFound(format!("env instance \"{id}\" not found")))?;
         if inst.is_deleting() {
-            return Err(ServiceError::Conflict(format!("env instance \"{id}\" is being deleted")));
+            return Err(UseCaseError::Conflict(format!("env instance \"{id}\" is being deleted")));
         }
         if inst.spec.paused || inst.phase() == Phase::Paused {
-            return Err(ServiceError::Conflict(format!(
+            return Err(UseCaseError::Conflict(format!(
                 "env instance \"{id}\" is paused: resume it first (POST /env-instance/{id}/resume)"
             )));
         }
         match inst.phase() {
             Phase::Running => Ok(inst),
-            phase => Err(ServiceError::Conflict(format!(
+            phase => Err(UseCaseError::Conflict(format!(
                 "env instance \"{id}\" is {}, not Running: wait until it runs",
                 phase.as_str()
             ))),
@@ -74,18 +74,18 @@ impl Services {
         id: &str,
         caller: Option<&Principal>,
         paused: bool,
-    ) -> Result<Arc<EnvInstance>, ServiceError> {
+    ) -> Result<Arc<EnvInstance>, UseCaseError> {
         let mut attempts = super::retry::Attempts::new();
         while attempts.next().await {
             let inst = self
                 .instance(id, caller)
-                .ok_or_else(|| ServiceError::NotFound(format!("env instance \"{id}\" not found")))?;
+                .ok_or_else(|| UseCaseError::NotFound(format!("env instance \"{id}\" not found")))?;
             if inst.is_deleting() {
-                return Err(ServiceError::Conflict(format!("env instance \"{id}\" is being deleted")));
+                return Err(UseCaseError::Conflict(format!("env instance \"{id}\" is being deleted")));
             }
             self.engine.can_pause(&inst.spec)?;
             if !matches!(inst.phase(), Phase::Running | Phase::Paused) {
-                return Err(ServiceError::Conflict(format!(
+                return Err(UseCaseError::Conflict(format!(
                     "env instance \"{id}\" is {}: only a Running instance can be paused or resumed",
                     inst.phase().as_str()
                 )));
@@ -100,20 +100,20 @@ impl Services {
                 next.stop_ttl_clock(now);
             } else if !paused {
                 next.restart_ttl_clock(now)
-                    .map_err(|e| ServiceError::field("deployConfig.ttl", format!("field `deployConfig.ttl`: {e}")))?;
+                    .map_err(|e| UseCaseError::field("deployConfig.ttl", format!("field `deployConfig.ttl`: {e}")))?;
             }
             match self.instances.replace(&next).await {
                 Ok(Some(stored)) => {
                     info!(instance = %id, paused, "pause state requested");
                     return Ok(stored);
                 }
-                Ok(None) => return Err(ServiceError::NotFound(format!("env instance \"{id}\" not found"))),
+                Ok(None) => return Err(UseCaseError::NotFound(format!("env instance \"{id}\" not found"))),
                 // Its status changed meanwhile (the controller wrote it): read it again.
                 Err(crate::Error::Conflict(_)) => continue,
-                Err(source) => return Err(ServiceError::store("the pause state could not be recorded", source)),
+                Err(source) => return Err(UseCaseError::store("the pause state could not be recorded", source)),
             }
         }
-        Err(ServiceError::Busy(format!("env instance \"{id}\" kept changing; try again")))
+        Err(UseCaseError::Busy(format!("env instance \"{id}\" kept changing; try again")))
     }
 
     /// The resource use of instance `id` (running or paused): of `service` of a stack (its main one when `None`).
@@ -122,12 +122,12 @@ impl Services {
         id: &str,
         caller: Option<&Principal>,
         service: Option<&str>,
-    ) -> Result<InstanceStats, ServiceError> {
+    ) -> Result<InstanceStats, UseCaseError> {
         let inst = self
             .instance(id, caller)
-            .ok_or_else(|| ServiceError::NotFound(format!("env instance \"{id}\" not found")))?;
+            .ok_or_else(|| UseCaseError::NotFound(format!("env instance \"{id}\" not found")))?;
         if !matches!(inst.phase(), Phase::Running | Phase::Paused) || inst.is_deleting() {
-            return Err(ServiceError::Conflict(format!(
+            return Err(UseCaseError::Conflict(format!(
                 "env instance \"{id}\" is {}: stats are read from a Running or Paused instance",
                 aenv_core::Phase::as_str(inst.phase())
             )));
@@ -148,12 +148,12 @@ impl Services {
         id: &str,
         caller: Option<&Principal>,
         version: Option<String>,
-    ) -> Result<Arc<aenv_core::Environment>, ServiceError> {
+    ) -> Result<Arc<aenv_core::Environment>, UseCaseError> {
         let inst = self
             .instance(id, caller)
-            .ok_or_else(|| ServiceError::NotFound(format!("env instance \"{id}\" not found")))?;
+            .ok_or_else(|| UseCaseError::NotFound(format!("env instance \"{id}\" not found")))?;
         if inst.is_deleting() || !matches!(inst.phase(), Phase::Running | Phase::Paused) {
-            return Err(ServiceError::Conflict(format!(
+            return Err(UseCaseError::Conflict(format!(
                 "env instance \"{id}\" is {}: only a Running or Paused instance can be snapshotted",
                 if inst.is_deleting() { "being deleted" } else { inst.phase().as_str() }
             )));
@@ -195,7 +195,7 @@ impl Services {
 
     /// Refuses a snapshot of `inst` past `caller`'s caps: the number of snapshots it holds, and their bytes (the
     /// sizes the engine reports for its snapshot images, plus the sandbox's current size).
-    async fn check_snapshot_caps(&self, inst: &EnvInstance, caller: Option<&Principal>) -> Result<(), ServiceError> {
+    async fn check_snapshot_caps(&self, inst: &EnvInstance, caller: Option<&Principal>) -> Result<(), UseCaseError> {
         let owner = caller.map(|p| p.owner.as_str());
         let mine = self.templates.list_where(&|t: &aenv_core::Environment| {
             super::templates::snapshot_image_of(t).is_some() && t.spec.owner.as_deref() == owner
@@ -203,7 +203,7 @@ impl Services {
         let who = owner.map_or_else(|| "this operator".to_string(), |o| format!("owner {o}"));
         let limits = &self.limits.limits;
         if mine.len() >= limits.max_snapshots_per_owner {
-            return Err(ServiceError::Forbidden(format!(
+            return Err(UseCaseError::Forbidden(format!(
                 "{who} holds {} snapshots, the most allowed (--max-snapshots-per-owner {}); delete one first (DELETE /env/<name>/<version>)",
                 mine.len(),
                 limits.max_snapshots_per_owner
@@ -221,7 +221,7 @@ impl Services {
         let this = self.engine.snapshot_size(inst).await?.unwrap_or(0);
         let max = &limits.max_snapshot_bytes_per_owner;
         if held.saturating_add(this) > max.bytes {
-            return Err(ServiceError::Forbidden(format!(
+            return Err(UseCaseError::Forbidden(format!(
                 "{who} holds {held} bytes of snapshots and this sandbox is {this} bytes: more than allowed (--max-snapshot-bytes-per-owner {}); delete a snapshot first (DELETE /env/<name>/<version>)",
                 max.text
             )));
@@ -241,7 +241,7 @@ impl Services {
     pub(super) async fn finish_snapshot(
         &self,
         reserved: &aenv_core::Environment,
-    ) -> Result<Arc<aenv_core::Environment>, ServiceError> {
+    ) -> Result<Arc<aenv_core::Environment>, UseCaseError> {
         let key = self.key(&aenv_core::Environment::object_name(&reserved.spec.name, &reserved.spec.version));
         let mut attempts = super::retry::Attempts::new();
         while attempts.next().await {
@@ -257,7 +257,7 @@ impl Services {
                 Ok(None) => break,
                 Err(crate::Error::Conflict(_)) => continue,
                 Err(source) => {
-                    return Err(ServiceError::store("the snapshot's template could not be recorded", source));
+                    return Err(UseCaseError::store("the snapshot's template could not be recorded", source));
                 }
             }
         }
@@ -265,7 +265,7 @@ impl Services {
         if let Some(image) = super::templates::snapshot_image_of(reserved) {
             self.engine.remove_snapshot(image).await?;
         }
-        Err(ServiceError::Conflict(format!(
+        Err(UseCaseError::Conflict(format!(
             "environment \"{}@{}\" was deleted while its snapshot was taken",
             reserved.spec.name, reserved.spec.version
         )))
@@ -280,7 +280,7 @@ impl Services {
         id: &str,
         caller: Option<&Principal>,
         count: usize,
-    ) -> Result<(Arc<aenv_core::Environment>, Vec<String>), ServiceError> {
+    ) -> Result<(Arc<aenv_core::Environment>, Vec<String>), UseCaseError> {
         if self.instance(id, caller).is_some() {
             self.check_instance_room(caller, count)?;
         }
@@ -307,7 +307,7 @@ impl Services {
                     return Err(e);
                 }
                 Err(e) => {
-                    return Err(ServiceError::Forbidden(format!(
+                    return Err(UseCaseError::Forbidden(format!(
                         "the fork stopped after {} of {count} instances ({}) of {name}@{version}: {e}",
                         made.len(),
                         made.join(", ")
@@ -324,7 +324,7 @@ impl Services {
         id: &str,
         caller: Option<&Principal>,
         request: ExecRequest,
-    ) -> Result<BoxStream<'static, Result<ExecOutput, EngineError>>, ServiceError> {
+    ) -> Result<BoxStream<'static, Result<ExecOutput, EngineError>>, UseCaseError> {
         let inst = self.operable(id, caller)?;
         let permit = self.heavy(&inst, caller)?;
         // The place is held as long as the output is read.
@@ -346,7 +346,7 @@ impl Services {
         caller: Option<&Principal>,
         request: PtyRequest,
         input: BoxStream<'static, PtyInput>,
-    ) -> Result<BoxStream<'static, Result<PtyOutput, EngineError>>, ServiceError> {
+    ) -> Result<BoxStream<'static, Result<PtyOutput, EngineError>>, UseCaseError> {
         let inst = self.operable(id, caller)?;
         Ok(self.engine.pty(&inst, request, input).await?)
     }
@@ -357,7 +357,7 @@ impl Services {
         id: &str,
         caller: Option<&Principal>,
         request: ExecRequest,
-    ) -> Result<ExecResult, ServiceError> {
+    ) -> Result<ExecResult, UseCaseError> {
         let mut stream = self.exec(id, caller, request)?;
         let mut result = ExecResult::default();
         let mut exited = false;
@@ -373,7 +373,7 @@ impl Services {
             }
         }
         if !exited {
-            return Err(ServiceError::Engine(EngineError::transient(
+            return Err(UseCaseError::Engine(EngineError::transient(
                 "the command's output ended without its exit; try again",
             )));
         }
@@ -388,7 +388,7 @@ impl Services {
         caller: Option<&Principal>,
         service: Option<&str>,
         path: &SandboxPath,
-    ) -> Result<PathContent, ServiceError> {
+    ) -> Result<PathContent, UseCaseError> {
         let inst = self.operable(id, caller)?;
         let permit = self.heavy(&inst, caller)?;
         let content =
@@ -413,9 +413,9 @@ impl Services {
         id: &str,
         caller: Option<&Principal>,
         upload: FileUpload,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<(), UseCaseError> {
         if upload.size > MAX_FILE_BYTES {
-            return Err(ServiceError::TooLarge(format!(
+            return Err(UseCaseError::TooLarge(format!(
                 "the file is {} bytes; this operator takes at most {MAX_FILE_BYTES}",
                 upload.size
             )));

@@ -1,5 +1,5 @@
 //! Long-running services: `EnvService` objects (make, read, list, update, delete), as AEnvironment's
-//! `/env-service` asks for them. The service controller ([`crate::controller::services`]) keeps their replicas.
+//! `/env-service` asks for them. The service controller ([`crate::controller::env_services`]) keeps their replicas.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use tracing::info;
 
 use super::{
-    Principal, ServiceError, Services,
+    Principal, UseCaseError, UseCases,
     quota::{Adding, Except, Reservation},
 };
 use crate::{Error, store::random_suffix};
@@ -21,7 +21,7 @@ pub const UPDATED_AT_ANNOTATION: &str = "aenv.io/updated-at";
 
 /// `POST /env-service`, parsed (types checked; the rules are checked here).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ServiceRequest {
+pub struct EnvServiceRequest {
     /// `name@version` of the template.
     pub env_name: String,
     pub service_name: Option<String>,
@@ -47,7 +47,7 @@ pub struct ServiceRequest {
 
 /// `PUT /env-service/{id}`, parsed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceUpdate {
+pub struct EnvServiceUpdate {
     pub replicas: Option<i64>,
     pub image: Option<String>,
     pub env: Option<BTreeMap<String, String>>,
@@ -62,18 +62,18 @@ fn dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn check_replicas(replicas: i64) -> Result<u32, ServiceError> {
+fn check_replicas(replicas: i64) -> Result<u32, UseCaseError> {
     u32::try_from(replicas).ok().filter(|r| *r <= MAX_SERVICE_REPLICAS).ok_or_else(|| {
-        ServiceError::field(
+        UseCaseError::field(
             "replicas",
             format!("field `replicas` must be between 0 and {MAX_SERVICE_REPLICAS} (got {replicas})"),
         )
     })
 }
 
-fn check_env(env: &BTreeMap<String, String>) -> Result<(), ServiceError> {
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), UseCaseError> {
     match env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
-        Some(k) => Err(ServiceError::field(
+        Some(k) => Err(UseCaseError::field(
             "environment_variables",
             format!(
                 "field `environment_variables` has the name {k:?}: a variable name is not empty and holds no '=' or NUL"
@@ -95,7 +95,7 @@ fn default_name(template_name: &str) -> String {
     format!("{base}-svc-{}", random_suffix(6))
 }
 
-impl Services {
+impl UseCases {
     /// Whether `caller` may see and change `svc`: everyone when auth is off; its owner otherwise.
     pub fn service_visible(svc: &EnvService, caller: Option<&Principal>) -> bool {
         caller.is_none_or(|p| svc.spec.owner.as_deref() == Some(p.owner.as_str()))
@@ -123,27 +123,27 @@ impl Services {
         id: &str,
         template: &EnvInstanceSpec,
         spec: &EnvServiceSpec,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<(), UseCaseError> {
         if let Some((field, message)) = spec.request_above_limit() {
-            return Err(ServiceError::field(field, message));
+            return Err(UseCaseError::field(field, message));
         }
         // A snapshot is used through its template, never by naming its image (the service's `image`, or an
         // inline template's).
         if let Some(image) = &spec.image {
             let named = EnvInstanceSpec { image: Some(image.clone()), ..Default::default() };
-            self.engine.refuse_snapshot_images(&named).map_err(ServiceError::Refused)?;
+            self.engine.refuse_snapshot_images(&named).map_err(UseCaseError::Refused)?;
         }
         if let Some(inline) = &spec.template {
-            self.engine.refuse_snapshot_images(inline).map_err(ServiceError::Refused)?;
+            self.engine.refuse_snapshot_images(inline).map_err(UseCaseError::Refused)?;
         }
         let Some((name, version)) = spec.template() else { return Ok(()) };
         let mut replica = replica_spec(template, name, version, spec);
         if let Some(native) = self.engine.native_services() {
-            native.validate_service(id, spec).map_err(ServiceError::Refused)?;
+            native.validate_service(id, spec).map_err(UseCaseError::Refused)?;
             replica.volumes.clear();
         }
-        self.engine.validate(&replica).map_err(ServiceError::Refused)?;
-        self.engine.admit(&replica).await.map_err(ServiceError::Refused)
+        self.engine.validate(&replica).map_err(UseCaseError::Refused)?;
+        self.engine.admit(&replica).await.map_err(UseCaseError::Refused)
     }
 
     /// Replicas of `svc` that passed their readiness probe: its replica instances', or, for a service the engine
@@ -170,14 +170,14 @@ impl Services {
         replicas: usize,
         more: usize,
         except: Except<'_>,
-    ) -> Result<Option<Reservation<'_>>, ServiceError> {
+    ) -> Result<Option<Reservation<'_>>, UseCaseError> {
         if more == 0 {
             return Ok(None);
         }
         self.check_owner_room(caller, Adding::Service, replicas, except)?;
         self.reserve_live(more).map_err(|live| {
             let max = self.limits.limits.max_instances.unwrap_or_default();
-            ServiceError::Forbidden(format!(
+            UseCaseError::Forbidden(format!(
                 "the operator holds {live} of its limit of {max} live instances: `replicas` may add at most {}",
                 max.saturating_sub(live)
             ))
@@ -187,11 +187,11 @@ impl Services {
     /// Makes a service of an existing template; the service controller starts its replicas.
     pub async fn create_service(
         &self,
-        req: ServiceRequest,
+        req: EnvServiceRequest,
         caller: Option<&Principal>,
-    ) -> Result<Arc<EnvService>, ServiceError> {
+    ) -> Result<Arc<EnvService>, UseCaseError> {
         let Some((name, version)) = req.env_name.split_once('@').filter(|(n, v)| !n.is_empty() && !v.is_empty()) else {
-            return Err(ServiceError::field(
+            return Err(UseCaseError::field(
                 "envName",
                 format!("field `envName` must be name@version of a registered environment (got {:?})", req.env_name),
             ));
@@ -205,8 +205,8 @@ impl Services {
                 super::templates::not_pending(&t)?;
                 t
             }
-            (None, Err(ServiceError::NotFound(_))) => {
-                return Err(ServiceError::field(
+            (None, Err(UseCaseError::NotFound(_))) => {
+                return Err(UseCaseError::field(
                     "envName",
                     format!(
                         "field `envName`: environment \"{name}@{version}\" is not registered; register it with POST /env first"
@@ -218,7 +218,7 @@ impl Services {
         let id = match req.service_name.as_deref() {
             Some(n) if dns_label(n) => n.to_string(),
             Some(n) => {
-                return Err(ServiceError::field(
+                return Err(UseCaseError::field(
                     "service_name",
                     format!(
                         "field `service_name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {n:?})"
@@ -230,7 +230,7 @@ impl Services {
         let replicas = check_replicas(req.replicas.unwrap_or(1))?;
         // The quantities were checked as the request was decoded (each named as its route spells it).
         if req.storage_size.is_some() && replicas > 1 {
-            return Err(ServiceError::field(
+            return Err(UseCaseError::field(
                 "storage_size",
                 format!(
                     "fields `replicas` and `storage_size`: a service with storage_size has one replica (got replicas {replicas}); leave out storage_size, or ask for replicas 1"
@@ -239,7 +239,7 @@ impl Services {
         }
         let pvc_name = match (&req.pvc_name, &req.storage_size, &req.mount_path) {
             (Some(p), _, _) if !dns_label(p) => {
-                return Err(ServiceError::field(
+                return Err(UseCaseError::field(
                     "pvc_name",
                     format!(
                         "field `pvc_name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {p:?})"
@@ -260,19 +260,19 @@ impl Services {
         if let Some(path) = &req.mount_path
             && let Some(why) = VolumeMount::mount_path_refusal(path)
         {
-            return Err(ServiceError::field("mount_path", format!("field `mount_path` {why} (got {path:?})")));
+            return Err(UseCaseError::field("mount_path", format!("field `mount_path` {why} (got {path:?})")));
         }
         let port = match req.port {
             None => aenv_core::envservice::DEFAULT_PORT,
             Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
-                ServiceError::field("port", format!("field `port` must be a port number from 1 to 65535 (got {p})"))
+                UseCaseError::field("port", format!("field `port` must be a port number from 1 to 65535 (got {p})"))
             })?,
         };
         let ready_timeout_seconds = req
             .ready_timeout_seconds
             .map(|t| {
                 u32::try_from(t).ok().filter(|t| (1..=86_400).contains(t)).ok_or_else(|| {
-                    ServiceError::field(
+                    UseCaseError::field(
                         "ready_timeout_seconds",
                         format!("field `ready_timeout_seconds` must be from 1 to 86400 seconds (got {t})"),
                     )
@@ -310,7 +310,7 @@ impl Services {
                 info!(service = %id, env = %req.env_name, replicas, "service created");
                 Ok(stored)
             }
-            Err(Error::AlreadyExists(_)) => Err(ServiceError::Conflict(
+            Err(Error::AlreadyExists(_)) => Err(UseCaseError::Conflict(
                 match self.env_services.get(&self.key(&id)).filter(|s| Self::service_visible(s, caller)) {
                     Some(s) if s.metadata.deletion_timestamp.is_some() => format!(
                         "service \"{id}\" is still being deleted (its replicas are going); try again in a few seconds, or pick another service_name"
@@ -323,16 +323,16 @@ impl Services {
                     None => super::taken(&id, "service_name"),
                 },
             )),
-            Err(source) => Err(ServiceError::store("the service could not be recorded", source)),
+            Err(source) => Err(UseCaseError::store("the service could not be recorded", source)),
         }
     }
 
     /// The service `id`, if `caller` may see it and it is not being deleted.
-    pub fn service(&self, id: &str, caller: Option<&Principal>) -> Result<Arc<EnvService>, ServiceError> {
+    pub fn service(&self, id: &str, caller: Option<&Principal>) -> Result<Arc<EnvService>, UseCaseError> {
         self.env_services
             .get(&self.key(id))
             .filter(|s| Self::service_visible(s, caller) && s.metadata.deletion_timestamp.is_none())
-            .ok_or_else(|| ServiceError::NotFound(format!("service \"{id}\" not found")))
+            .ok_or_else(|| UseCaseError::NotFound(format!("service \"{id}\" not found")))
     }
 
     /// Services `caller` may see, of the environment `env` (`name` or `name@version`; `*` for all).
@@ -350,9 +350,9 @@ impl Services {
     pub async fn update_service(
         &self,
         id: &str,
-        update: ServiceUpdate,
+        update: EnvServiceUpdate,
         caller: Option<&Principal>,
-    ) -> Result<Arc<EnvService>, ServiceError> {
+    ) -> Result<Arc<EnvService>, UseCaseError> {
         let _turn = self.owner_turn(caller).await;
         // The controller writes the status meanwhile (a new resource version): read again and retry a few times.
         let mut attempts = super::retry::Attempts::new();
@@ -364,28 +364,28 @@ impl Services {
                     info!(service = %id, replicas = stored.spec.replicas, "service updated");
                     return Ok(stored);
                 }
-                Ok(None) => return Err(ServiceError::NotFound(format!("service \"{id}\" not found"))),
+                Ok(None) => return Err(UseCaseError::NotFound(format!("service \"{id}\" not found"))),
                 Err(Error::Conflict(_)) => continue,
-                Err(source) => return Err(ServiceError::store("the service could not be updated", source)),
+                Err(source) => return Err(UseCaseError::store("the service could not be updated", source)),
             }
         }
-        Err(ServiceError::Conflict(format!("service \"{id}\" keeps changing; read it and try again")))
+        Err(UseCaseError::Conflict(format!("service \"{id}\" keeps changing; read it and try again")))
     }
 
     /// `current` with `update` applied and checked.
     async fn updated(
         &self,
         current: &EnvService,
-        update: &ServiceUpdate,
+        update: &EnvServiceUpdate,
         caller: Option<&Principal>,
-    ) -> Result<(EnvService, Option<Reservation<'_>>), ServiceError> {
+    ) -> Result<(EnvService, Option<Reservation<'_>>), UseCaseError> {
         let id = current.metadata.name.as_deref().unwrap_or_default();
         let mut svc = current.clone();
         let mut room = None;
         if let Some(r) = update.replicas {
             let replicas = check_replicas(r)?;
             if replicas > 1 && svc.spec.storage_size.is_some() {
-                return Err(ServiceError::field(
+                return Err(UseCaseError::field(
                     "replicas",
                     format!(
                         "fields `replicas` and `storage_size`: service \"{id}\" has storage_size and keeps one replica (got replicas {replicas})"
@@ -398,7 +398,7 @@ impl Services {
         }
         if let Some(image) = &update.image {
             if image.trim().is_empty() {
-                return Err(ServiceError::field("image", "field `image` must name an image, such as \"repo/app:2\""));
+                return Err(UseCaseError::field("image", "field `image` must name an image, such as \"repo/app:2\""));
             }
             svc.spec.image = Some(image.trim().to_string());
         }
@@ -429,7 +429,7 @@ impl Services {
         id: &str,
         delete_storage: bool,
         caller: Option<&Principal>,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<(), UseCaseError> {
         let key = self.key(id);
         let mut marked = !delete_storage;
         let mut attempts = super::retry::Attempts::new();
@@ -445,13 +445,13 @@ impl Services {
                 .insert(DELETE_STORAGE_ANNOTATION.into(), "true".into());
             match self.env_services.replace(&svc).await {
                 Ok(Some(_)) => marked = true,
-                Ok(None) => return Err(ServiceError::NotFound(format!("service \"{id}\" not found"))),
+                Ok(None) => return Err(UseCaseError::NotFound(format!("service \"{id}\" not found"))),
                 Err(Error::Conflict(_)) => continue,
-                Err(e) => return Err(ServiceError::store("the service could not be marked for deletion", e)),
+                Err(e) => return Err(UseCaseError::store("the service could not be marked for deletion", e)),
             }
         }
         if !marked {
-            return Err(ServiceError::Conflict(format!("service \"{id}\" keeps changing; try again")));
+            return Err(UseCaseError::Conflict(format!("service \"{id}\" keeps changing; try again")));
         }
         self.service(id, caller)?;
         match self.env_services.request_delete(&key, Timestamp::now()).await {
@@ -459,8 +459,8 @@ impl Services {
                 info!(service = %id, delete_storage, "service deletion requested");
                 Ok(())
             }
-            Ok(None) => Err(ServiceError::NotFound(format!("service \"{id}\" not found"))),
-            Err(source) => Err(ServiceError::store("the deletion could not be recorded", source)),
+            Ok(None) => Err(UseCaseError::NotFound(format!("service \"{id}\" not found"))),
+            Err(source) => Err(UseCaseError::store("the deletion could not be recorded", source)),
         }
     }
 

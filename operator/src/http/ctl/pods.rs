@@ -13,13 +13,13 @@ use warp::{
     hyper::body::Bytes,
 };
 
-use super::{
+use crate::http::{
     ApiError, Caller, MAX_BODY_BYTES,
     body::create::{Strictness, parse_create},
     query::Param,
     wire, with_services,
 };
-use crate::service::{Principal, Services};
+use crate::usecase::{Principal, UseCases};
 
 #[derive(Serialize)]
 struct Envelope<T> {
@@ -115,7 +115,7 @@ fn create_error(e: ApiError) -> warp::reply::Response {
     }
 }
 
-async fn create_pod(svc: &Services, body: &[u8], caller: Option<Principal>) -> warp::reply::Response {
+async fn create_pod(svc: &UseCases, body: &[u8], caller: Option<Principal>) -> warp::reply::Response {
     let spec = match parse_create(body, Strictness::Lenient)
         .map_err(ApiError::from)
         .and_then(|(request, _)| svc.resolve(request, caller.as_ref()).map_err(ApiError::from))
@@ -137,14 +137,14 @@ async fn create_pod(svc: &Services, body: &[u8], caller: Option<Principal>) -> w
     }
 }
 
-fn get_pod(svc: &Services, id: &str, caller: Option<Principal>) -> warp::reply::Response {
+fn get_pod(svc: &UseCases, id: &str, caller: Option<Principal>) -> warp::reply::Response {
     match svc.instance(id, caller.as_ref()) {
         Some(inst) => json_line(StatusCode::OK, pod(&inst)),
         None => text_error(404, &format!("failed to get pod failed: err is pods \"{id}\" not found")),
     }
 }
 
-async fn delete_pod(svc: &Services, id: &str, caller: Option<Principal>) -> warp::reply::Response {
+async fn delete_pod(svc: &UseCases, id: &str, caller: Option<Principal>) -> warp::reply::Response {
     match svc.delete(id, caller.as_ref()).await.map_err(ApiError::from) {
         Ok(Some(())) => json_line(StatusCode::OK, true),
         Ok(None) => text_error(404, &format!("failed to delete Pod failed: err is pods \"{id}\" not found")),
@@ -152,7 +152,7 @@ async fn delete_pod(svc: &Services, id: &str, caller: Option<Principal>) -> warp
     }
 }
 
-fn list_pods(svc: &Services, query: &HashMap<String, String>, caller: Option<Principal>) -> warp::reply::Response {
+fn list_pods(svc: &UseCases, query: &HashMap<String, String>, caller: Option<Principal>) -> warp::reply::Response {
     let now = Timestamp::now();
     let only_expired = query.get("filter").is_some_and(|f| f == "expired");
     let env_name = query.get("envName").filter(|n| !n.is_empty());
@@ -172,7 +172,7 @@ const LIST_QUERY: &[Param] = &[Param::one_of("filter", &["expired"]), Param::tex
 
 /// The `/pods` routes.
 pub fn routes(
-    svc: Arc<Services>,
+    svc: Arc<UseCases>,
     who: Caller,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let create = warp::path!("pods")
@@ -181,13 +181,13 @@ pub fn routes(
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
         .and(with_services(svc.clone()))
-        .then(|c: Option<Principal>, body: Bytes, svc: Arc<Services>| async move { create_pod(&svc, &body, c).await });
+        .then(|c: Option<Principal>, body: Bytes, svc: Arc<UseCases>| async move { create_pod(&svc, &body, c).await });
     let list = warp::path!("pods")
         .and(warp::get())
         .and(who.clone())
-        .and(super::query::query(LIST_QUERY))
+        .and(crate::http::query::query(LIST_QUERY))
         .and(with_services(svc.clone()))
-        .map(|c: Option<Principal>, q: HashMap<String, String>, svc: Arc<Services>| list_pods(&svc, &q, c));
+        .map(|c: Option<Principal>, q: HashMap<String, String>, svc: Arc<UseCases>| list_pods(&svc, &q, c));
     // `GET /pods/` is getPod("") upstream.
     let missing = warp::get().and(warp::path::full()).and_then(|p: warp::path::FullPath| async move {
         if p.as_str() == "/pods/" { Ok(text_error(400, "missing pod name")) } else { Err(warp::reject::not_found()) }
@@ -196,11 +196,11 @@ pub fn routes(
         .and(warp::get())
         .and(who.clone())
         .and(with_services(svc.clone()))
-        .map(|id: String, c: Option<Principal>, svc: Arc<Services>| get_pod(&svc, &id, c));
+        .map(|id: String, c: Option<Principal>, svc: Arc<UseCases>| get_pod(&svc, &id, c));
     let delete = warp::path!("pods" / String)
         .and(warp::delete())
         .and(who)
         .and(with_services(svc))
-        .then(|id: String, c: Option<Principal>, svc: Arc<Services>| async move { delete_pod(&svc, &id, c).await });
+        .then(|id: String, c: Option<Principal>, svc: Arc<UseCases>| async move { delete_pod(&svc, &id, c).await });
     missing.or(create).unify().or(list).unify().or(get).unify().or(delete).unify()
 }

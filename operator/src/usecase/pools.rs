@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use tracing::{debug, info};
 
 use super::{
-    Principal, ServiceError, Services,
+    Principal, UseCaseError, UseCases,
     quota::{Adding, Except},
 };
 use crate::{Error, metrics::ClaimLabels, store::key_of};
@@ -29,15 +29,15 @@ pub struct PoolRequest {
 }
 
 /// Checks a pool request's numbers: each refusal names the field.
-fn check_sizes(replicas: u32, max_replicas: Option<u32>) -> Result<(), ServiceError> {
+fn check_sizes(replicas: u32, max_replicas: Option<u32>) -> Result<(), UseCaseError> {
     if replicas > MAX_POOL_REPLICAS {
-        return Err(ServiceError::field(
+        return Err(UseCaseError::field(
             "replicas",
             format!("field `replicas` must be between 0 and {MAX_POOL_REPLICAS} (got {replicas})"),
         ));
     }
     match max_replicas {
-        Some(max) if max < replicas || max > MAX_POOL_REPLICAS => Err(ServiceError::field(
+        Some(max) if max < replicas || max > MAX_POOL_REPLICAS => Err(UseCaseError::field(
             "maxReplicas",
             format!(
                 "field `maxReplicas` must be between `replicas` ({replicas}) and {MAX_POOL_REPLICAS} (got {max}); leave it out for a pool of fixed size"
@@ -48,7 +48,7 @@ fn check_sizes(replicas: u32, max_replicas: Option<u32>) -> Result<(), ServiceEr
 }
 
 /// Whether `name` can name a pool (a Kubernetes object name: lowercase letters, digits and '-', at most 63).
-fn check_name(name: &str) -> Result<(), ServiceError> {
+fn check_name(name: &str) -> Result<(), UseCaseError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -57,7 +57,7 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
     if ok {
         Ok(())
     } else {
-        Err(ServiceError::field(
+        Err(UseCaseError::field(
             "name",
             format!(
                 "field `name` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {name:?})"
@@ -66,7 +66,7 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
     }
 }
 
-impl Services {
+impl UseCases {
     /// Whether `caller` may see and change `pool`: everyone when auth is off; its owner otherwise.
     pub fn pool_visible(pool: &EnvPool, caller: Option<&Principal>) -> bool {
         caller.is_none_or(|p| pool.spec.owner.as_deref() == Some(p.owner.as_str()))
@@ -77,7 +77,7 @@ impl Services {
         &self,
         req: PoolRequest,
         caller: Option<&Principal>,
-    ) -> Result<Arc<EnvPool>, ServiceError> {
+    ) -> Result<Arc<EnvPool>, UseCaseError> {
         check_name(&req.name)?;
         check_sizes(req.replicas, req.max_replicas)?;
         let spec = EnvPoolSpec {
@@ -87,7 +87,7 @@ impl Services {
             owner: caller.map(|p| p.owner.clone()),
         };
         let Some((name, version)) = spec.template() else {
-            return Err(ServiceError::field(
+            return Err(UseCaseError::field(
                 "envName",
                 format!("field `envName` must be name@version of a registered environment (got {:?})", req.env_name),
             ));
@@ -105,7 +105,7 @@ impl Services {
                 info!(pool = %req.name, env = %req.env_name, replicas = req.replicas, "pool created");
                 Ok(stored)
             }
-            Err(Error::AlreadyExists(_)) => Err(ServiceError::Conflict(
+            Err(Error::AlreadyExists(_)) => Err(UseCaseError::Conflict(
                 match self.pools.get(&self.key(&req.name)).filter(|p| Self::pool_visible(p, caller)) {
                     Some(_) => format!(
                         "pool \"{}\" exists already; change its size with PUT /env-pool/{}, or pick another name",
@@ -115,16 +115,16 @@ impl Services {
                     None => super::taken(&req.name, "name"),
                 },
             )),
-            Err(source) => Err(ServiceError::store("the pool could not be recorded", source)),
+            Err(source) => Err(UseCaseError::store("the pool could not be recorded", source)),
         }
     }
 
     /// The pool `name`, if `caller` may see it and it is not being deleted.
-    pub fn pool(&self, name: &str, caller: Option<&Principal>) -> Result<Arc<EnvPool>, ServiceError> {
+    pub fn pool(&self, name: &str, caller: Option<&Principal>) -> Result<Arc<EnvPool>, UseCaseError> {
         self.pools
             .get(&self.key(name))
             .filter(|p| Self::pool_visible(p, caller) && p.metadata.deletion_timestamp.is_none())
-            .ok_or_else(|| ServiceError::NotFound(format!("pool \"{name}\" not found")))
+            .ok_or_else(|| UseCaseError::NotFound(format!("pool \"{name}\" not found")))
     }
 
     /// Pools in the API's namespace that `caller` may see.
@@ -144,7 +144,7 @@ impl Services {
         replicas: u32,
         max_replicas: Option<u32>,
         caller: Option<&Principal>,
-    ) -> Result<Arc<EnvPool>, ServiceError> {
+    ) -> Result<Arc<EnvPool>, UseCaseError> {
         let _turn = self.owner_turn(caller).await;
         let mut attempts = super::retry::Attempts::new();
         while attempts.next().await {
@@ -162,7 +162,7 @@ impl Services {
                 }
                 Ok(None) => break,
                 Err(Error::Conflict(_)) => continue,
-                Err(source) => return Err(ServiceError::store("the pool could not be changed", source)),
+                Err(source) => return Err(UseCaseError::store("the pool could not be changed", source)),
             }
         }
         self.pool(name, caller)
@@ -170,14 +170,14 @@ impl Services {
 
     /// Asks for a pool's deletion: the pool controller removes its waiting sandboxes, then the pool. Sandboxes
     /// claimed from it are instances of their own and stay.
-    pub async fn delete_pool(&self, name: &str, caller: Option<&Principal>) -> Result<(), ServiceError> {
+    pub async fn delete_pool(&self, name: &str, caller: Option<&Principal>) -> Result<(), UseCaseError> {
         self.pool(name, caller)?;
         match self.pools.request_delete(&self.key(name), Timestamp::now()).await {
             Ok(_) => {
                 info!(pool = %name, "pool deletion requested");
                 Ok(())
             }
-            Err(source) => Err(ServiceError::store("the deletion could not be recorded", source)),
+            Err(source) => Err(UseCaseError::store("the deletion could not be recorded", source)),
         }
     }
 
@@ -197,7 +197,7 @@ impl Services {
         &self,
         wanted: &EnvInstanceSpec,
         owners: OwnerRule,
-    ) -> Result<Option<Arc<EnvInstance>>, ServiceError> {
+    ) -> Result<Option<Arc<EnvInstance>>, UseCaseError> {
         let (name, version) = (wanted.env_name.as_str(), wanted.env_version.as_str());
         let namespace = self.namespace.as_str();
         let pools = self.pools_of(name, version);
@@ -227,7 +227,7 @@ impl Services {
             for candidate in candidates {
                 let claimed = candidate
                     .claimed(wanted, Timestamp::now())
-                    .map_err(|e| ServiceError::field("ttl", format!("field `ttl`: {e}")))?;
+                    .map_err(|e| UseCaseError::field("ttl", format!("field `ttl`: {e}")))?;
                 match self.instances.replace(&claimed).await {
                     Ok(Some(stored)) => {
                         self.demand.record(&key_of(pool.as_ref()), true, Instant::now());
@@ -240,7 +240,7 @@ impl Services {
                     Ok(None) | Err(Error::Conflict(_)) => {
                         debug!(instance = ?candidate.metadata.name, "lost a race for a pooled sandbox");
                     }
-                    Err(source) => return Err(ServiceError::store("the claim could not be recorded", source)),
+                    Err(source) => return Err(UseCaseError::store("the claim could not be recorded", source)),
                 }
             }
         }
