@@ -18,7 +18,7 @@ use crate::{
     demand::Demand,
     http, metrics,
     store::{self, ObjectStore},
-    usecase::UseCases,
+    usecase::{Settings, Stores, UseCases},
 };
 
 /// A Kubernetes client from `--kube-api-url`, `--kubeconfig`, or the environment (in-cluster service account,
@@ -63,7 +63,7 @@ pub fn kube_operator_id(opts: &KubeArgs) -> String {
 }
 
 /// Where instances and templates live, and the operator id that goes with them.
-pub struct Stores {
+pub struct OpenedStore {
     pub instances: Arc<dyn ObjectStore<EnvInstance>>,
     pub templates: Arc<dyn ObjectStore<Environment>>,
     pub pools: Arc<dyn ObjectStore<EnvPool>>,
@@ -74,7 +74,7 @@ pub struct Stores {
 }
 
 /// The instance, template and pool stores, and the operator id that goes with them.
-pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Result<Stores, Error> {
+pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Result<OpenedStore, Error> {
     match (config.store, client) {
         (StoreKind::Kubernetes, Some(client)) => {
             let operator_id = kube_operator_id(&config.kube);
@@ -94,14 +94,14 @@ pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Resul
             let pools = store::KubeStore::<EnvPool>::start(client.clone(), kube_config(true)).await?;
             let services = store::KubeStore::<EnvService>::start(client.clone(), kube_config(true)).await?;
             info!(namespace = %config.kube.namespace, all_namespaces = config.kube.all_namespaces, instances = store.list().len(), operator_id = %operator_id, "store open (Kubernetes)");
-            Ok(Stores { instances: store, templates, pools, services, operator_id, fresh: false })
+            Ok(OpenedStore { instances: store, templates, pools, services, operator_id, fresh: false })
         }
         (StoreKind::Kubernetes, None) => Err(Error::Config("the Kubernetes store needs a Kubernetes client".into())),
         (StoreKind::Embedded, _) => {
             let db = store::Embedded::open(&config.data_dir)?;
             let instances = db.store::<EnvInstance>()?;
             info!(data_dir = %config.data_dir.display(), instances = instances.len(), operator_id = db.operator_id(), fresh = db.is_fresh(), "store open");
-            Ok(Stores {
+            Ok(OpenedStore {
                 instances,
                 templates: db.store::<Environment>()?,
                 pools: db.store::<EnvPool>()?,
@@ -215,7 +215,7 @@ pub async fn serve(
     let proxy_limits = api.conn_limits("proxy", budget).map_err(Error::Config)?;
     let uses_kube = config.store == StoreKind::Kubernetes || config.engine == EngineKind::Kubernetes;
     let client = if uses_kube { Some(kube_client(&config.kube).await?) } else { None };
-    let Stores { instances, templates, pools, services: env_services, operator_id, fresh } =
+    let OpenedStore { instances, templates, pools, services: env_services, operator_id, fresh } =
         open_store(&config, client.as_ref()).await?;
     let engine = open_engine(&config, &operator_id, client.as_ref()).await?;
     if fresh {
@@ -289,24 +289,23 @@ pub async fn serve(
         engine.clone(),
         engine.dials_published_ports(),
     );
-    let services = UseCases::new(
-        instances,
-        templates,
-        pools,
-        env_services,
-        demand,
-        engine,
-        metrics.clone(),
-        namespace,
-        api.default_ttl.clone(),
-        config.limits.clone(),
-    );
-    // Services' addresses: the proxy's, on loopback when it listens on every address.
+    // Env services' addresses: the proxy's, on loopback when it listens on every address.
     let mut service_host = proxy_addr;
     if service_host.ip().is_unspecified() {
         service_host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let _ = services.proxy_url.set(format!("http://{service_host}"));
+    let services = UseCases::new(
+        Stores { instances, templates, pools, env_services },
+        demand,
+        engine,
+        metrics.clone(),
+        Settings {
+            namespace,
+            default_ttl: api.default_ttl.clone(),
+            limits: config.limits.clone(),
+            proxy_url: Some(format!("http://{service_host}")),
+        },
+    );
     spawn_snapshot_sweep(services.clone(), operator_id.clone(), &config.reconcile.config());
 
     let shutdown = shutdown.shared();

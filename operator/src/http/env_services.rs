@@ -33,9 +33,10 @@ fn render(svc: &UseCases, s: &aenv_core::EnvService) -> Value {
     let available = svc.available_replicas(s);
     let url = match svc.native_address(s) {
         Some(address) => Some(format!("http://{address}")),
-        None => {
-            svc.proxy_url.get().map(|p| format!("{p}/env-service/{}", s.metadata.name.as_deref().unwrap_or_default()))
-        }
+        None => svc
+            .proxy_url
+            .as_deref()
+            .map(|p| format!("{p}/env-service/{}", s.metadata.name.as_deref().unwrap_or_default())),
     };
     wire::service(s, template.as_deref(), available, url.as_deref())
 }

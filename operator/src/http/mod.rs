@@ -165,7 +165,7 @@ pub fn routes(
     // Ready when the store takes writes and the engine answers.
     let readyz =
         warp::path!("readyz").and(warp::get()).and(with_services(svc.clone())).then(|svc: Arc<UseCases>| async move {
-            let store = svc.instances.write_failure().map(|reason| format!("store: {reason}"));
+            let store = svc.stores.instances.write_failure().map(|reason| format!("store: {reason}"));
             let engine = match store {
                 Some(reason) => Err(reason),
                 None => svc.engine.ping().await.map_err(|e| e.to_string()),
@@ -190,7 +190,7 @@ pub fn routes(
         .and(warp::get())
         .map(|| warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response());
     let metrics = warp::path!("metrics").and(warp::get()).and(with_services(svc.clone())).map(|svc: Arc<UseCases>| {
-        let body = svc.metrics.render(svc.instances.as_ref());
+        let body = svc.metrics.render(svc.stores.instances.as_ref());
         warp::reply::with_header(body, "content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
             .into_response()
     });

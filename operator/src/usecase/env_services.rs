@@ -107,7 +107,8 @@ impl UseCases {
         if self.engine.native_services().is_none() {
             return 0;
         }
-        self.env_services
+        self.stores
+            .env_services
             .list_where(&|s: &EnvService| {
                 s.metadata.deletion_timestamp.is_none() && owner.is_none_or(|o| s.spec.owner.as_deref() == Some(o))
             })
@@ -305,13 +306,13 @@ impl UseCases {
         let _room = self.check_replica_room(caller, replicas as usize, replicas as usize, Except::Nothing)?;
         let mut svc = EnvService::new(&id, spec);
         svc.metadata.namespace = Some(self.namespace.clone());
-        match self.env_services.create(svc, Timestamp::now()).await {
+        match self.stores.env_services.create(svc, Timestamp::now()).await {
             Ok(stored) => {
                 info!(service = %id, env = %req.env_name, replicas, "service created");
                 Ok(stored)
             }
             Err(Error::AlreadyExists(_)) => Err(UseCaseError::Conflict(
-                match self.env_services.get(&self.key(&id)).filter(|s| Self::service_visible(s, caller)) {
+                match self.stores.env_services.get(&self.key(&id)).filter(|s| Self::service_visible(s, caller)) {
                     Some(s) if s.metadata.deletion_timestamp.is_some() => format!(
                         "service \"{id}\" is still being deleted (its replicas are going); try again in a few seconds, or pick another service_name"
                     ),
@@ -329,7 +330,8 @@ impl UseCases {
 
     /// The service `id`, if `caller` may see it and it is not being deleted.
     pub fn service(&self, id: &str, caller: Option<&Principal>) -> Result<Arc<EnvService>, UseCaseError> {
-        self.env_services
+        self.stores
+            .env_services
             .get(&self.key(id))
             .filter(|s| Self::service_visible(s, caller) && s.metadata.deletion_timestamp.is_none())
             .ok_or_else(|| UseCaseError::NotFound(format!("service \"{id}\" not found")))
@@ -338,7 +340,7 @@ impl UseCases {
     /// Services `caller` may see, of the environment `env` (`name` or `name@version`; `*` for all).
     pub fn list_services(&self, env: &str, caller: Option<&Principal>) -> Vec<Arc<EnvService>> {
         let namespace = self.namespace.as_str();
-        self.env_services.list_where(&|s: &EnvService| {
+        self.stores.env_services.list_where(&|s: &EnvService| {
             s.metadata.namespace.as_deref() == Some(namespace)
                 && s.metadata.deletion_timestamp.is_none()
                 && Self::service_visible(s, caller)
@@ -359,7 +361,7 @@ impl UseCases {
         while attempts.next().await {
             let current = self.service(id, caller)?;
             let (svc, _room) = self.updated(&current, &update, caller).await?;
-            match self.env_services.replace(&svc).await {
+            match self.stores.env_services.replace(&svc).await {
                 Ok(Some(stored)) => {
                     info!(service = %id, replicas = stored.spec.replicas, "service updated");
                     return Ok(stored);
@@ -443,7 +445,7 @@ impl UseCases {
                 .annotations
                 .get_or_insert_with(Default::default)
                 .insert(DELETE_STORAGE_ANNOTATION.into(), "true".into());
-            match self.env_services.replace(&svc).await {
+            match self.stores.env_services.replace(&svc).await {
                 Ok(Some(_)) => marked = true,
                 Ok(None) => return Err(UseCaseError::NotFound(format!("service \"{id}\" not found"))),
                 Err(Error::Conflict(_)) => continue,
@@ -454,7 +456,7 @@ impl UseCases {
             return Err(UseCaseError::Conflict(format!("service \"{id}\" keeps changing; try again")));
         }
         self.service(id, caller)?;
-        match self.env_services.request_delete(&key, Timestamp::now()).await {
+        match self.stores.env_services.request_delete(&key, Timestamp::now()).await {
             Ok(Some(_)) => {
                 info!(service = %id, delete_storage, "service deletion requested");
                 Ok(())
@@ -468,7 +470,7 @@ impl UseCases {
     pub fn replicas_of(&self, svc: &EnvService) -> Vec<Arc<EnvInstance>> {
         let name = svc.metadata.name.clone().unwrap_or_default();
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
-        self.instances.list_where(&|i: &EnvInstance| {
+        self.stores.instances.list_where(&|i: &EnvInstance| {
             i.service() == Some(name.as_str()) && i.namespace() == namespace && !i.is_deleting()
         })
     }

@@ -119,7 +119,8 @@ impl UseCases {
 
     /// The template `name@version`, unless it is being deleted.
     pub fn find_template(&self, name: &str, version: &str) -> Option<Arc<Environment>> {
-        self.templates
+        self.stores
+            .templates
             .get(&self.key(&Environment::object_name(name, version)))
             .filter(|t| t.spec.name == name && t.spec.version == version && t.metadata.deletion_timestamp.is_none())
     }
@@ -175,7 +176,7 @@ impl UseCases {
             if let Some(room) = &room {
                 room.writes(&self.key(&id));
             }
-            match self.instances.create(obj, now).await {
+            match self.stores.instances.create(obj, now).await {
                 Ok(stored) => {
                     info!(instance = %id, env = %spec.env_name, "instance accepted");
                     self.metrics.created.inc();
@@ -209,7 +210,7 @@ impl UseCases {
 
     /// The instance `id`, if `caller` may see it.
     pub fn instance(&self, id: &str, caller: Option<&Principal>) -> Option<Arc<EnvInstance>> {
-        self.instances.get(&self.key(id)).filter(|inst| Self::visible(inst, caller))
+        self.stores.instances.get(&self.key(id)).filter(|inst| Self::visible(inst, caller))
     }
 
     /// Asks for an instance's deletion; `None` when there is no such instance (or `caller` may not see it).
@@ -217,7 +218,7 @@ impl UseCases {
         if self.instance(id, caller).is_none() {
             return Ok(None);
         }
-        match self.instances.request_delete(&self.key(id), Timestamp::now()).await {
+        match self.stores.instances.request_delete(&self.key(id), Timestamp::now()).await {
             Ok(Some(_)) => {
                 info!(instance = %id, "deletion requested");
                 Ok(Some(()))
@@ -243,7 +244,7 @@ impl UseCases {
         };
         let status = status.filter(|s| !s.is_empty());
         let namespace = self.namespace.as_str();
-        self.instances.list_where(&|inst: &EnvInstance| {
+        self.stores.instances.list_where(&|inst: &EnvInstance| {
             inst.metadata.namespace.as_deref() == Some(namespace)
                 && Self::visible(inst, caller)
                 && name.is_none_or(|n| inst.spec.env_name == n)

@@ -132,15 +132,33 @@ impl std::str::FromStr for DefaultTtl {
     }
 }
 
-/// Everything the use-cases need; one per process, shared by the HTTP handlers.
-pub struct UseCases {
+/// The stores the use-cases read and write, one per kind of object.
+#[derive(Clone)]
+pub struct Stores {
     pub instances: Arc<dyn ObjectStore<EnvInstance>>,
     pub templates: Arc<dyn ObjectStore<Environment>>,
     pub pools: Arc<dyn ObjectStore<EnvPool>>,
     /// Long-running services (`/env-service`).
     pub env_services: Arc<dyn ObjectStore<EnvService>>,
-    /// Where the data-plane proxy answers, as `http://host:port`: services' `service_url` starts with it.
-    pub proxy_url: std::sync::OnceLock<String>,
+}
+
+/// What the command line decides for the use-cases.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace of the objects the API makes.
+    pub namespace: String,
+    /// The TTL of instances whose spec names none.
+    pub default_ttl: DefaultTtl,
+    pub limits: Limits,
+    /// Where the data-plane proxy answers, as `http://host:port`: env services' `service_url` starts with it.
+    pub proxy_url: Option<String>,
+}
+
+/// Everything the use-cases need; one per process, shared by the HTTP handlers.
+pub struct UseCases {
+    pub stores: Stores,
+    /// Where the data-plane proxy answers (see [`Settings::proxy_url`]).
+    pub proxy_url: Option<String>,
     /// Creates that pools could serve, shared with the pool controller.
     pub demand: Arc<Demand>,
     /// Asked to validate specs before they are stored, to pre-pull images, to serve logs and readiness.
@@ -161,25 +179,17 @@ pub struct UseCases {
 }
 
 impl UseCases {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        instances: Arc<dyn ObjectStore<EnvInstance>>,
-        templates: Arc<dyn ObjectStore<Environment>>,
-        pools: Arc<dyn ObjectStore<EnvPool>>,
-        env_services: Arc<dyn ObjectStore<EnvService>>,
+        stores: Stores,
         demand: Arc<Demand>,
         engine: Arc<dyn Engine>,
         metrics: Arc<Metrics>,
-        namespace: String,
-        default_ttl: DefaultTtl,
-        limits: Limits,
+        settings: Settings,
     ) -> Arc<Self> {
+        let Settings { namespace, default_ttl, limits, proxy_url } = settings;
         Arc::new(UseCases {
-            instances,
-            templates,
-            pools,
-            env_services,
-            proxy_url: Default::default(),
+            stores,
+            proxy_url,
             demand,
             engine,
             metrics,

@@ -100,13 +100,13 @@ impl UseCases {
         self.check_owner_room(caller, Adding::Pool, spec.ceiling() as usize, Except::Nothing)?;
         let mut pool = EnvPool::new(&req.name, spec);
         pool.metadata.namespace = Some(self.namespace.clone());
-        match self.pools.create(pool, Timestamp::now()).await {
+        match self.stores.pools.create(pool, Timestamp::now()).await {
             Ok(stored) => {
                 info!(pool = %req.name, env = %req.env_name, replicas = req.replicas, "pool created");
                 Ok(stored)
             }
             Err(Error::AlreadyExists(_)) => Err(UseCaseError::Conflict(
-                match self.pools.get(&self.key(&req.name)).filter(|p| Self::pool_visible(p, caller)) {
+                match self.stores.pools.get(&self.key(&req.name)).filter(|p| Self::pool_visible(p, caller)) {
                     Some(_) => format!(
                         "pool \"{}\" exists already; change its size with PUT /env-pool/{}, or pick another name",
                         req.name, req.name
@@ -121,7 +121,8 @@ impl UseCases {
 
     /// The pool `name`, if `caller` may see it and it is not being deleted.
     pub fn pool(&self, name: &str, caller: Option<&Principal>) -> Result<Arc<EnvPool>, UseCaseError> {
-        self.pools
+        self.stores
+            .pools
             .get(&self.key(name))
             .filter(|p| Self::pool_visible(p, caller) && p.metadata.deletion_timestamp.is_none())
             .ok_or_else(|| UseCaseError::NotFound(format!("pool \"{name}\" not found")))
@@ -130,7 +131,7 @@ impl UseCases {
     /// Pools in the API's namespace that `caller` may see.
     pub fn list_pools(&self, caller: Option<&Principal>) -> Vec<Arc<EnvPool>> {
         let namespace = self.namespace.as_str();
-        self.pools.list_where(&|p: &EnvPool| {
+        self.stores.pools.list_where(&|p: &EnvPool| {
             p.metadata.namespace.as_deref() == Some(namespace)
                 && p.metadata.deletion_timestamp.is_none()
                 && Self::pool_visible(p, caller)
@@ -155,7 +156,7 @@ impl UseCases {
             next.spec.replicas = replicas;
             next.spec.max_replicas = max_replicas;
             self.check_owner_room(caller, Adding::Pool, next.spec.ceiling() as usize, Except::Pool(name))?;
-            match self.pools.replace(&next).await {
+            match self.stores.pools.replace(&next).await {
                 Ok(Some(stored)) => {
                     info!(pool = %name, replicas, "pool scaled");
                     return Ok(stored);
@@ -172,7 +173,7 @@ impl UseCases {
     /// claimed from it are instances of their own and stay.
     pub async fn delete_pool(&self, name: &str, caller: Option<&Principal>) -> Result<(), UseCaseError> {
         self.pool(name, caller)?;
-        match self.pools.request_delete(&self.key(name), Timestamp::now()).await {
+        match self.stores.pools.request_delete(&self.key(name), Timestamp::now()).await {
             Ok(_) => {
                 info!(pool = %name, "pool deletion requested");
                 Ok(())
@@ -183,7 +184,7 @@ impl UseCases {
 
     /// Pools (not being deleted) made from the template `name@version`.
     pub fn pools_of(&self, name: &str, version: &str) -> Vec<Arc<EnvPool>> {
-        self.pools.list_where(&|p: &EnvPool| {
+        self.stores.pools.list_where(&|p: &EnvPool| {
             p.metadata.deletion_timestamp.is_none() && p.spec.template() == Some((name, version))
         })
     }
@@ -216,7 +217,7 @@ impl UseCases {
             }
             wanting.get_or_insert(pool);
             let pool_name = pool.metadata.name.as_deref().unwrap_or_default();
-            let mut candidates = self.instances.list_where(&|i: &EnvInstance| {
+            let mut candidates = self.stores.instances.list_where(&|i: &EnvInstance| {
                 i.pool() == Some(pool_name)
                     && i.metadata.namespace.as_deref() == Some(namespace)
                     && i.member_state() == MemberState::Ready
@@ -228,7 +229,7 @@ impl UseCases {
                 let claimed = candidate
                     .claimed(wanted, Timestamp::now())
                     .map_err(|e| UseCaseError::field("ttl", format!("field `ttl`: {e}")))?;
-                match self.instances.replace(&claimed).await {
+                match self.stores.instances.replace(&claimed).await {
                     Ok(Some(stored)) => {
                         self.demand.record(&key_of(pool.as_ref()), true, Instant::now());
                         self.metrics.claims.get_or_create(&ClaimLabels::new("hit")).inc();

@@ -226,7 +226,7 @@ impl UseCases {
         // Sandboxes waiting in each pool, running for each service, by `namespace/name`.
         let mut members: HashMap<String, Waiting> = HashMap::new();
         let mut replicas: HashMap<String, Waiting> = HashMap::new();
-        for inst in self.instances.list_where(&|i: &EnvInstance| !i.is_deleting()) {
+        for inst in self.stores.instances.list_where(&|i: &EnvInstance| !i.is_deleting()) {
             let parent = match (inst.pool(), inst.service()) {
                 (Some(pool), _) => Some((&mut members, key(inst.namespace(), pool))),
                 (None, Some(svc)) => Some((&mut replicas, key(inst.namespace(), svc))),
@@ -243,7 +243,7 @@ impl UseCases {
             }
         }
         let mut held = plain;
-        for pool in self.pools.list() {
+        for pool in self.stores.pools.list() {
             let k = key_of(pool.as_ref());
             let waiting = members.remove(&k).map_or(0, |w| w.count);
             if !owned(pool.spec.owner.as_deref()) || except == Except::Pool(pool.metadata.name.as_deref().unwrap_or(""))
@@ -253,7 +253,7 @@ impl UseCases {
             let room = if pool.metadata.deletion_timestamp.is_some() { 0 } else { pool.spec.ceiling() as usize };
             held += room.max(waiting);
         }
-        for svc in self.env_services.list() {
+        for svc in self.stores.env_services.list() {
             let k = key_of(svc.as_ref());
             let running = replicas.remove(&k).map_or(0, |w| w.count);
             if !owned(svc.spec.owner.as_deref())
@@ -276,7 +276,7 @@ impl UseCases {
     /// Sandboxes that exist on the operator (waiting ones included) and replicas of the services the engine runs:
     /// what `--max-instances` caps; and how many of the instances `keys` name are among them, from the same look.
     fn live_among(&self, keys: &[String]) -> (usize, usize) {
-        let existing = self.instances.list_where(&|i: &EnvInstance| !i.is_deleting());
+        let existing = self.stores.instances.list_where(&|i: &EnvInstance| !i.is_deleting());
         let shown = if keys.is_empty() {
             0
         } else {

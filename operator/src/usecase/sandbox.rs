@@ -102,7 +102,7 @@ impl UseCases {
                 next.restart_ttl_clock(now)
                     .map_err(|e| UseCaseError::field("deployConfig.ttl", format!("field `deployConfig.ttl`: {e}")))?;
             }
-            match self.instances.replace(&next).await {
+            match self.stores.instances.replace(&next).await {
                 Ok(Some(stored)) => {
                     info!(instance = %id, paused, "pause state requested");
                     return Ok(stored);
@@ -197,7 +197,7 @@ impl UseCases {
     /// sizes the engine reports for its snapshot images, plus the sandbox's current size).
     async fn check_snapshot_caps(&self, inst: &EnvInstance, caller: Option<&Principal>) -> Result<(), UseCaseError> {
         let owner = caller.map(|p| p.owner.as_str());
-        let mine = self.templates.list_where(&|t: &aenv_core::Environment| {
+        let mine = self.stores.templates.list_where(&|t: &aenv_core::Environment| {
             super::templates::snapshot_image_of(t).is_some() && t.spec.owner.as_deref() == owner
         });
         let who = owner.map_or_else(|| "this operator".to_string(), |o| format!("owner {o}"));
@@ -245,14 +245,15 @@ impl UseCases {
         let key = self.key(&aenv_core::Environment::object_name(&reserved.spec.name, &reserved.spec.version));
         let mut attempts = super::retry::Attempts::new();
         while attempts.next().await {
-            let Some(current) = self.templates.get(&key).filter(|t| t.metadata.uid == reserved.metadata.uid) else {
+            let Some(current) = self.stores.templates.get(&key).filter(|t| t.metadata.uid == reserved.metadata.uid)
+            else {
                 break;
             };
             let mut next = (*current).clone();
             if let Some(a) = next.metadata.annotations.as_mut() {
                 a.remove(super::templates::SNAPSHOT_PENDING_ANNOTATION);
             }
-            match self.templates.replace(&next).await {
+            match self.stores.templates.replace(&next).await {
                 Ok(Some(stored)) => return Ok(stored),
                 Ok(None) => break,
                 Err(crate::Error::Conflict(_)) => continue,

@@ -147,7 +147,7 @@ impl UseCases {
         if !annotations.is_empty() {
             env.metadata.annotations = Some(annotations);
         }
-        match self.templates.create(env, Timestamp::now()).await {
+        match self.stores.templates.create(env, Timestamp::now()).await {
             Ok(stored) => {
                 info!(env = %format!("{name}@{version}"), owner = ?caller.map(|p| &p.owner), "environment registered");
                 Ok(stored)
@@ -240,7 +240,8 @@ impl UseCases {
         }
         // A snapshot's image goes with its template, once no instance runs from it.
         if let Some(image) = snapshot_image_of(&t) {
-            let users = self.instances.list_where(&|i: &aenv_core::EnvInstance| i.spec.image.as_deref() == Some(image));
+            let users =
+                self.stores.instances.list_where(&|i: &aenv_core::EnvInstance| i.spec.image.as_deref() == Some(image));
             if !users.is_empty() {
                 let yours = users.iter().find(|i| Self::visible(i, caller)).and_then(|i| i.metadata.name.as_deref());
                 return Err(UseCaseError::Conflict(match yours {
@@ -265,14 +266,15 @@ impl UseCases {
             self.engine.remove_snapshot(image).await?;
         }
         let key = self.key(&Environment::object_name(&t.spec.name, &t.spec.version));
-        self.templates.purge(&key).await.map_err(|source| UseCaseError::store("could not delete", source))
+        self.stores.templates.purge(&key).await.map_err(|source| UseCaseError::store("could not delete", source))
     }
 
     /// Templates in the API's namespace that `caller` may see, of one name or all (another tenant's shared
     /// templates without their environment variables).
     pub fn list_templates(&self, name: Option<&str>, caller: Option<&Principal>) -> Vec<Arc<Environment>> {
         let namespace = self.namespace.as_str();
-        self.templates
+        self.stores
+            .templates
             .list_where(&|t: &Environment| {
                 t.metadata.namespace.as_deref() == Some(namespace)
                     && name.is_none_or(|n| t.spec.name == n)
@@ -370,7 +372,7 @@ impl UseCases {
         let images = self.engine.list_snapshots().await?;
         // Templates left pending by a crash between their record and the end of their commit, once older than
         // `grace`: finished when their image was committed, taken back when it was not.
-        let stale = self.templates.list_where(&|t: &Environment| {
+        let stale = self.stores.templates.list_where(&|t: &Environment| {
             snapshot_pending(t)
                 && t.metadata
                     .creation_timestamp
@@ -397,9 +399,13 @@ impl UseCases {
                 continue;
             }
             let reference = image.reference.as_str();
-            let owned =
-                !self.templates.list_where(&|t: &Environment| snapshot_image_of(t) == Some(reference)).is_empty();
+            let owned = !self
+                .stores
+                .templates
+                .list_where(&|t: &Environment| snapshot_image_of(t) == Some(reference))
+                .is_empty();
             let used = !self
+                .stores
                 .instances
                 .list_where(&|i: &aenv_core::EnvInstance| i.spec.image.as_deref() == Some(reference))
                 .is_empty();
@@ -431,16 +437,21 @@ mod tests {
 
     fn services(engine: Arc<FakeEngine>) -> Arc<UseCases> {
         UseCases::new(
-            MemoryStore::<EnvInstance>::new(),
-            MemoryStore::<Environment>::new(),
-            MemoryStore::<EnvPool>::new(),
-            MemoryStore::<EnvService>::new(),
+            super::super::Stores {
+                instances: MemoryStore::<EnvInstance>::new(),
+                templates: MemoryStore::<Environment>::new(),
+                pools: MemoryStore::<EnvPool>::new(),
+                env_services: MemoryStore::<EnvService>::new(),
+            },
             Arc::new(crate::demand::Demand::new(Duration::from_secs(60))),
             engine,
             Arc::new(crate::metrics::Metrics::default()),
-            "default".into(),
-            super::super::DefaultTtl::parse("30m").unwrap(),
-            Default::default(),
+            super::super::Settings {
+                namespace: "default".into(),
+                default_ttl: super::super::DefaultTtl::parse("30m").unwrap(),
+                limits: Default::default(),
+                proxy_url: None,
+            },
         )
     }
 

@@ -59,7 +59,7 @@ fn data(svc: &UseCases, s: &aenv_core::EnvService) -> ServiceData {
         // Natively (Kubernetes) the Service's `<name>.<namespace>.<suffix>:<port>`, as the Go controller says it.
         service_url: svc
             .native_address(s)
-            .or_else(|| svc.proxy_url.get().map(|p| format!("{p}/env-service/{id}")))
+            .or_else(|| svc.proxy_url.as_deref().map(|p| format!("{p}/env-service/{id}")))
             .unwrap_or_default(),
         id,
         status: status.into(),
