@@ -37,5 +37,5 @@ pub use pool::{EnvPool, EnvPoolSpec, EnvPoolStatus, MemberState};
 pub use pty::{BadWindow, PtyInput, PtyOutput, PtyRequest, WindowSize};
 pub use types::{
     Condition, EnvInstance, EnvInstanceSpec, EnvInstanceStatus, Environment, EnvironmentSpec, Phase, Placement,
-    PortSpec, PortStatus, PullPolicy, ReadinessProbe, Resources, ServiceStatus, VolumeMount, Workload,
+    PortSpec, PortStatus, PullPolicy, READY, ReadinessProbe, Resources, ServiceStatus, VolumeMount, Workload,
 };

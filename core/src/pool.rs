@@ -14,7 +14,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{EnvInstance, EnvInstanceSpec, Phase};
+use crate::{EnvInstance, EnvInstanceSpec};
 
 /// Label of an instance waiting in a pool: the pool's name. Removed by the claim.
 pub const POOL_LABEL: &str = "aenv.io/pool";
@@ -144,12 +144,7 @@ impl EnvInstance {
         if self.is_deleting() || self.phase().is_terminal() {
             return MemberState::Failed;
         }
-        let ready = self
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-            .is_some_and(|c| c.status == "True");
-        if self.phase() == Phase::Running && ready { MemberState::Ready } else { MemberState::Starting }
+        if self.is_ready() { MemberState::Ready } else { MemberState::Starting }
     }
 
     /// This waiting sandbox rewritten as claimed by a create that asked for `wanted` at `now`: out of the pool,
@@ -220,7 +215,7 @@ mod tests {
     use kube::CustomResourceExt;
 
     use super::*;
-    use crate::{Condition, EnvInstanceStatus};
+    use crate::{Condition, EnvInstanceStatus, Phase};
 
     fn template() -> EnvInstanceSpec {
         EnvInstanceSpec {

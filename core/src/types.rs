@@ -554,7 +554,21 @@ impl EnvInstance {
     pub fn is_deleting(&self) -> bool {
         self.metadata.deletion_timestamp.is_some()
     }
+
+    /// The `Ready` condition, once the controller wrote one.
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY)
+    }
+
+    /// Running, and its readiness probe passed (or it has none).
+    pub fn is_ready(&self) -> bool {
+        self.phase() == Phase::Running && self.ready_condition().is_some_and(|c| c.status == "True")
+    }
 }
+
+/// The condition type that says whether an instance serves: `True` once its readiness probe answers (or, without
+/// a probe, once it runs).
+pub const READY: &str = "Ready";
 
 /// A versioned template that instances are created from: `POST /env-instance {"envName": "name@version"}` starts
 /// from `template` and applies the request's overrides.

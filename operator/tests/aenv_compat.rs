@@ -30,7 +30,8 @@ async fn register(op: &Operator, name: &str, deploy: Value) {
 
 #[tokio::test]
 async fn templates_and_the_sdk_create_form() {
-    let op = Operator::start(BIN, &[]).await;
+    // Upstream's answer, at once and `Pending`.
+    let op = Operator::start(BIN, &["--create-wait", "0"]).await;
     let name = unique_name("tmpl");
     register(&op, &name, json!({"cpu": "500m", "ttl": "20m", "environment_variables": {"FROM_TEMPLATE": "1"}})).await;
     let (code, env) = op.get(&format!("/env/{name}/1.0.1")).await;

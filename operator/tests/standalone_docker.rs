@@ -17,7 +17,6 @@ async fn create(op: &Operator, name: &str, deploy: Value) -> String {
     let (code, body) = op.post_json("/env-instance", &create_body(name, TEST_IMAGE, deploy)).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["success"], true, "{body}");
-    assert_eq!(body["data"]["status"], "Pending", "create answers at once: {body}");
     let id = body["data"]["id"].as_str().expect("id").to_string();
     assert!(id.starts_with(&format!("{name}-")) && id.len() == name.len() + 7, "id is <name>-<6 chars>: {id}");
     id

@@ -23,7 +23,8 @@ async def scheduler_client_flow(host: str, env: str) -> None:
         inst = await c.create_env_instance(
             name=env, ttl="10m", environment_variables={"FOO": "bar"}, owner="alice", labels={"exp": "e1"}
         )
-        assert inst.status == "Pending", inst
+        # The create's answer waits until the sandbox serves (--create-wait).
+        assert inst.status == "Running" and inst.ip, inst
         step(f"create_env_instance -> {inst.id} {inst.status}")
         inst = await c.wait_for_status(inst.id, EnvStatus.RUNNING, timeout=120, check_interval=0.5)
         assert inst.status == "Running" and inst.ip, inst

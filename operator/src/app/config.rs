@@ -137,6 +137,12 @@ pub struct ApiArgs {
     /// TTL of instances whose request names none, in Go duration syntax (90s, 30m, 1h30m).
     #[arg(long, default_value = "30m")]
     pub default_ttl: DefaultTtl,
+    /// How long `POST /env-instance` waits before it answers: until the new instance is Running and its
+    /// readiness probe passed (or it failed), at most this long (Go duration). The SDK then finds a server at its
+    /// first request instead of sleeping 2 s between polls; `0` answers at once with `Pending`, as upstream does.
+    /// Pool claims answer at once either way.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "AENV_CREATE_WAIT")]
+    pub create_wait: Duration,
     /// Time a client has to send a whole request head, on a new connection and again between requests on a
     /// kept-alive one (Go duration); slower connections are closed. Applies to the API and the proxy.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "AENV_HEADER_READ_TIMEOUT")]

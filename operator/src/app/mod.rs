@@ -304,6 +304,7 @@ pub async fn serve(
             default_ttl: api.default_ttl.clone(),
             limits: config.limits.clone(),
             proxy_url: Some(format!("http://{service_host}")),
+            create_wait: api.create_wait,
         },
     );
     spawn_snapshot_sweep(services.clone(), operator_id.clone(), &config.reconcile.config());

@@ -114,9 +114,7 @@ fn failed_reason(m: &EnvInstance, noun: &str) -> String {
 fn too_slow_reason(m: &EnvInstance, noun: &str, clock: Clock) -> String {
     let id = m.metadata.name.as_deref().unwrap_or_default();
     let why = m
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .ready_condition()
         .map(|c| c.message.clone())
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| format!("it is {}", m.phase()));

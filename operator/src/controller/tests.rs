@@ -286,12 +286,13 @@ async fn a_failing_probe_is_retried_with_backoff_until_ready() {
     let not_ready =
         || Observed { ready: Some(false), ready_message: Some("connection refused".into()), ..running("a-000001") };
     let mut waits = Vec::new();
-    for i in 0..8 {
+    for i in 0..36 {
         f.engine.script_apply(Ok(not_ready()));
         waits.push(f.reconcile("a-000001", i).await.unwrap());
     }
-    let ms = [250, 500, 1000, 2000, 4000, 5000, 5000, 5000];
-    assert_eq!(waits, ms.map(|m| Action::requeue(Duration::from_millis(m))));
+    // Fast while a server boots (3 s), then backing off.
+    let ms = [[100; 30].as_slice(), &[500, 1000, 2000, 4000, 5000, 5000]].concat();
+    assert_eq!(waits, ms.iter().map(|m| Action::requeue(Duration::from_millis(*m))).collect::<Vec<_>>());
     assert_eq!(f.ready("a-000001"), ("False".into(), "ProbeFailing".into()));
     assert_eq!(f.status("a-000001").phase, Phase::Running, "running, just not ready yet");
     f.engine.script_apply(Ok(Observed { ready: Some(true), ..running("a-000001") }));
@@ -299,7 +300,7 @@ async fn a_failing_probe_is_retried_with_backoff_until_ready() {
     assert_eq!(f.ready("a-000001"), ("True".into(), "Ready".into()));
     // A later failure starts the backoff from the beginning.
     f.engine.script_apply(Ok(not_ready()));
-    assert_eq!(f.reconcile("a-000001", 200).await.unwrap(), Action::requeue(Duration::from_millis(250)));
+    assert_eq!(f.reconcile("a-000001", 200).await.unwrap(), Action::requeue(Duration::from_millis(100)));
 }
 
 #[tokio::test]

@@ -21,7 +21,8 @@ fn not_found(id: &str) -> ApiError {
 async fn create(svc: &UseCases, body: &[u8], caller: Option<Principal>) -> Result<Value, ApiError> {
     let (request, _) = parse_create(body, Strictness::Strict)?;
     let spec = svc.resolve(request, caller.as_ref())?;
-    Ok(wire::instance(&*svc.create(spec, caller.as_ref()).await?))
+    let created = svc.create(spec, caller.as_ref()).await?;
+    Ok(wire::instance(&*svc.settled(created).await))
 }
 
 async fn delete(svc: &UseCases, id: &str, caller: Option<Principal>) -> Result<Value, ApiError> {

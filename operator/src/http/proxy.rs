@@ -46,6 +46,10 @@ type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// The path prefix of services' addresses: `/env-service/{id}/...` reaches the service's ready replicas.
 pub const SERVICE_PREFIX: &str = "/env-service/";
 
+/// How long a request to a running instance waits for its readiness probe: below the SDK's 3 s health timeout,
+/// so that a client told `Running` meets the server rather than a 502 while it boots.
+pub const READY_WAIT: Duration = Duration::from_millis(2500);
+
 /// The SDK's header naming the instance (routing only; never forwarded).
 pub const INSTANCE_HEADER: &str = "aenvcore-envinstance-id";
 
@@ -113,23 +117,38 @@ impl Proxy {
     /// Where to dial `host:port` when it is an endpoint of a live instance of this operator that `caller` may
     /// reach (any instance when `caller` is `None`, that is with `--proxy-auth` off); `None` otherwise. Sandboxes
     /// waiting in a pool are nobody's yet: not reachable through the proxy until claimed.
-    fn endpoint(&self, host: &str, port: u16, caller: Option<&Principal>) -> Option<String> {
+    fn endpoint(&self, host: &str, port: u16, caller: Option<&Principal>) -> Option<(String, Arc<EnvInstance>)> {
         let loopback = matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]");
         self.instances
             .list_where(&|i: &EnvInstance| {
                 !i.is_deleting() && i.phase() == Phase::Running && i.pool().is_none() && UseCases::visible(i, caller)
             })
-            .iter()
-            .filter_map(|i| i.status.as_ref())
-            .find_map(|s| {
+            .into_iter()
+            .find_map(|i| {
+                let s = i.status.as_ref()?;
                 if s.ip.as_deref() == Some(host) {
-                    return Some(self.dial(s, host, port));
+                    return Some((self.dial(s, host, port), i.clone()));
                 }
                 s.ports
                     .iter()
                     .any(|p| p.host_port == port && (p.host_ip == host || (loopback && is_any_or_loopback(&p.host_ip))))
-                    .then(|| format!("{host}:{port}"))
+                    .then(|| (format!("{host}:{port}"), i.clone()))
             })
+    }
+
+    /// Waits, at most [`READY_WAIT`], for a running instance's readiness probe to pass: a sandbox's server often
+    /// listens a second or two after the container starts (a Python import), and a client that was told
+    /// `Running` should meet the server rather than a 502. Returns at once when it is ready (or has no probe).
+    async fn until_ready(&self, inst: &EnvInstance) {
+        if inst.is_ready() {
+            return;
+        }
+        let key = crate::store::key_of(inst);
+        let started = std::time::Instant::now();
+        let serving =
+            |i: Option<&EnvInstance>| i.is_none_or(|i| i.is_deleting() || i.phase() != Phase::Running || i.is_ready());
+        let now = crate::store::wait_for(self.instances.as_ref(), &key, READY_WAIT, serving).await;
+        debug!(instance = %key, waited_ms = started.elapsed().as_millis() as u64, ready = now.is_some_and(|i| i.is_ready()), "waited for readiness before forwarding");
     }
 
     /// The authority that reaches port `port` of the instance whose address is `ip`: the address itself, or with
@@ -196,10 +215,11 @@ impl Proxy {
             }
             None => None,
         };
-        let Some(authority) = self.endpoint(host, port, caller.as_ref()) else {
+        let Some((authority, inst)) = self.endpoint(host, port, caller.as_ref()) else {
             warn!(target = %target, "refused a proxy target that is not one of this operator's instances");
             return error(StatusCode::FORBIDDEN, "the target is not a running instance of this operator", &target);
         };
+        self.until_ready(&inst).await;
         self.relay(method, authority, path.as_str(), &query, headers, body, &target).await
     }
 

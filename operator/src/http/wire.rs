@@ -147,7 +147,7 @@ pub fn instance(inst: &EnvInstance) -> Value {
         if let Some(expire) = inst.expires_at().ok().flatten() {
             obj.insert("expire_at".into(), json!(format_time(expire)));
         }
-        if let Some(ready) = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")) {
+        if let Some(ready) = inst.ready_condition() {
             obj.insert("ready".into(), json!(ready.status == "True"));
         }
         if let Some(ports) = status.map(|s| &s.ports).filter(|p| !p.is_empty()) {

@@ -107,4 +107,21 @@ impl<K: Kind> Cache<K> {
             },
         )
     }
+
+    /// An item per change of `key`, and one when the feed lagged (see [`super::ObjectStore::changes_of`]); no
+    /// object is copied.
+    pub(crate) fn changes_of(&self, key: &str) -> BoxStream<'static, ()> {
+        use futures::StreamExt;
+        use tokio_stream::wrappers::BroadcastStream;
+        let key = key.to_string();
+        BroadcastStream::new(self.changes.subscribe())
+            .filter_map(move |change| {
+                futures::future::ready(match change {
+                    Ok(Change::Applied(k)) => (k == key).then_some(()),
+                    Ok(Change::Deleted(o)) => (super::key_of(o.as_ref()) == key).then_some(()),
+                    Err(_lagged) => Some(()),
+                })
+            })
+            .boxed()
+    }
 }

@@ -556,6 +556,10 @@ where
         self.shared.cache.watch()
     }
 
+    fn changes_of(&self, key: &str) -> BoxStream<'static, ()> {
+        self.shared.cache.changes_of(key)
+    }
+
     fn write_failure(&self) -> Option<String> {
         self.shared.db.lock_failure().clone()
     }

@@ -125,4 +125,8 @@ impl<K: Kind> ObjectStore<K> for MemoryStore<K> {
     fn watch(&self) -> BoxStream<'static, watcher::Event<K>> {
         self.cache.watch()
     }
+
+    fn changes_of(&self, key: &str) -> BoxStream<'static, ()> {
+        self.cache.changes_of(key)
+    }
 }

@@ -195,6 +195,27 @@ pub trait ObjectStore<K>: Send + Sync + 'static {
     /// the watcher falls behind.
     fn watch(&self) -> BoxStream<'static, watcher::Event<K>>;
 
+    /// An item each time the object at `key` may have changed (written, removed, or the feed fell behind and some
+    /// change may be missed): the caller rereads the object from [`ObjectStore::get`]. Cheap to hold many of:
+    /// waiting answers use it. By default [`ObjectStore::watch`] without its listing.
+    fn changes_of(&self, key: &str) -> BoxStream<'static, ()>
+    where
+        K: Kind,
+    {
+        use futures::StreamExt;
+        let key = key.to_string();
+        self.watch()
+            .filter_map(move |e| {
+                futures::future::ready(match &e {
+                    watcher::Event::Apply(o) | watcher::Event::Delete(o) => (key_of(o) == key).then_some(()),
+                    // A fresh listing after a lag: anything may have changed.
+                    watcher::Event::InitDone => Some(()),
+                    watcher::Event::Init | watcher::Event::InitApply(_) => None,
+                })
+            })
+            .boxed()
+    }
+
     /// Why writes fail now (the embedded store on a full disk), for `/readyz`; `None` when they work.
     fn write_failure(&self) -> Option<String> {
         None
@@ -232,6 +253,31 @@ pub trait ObjectStore<K>: Send + Sync + 'static {
     /// Objects that match `filter`, in key order.
     fn list_where(&self, filter: &dyn Fn(&K) -> bool) -> Vec<Arc<K>> {
         self.list().into_iter().filter(|o| filter(o)).collect()
+    }
+}
+
+/// The object at `key` once `done` says so of it (`None` when it is gone), or as it is when `bound` passes: a wait
+/// on the store's feed of that key, which costs nothing while nothing changes.
+pub async fn wait_for<K: Kind>(
+    store: &dyn ObjectStore<K>,
+    key: &str,
+    bound: std::time::Duration,
+    done: impl Fn(Option<&K>) -> bool,
+) -> Option<Arc<K>> {
+    use futures::StreamExt;
+    // Subscribed before the first look, so that no change falls between the two.
+    let mut changes = store.changes_of(key);
+    let deadline = tokio::time::sleep(bound);
+    tokio::pin!(deadline);
+    loop {
+        let current = store.get(key);
+        if done(current.as_deref()) {
+            return current;
+        }
+        tokio::select! {
+            _ = &mut deadline => return current,
+            next = changes.next() => if next.is_none() { return store.get(key) },
+        }
     }
 }
 

@@ -192,6 +192,20 @@ impl UseCases {
         Err(UseCaseError::Busy("could not draw a free instance id; try again".into()))
     }
 
+    /// `created` once it serves (running, its readiness probe passed), fails or goes, or as it is after
+    /// `--create-wait`: so that a client's first request after the answer finds a server, instead of polling
+    /// (the SDK sleeps 2 s between looks) and then meeting a sandbox that does not listen yet. A claimed
+    /// sandbox is ready already and answers at once.
+    pub async fn settled(&self, created: Arc<EnvInstance>) -> Arc<EnvInstance> {
+        if self.create_wait.is_zero() {
+            return created;
+        }
+        let key = crate::store::key_of(created.as_ref());
+        let settled =
+            |i: Option<&EnvInstance>| i.is_none_or(|i| i.is_deleting() || i.phase().is_terminal() || i.is_ready());
+        crate::store::wait_for(self.stores.instances.as_ref(), &key, self.create_wait, settled).await.unwrap_or(created)
+    }
+
     /// The refusal of `more` instances past `--max-instances` when `live` are held.
     fn operator_full(&self, live: usize, more: usize) -> UseCaseError {
         let max = self.limits.limits.max_instances.unwrap_or_default();

@@ -152,6 +152,9 @@ pub struct Settings {
     pub limits: Limits,
     /// Where the data-plane proxy answers, as `http://host:port`: env services' `service_url` starts with it.
     pub proxy_url: Option<String>,
+    /// How long a create's answer waits for its instance to serve (see [`UseCases::settled`]); zero answers at
+    /// once.
+    pub create_wait: Duration,
 }
 
 /// Everything the use-cases need; one per process, shared by the HTTP handlers.
@@ -167,6 +170,7 @@ pub struct UseCases {
     /// Namespace of the objects the API makes.
     pub namespace: String,
     default_ttl: DefaultTtl,
+    create_wait: Duration,
     limits: limits::CreateLimits,
     warmups: templates::Warmups,
     /// Each owner's turn from its quota check to its record, and the reservations under `--max-instances` (see
@@ -186,7 +190,7 @@ impl UseCases {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Arc<Self> {
-        let Settings { namespace, default_ttl, limits, proxy_url } = settings;
+        let Settings { namespace, default_ttl, limits, proxy_url, create_wait } = settings;
         Arc::new(UseCases {
             stores,
             proxy_url,
@@ -195,6 +199,7 @@ impl UseCases {
             metrics,
             namespace,
             default_ttl,
+            create_wait,
             limits: limits::CreateLimits::new(limits),
             warmups: Default::default(),
             gate: Default::default(),

@@ -451,6 +451,7 @@ mod tests {
                 default_ttl: super::super::DefaultTtl::parse("30m").unwrap(),
                 limits: Default::default(),
                 proxy_url: None,
+                create_wait: Duration::ZERO,
             },
         )
     }
