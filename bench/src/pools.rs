@@ -43,7 +43,12 @@ async fn post(http: &reqwest::Client, url: String, body: &Value) -> anyhow::Resu
 
 /// Registers the test image as `name@1.0.0` (the image answers `/health` on 8081, so readiness is probed).
 async fn register(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<()> {
-    let body = json!({"name": name, "version": "1.0.0", "artifacts": [{"type": "image", "content": IMAGE}]});
+    register_with(http, base, name, json!({})).await
+}
+
+/// Registers template `name@1.0.0` of the test image with `deploy` as its deployConfig.
+async fn register_with(http: &reqwest::Client, base: &str, name: &str, deploy: Value) -> anyhow::Result<()> {
+    let body = json!({"name": name, "version": "1.0.0", "artifacts": [{"type": "image", "content": IMAGE}], "deployConfig": deploy});
     post(http, format!("{base}/env"), &body).await.map(|_| ())
 }
 
@@ -205,62 +210,94 @@ pub struct SdkArgs {
     rounds: usize,
 }
 
-/// The SDK always talks to ports 8080 and 8081 of its host: the operator gets a loopback address of its own.
+/// How long the stand-in for an AEnvironment image takes to listen (their Python imports for ~2 s).
+const LATE_LISTEN_S: u32 = 2;
+
+/// Times the SDK's `initialize()` cold, side by side: the create answered at once (`--create-wait 0`, upstream's
+/// `Pending`) against the answer that waits for readiness (the default), for an image that listens at once and one
+/// that listens [`LATE_LISTEN_S`] seconds late; then claims from a warm pool. The SDK always talks to ports 8080 and
+/// 8081 of its host: each operator gets a loopback address of its own.
 pub async fn sdk(args: SdkArgs) -> anyhow::Result<()> {
-    let host = format!("127.78.{}.{}", std::process::id() % 250 + 1, (std::process::id() / 250) % 250 + 1);
-    let http = reqwest::Client::new();
-    let _op =
-        Operator::start_on(args.operator_bin.clone(), &http, &format!("{host}:8080"), &format!("{host}:8081")).await?;
-    let base = format!("http://{host}:8080");
-    let name = format!("{}-sdk", run_id());
-    let env = format!("{name}@1.0.0");
-    register(&http, &base, &name).await?;
     let script = tempfile::NamedTempFile::new()?;
     std::fs::write(script.path(), include_str!("../scripts/sdk_init.py"))?;
-    let run = |rounds: usize| {
-        let (python, script, host, env) = (args.python.clone(), script.path().to_path_buf(), host.clone(), env.clone());
-        async move {
-            let out = tokio::process::Command::new(&python)
-                .arg(&script)
-                .arg(&host)
-                .arg(&env)
-                .arg(rounds.to_string())
-                .output()
-                .await
-                .with_context(|| format!("running {}", python.display()))?;
-            if !out.status.success() {
-                bail!("the SDK script failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            // The SDK logs to stdout too: the script's answer is its last line.
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-            let v: Value = serde_json::from_str(last).with_context(|| format!("the SDK script's output: {stdout}"))?;
-            let secs: Vec<Duration> = v["seconds"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_f64)
-                .map(Duration::from_secs_f64)
-                .collect();
-            Ok(secs)
+    let mut rows = Vec::new();
+    for (side, wait) in [(0u32, "0"), (1, "10s")] {
+        let host =
+            format!("127.78.{}.{}", std::process::id() % 250 + 1, (std::process::id() / 250) % 120 * 2 + 1 + side);
+        let http = reqwest::Client::new();
+        let extra = ["--create-wait".to_string(), wait.to_string()];
+        let _op = Operator::start_with(
+            args.operator_bin.clone(),
+            &http,
+            &format!("{host}:8080"),
+            &format!("{host}:8081"),
+            &extra,
+        )
+        .await?;
+        let base = format!("http://{host}:8080");
+        let run = |env: String, rounds: usize| sdk_rounds(&args.python, script.path(), &host, env, rounds);
+        let now = format!("{}-now{side}", run_id());
+        let late = format!("{}-late{side}", run_id());
+        register(&http, &base, &now).await?;
+        register_with(
+            &http,
+            &base,
+            &late,
+            json!({"environment_variables": {"AENV_HEALTH_DELAY": LATE_LISTEN_S.to_string()}}),
+        )
+        .await?;
+        // Warm the Python imports once, outside the measurement.
+        run(format!("{now}@1.0.0"), 1).await?;
+        rows.push((format!("listens at once, --create-wait {wait}"), run(format!("{now}@1.0.0"), args.rounds).await?));
+        rows.push((
+            format!("listens {LATE_LISTEN_S} s late, --create-wait {wait}"),
+            run(format!("{late}@1.0.0"), args.rounds).await?,
+        ));
+        if side == 1 {
+            fill(&http, &base, "sdk", &format!("{now}@1.0.0"), args.rounds + 1).await?;
+            let with = run(format!("{now}@1.0.0"), args.rounds).await?;
+            let v: Value = http.get(format!("{base}/env-pool/sdk")).send().await?.json().await?;
+            rows.push((format!("warm pool (hits {})", v["data"]["hits"]), with));
         }
-    };
-    // Warm the Python imports once, outside the measurement.
-    run(1).await?;
-    let without = run(args.rounds).await?;
-    fill(&http, &base, "sdk", &env, args.rounds + 1).await?;
-    let with = run(args.rounds).await?;
-    let v: Value = http.get(format!("{base}/env-pool/sdk")).send().await?.json().await?;
-    let (Some(a), Some(b)) = (summarize(&without), summarize(&with)) else { bail!("no samples") };
-    println!("SDK Environment.initialize() to healthy: n={}", a.n);
-    println!("  without a pool  median {:>8}  p90 {:>8}  min {:>8}", ms(a.median), ms(a.p90), ms(a.min));
+    }
+    let summaries: Vec<_> = rows.iter().map(|(label, secs)| (label, summarize(secs))).collect();
+    println!("SDK Environment.initialize() to healthy, cold unless pooled (n={} each):", args.rounds);
+    for (label, s) in &summaries {
+        let Some(s) = s else { bail!("no samples for {label}") };
+        println!("  {label:<40} median {:>8}  p90 {:>8}  min {:>8}", ms(s.median), ms(s.p90), ms(s.min));
+    }
+    let median = |i: usize| summaries[i].1.as_ref().map_or(f64::NAN, |s| s.median.as_secs_f64());
+    println!("  ratio waiting / at once, listens at once: {:.3}", median(2) / median(0));
+    println!("  ratio waiting / at once, listens late:    {:.3}", median(3) / median(1));
     println!(
-        "  with a pool     median {:>8}  p90 {:>8}  min {:>8}  (pool hits {})",
-        ms(b.median),
-        ms(b.p90),
-        ms(b.min),
-        v["data"]["hits"]
+        "  late listener, waiting, minus its {LATE_LISTEN_S} s boot: {:.3} s",
+        median(3) - f64::from(LATE_LISTEN_S)
     );
-    println!("  ratio of medians (with / without): {:.3}", b.median.as_secs_f64() / a.median.as_secs_f64());
     Ok(())
+}
+
+/// `rounds` timed `initialize()` calls of the real SDK against the operator on `host`.
+async fn sdk_rounds(
+    python: &std::path::Path,
+    script: &std::path::Path,
+    host: &str,
+    env: String,
+    rounds: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(host)
+        .arg(&env)
+        .arg(rounds.to_string())
+        .output()
+        .await
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!("the SDK script failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The SDK logs to stdout too: the script's answer is its last line.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let v: Value = serde_json::from_str(last).with_context(|| format!("the SDK script's output: {stdout}"))?;
+    Ok(v["seconds"].as_array().into_iter().flatten().filter_map(Value::as_f64).map(Duration::from_secs_f64).collect())
 }
