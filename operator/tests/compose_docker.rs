@@ -450,8 +450,9 @@ async fn permanent_start_failures_fail_the_stack_with_docker_s_reason() {
     ];
     for (line, reason, retried) in cases {
         let yaml = format!("services:\n  web:\n    image: ${{IMAGE}}\n{line}");
-        let id = create_stack(&op, &name, &yaml, json!({})).await;
+        // The answer may wait for the outcome (--create-wait): time from the request.
         let started = Instant::now();
+        let id = create_stack(&op, &name, &yaml, json!({})).await;
         let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
         let msg = v["data"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains("service web could not start") && msg.contains(&reason), "{line}: {msg}");

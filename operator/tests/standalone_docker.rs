@@ -104,7 +104,8 @@ async fn ttl_removes_container_and_record_on_time() {
 
 #[tokio::test]
 async fn kill_during_creates_then_restart_converges() {
-    let mut op = Operator::start(BIN, &[]).await;
+    // Answers at once: an answer is the acceptance (recorded durably), not the instance running.
+    let mut op = Operator::start(BIN, &["--create-wait", "0"]).await;
     let name = unique_name("kill");
     let body = create_body(&name, TEST_IMAGE, json!({"ttl": "10m"}));
     let mut tasks = Vec::new();

@@ -71,6 +71,8 @@ pub struct OpenedStore {
     pub operator_id: String,
     /// A store made by this start (a new operator id): sandboxes of a lost one may be on the engine.
     pub fresh: bool,
+    /// The key presigned URLs are signed with, kept in the store.
+    pub signing_key: Vec<u8>,
 }
 
 /// The instance, template and pool stores, and the operator id that goes with them.
@@ -94,7 +96,18 @@ pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Resul
             let pools = store::KubeStore::<EnvPool>::start(client.clone(), kube_config(true)).await?;
             let services = store::KubeStore::<EnvService>::start(client.clone(), kube_config(true)).await?;
             info!(namespace = %config.kube.namespace, all_namespaces = config.kube.all_namespaces, instances = store.list().len(), operator_id = %operator_id, "store open (Kubernetes)");
-            Ok(OpenedStore { instances: store, templates, pools, services, operator_id, fresh: false })
+            // Without the Secret (no RBAC for it, an API server that does not serve Secrets) URLs still work, until
+            // a restart.
+            let signing_key = match store::signing_key::kube_signing_key(client, &config.kube.namespace, &operator_id)
+                .await
+            {
+                Ok(key) => key,
+                Err(e) => {
+                    warn!(error = %e, "presigned URLs are signed with a key of this process only: they stop working at a restart");
+                    crate::usecase::presign::new_key()
+                }
+            };
+            Ok(OpenedStore { instances: store, templates, pools, services, operator_id, fresh: false, signing_key })
         }
         (StoreKind::Kubernetes, None) => Err(Error::Config("the Kubernetes store needs a Kubernetes client".into())),
         (StoreKind::Embedded, _) => {
@@ -108,6 +121,7 @@ pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Resul
                 services: db.store::<EnvService>()?,
                 operator_id: db.operator_id().to_string(),
                 fresh: db.is_fresh(),
+                signing_key: db.signing_key(),
             })
         }
     }
@@ -215,7 +229,7 @@ pub async fn serve(
     let proxy_limits = api.conn_limits("proxy", budget).map_err(Error::Config)?;
     let uses_kube = config.store == StoreKind::Kubernetes || config.engine == EngineKind::Kubernetes;
     let client = if uses_kube { Some(kube_client(&config.kube).await?) } else { None };
-    let OpenedStore { instances, templates, pools, services: env_services, operator_id, fresh } =
+    let OpenedStore { instances, templates, pools, services: env_services, operator_id, fresh, signing_key } =
         open_store(&config, client.as_ref()).await?;
     let engine = open_engine(&config, &operator_id, client.as_ref()).await?;
     if fresh {
@@ -281,6 +295,7 @@ pub async fn serve(
         StoreKind::Kubernetes => config.kube.namespace.clone(),
         StoreKind::Embedded => store::DEFAULT_NAMESPACE.to_string(),
     };
+    let signer = Arc::new(crate::usecase::presign::Signer::new(signing_key));
     let proxy = http::proxy::Proxy::new(
         instances.clone(),
         env_services.clone(),
@@ -288,6 +303,7 @@ pub async fn serve(
         config.api.proxy_auth.then(|| auth.clone()),
         engine.clone(),
         engine.dials_published_ports(),
+        signer.clone(),
     );
     // Env services' addresses: the proxy's, on loopback when it listens on every address.
     let mut service_host = proxy_addr;
@@ -305,6 +321,7 @@ pub async fn serve(
             limits: config.limits.clone(),
             proxy_url: Some(format!("http://{service_host}")),
             create_wait: api.create_wait,
+            signer,
         },
     );
     spawn_snapshot_sweep(services.clone(), operator_id.clone(), &config.reconcile.config());

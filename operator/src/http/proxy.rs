@@ -32,6 +32,7 @@ use warp::{
 };
 
 use super::auth::Auth;
+use crate::usecase::presign::{self, Signer};
 use crate::{
     store::ObjectStore,
     usecase::{Principal, UseCases},
@@ -86,6 +87,8 @@ pub struct Proxy {
     /// Instances' addresses are not reachable from here (Swarm's overlay networks seen from a process on a
     /// host): a target `ip:port` is dialled at the port the instance published for `port`.
     via_published: bool,
+    /// Verifies presigned URLs (`/presigned/<token>/...`).
+    signer: Arc<Signer>,
 }
 
 impl Proxy {
@@ -97,6 +100,7 @@ impl Proxy {
         auth: Option<Arc<Auth>>,
         engine: Arc<dyn aenv_core::Engine>,
         via_published: bool,
+        signer: Arc<Signer>,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -111,6 +115,7 @@ impl Proxy {
             engine,
             auth,
             via_published,
+            signer,
         })
     }
 
@@ -176,6 +181,9 @@ impl Proxy {
         headers: HeaderMap,
         body: impl futures::Stream<Item = Result<impl Buf + Send + 'static, warp::Error>> + Send + 'static,
     ) -> warp::reply::Response {
+        if let Some(rest) = path.as_str().strip_prefix(presign::PATH_PREFIX) {
+            return self.presigned(rest, method, query, headers, body).await;
+        }
         let Some(target) = headers.get(TARGET_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string) else {
             if let Some(rest) = path.as_str().strip_prefix(SERVICE_PREFIX) {
                 let (service, tail) =
@@ -221,6 +229,48 @@ impl Proxy {
         };
         self.until_ready(&inst).await;
         self.relay(method, authority, path.as_str(), &query, headers, body, &target).await
+    }
+
+    /// A request on a presigned URL (`/presigned/<token>/<path>`): the token is the only credential; it reaches
+    /// the port it names of the sandbox it was made for while that sandbox runs (the same uid: not a later
+    /// instance under the same id), and nothing else. Every refusal is a 403 that reaches nothing.
+    async fn presigned(
+        &self,
+        rest: &str,
+        method: Method,
+        query: String,
+        headers: HeaderMap,
+        body: impl futures::Stream<Item = Result<impl Buf + Send + 'static, warp::Error>> + Send + 'static,
+    ) -> warp::reply::Response {
+        let (token, tail) = rest.split_once('/').map_or((rest, "/".to_string()), |(t, p)| (t, format!("/{p}")));
+        let grant = match self.signer.verify(token, jiff::Timestamp::now()) {
+            Ok(grant) => grant,
+            Err(refused) => {
+                warn!(reason = %refused, "refused a presigned URL");
+                return error(StatusCode::FORBIDDEN, &refused.to_string(), "");
+            }
+        };
+        let inst = self.instances.get(&crate::store::key(&self.namespace, &grant.instance)).filter(|i| {
+            i.metadata.uid.as_deref() == Some(grant.uid.as_str())
+                && !i.is_deleting()
+                && i.phase() == Phase::Running
+                && i.pool().is_none()
+        });
+        let gone = || {
+            error(
+                StatusCode::FORBIDDEN,
+                "the sandbox of this presigned URL is not running (gone, paused or replaced)",
+                "",
+            )
+        };
+        let Some(inst) = inst else { return gone() };
+        let Some(authority) = inst.status.as_ref().and_then(|s| Some(self.dial(s, s.ip.as_deref()?, grant.port)))
+        else {
+            return gone();
+        };
+        self.until_ready(&inst).await;
+        let label = format!("presigned {}:{}", grant.instance, grant.port);
+        self.relay(method, authority, &tail, &query, headers, body, &label).await
     }
 
     /// A request to a service's address (`/env-service/{id}/...`): forwarded to its ready replicas in turn.

@@ -12,7 +12,7 @@ use warp::{Filter, Reply, hyper::body::Bytes};
 
 use super::{
     ApiError, Caller, MAX_BODY_BYTES,
-    body::sandbox::{parse_exec, parse_fork, parse_snapshot},
+    body::sandbox::{parse_exec, parse_fork, parse_presign, parse_snapshot},
     reply,
     server::ConnectionCloser,
     with_services,
@@ -295,6 +295,19 @@ async fn fork(
     Ok(json!({"envName": format!("{}@{}", t.spec.name, t.spec.version), "instances": ids}))
 }
 
+/// A presigned URL for one port of the instance: `data.url` (what the SDK's `presign_url()` reads) and when it
+/// expires.
+async fn presign(
+    svc: Arc<UseCases>,
+    id: String,
+    caller: Option<Principal>,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+) -> Result<Value, ApiError> {
+    let (port, minutes) = parse_presign(&bounded_body(body, MAX_BODY_BYTES).await?)?;
+    let (url, expires) = svc.presign(&id, caller.as_ref(), port, minutes)?;
+    Ok(json!({"url": url, "port": port, "expire_at": super::wire::format_time(expires)}))
+}
+
 /// The query parameters of the sandbox operations (each reads those it needs).
 const QUERY: &[super::query::Param] = &[
     super::query::Param::bool("stream"),
@@ -371,6 +384,14 @@ pub fn routes(
         .then(|id: String, c: Option<Principal>, body, svc: Arc<UseCases>| async move {
             reply(fork(svc, id, c, body).await)
         });
+    let presign = warp::path!("env-instance" / String / "presign-url")
+        .and(warp::post())
+        .and(who.clone())
+        .and(warp::body::stream())
+        .and(with_services(svc.clone()))
+        .then(|id: String, c: Option<Principal>, body, svc: Arc<UseCases>| async move {
+            reply(presign(svc, id, c, body).await)
+        });
     let pause = warp::path!("env-instance" / String / String)
         .and(warp::post())
         .and_then(|id: String, action: String| async move {
@@ -411,6 +432,8 @@ pub fn routes(
         .or(fork)
         .unify()
         .or(put_file)
+        .unify()
+        .or(presign)
         .unify()
         .or(pause)
         .unify()

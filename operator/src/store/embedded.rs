@@ -20,6 +20,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use futures::stream::BoxStream;
 use jiff::Timestamp;
 use kube::runtime::watcher;
@@ -37,6 +38,8 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const META_OPERATOR_ID: &str = "operator_id";
 
 const META_PROBE: &str = "probe";
+/// The key of presigned URLs (base64).
+const META_SIGNING_KEY: &str = "signing_key";
 /// How often a failed database is reopened and probed.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a reopen waits for transactions still running on the failed handle.
@@ -195,6 +198,8 @@ pub struct Embedded {
     operator_id: String,
     /// The database was made by this open (a new operator id).
     fresh: bool,
+    /// The key presigned URLs are signed with, made with the database.
+    signing_key: Vec<u8>,
 }
 
 impl Embedded {
@@ -205,26 +210,40 @@ impl Embedded {
         let path = dir.join("aenv.redb");
         let db = open_database(&path)?;
         let txn = db.begin_write().map_err(db_err)?;
-        let (operator_id, fresh) = {
+        let (operator_id, fresh, signing_key) = {
             let mut meta = txn.open_table(META).map_err(db_err)?;
+            let stored_key = meta.get(META_SIGNING_KEY).map_err(db_err)?.and_then(|v| B64.decode(v.value()).ok());
+            let signing_key = match stored_key.filter(|k| k.len() >= 32) {
+                Some(key) => key,
+                None => {
+                    let key = crate::usecase::presign::new_key();
+                    meta.insert(META_SIGNING_KEY, B64.encode(&key).as_str()).map_err(db_err)?;
+                    key
+                }
+            };
             let existing = meta.get(META_OPERATOR_ID).map_err(db_err)?.map(|v| v.value().to_string());
             match existing {
-                Some(id) => (id, false),
+                Some(id) => (id, false, signing_key),
                 None => {
                     let id = random_suffix(10);
                     meta.insert(META_OPERATOR_ID, id.as_str()).map_err(db_err)?;
-                    (id, true)
+                    (id, true, signing_key)
                 }
             }
         };
         txn.commit().map_err(db_err)?;
         let handle = Arc::new(Handle { path, current: RwLock::new(Some(Arc::new(db))), failure: Default::default() });
-        Ok(Embedded { handle, operator_id, fresh })
+        Ok(Embedded { handle, operator_id, fresh, signing_key })
     }
 
     /// Whether this open made the database (and a new operator id).
     pub fn is_fresh(&self) -> bool {
         self.fresh
+    }
+
+    /// The key presigned URLs are signed with: made once, kept with the objects, so that URLs survive a restart.
+    pub fn signing_key(&self) -> Vec<u8> {
+        self.signing_key.clone()
     }
 
     /// This operator's stable id, created with the database.

@@ -7,6 +7,7 @@ mod cache;
 mod embedded;
 mod kubernetes;
 mod memory;
+pub mod signing_key;
 
 use std::{fmt::Debug, sync::Arc};
 

@@ -6,6 +6,7 @@ pub mod env_services;
 mod instances;
 pub mod limits;
 pub mod pools;
+pub mod presign;
 mod quota;
 mod retry;
 pub mod sandbox;
@@ -155,6 +156,8 @@ pub struct Settings {
     /// How long a create's answer waits for its instance to serve (see [`UseCases::settled`]); zero answers at
     /// once.
     pub create_wait: Duration,
+    /// Signs presigned URLs, under the key kept in the store.
+    pub signer: Arc<presign::Signer>,
 }
 
 /// Everything the use-cases need; one per process, shared by the HTTP handlers.
@@ -162,6 +165,8 @@ pub struct UseCases {
     pub stores: Stores,
     /// Where the data-plane proxy answers (see [`Settings::proxy_url`]).
     pub proxy_url: Option<String>,
+    /// Signs presigned URLs (see [`presign`]).
+    pub signer: Arc<presign::Signer>,
     /// Creates that pools could serve, shared with the pool controller.
     pub demand: Arc<Demand>,
     /// Asked to validate specs before they are stored, to pre-pull images, to serve logs and readiness.
@@ -190,10 +195,11 @@ impl UseCases {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Arc<Self> {
-        let Settings { namespace, default_ttl, limits, proxy_url, create_wait } = settings;
+        let Settings { namespace, default_ttl, limits, proxy_url, create_wait, signer } = settings;
         Arc::new(UseCases {
             stores,
             proxy_url,
+            signer,
             demand,
             engine,
             metrics,

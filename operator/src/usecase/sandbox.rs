@@ -66,6 +66,32 @@ impl UseCases {
         }
     }
 
+    /// A URL on the data-plane proxy that reaches `port` of instance `id` with no other credential for
+    /// `minutes` (1 to [`super::presign::MAX_MINUTES`]), and when it expires. The instance must be running and
+    /// the caller's.
+    pub fn presign(
+        &self,
+        id: &str,
+        caller: Option<&Principal>,
+        port: u16,
+        minutes: i64,
+    ) -> Result<(String, jiff::Timestamp), UseCaseError> {
+        let inst = self.operable(id, caller)?;
+        let expires = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_mins(minutes.clamp(1, super::presign::MAX_MINUTES)))
+            .map_err(|e| {
+                UseCaseError::field("expiration_time_in_minutes", format!("field `expiration_time_in_minutes`: {e}"))
+            })?;
+        let grant = super::presign::Grant {
+            instance: id.to_string(),
+            uid: inst.metadata.uid.clone().unwrap_or_default(),
+            port,
+            expires: expires.as_second(),
+        };
+        let base = self.proxy_url.as_deref().unwrap_or_default();
+        Ok((format!("{base}{}{}/", super::presign::PATH_PREFIX, self.signer.sign(&grant)), expires))
+    }
+
     /// Asks for instance `id` to be paused (`paused`) or resumed: the desired state (`spec.paused`) is recorded,
     /// durable when this returns, and the controller applies it. Asking for the state it already asks for changes
     /// nothing.

@@ -452,6 +452,7 @@ mod tests {
                 limits: Default::default(),
                 proxy_url: None,
                 create_wait: Duration::ZERO,
+                signer: Arc::new(crate::usecase::presign::Signer::new(crate::usecase::presign::new_key())),
             },
         )
     }

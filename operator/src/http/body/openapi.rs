@@ -24,6 +24,7 @@ pub fn request_schemas() -> Map<String, Value> {
     add::<sandbox::Exec>(&mut generator);
     add::<sandbox::Snapshot>(&mut generator);
     add::<sandbox::Fork>(&mut generator);
+    add::<sandbox::Presign>(&mut generator);
     let mut schemas = generator.take_definitions(true);
     for schema in schemas.values_mut() {
         canonical(schema);
@@ -242,6 +243,7 @@ mod tests {
             ("ExecRequest", |b| ok(sandbox::parse_exec(b))),
             ("SnapshotRequest", |b| ok(sandbox::parse_snapshot(b))),
             ("ForkRequest", |b| ok(sandbox::parse_fork(b))),
+            ("PresignRequest", |b| ok(sandbox::parse_presign(b))),
         ]
     }
 

@@ -120,6 +120,29 @@ pub struct Fork {
     pub count: Option<Ranged<1, 32>>,
 }
 
+/// `POST /env-instance/{id}/presign-url`: the SDK's `presign_url(port, expiration_time_in_minutes)`.
+#[derive(Deserialize, JsonSchema, Debug, Default)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "PresignRequest")]
+pub struct Presign {
+    /// The sandbox's port the URL reaches.
+    #[schemars(required)]
+    pub port: Option<Ranged<1, 65535>>,
+    /// How long the URL works, in minutes (default 5, at most 1440).
+    #[serde(default)]
+    pub expiration_time_in_minutes: Option<Ranged<1, 1440>>,
+}
+
+/// Parses a presign body: the port and the minutes.
+pub fn parse_presign(bytes: &[u8]) -> Result<(u16, i64), BodyError> {
+    let body: Presign = super::decode(bytes, r#"{"port": 8081, "expiration_time_in_minutes": 5}"#)?;
+    let port = body
+        .port
+        .map(|p| p.get::<u16>())
+        .ok_or_else(|| bad("port", "field `port` is required: the sandbox's port the URL reaches (1 to 65535)"))?;
+    Ok((port, body.expiration_time_in_minutes.map_or(5, |m| m.get::<i64>())))
+}
+
 fn bad(field: &str, message: impl Into<String>) -> BodyError {
     BodyError::field(field, message)
 }
