@@ -1,7 +1,7 @@
 //! Operations on a running sandbox: exec, files, pause and resume. Each finds the instance the caller may see, checks
 //! that it is in a state to serve the operation, and hands it to the engine.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use aenv_core::{
     EngineError, EnvInstance, ErrorKind, ExecExit, ExecOutput, ExecRequest, FileUpload, InstanceStats, PathContent,
@@ -30,6 +30,9 @@ impl From<EngineError> for UseCaseError {
         UseCaseError::Engine(e)
     }
 }
+
+/// The longest a pause or resume answer waits for the phase to follow the request.
+pub const PAUSE_WAIT: Duration = Duration::from_secs(5);
 
 impl UseCases {
     /// A place among the heavy requests (exec, files) of whoever acts on `inst`: the caller's owner, without
@@ -92,10 +95,29 @@ impl UseCases {
         Ok((format!("{base}{}{}/", super::presign::PATH_PREFIX, self.signer.sign(&grant)), expires))
     }
 
-    /// Asks for instance `id` to be paused (`paused`) or resumed: the desired state (`spec.paused`) is recorded,
-    /// durable when this returns, and the controller applies it. Asking for the state it already asks for changes
-    /// nothing.
+    /// Pauses (`paused`) or resumes instance `id` and answers it in the state asked for: the desired state
+    /// (`spec.paused`) is recorded, durable, the controller applies it (a few milliseconds: the cgroup freezer),
+    /// and the answer waits for its phase to follow, at most [`PAUSE_WAIT`] (then it says what holds). Asking for
+    /// the state it already asks for changes nothing.
     pub async fn set_paused(
+        &self,
+        id: &str,
+        caller: Option<&Principal>,
+        paused: bool,
+    ) -> Result<Arc<EnvInstance>, UseCaseError> {
+        let asked = self.request_paused(id, caller, paused).await?;
+        let target = if paused { Phase::Paused } else { Phase::Running };
+        let key = crate::store::key_of(asked.as_ref());
+        let settled = |i: Option<&EnvInstance>| {
+            i.is_none_or(|i| {
+                i.is_deleting() || i.phase() == target || i.phase().is_terminal() || i.spec.paused != paused
+            })
+        };
+        Ok(crate::store::wait_for(self.stores.instances.as_ref(), &key, PAUSE_WAIT, settled).await.unwrap_or(asked))
+    }
+
+    /// Records the pause state asked for (see [`UseCases::set_paused`]).
+    async fn request_paused(
         &self,
         id: &str,
         caller: Option<&Principal>,
