@@ -278,6 +278,7 @@ async fn a_wrong_typed_field_of_every_body_is_a_400_naming_its_path() {
         ("POST", "/env-instance/x1/exec", json!({"command": ["ls", []]}), "command[1]"),
         ("POST", "/env-instance/x1/snapshot", json!({"version": []}), "version"),
         ("POST", "/env-instance/x1/fork", json!({"count": "many"}), "count"),
+        ("POST", "/env-instance/x1/presign-url", json!({"port": "http"}), "port"),
     ];
     let mut covered = std::collections::BTreeSet::new();
     for (method, path, body, field) in &cases {

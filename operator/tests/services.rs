@@ -753,3 +753,85 @@ async fn a_replica_never_ready_is_replaced_after_the_ready_timeout_with_the_reas
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An MCP session sticks to the replica that issued it: a replica's answer naming `Mcp-Session-Id` binds that id to
+/// it, and every later request carrying the id reaches it (upstream gets this from a Kubernetes Service balancing per
+/// connection). An id the client made up binds nothing (requests go round the replicas); when the issuing replica
+/// goes, its sessions' requests reach a ready replica rather than failing.
+#[tokio::test]
+async fn an_mcp_session_stays_on_the_replica_that_issued_it() {
+    let op = Operator::start(BIN, &[]).await;
+    let name = unique_name("mcp");
+    register(&op, &name).await;
+    let id = unique_name("mcp");
+    let (code, created) = op
+        .post_json(
+            "/env-service",
+            &json!({"envName": format!("{name}@1.0.0"), "service_name": id, "replicas": 2, "port": 8081}),
+        )
+        .await;
+    assert_eq!(code, 200, "{created}");
+    let s = wait_service(&op, &id, Duration::from_secs(60), |s| running(s, 2)).await;
+    let url = s["service_url"].as_str().unwrap().to_string();
+    let first = replicas(&name);
+    assert_eq!(first.len(), 2, "{first:?}");
+    // A CGI stand-in for an MCP server: a request without a session gets one named after the replica.
+    let cgi = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n'\n\
+               [ -z \"$HTTP_MCP_SESSION_ID\" ] && printf 'Mcp-Session-Id: s-%s\\r\\n' \"$(cat /www/who)\"\n\
+               printf '\\r\\n'\ncat /www/who\n";
+    for r in &first {
+        docker_ok(&["exec", r, "sh", "-c", &format!("mkdir -p /www/cgi-bin && echo {r} > /www/who")]);
+        let out = std::process::Command::new("docker")
+            .args(["exec", "-i", r, "sh", "-c", "cat > /www/cgi-bin/mcp && chmod +x /www/cgi-bin/mcp"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().expect("stdin").write_all(cgi.as_bytes())?;
+                c.wait()
+            })
+            .expect("docker exec");
+        assert!(out.success());
+    }
+    let call = |session: Option<String>| {
+        let mut req = op.http.post(format!("{url}/cgi-bin/mcp")).body("{}");
+        if let Some(s) = session {
+            req = req.header("Mcp-Session-Id", s);
+        }
+        async move {
+            let resp = req.send().await.expect("service address");
+            assert_eq!(resp.status().as_u16(), 200);
+            let issued = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(String::from);
+            (issued, resp.text().await.unwrap().trim().to_string())
+        }
+    };
+    let (issued, home) = call(None).await;
+    let session = issued.expect("the replica named a session");
+    assert_eq!(session, format!("s-{home}"));
+    for _ in 0..8 {
+        assert_eq!(call(Some(session.clone())).await.1, home, "a request of the session left its replica");
+    }
+    // Without a session, or with one no replica issued, requests still go round both replicas.
+    for made_up in [None, Some("s-made-up".to_string())] {
+        let mut seen = HashSet::new();
+        for _ in 0..6 {
+            seen.insert(call(made_up.clone()).await.1);
+        }
+        assert_eq!(seen, first.iter().cloned().collect::<HashSet<_>>(), "{made_up:?}");
+    }
+    // The issuing replica goes: the session's requests reach a ready replica (the replacement or the other one).
+    docker_ok(&["rm", "-f", &home]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = op.http.get(format!("{url}/who")).header("Mcp-Session-Id", &session).send().await;
+        if let Ok(r) = resp
+            && r.status().as_u16() == 200
+        {
+            assert_ne!(r.text().await.unwrap().trim(), home);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session's requests never reached another replica\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    op.delete(&format!("/env-service/{id}")).await;
+}

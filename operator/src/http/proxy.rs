@@ -13,7 +13,7 @@
 //! Without the header, `/env-service/{id}/PATH` is a service's address (its `service_url`): each request goes to
 //! the next of the service's ready replicas (round robin), at the service's port, as `/PATH`.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use aenv_core::{EnvInstance, Phase};
 use futures::StreamExt;
@@ -89,6 +89,60 @@ pub struct Proxy {
     via_published: bool,
     /// Verifies presigned URLs (`/presigned/<token>/...`).
     signer: Arc<Signer>,
+    /// Which replica issued each MCP session of a service.
+    sessions: Sessions,
+}
+
+/// The header an MCP server names its session with (Streamable HTTP): the client sends it back on every request.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The most sessions remembered at once; the oldest are forgotten first (their requests then go round the
+/// replicas, as before the session was seen). Only answers of a replica add sessions, never requests, so a client
+/// cannot fill the table with ids of its own invention.
+const MAX_SESSIONS: usize = 16_384;
+
+/// MCP sessions by service and id, and the replica (the authority dialled) that issued each.
+#[derive(Default)]
+struct Sessions {
+    inner: std::sync::Mutex<SessionTable>,
+}
+
+#[derive(Default)]
+struct SessionTable {
+    replica: HashMap<(String, String), String>,
+    /// Insertion order, for forgetting the oldest.
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+impl Sessions {
+    fn table(&self) -> std::sync::MutexGuard<'_, SessionTable> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn replica(&self, service: &str, session: &str) -> Option<String> {
+        self.table().replica.get(&(service.to_string(), session.to_string())).cloned()
+    }
+
+    fn issued(&self, service: &str, session: &str, authority: String) {
+        let key = (service.to_string(), session.to_string());
+        let mut t = self.table();
+        if t.replica.insert(key.clone(), authority).is_none() {
+            t.order.push_back(key);
+        }
+        while t.order.len() > MAX_SESSIONS {
+            if let Some(old) = t.order.pop_front() {
+                t.replica.remove(&old);
+            }
+        }
+    }
+
+    fn ended(&self, service: &str, session: &str) {
+        let key = (service.to_string(), session.to_string());
+        let mut t = self.table();
+        if t.replica.remove(&key).is_some() {
+            t.order.retain(|k| k != &key);
+        }
+    }
 }
 
 impl Proxy {
@@ -116,6 +170,7 @@ impl Proxy {
             auth,
             via_published,
             signer,
+            sessions: Sessions::default(),
         })
     }
 
@@ -330,10 +385,24 @@ impl Proxy {
             );
         }
         ready.sort();
-        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let authority = ready[turn % ready.len()].clone();
+        // An MCP session lives in the replica that issued it: its requests go there while it is ready; others,
+        // and sessions whose replica went, take the next replica in turn.
+        let session = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let sticky = session.as_deref().and_then(|s| self.sessions.replica(service, s)).filter(|a| ready.contains(a));
+        let authority = sticky.unwrap_or_else(|| {
+            let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ready[turn % ready.len()].clone()
+        });
         let label = format!("service {service}");
-        self.relay(method, authority, tail, &query, headers, body, &label).await
+        let ending = method == Method::DELETE;
+        let resp = self.relay(method, authority.clone(), tail, &query, headers, body, &label).await;
+        if let Some(issued) = resp.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+            self.sessions.issued(service, issued, authority);
+        } else if let (true, Some(s)) = (ending && resp.status().is_success(), session.as_deref()) {
+            // The client ended its session (MCP's DELETE).
+            self.sessions.ended(service, s);
+        }
+        resp
     }
 
     /// Forwards the request to `authority` with `path` and `query`, streaming the answer back.

@@ -189,9 +189,20 @@ pub fn routes(
         .and(warp::get())
         .and(who)
         .and(super::query::query(QUERY))
-        .and(warp::ws())
+        .and(warp::ws().map(Some).or(warp::any().map(|| None)).unify())
         .and(with_services(svc))
-        .then(|id: String, c: Option<Principal>, q: HashMap<String, String>, ws: Ws, svc: Arc<UseCases>| async move {
+        .then(|id: String, c: Option<Principal>, q: HashMap<String, String>, ws: Option<Ws>, svc: Arc<UseCases>| async move {
+            let Some(ws) = ws else {
+                // A plain GET (a browser's address bar, curl without the headers) is told how to ask, not 405.
+                return ApiError::new(
+                    426,
+                    format!(
+                        "GET /env-instance/{id}/pty opens a terminal over a WebSocket: send `Connection: Upgrade`, \
+                         `Upgrade: websocket` and `Sec-WebSocket-Key` (any WebSocket client does)"
+                    ),
+                )
+                .into_reply();
+            };
             open(svc, id, c, q, ws).await.unwrap_or_else(ApiError::into_reply)
         })
 }
