@@ -129,7 +129,9 @@ async fn network_none_and_host_follow_the_policy() {
 
 #[tokio::test]
 async fn ready_flips_when_health_starts_answering() {
-    let op = Operator::start(BIN, &[]).await;
+    // The create answers at once (as upstream), so the status can be seen before readiness: the waiting answer
+    // has its own tests (create_wait.rs).
+    let op = Operator::start(BIN, &["--create-wait", "0"]).await;
     let name = unique_name("ready");
     let id = create(&op, &name, json!({"environment_variables": {"AENV_HEALTH_DELAY": "2"}})).await;
     let first = op.wait_for(&id, Duration::from_secs(30), running).await;
