@@ -242,6 +242,10 @@ async fn refusals_come_before_the_upgrade() {
     assert_eq!(answer.status().as_u16(), 400);
     let text = answer.text().await.unwrap();
     assert!(text.contains("/bin/sh") && text.contains("cmd"), "{text}");
+    // A plain GET (no upgrade headers) is a 426 saying how to ask, never a 405 for the method the path answers.
+    let plain = op.http.get(op.url(&path)).bearer_auth("alice-token-0123456789").send().await.unwrap();
+    assert_eq!(plain.status().as_u16(), 426);
+    assert!(plain.text().await.unwrap().contains("Upgrade: websocket"));
     // A bad window size names the parameter.
     assert_eq!(connect(&op, &format!("{path}?cols=0"), Some("alice-token-0123456789")).await.err(), Some(400));
     // The program the image has runs (busybox as `sleep`, answering its usage on a bad argument).
