@@ -93,6 +93,33 @@ pub struct EnvServiceSpec {
     pub template: Option<Box<EnvInstanceSpec>>,
 }
 
+/// What a service made from a template starts with unless its request says otherwise: the `deployConfig.service`
+/// of a template (the `aenv` CLI writes one into every project's config.json).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceDefaults {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Storage for the service (`enableStorage: true`), named, sized and mounted as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageDefaults>,
+}
+
+/// A template's default storage for its services.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageDefaults {
+    /// The volume's name (a DNS label); default the environment's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_path: Option<String>,
+}
+
 /// A replica's scratch disk, as quantities (`10Gi`).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct EphemeralStorage {

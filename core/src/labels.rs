@@ -81,8 +81,28 @@ impl<'a> InstanceLabels<'a> {
     }
 }
 
+/// Whether `s` is a DNS label (RFC 1123, as Kubernetes names, Docker volume and network names here are): 1 to 63
+/// lowercase letters, digits or '-', starting and ending with a letter or digit.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "a-b", "0a", &"x".repeat(63)] {
+            assert!(super::is_dns_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64), "é"] {
+            assert!(!super::is_dns_label(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -604,6 +604,13 @@ pub struct EnvironmentSpec {
     /// Whether other tenants may create instances from it (they never see its environment variables).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
+    /// Released (envhub's `POST /env/{name}/{version}/release`): final, no longer updated; instances are still
+    /// made from it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
+    /// Defaults for the services made from it (`deployConfig.service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::envservice::ServiceDefaults>,
     /// What every instance of this environment starts from: image or compose file, resources, environment,
     /// arguments, TTL, network, ports, readiness.
     #[serde(default)]

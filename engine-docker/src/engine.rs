@@ -39,13 +39,7 @@ use crate::{
     volume,
 };
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
+use aenv_core::labels::is_dns_label;
 
 /// The Docker engine: one container per instance.
 #[derive(Clone)]

@@ -67,13 +67,7 @@ pub struct KubeEngine {
     config: KubeEngineConfig,
 }
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
+use aenv_core::labels::is_dns_label;
 
 impl KubeEngine {
     pub fn new(client: Client, config: KubeEngineConfig) -> Result<Self, Error> {

@@ -263,6 +263,12 @@ async fn a_wrong_typed_field_of_every_body_is_a_400_naming_its_path() {
             json!({"name": "e", "version": "1", "artifacts": [{"type": "image", "content": {}}]}),
             "artifacts[0].content",
         ),
+        (
+            "PUT",
+            "/env/x1/x1",
+            json!({"artifacts": image, "deployConfig": {"service": {"port": "http"}}}),
+            "deployConfig.service.port",
+        ),
         ("POST", "/pods", json!({"name": "e", "artifacts": image, "deployConfig": {"cpu": []}}), "deployConfig.cpu"),
         (
             "POST",

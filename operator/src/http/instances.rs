@@ -20,8 +20,10 @@ fn not_found(id: &str) -> ApiError {
 
 async fn create(svc: &UseCases, body: &[u8], caller: Option<Principal>) -> Result<Value, ApiError> {
     let (request, _) = parse_create(body, Strictness::Strict)?;
+    let unmounted = request.unmounted();
     let spec = svc.resolve(request, caller.as_ref())?;
     let created = svc.create(spec, caller.as_ref()).await?;
+    let created = svc.note_unmounted(created, &unmounted).await;
     Ok(wire::instance(&*svc.settled(created).await))
 }
 

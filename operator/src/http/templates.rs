@@ -5,12 +5,12 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use warp::{Filter, Reply, hyper::body::Bytes};
 
 use super::{
     ApiError, Caller, MAX_BODY_BYTES,
-    body::create::{CreateRequest, Strictness, parse_create},
+    body::create::{CreateRequest, Strictness, parse_create, parse_create_object},
     reply, wire, with_services,
 };
 use crate::usecase::{Principal, UseCases};
@@ -25,6 +25,43 @@ async fn register(svc: &UseCases, body: &[u8], caller: Option<Principal>) -> Res
         }
     };
     Ok(wire::template(&spec))
+}
+
+/// `PUT /env/{name}/{version}`: the body is an Env as `POST /env` takes it; a `name` or `version` it gives must be
+/// the path's.
+async fn update(
+    svc: &UseCases,
+    name: &str,
+    version: &str,
+    body: &[u8],
+    caller: Option<Principal>,
+) -> Result<Value, ApiError> {
+    let mut obj = super::body::object(body, r#"{"name": "NAME", "version": "VERSION", "artifacts": [...]}"#)?;
+    for (field, want) in [("name", name), ("version", version)] {
+        match obj.get(field) {
+            None | Some(Value::Null) => {
+                obj.insert(field.into(), Value::from(want));
+            }
+            Some(Value::String(given)) if given == want => {}
+            Some(given) => {
+                return Err(ApiError {
+                    field: Some(field.into()),
+                    ..ApiError::bad_request(format!(
+                        "field `{field}` is {given}, but the path names {want:?}: they must agree (or leave it out)"
+                    ))
+                });
+            }
+        }
+    }
+    match parse_create_object(obj, Strictness::Strict)? {
+        (CreateRequest::Inline(spec), meta) => {
+            let t = svc.update_template(*spec, meta, caller.as_ref()).await?;
+            Ok(wire::template(&t))
+        }
+        (CreateRequest::FromTemplate { .. }, _) => {
+            Err(ApiError::bad_request("an Environment is updated with its artifacts and deployConfig, not envName"))
+        }
+    }
 }
 
 /// The `/env` routes.
@@ -77,11 +114,64 @@ pub fn routes(
                 r
             }
         });
-    let warmup_state =
-        warp::path!("env" / String / String / "warmup").and(warp::get()).and(who).and(with_services(svc)).map(
-            |n: String, v: String, caller: Option<Principal>, svc: Arc<UseCases>| {
-                reply(svc.warmup_state(&n, &v, caller.as_ref()).map(|s| wire::warmup(&s)))
+    let warmup_state = warp::path!("env" / String / String / "warmup")
+        .and(warp::get())
+        .and(who.clone())
+        .and(with_services(svc.clone()))
+        .map(|n: String, v: String, caller: Option<Principal>, svc: Arc<UseCases>| {
+            reply(svc.warmup_state(&n, &v, caller.as_ref()).map(|s| wire::warmup(&s)))
+        });
+    // envhub's routes for the `aenv` CLI (`init`, `push`): whether a version exists, its status, an update, a
+    // release. A template the caller may not see does not exist for it.
+    let exists = warp::path!("env" / String / String / "exists")
+        .and(warp::get())
+        .and(who.clone())
+        .and(with_services(svc.clone()))
+        .map(|n: String, v: String, caller: Option<Principal>, svc: Arc<UseCases>| {
+            reply::<ApiError>(Ok(match svc.template(&n, &v, caller.as_ref()) {
+                Ok(t) => json!({"exists": true, "status": wire::template_status(&t)}),
+                Err(_) => json!({"exists": false}),
+            }))
+        });
+    let status = warp::path!("env" / String / String / "status")
+        .and(warp::get())
+        .and(who.clone())
+        .and(with_services(svc.clone()))
+        .map(|n: String, v: String, caller: Option<Principal>, svc: Arc<UseCases>| {
+            reply(svc.template(&n, &v, caller.as_ref()).map(|t| json!({"status": wire::template_status_name(&t)})))
+        });
+    let put = warp::path!("env" / String / String)
+        .and(warp::put())
+        .and(who.clone())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(with_services(svc.clone()))
+        .then(|n: String, v: String, caller: Option<Principal>, body: Bytes, svc: Arc<UseCases>| async move {
+            reply(update(&svc, &n, &v, &body, caller).await)
+        });
+    let release =
+        warp::path!("env" / String / String / "release").and(warp::post()).and(who).and(with_services(svc)).then(
+            |n: String, v: String, caller: Option<Principal>, svc: Arc<UseCases>| async move {
+                reply(svc.release_template(&n, &v, caller.as_ref()).await.map(|t| wire::template(&t)))
             },
         );
-    create.or(list).unify().or(get).unify().or(delete).unify().or(warmup).unify().or(warmup_state).unify()
+    create
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(warmup)
+        .unify()
+        .or(warmup_state)
+        .unify()
+        .or(exists)
+        .unify()
+        .or(status)
+        .unify()
+        .or(put)
+        .unify()
+        .or(release)
+        .unify()
 }

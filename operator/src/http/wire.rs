@@ -2,13 +2,25 @@
 //! (`id, env, status, created_at, updated_at, ip, ttl, owner`), where `env` is a complete Env.
 
 use crate::usecase::WarmupState;
-use crate::usecase::status_string;
+use crate::usecase::{UNMOUNTED_ANNOTATION, status_string};
 use aenv_core::{EnvInstance, EnvInstanceSpec, EnvPool, EnvService, Environment};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
 /// envhub's Env status `Ready`.
 const ENV_STATUS_READY: i64 = 6;
+/// envhub's Env status `Released`.
+const ENV_STATUS_RELEASED: i64 = 7;
+
+/// A template's envhub status code: `Released` (7) once released, else `Ready` (6).
+pub fn template_status(t: &Environment) -> i64 {
+    if t.spec.released { ENV_STATUS_RELEASED } else { ENV_STATUS_READY }
+}
+
+/// A template's envhub status by name (`GET /env/{name}/{version}/status`).
+pub fn template_status_name(t: &Environment) -> &'static str {
+    if t.spec.released { "Released" } else { "Ready" }
+}
 
 /// RFC 3339 at second precision in UTC, as AEnvironment writes times.
 pub fn format_time(t: Timestamp) -> String {
@@ -140,8 +152,20 @@ pub fn instance(inst: &EnvInstance) -> Value {
         if !inst.spec.labels.is_empty() {
             obj.insert("labels".into(), json!(inst.spec.labels));
         }
-        if let Some(message) = status.and_then(|s| s.message.clone()) {
-            obj.insert("message".into(), json!(message));
+        let unmounted = inst.metadata.annotations.as_ref().and_then(|a| a.get(UNMOUNTED_ANNOTATION));
+        match (status.and_then(|s| s.message.clone()), unmounted) {
+            (Some(message), _) => {
+                obj.insert("message".into(), json!(message));
+            }
+            (None, Some(dirs)) => {
+                obj.insert(
+                    "message".into(),
+                    json!(format!(
+                        "mount_points not mounted ({dirs}): this operator mounts no OSS or shared storage; copy files in with the files API"
+                    )),
+                );
+            }
+            (None, None) => {}
         }
         // From the spec, not the status: a claim answers before the controller writes the new expiry there.
         if let Some(expire) = inst.expires_at().ok().flatten() {
@@ -196,8 +220,32 @@ pub fn template(t: &Environment) -> Value {
         // Who registered it (with tokens on), and whether other tenants may create from it.
         fields.insert("owner".into(), json!(t.spec.owner.clone().unwrap_or_default()));
         fields.insert("shared".into(), json!(t.spec.shared));
+        fields.insert("status".into(), json!(template_status(t)));
+        if let (Some(service), Some(Value::Object(deploy))) = (&t.spec.service, fields.get_mut("deploy_config")) {
+            deploy.insert("service".into(), service_defaults_json(service));
+        }
     }
     v
+}
+
+/// `deployConfig.service` as the CLI writes it.
+fn service_defaults_json(d: &aenv_core::envservice::ServiceDefaults) -> Value {
+    let mut out = serde_json::Map::new();
+    if let Some(r) = d.replicas {
+        out.insert("replicas".into(), json!(r));
+    }
+    if let Some(p) = d.port {
+        out.insert("port".into(), json!(p));
+    }
+    out.insert("enableStorage".into(), json!(d.storage.is_some()));
+    if let Some(s) = &d.storage {
+        for (k, v) in [("storageName", &s.name), ("storageSize", &s.size), ("mountPath", &s.mount_path)] {
+            if let Some(v) = v {
+                out.insert(k.into(), json!(v));
+            }
+        }
+    }
+    Value::Object(out)
 }
 
 fn env_json(spec: &EnvInstanceSpec, meta: EnvMeta<'_>) -> Value {

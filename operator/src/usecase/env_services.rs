@@ -45,6 +45,28 @@ pub struct EnvServiceRequest {
     pub inline: Option<aenv_core::EnvInstanceSpec>,
 }
 
+impl EnvServiceRequest {
+    /// The request with what it leaves out taken from its template's `deployConfig.service`: the replica count,
+    /// the port, and storage (all of it, when the request names none).
+    fn with_defaults(mut self, defaults: Option<&aenv_core::envservice::ServiceDefaults>) -> Self {
+        let Some(d) = defaults else { return self };
+        self.replicas = self.replicas.or(d.replicas.map(i64::from));
+        self.port = self.port.or(d.port.map(i64::from));
+        if let Some(storage) = &d.storage
+            && self.pvc_name.is_none()
+            && self.storage_size.is_none()
+            && self.mount_path.is_none()
+        {
+            self.pvc_name = storage.name.clone();
+            self.storage_size = storage.size.clone();
+            // The mount path marks storage as asked for, as a request's own would.
+            self.mount_path =
+                Some(storage.mount_path.clone().unwrap_or_else(|| aenv_core::envservice::DEFAULT_MOUNT_PATH.into()));
+        }
+        self
+    }
+}
+
 /// `PUT /env-service/{id}`, parsed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EnvServiceUpdate {
@@ -53,14 +75,7 @@ pub struct EnvServiceUpdate {
     pub env: Option<BTreeMap<String, String>>,
 }
 
-/// A DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit.
-fn dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
+use aenv_core::labels::is_dns_label as dns_label;
 
 fn check_replicas(replicas: i64) -> Result<u32, UseCaseError> {
     u32::try_from(replicas).ok().filter(|r| *r <= MAX_SERVICE_REPLICAS).ok_or_else(|| {
@@ -191,7 +206,8 @@ impl UseCases {
         req: EnvServiceRequest,
         caller: Option<&Principal>,
     ) -> Result<Arc<EnvService>, UseCaseError> {
-        let Some((name, version)) = req.env_name.split_once('@').filter(|(n, v)| !n.is_empty() && !v.is_empty()) else {
+        let env_name = req.env_name.clone();
+        let Some((name, version)) = env_name.split_once('@').filter(|(n, v)| !n.is_empty() && !v.is_empty()) else {
             return Err(UseCaseError::field(
                 "envName",
                 format!("field `envName` must be name@version of a registered environment (got {:?})", req.env_name),
@@ -216,6 +232,7 @@ impl UseCases {
             }
             (None, Err(e)) => return Err(e),
         };
+        let req = req.with_defaults(template.spec.service.as_ref());
         let id = match req.service_name.as_deref() {
             Some(n) if dns_label(n) => n.to_string(),
             Some(n) => {

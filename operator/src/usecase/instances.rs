@@ -15,13 +15,16 @@ use super::{
 };
 use crate::{Error, store::random_suffix};
 
+/// Annotation of an instance created with the SDK's `mount_points`: their local directories, none mounted.
+pub const UNMOUNTED_ANNOTATION: &str = "aenv.io/unmounted-mount-points";
+
 /// What a create asked for, parsed from the wire.
 #[derive(Debug)]
 pub enum CreateRequest {
     /// A complete inline spec.
     Inline(Box<EnvInstanceSpec>),
     /// `name@version` of a template, with the SDK's overrides.
-    FromTemplate { name: String, version: String, overrides: Overrides },
+    FromTemplate { name: String, version: String, overrides: Box<Overrides> },
 }
 
 /// What an SDK create (`envName`) may change of its template, as the AEnvironment api-service applies it.
@@ -37,6 +40,18 @@ pub struct Overrides {
     pub owner: Option<String>,
     /// Merged over the template's labels.
     pub labels: BTreeMap<String, String>,
+    /// The SDK's `mount_points` (their local directories), accepted and not mounted: no shared storage is.
+    pub unmounted: Vec<String>,
+}
+
+impl CreateRequest {
+    /// The SDK's `mount_points` this create asked for (their local directories), which are not mounted.
+    pub fn unmounted(&self) -> Vec<String> {
+        match self {
+            CreateRequest::FromTemplate { overrides, .. } => overrides.unmounted.clone(),
+            CreateRequest::Inline(_) => Vec::new(),
+        }
+    }
 }
 
 impl Overrides {
@@ -190,6 +205,33 @@ impl UseCases {
             }
         }
         Err(UseCaseError::Busy("could not draw a free instance id; try again".into()))
+    }
+
+    /// Records on `inst` that the SDK's `mount_points` (`unmounted`, their local directories) were accepted and
+    /// not mounted, so that its `message` says so (an annotation: the spec, which pools match on, stays as asked).
+    /// Best effort: the instance is made either way.
+    pub async fn note_unmounted(&self, inst: Arc<EnvInstance>, unmounted: &[String]) -> Arc<EnvInstance> {
+        if unmounted.is_empty() {
+            return inst;
+        }
+        let key = crate::store::key_of(inst.as_ref());
+        let note = unmounted.join(", ");
+        let mut attempts = super::retry::Attempts::new();
+        while attempts.next().await {
+            let Some(current) = self.stores.instances.get(&key) else { break };
+            let mut next = (*current).clone();
+            next.metadata.annotations.get_or_insert_default().insert(UNMOUNTED_ANNOTATION.into(), note.clone());
+            match self.stores.instances.replace(&next).await {
+                Ok(Some(stored)) => return stored,
+                Ok(None) => break,
+                Err(Error::Conflict(_)) => continue,
+                Err(source) => {
+                    warn!(instance = %key, error = %source, "could not record the unmounted mount points");
+                    break;
+                }
+            }
+        }
+        self.stores.instances.get(&key).unwrap_or(inst)
     }
 
     /// `created` once it serves (running, its readiness probe passed), fails or goes, or as it is after

@@ -18,7 +18,7 @@ use aenv_core::{Engine, EnvInstance, EnvPool, EnvService, Environment, duration:
 use thiserror::Error;
 
 pub use env_services::{EnvServiceRequest, EnvServiceUpdate};
-pub use instances::{CreateRequest, Overrides, status_string};
+pub use instances::{CreateRequest, Overrides, UNMOUNTED_ANNOTATION, status_string};
 pub use limits::{Limits, MaxTtl, Principal};
 pub use pools::PoolRequest;
 pub use templates::{

@@ -49,12 +49,7 @@ fn check_sizes(replicas: u32, max_replicas: Option<u32>) -> Result<(), UseCaseEr
 
 /// Whether `name` can name a pool (a Kubernetes object name: lowercase letters, digits and '-', at most 63).
 fn check_name(name: &str) -> Result<(), UseCaseError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if aenv_core::labels::is_dns_label(name) {
         Ok(())
     } else {
         Err(UseCaseError::field(

@@ -341,7 +341,7 @@ impl UseCases {
             let request = super::CreateRequest::FromTemplate {
                 name: name.clone(),
                 version: version.clone(),
-                overrides: super::Overrides { ttl: ttl.clone(), ..Default::default() },
+                overrides: Box::new(super::Overrides { ttl: ttl.clone(), ..Default::default() }),
             };
             let created = match self.resolve(request, caller) {
                 Ok(spec) => self.create(spec, caller).await,

@@ -49,6 +49,8 @@ pub struct TemplateMeta {
     pub code_url: String,
     /// Other tenants may create instances from it.
     pub shared: bool,
+    /// Defaults for the services made from it (`deployConfig.service`).
+    pub service: Option<aenv_core::envservice::ServiceDefaults>,
 }
 
 /// What a caller may do with a template.
@@ -140,6 +142,8 @@ impl UseCases {
                 code_url: meta.code_url,
                 owner: caller.map(|p| p.owner.clone()),
                 shared: meta.shared,
+                released: false,
+                service: meta.service,
                 template: EnvInstanceSpec { env_name: String::new(), env_version: String::new(), ..spec },
             },
         );
@@ -257,6 +261,122 @@ impl UseCases {
             }
         }
         self.discard_template(&t).await
+    }
+
+    /// Refuses a change to template `t` unless `access` owns it and it is still open to change (not released, not
+    /// a snapshot's); `what` names the change for the message.
+    fn changeable(t: &Environment, access: TemplateAccess, what: &str) -> Result<(), UseCaseError> {
+        let (name, version) = (&t.spec.name, &t.spec.version);
+        if access != TemplateAccess::Own {
+            return Err(UseCaseError::Forbidden(format!(
+                "environment \"{name}@{version}\" belongs to {}; only its owner or an admin token may {what} it",
+                t.spec.owner.as_deref().map_or_else(
+                    || "no tenant (it was registered without tokens)".to_string(),
+                    |o| format!("owner {o}")
+                )
+            )));
+        }
+        if t.spec.released {
+            return Err(UseCaseError::Forbidden(format!(
+                "environment \"{name}@{version}\" is released and cannot change; register a new version"
+            )));
+        }
+        if snapshot_image_of(t).is_some() || snapshot_pending(t) {
+            return Err(UseCaseError::Conflict(format!(
+                "environment \"{name}@{version}\" is a snapshot: its image is fixed; take a new snapshot instead"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Replaces the spec of template `name@version` (envhub's `PUT /env/{name}/{version}`, which `aenv push`
+    /// sends for a version that exists): what instances start from, its description, tags, code URL and service
+    /// defaults. Its owner stays, and so does sharing (an update never withdraws it). Refused while a pool keeps
+    /// sandboxes of it: they would go on serving the old spec.
+    pub async fn update_template(
+        &self,
+        spec: EnvInstanceSpec,
+        meta: TemplateMeta,
+        caller: Option<&Principal>,
+    ) -> Result<Arc<Environment>, UseCaseError> {
+        let (name, version) = (spec.env_name.clone(), spec.env_version.clone());
+        let (t, access) = self.usable_template(&name, &version, caller)?;
+        Self::changeable(&t, access, "update")?;
+        if let Some(pool) = self.pools_of(&name, &version).first() {
+            let which = if Self::pool_visible(pool, caller) {
+                format!("pool \"{}\"", pool.metadata.name.as_deref().unwrap_or_default())
+            } else {
+                "a pool of another owner".to_string()
+            };
+            return Err(UseCaseError::Conflict(format!(
+                "environment \"{name}@{version}\" is used by {which}, whose sandboxes would keep the old spec: delete the pool first, or register a new version"
+            )));
+        }
+        self.engine.refuse_snapshot_images(&spec).map_err(UseCaseError::Refused)?;
+        self.check_ttl(spec.ttl.as_deref(), "deployConfig.ttl")?;
+        self.engine.validate(&spec).map_err(UseCaseError::Refused)?;
+        self.engine.admit(&spec).await.map_err(UseCaseError::Refused)?;
+        let template = EnvInstanceSpec { env_name: String::new(), env_version: String::new(), ..spec };
+        let key = crate::store::key_of(t.as_ref());
+        let mut attempts = super::retry::Attempts::new();
+        while attempts.next().await {
+            let Some(current) = self.stores.templates.get(&key) else { break };
+            Self::changeable(&current, TemplateAccess::of(&current, caller), "update")?;
+            let mut next = (*current).clone();
+            next.spec.template = template.clone();
+            next.spec.description = meta.description.clone();
+            next.spec.tags = meta.tags.clone();
+            next.spec.code_url = meta.code_url.clone();
+            next.spec.service = meta.service.clone();
+            next.spec.shared |= meta.shared;
+            match self.stores.templates.replace(&next).await {
+                Ok(Some(stored)) => {
+                    info!(env = %format!("{name}@{version}"), "environment updated");
+                    return Ok(stored);
+                }
+                Ok(None) => break,
+                Err(Error::Conflict(_)) => continue,
+                Err(source) => return Err(UseCaseError::store("the environment could not be updated", source)),
+            }
+        }
+        Err(UseCaseError::NotFound(format!("environment \"{name}@{version}\" not found")))
+    }
+
+    /// Marks template `name@version` released (envhub's `POST /env/{name}/{version}/release`): final, so no
+    /// longer updated; instances, pools and services are still made from it. Once only (a second answers 403).
+    pub async fn release_template(
+        &self,
+        name: &str,
+        version: &str,
+        caller: Option<&Principal>,
+    ) -> Result<Arc<Environment>, UseCaseError> {
+        let (t, _) = self.usable_template(name, version, caller)?;
+        let key = crate::store::key_of(t.as_ref());
+        let mut attempts = super::retry::Attempts::new();
+        while attempts.next().await {
+            let Some(current) = self.stores.templates.get(&key) else { break };
+            let access = TemplateAccess::of(&current, caller);
+            if access != TemplateAccess::Own {
+                Self::changeable(&current, access, "release")?;
+            }
+            if current.spec.released {
+                return Err(UseCaseError::Forbidden(format!("environment \"{name}@{version}\" is released already")));
+            }
+            // A snapshot's template may be released (its image is fixed anyway), once it is taken.
+            not_pending(&current)?;
+            let mut next = (*current).clone();
+            next.spec.released = true;
+            match self.stores.templates.replace(&next).await {
+                Ok(Some(stored)) => {
+                    info!(env = %format!("{name}@{version}"), "environment released");
+                    return Ok(stored);
+                }
+                Ok(None) => break,
+                Err(Error::Conflict(_)) => continue,
+                Err(source) => return Err(UseCaseError::store("the environment could not be released", source)),
+            }
+        }
+        Err(UseCaseError::NotFound(format!("environment \"{name}@{version}\" not found")))
     }
 
     /// Removes template `t` for good, with its snapshot image if it has one (the image first: a template

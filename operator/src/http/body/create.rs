@@ -5,7 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use aenv_core::{EnvInstanceSpec, Placement, PortSpec, PullPolicy, ReadinessProbe, Resources, labels::is_reserved};
+use aenv_core::{
+    EnvInstanceSpec, Placement, PortSpec, PullPolicy, ReadinessProbe, Resources,
+    envservice::{ServiceDefaults, StorageDefaults},
+    labels::{is_dns_label, is_reserved},
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -81,10 +85,50 @@ pub struct FromTemplate {
     /// Merged over the template's labels; keys under `aenv.io/` are the operator's.
     #[serde(default)]
     pub labels: Option<StringMap<LabelValues>>,
-    /// Refused when not empty: no shared storage is mounted (the SDK sends it only when given).
+    /// Accepted and not mounted: this operator mounts no OSS or shared storage, as upstream ignores them on
+    /// its Kubernetes engine; the instance's `message` says so.
     #[serde(default)]
-    #[schemars(length(max = 0))]
-    pub mount_points: Option<Vec<Ignored>>,
+    pub mount_points: Option<Vec<MountPoint>>,
+}
+
+/// A mount point as the SDK sends it (`{"id": "OSS_xxx", "remote_dir": "/data", "local_dir": "/workspace"}`).
+#[derive(Deserialize, JsonSchema, Debug, Default)]
+pub struct MountPoint {
+    #[serde(default)]
+    pub id: Option<Text>,
+    #[serde(default)]
+    pub remote_dir: Option<Text>,
+    #[serde(default)]
+    pub local_dir: Option<Text>,
+}
+
+/// `deployConfig.service`: what services made from this template start with (the `aenv` CLI's project
+/// template writes it; a `POST /env-service` request's own fields win).
+#[derive(Deserialize, JsonSchema, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "ServiceDefaults")]
+pub struct ServiceBody {
+    #[serde(default)]
+    pub replicas: Option<Ranged<0, 100>>,
+    #[serde(default)]
+    pub port: Option<Ranged<1, 65535>>,
+    /// Give each service made from the template a volume (`storageName`, `storageSize`, `mountPath`).
+    #[serde(default)]
+    pub enable_storage: Option<bool>,
+    /// The volume's name (a DNS label); default the environment's name.
+    #[serde(default)]
+    #[schemars(regex(pattern = super::env_services::DNS_LABEL_PATTERN))]
+    pub storage_name: Option<Text>,
+    /// The same (the CLI's `init --config-only` writes it): read when `storageName` is absent.
+    #[serde(default)]
+    #[schemars(regex(pattern = super::env_services::DNS_LABEL_PATTERN))]
+    pub pvc_name: Option<Text>,
+    #[serde(default)]
+    #[schemars(regex(pattern = super::env_services::SIZE_PATTERN))]
+    pub storage_size: Option<Text>,
+    #[serde(default)]
+    #[schemars(regex(pattern = super::env_services::MOUNT_PATH_PATTERN))]
+    pub mount_path: Option<Text>,
 }
 
 /// An artifact of an Env: the first of `type` `image` names the image (others are ignored).
@@ -123,6 +167,9 @@ pub struct Inline {
     pub tags: Option<Vec<Text>>,
     #[serde(default)]
     pub code_url: Option<Text>,
+    /// The same, as the `aenv` CLI writes it: read when `code_url` is absent or empty (the api-service sends both).
+    #[serde(default, rename = "codeUrl")]
+    pub code_url_camel: Option<Text>,
     /// Merged with `deployConfig.labels`; keys under `aenv.io/` are the operator's.
     #[serde(default)]
     pub labels: Option<StringMap<LabelValues>>,
@@ -350,6 +397,8 @@ pub struct DeployConfig {
     pub resource: Option<Ignored>,
     #[serde(default)]
     pub port: Option<Ignored>,
+    #[serde(default)]
+    pub service: Option<ServiceBody>,
     /// Keys of neither kind: refused on the public API, ignored on the controller API.
     #[serde(flatten)]
     #[schemars(skip)]
@@ -372,6 +421,7 @@ const DEPLOY_KEYS: &[&str] = &[
     "ports",
     "readiness",
     "placement",
+    "service",
 ];
 
 fn bad(field: &str, message: impl Into<String>) -> BodyError {
@@ -494,14 +544,58 @@ pub fn parse_create_object(
     {
         obj.insert("deployConfig".into(), snake);
     }
-    let body: Inline = super::from_value(Value::Object(obj))?;
+    let mut body: Inline = super::from_value(Value::Object(obj))?;
+    let service = body.deploy_config.as_mut().and_then(|d| d.service.take()).map(service_defaults).transpose()?;
     let meta = TemplateMeta {
         shared: body.shared.unwrap_or(false),
         description: body.description.clone().map(Text::into_string).unwrap_or_default(),
         tags: strings(body.tags.clone()),
-        code_url: body.code_url.clone().map(Text::into_string).unwrap_or_default(),
+        code_url: given(body.code_url.clone()).or_else(|| given(body.code_url_camel.clone())).unwrap_or_default(),
+        service,
     };
     Ok((inline(body, strictness)?, meta))
+}
+
+/// `deployConfig.service`, checked as a service's request would be, each field named where the body holds it.
+fn service_defaults(body: ServiceBody) -> Result<ServiceDefaults, BodyError> {
+    const AT: &str = "deployConfig.service";
+    let name = given_trimmed(body.storage_name).or_else(|| given_trimmed(body.pvc_name));
+    if let Some(n) = &name
+        && !is_dns_label(n)
+    {
+        return Err(bad(
+            &format!("{AT}.storageName"),
+            format!(
+                "field `{AT}.storageName` must be 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit (got {n:?})"
+            ),
+        ));
+    }
+    let size = given_trimmed(body.storage_size);
+    if let Some(q) = &size
+        && aenv_core::quantity::parse_memory_bytes(q).is_err()
+    {
+        return Err(bad(
+            &format!("{AT}.storageSize"),
+            format!("field `{AT}.storageSize` must be a quantity such as \"10Gi\" (got {q:?})"),
+        ));
+    }
+    let mount_path = given_trimmed(body.mount_path);
+    if let Some(path) = &mount_path
+        && let Some(why) = aenv_core::VolumeMount::mount_path_refusal(path)
+    {
+        return Err(bad(&format!("{AT}.mountPath"), format!("field `{AT}.mountPath` {why} (got {path:?})")));
+    }
+    let replicas = body.replicas.map(|r| r.get::<u32>());
+    let storage = body.enable_storage.unwrap_or(false).then_some(StorageDefaults { name, size, mount_path });
+    if storage.as_ref().is_some_and(|s| s.size.is_some()) && replicas.is_some_and(|r| r > 1) {
+        return Err(bad(
+            &format!("{AT}.replicas"),
+            format!(
+                "fields `{AT}.replicas` and `{AT}.storageSize`: a service with storage has one replica; ask for replicas 1 or leave out enableStorage"
+            ),
+        ));
+    }
+    Ok(ServiceDefaults { replicas, port: body.port.map(|p| p.get::<u16>()), storage })
 }
 
 fn from_template(body: FromTemplate) -> Result<CreateRequest, BodyError> {
@@ -532,23 +626,25 @@ fn from_template(body: FromTemplate) -> Result<CreateRequest, BodyError> {
     validate_env(&env, "environment_variables")?;
     let labels = body.labels.unwrap_or_default().into_inner();
     validate_labels(&labels, "labels")?;
-    if body.mount_points.is_some_and(|m| !m.is_empty()) {
-        return Err(bad(
-            "mount_points",
-            "field `mount_points` is not supported by this operator (no shared storage is mounted)",
-        ));
-    }
+    // Accepted and not mounted, as upstream's Kubernetes engine does; the instance's message says so.
+    let unmounted = body
+        .mount_points
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| given(m.local_dir).or_else(|| given(m.id)).unwrap_or_else(|| "?".into()))
+        .collect();
     Ok(CreateRequest::FromTemplate {
         name: name.to_string(),
         version: version.to_string(),
-        overrides: Overrides {
+        overrides: Box::new(Overrides {
             datasource: given(body.datasource),
             env,
             args: strings(body.arguments),
             ttl,
             owner,
             labels,
-        },
+            unmounted,
+        }),
     })
 }
 
@@ -920,7 +1016,14 @@ mod tests {
             other => panic!("{other:?}"),
         }
         refused(r#"{"envName":"a@1","ttl":"forever"}"#, "`ttl`");
-        refused(r#"{"envName":"a@1","mount_points":[{"src":"/"}]}"#, "mount_points");
+        match parse_create(
+            br#"{"envName":"a@1","mount_points":[{"id":"OSS_1","remote_dir":"/data","local_dir":"/workspace"},{"src":"/"}]}"#,
+            Strictness::Strict,
+        ) {
+            Ok((request, _)) => assert_eq!(request.unmounted(), ["/workspace", "?"], "accepted, not mounted"),
+            Err(e) => panic!("{e:?}"),
+        }
+        refused(r#"{"envName":"a@1","mount_points":{"a":1}}"#, "mount_points");
         refused(r#"{"envName":"mini-terminal"}"#, "envName");
         refused(r#"{"envName":"a@b@c"}"#, "envName");
         refused(r#"{"envName":"a@1","environment_variables":{"A":[]}}"#, "environment_variables.A");

@@ -15,13 +15,13 @@ use super::{
 use crate::usecase::{EnvServiceRequest, EnvServiceUpdate};
 
 /// A DNS label (a service's or a volume's name).
-const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+pub(super) const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 /// An absolute path other than `/`, without `.` or `..` components or ':'.
-const MOUNT_PATH_PATTERN: &str = "^(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,30}){1,8}$";
+pub(super) const MOUNT_PATH_PATTERN: &str = "^(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,30}){1,8}$";
 /// A cpu quantity (`1`, `0.5`, `500m`).
 const CPU_PATTERN: &str = "^([1-9][0-9]{0,2}(\\.[0-9]{1,3})?|0\\.[0-9]{0,2}[1-9]|[1-9][0-9]{0,5}m)$";
 /// A size of at least 6Mi (`512Mi`, `2Gi`, `10G`).
-const SIZE_PATTERN: &str = "^([1-9][0-9]{0,3}(\\.[0-9]{1,2})?(Gi|G|Ti|T)|([7-9]|[1-9][0-9]{1,5})(Mi|M))$";
+pub(super) const SIZE_PATTERN: &str = "^([1-9][0-9]{0,3}(\\.[0-9]{1,2})?(Gi|G|Ti|T)|([7-9]|[1-9][0-9]{1,5})(Mi|M))$";
 const ENV_NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,54}[a-z0-9])?@[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$";
 const OWNER_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]{0,63}$";
 
