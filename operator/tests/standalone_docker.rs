@@ -293,6 +293,37 @@ async fn unreachable_daemon_at_start_is_a_clear_error() {
     assert!(stderr.contains("--docker-host"), "the message says what to change: {stderr}");
 }
 
+#[tokio::test]
+async fn an_operator_id_the_embedded_store_does_not_keep_is_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |id: &str| {
+        std::process::Command::new(BIN)
+            .args(["serve", "--api-listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--operator-id", id])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run("someone-else");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--operator-id \"someone-else\"") && stderr.contains("embedded store"), "{stderr}");
+    // The message names the store's own id; that one is accepted (the operator then runs until stopped).
+    let own = stderr.split("operator id \"").nth(1).and_then(|r| r.split('"').next()).unwrap_or_default();
+    assert!(!own.is_empty(), "{stderr}");
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--api-listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--operator-id", own])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the store's own id is accepted");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
 #[test]
 fn docker_daemon_is_there() {
     let out = docker(&["version", "--format", "{{.Server.APIVersion}}"]);

@@ -349,7 +349,7 @@ pub struct KubeArgs {
     #[arg(long)]
     pub kube_api_url: Option<String>,
     /// The id put on every container or Pod as aenv.io/operator-id (--store kubernetes; the embedded store keeps
-    /// its own). Default: aenv-operator.<namespace>. Replicas of one deployment share it; two deployments that
+    /// its own, and refuses another). Default: aenv-operator.<namespace>. Replicas of one deployment share it; two deployments that
     /// share a Docker host or a sandbox namespace must not.
     #[arg(long, env = "AENV_OPERATOR_ID")]
     pub operator_id: Option<String>,

@@ -112,6 +112,15 @@ pub async fn open_store(config: &Config, client: Option<&kube::Client>) -> Resul
         (StoreKind::Kubernetes, None) => Err(Error::Config("the Kubernetes store needs a Kubernetes client".into())),
         (StoreKind::Embedded, _) => {
             let db = store::Embedded::open(&config.data_dir)?;
+            // The embedded store draws its id once and keeps it: what it made is found by that id after a
+            // restart, so another one named on the command line is refused rather than ignored.
+            if let Some(asked) = config.kube.operator_id.as_deref().filter(|id| *id != db.operator_id()) {
+                return Err(Error::Config(format!(
+                    "--operator-id {asked:?}: the embedded store at {} keeps its own operator id {:?}, which labels everything it made; leave --operator-id (and AENV_OPERATOR_ID) out, pass that id, or use --store kubernetes",
+                    config.data_dir.display(),
+                    db.operator_id()
+                )));
+            }
             let instances = db.store::<EnvInstance>()?;
             info!(data_dir = %config.data_dir.display(), instances = instances.len(), operator_id = db.operator_id(), fresh = db.is_fresh(), "store open");
             Ok(OpenedStore {
