@@ -7,8 +7,10 @@ use aenv_core::{EngineError, Observed, Phase, PortStatus};
 use bollard::{
     Docker,
     models::{ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummaryStateEnum},
-    query_parameters::RemoveContainerOptionsBuilder,
+    query_parameters::{LogsOptionsBuilder, RemoveContainerOptionsBuilder},
 };
+
+use futures::StreamExt;
 
 use crate::error::{classify, is_conflict, is_not_found};
 
@@ -28,6 +30,44 @@ pub(crate) enum Removal {
     Gone,
     /// The daemon is removing it already (409): it will be gone shortly.
     InProgress,
+}
+
+/// Most lines of a failed container's output its instance's message carries, and most bytes.
+const LAST_LINES: usize = 5;
+const LAST_BYTES: usize = 512;
+
+/// The last lines a container printed (stdout and stderr together, as `docker logs --tail` gives them), cleaned
+/// of control characters and bounded, for the message of an instance whose container exited: what a user needs
+/// to see why (`sleep: missing operand`) without a second call. `None` when it printed nothing or the logs cannot
+/// be read (a logging driver without reads).
+pub(crate) async fn last_output(docker: &Docker, name: &str) -> Option<String> {
+    let tail = LAST_LINES.to_string();
+    let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&tail).build();
+    let mut logs = docker.logs(name, Some(options));
+    let mut bytes = Vec::new();
+    let read = async {
+        while let Some(Ok(chunk)) = logs.next().await {
+            bytes.extend_from_slice(&chunk.into_bytes());
+            if bytes.len() > 64 * 1024 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), read).await.ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.chars().filter(|c| !c.is_control() || *c == '\t').collect::<String>().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let joined = lines[lines.len().saturating_sub(LAST_LINES)..].join(" | ");
+    if joined.is_empty() {
+        return None;
+    }
+    // Keep the end: the last words are the ones that say why.
+    let start = joined.len().saturating_sub(LAST_BYTES);
+    let start = (start..joined.len()).find(|i| joined.is_char_boundary(*i)).unwrap_or(joined.len());
+    Some(if start > 0 { format!("…{}", &joined[start..]) } else { joined })
 }
 
 /// Kills and removes a container at once (sandboxes get no grace period), with its anonymous volumes.

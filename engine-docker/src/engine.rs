@@ -370,10 +370,12 @@ impl DockerEngine {
         c: &ContainerInspectResponse,
     ) -> Result<Observed, EngineError> {
         let mut observed = containers::observe(name, c);
-        if observed.phase == Phase::Failed
-            && let Some(why) = containers::platform_mismatch(&self.docker, &self.platform, c).await
-        {
-            observed.message = Some(format!("{}; {why}", observed.message.unwrap_or_default()));
+        if observed.phase == Phase::Failed {
+            if let Some(why) = containers::platform_mismatch(&self.docker, &self.platform, c).await {
+                observed.message = Some(format!("{}; {why}", observed.message.unwrap_or_default()));
+            } else if let Some(last) = containers::last_output(&self.docker, name).await {
+                observed.message = Some(format!("{}; its last output: {last}", observed.message.unwrap_or_default()));
+            }
         }
         (observed.ready, observed.ready_message) = self.readiness(spec, &observed).await;
         Ok(observed)

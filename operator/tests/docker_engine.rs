@@ -207,6 +207,23 @@ async fn compose_owned_labels_are_refused_on_single_containers() {
 }
 
 #[tokio::test]
+async fn a_container_that_exits_fails_with_its_last_lines_in_the_message() {
+    let op = Operator::start(BIN, &["--create-wait", "0"]).await;
+    let name = unique_name("lastout");
+    // Many lines first (only the last few are kept), an escape sequence (stripped), the reason last, on stderr.
+    let script = "i=0; while [ $i -lt 50 ]; do echo noise $i; i=$((i+1)); done; \
+                  printf '\\033[31mcolour\\033[0m\\n'; echo 'config missing: /etc/app.toml' >&2; exit 3";
+    let id = create(&op, &name, json!({"arguments": ["/bin/sh", "-c", script], "readiness": false})).await;
+    let v = op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Failed").await;
+    let msg = v["data"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("exited with code 3"), "{msg}");
+    assert!(msg.contains("config missing: /etc/app.toml"), "the reason the program printed: {msg}");
+    assert!(msg.contains("[31mcolour") && !msg.contains('\u{1b}'), "control characters are stripped: {msg:?}");
+    assert!(!msg.contains("noise 10"), "only the last lines: {msg}");
+    assert!(msg.len() < 1024, "bounded: {}", msg.len());
+}
+
+#[tokio::test]
 async fn a_missing_executable_fails_the_container_with_docker_s_reason() {
     let op = Operator::start(BIN, &[]).await;
     let name = unique_name("noexec");
