@@ -102,7 +102,9 @@ pub fn plan(
         replicas: (current + census.old_ready.len()) as u32,
         available_replicas: available,
         updated_replicas: current as u32,
-        last_error: members::last_error(failure, missing, fulfilled, previous.last_error.clone()),
+        // Old replicas serving meanwhile do not make a rolling update healthy: a failure of the new revision
+        // stays in the message until the update is done.
+        last_error: members::last_error(failure, missing, fulfilled && !had_old, previous.last_error.clone()),
     };
     let finished = deleting && members.is_empty();
     let healthy = status.phase == ServicePhase::Running;
@@ -338,6 +340,22 @@ mod tests {
         // A ready replica never times out.
         let p = plan(&svc(2), &members[..1], Some(&model("a")), u32::MAX, false, short);
         assert_eq!((p.remove.len(), p.new_failures), (0, 0));
+    }
+
+    #[test]
+    fn an_update_whose_new_replicas_fail_keeps_the_reason_while_the_old_ones_serve() {
+        let mut s = svc(1);
+        let why = "replica web-3: image \"aenv-test/none:1\" is not on the Docker host".to_string();
+        s.status = Some(EnvServiceStatus { last_error: Some(why.clone()), ..Default::default() });
+        // The old revision's replica serves; the new one failed and was removed at the previous look.
+        let members = [replica(1, model("a"), Phase::Running, true)];
+        let p = plan(&s, &members, Some(&model("b")), u32::MAX, true, clock());
+        assert_eq!(p.status.phase, ServicePhase::Updating);
+        assert_eq!(p.status.last_error.as_deref(), Some(why.as_str()), "the reason stays while the update is stuck");
+        // Once the new revision serves, it is cleared.
+        let members = [replica(2, model("b"), Phase::Running, true)];
+        let p = plan(&s, &members, Some(&model("b")), u32::MAX, false, clock());
+        assert_eq!((p.status.phase, p.status.last_error), (ServicePhase::Running, None));
     }
 
     #[test]
