@@ -324,6 +324,41 @@ async fn an_operator_id_the_embedded_store_does_not_keep_is_refused_not_ignored(
     let _ = child.wait();
 }
 
+#[tokio::test]
+async fn sigterm_with_a_stream_open_drains_in_about_two_seconds_and_says_so() {
+    let mut op = Operator::start(BIN, &["--create-wait", "0"]).await;
+    let name = unique_name("drain");
+    let (code, created) = op.post_json("/env-instance", &create_body(&name, TEST_IMAGE, json!({}))).await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    op.wait_for(&id, Duration::from_secs(30), |v| v["data"]["status"] == "Running").await;
+    // A stream that never ends by itself: a followed log (as an MCP session's GET stays open).
+    let resp = op.http.get(op.url(&format!("/env-instance/{id}/logs?follow=true"))).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut resp = resp;
+    let pid = op.pid().expect("the operator runs");
+    let asked = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    // The stream is ended by the operator, and the process exits, within the drain grace and a margin.
+    let ended =
+        tokio::time::timeout(Duration::from_secs(5), async { while let Ok(Some(_)) = resp.chunk().await {} }).await;
+    assert!(ended.is_ok(), "the followed log was still open 5 s after SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(Instant::now() < deadline, "the operator did not exit after SIGTERM\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(3), "draining took {took:?}\n{}", op.log());
+    assert!(op.log().contains("draining"), "the log says it drains:\n{}", op.log());
+    // What it had accepted is there after a start.
+    op.restart(BIN).await;
+    let (code, again) = op.get(&format!("/env-instance/{id}")).await;
+    assert_eq!(code, 200, "{again}");
+}
+
 #[test]
 fn docker_daemon_is_there() {
     let out = docker(&["version", "--format", "{{.Server.APIVersion}}"]);

@@ -124,8 +124,13 @@ fn refuse(stream: TcpStream) {
     // Dropping closes the socket at once.
 }
 
+/// How long a connection open at shutdown may go on: a request in flight finishes (what it stored is durable before
+/// it answers), a long-lived stream (an MCP session's GET, a followed log) is ended, so that a restart takes about
+/// this long rather than until the last client hangs up.
+const DRAIN_GRACE: Duration = Duration::from_millis(1500);
+
 /// Serves `filter` on `listener` within `limits` until `shutdown` resolves; then stops accepting, lets open
-/// connections finish their request (at most 10 s), and returns.
+/// connections finish their request within [`DRAIN_GRACE`], ends the rest, and returns.
 pub async fn serve<F>(
     name: &'static str,
     listener: TcpListener,
@@ -197,9 +202,11 @@ pub async fn serve<F>(
     }
     let _ = stop_tx.send(true);
     drop(listener);
-    // Wait for open connections to finish, but not for ever (a stream may stay open).
+    let open = limits.max_connections.saturating_sub(slots.available_permits());
+    info!(listener = name, open, grace = ?DRAIN_GRACE, "draining: no new connections; open ones finish their request or are ended");
+    // Each connection ends itself within the grace; this bounds the wait should one not.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all)).await;
+    let _ = tokio::time::timeout(DRAIN_GRACE + Duration::from_millis(500), slots.acquire_many(all)).await;
 }
 
 async fn serve_connection<S>(
@@ -226,6 +233,7 @@ async fn serve_connection<S>(
     let conn = builder.serve_connection(io, service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let mut stopping = false;
+    let mut drain_at: Option<tokio::time::Instant> = None;
     loop {
         let idle_deadline = limits.idle_timeout.map(|idle| {
             let last = Duration::from_millis(last.load(Ordering::Relaxed));
@@ -233,6 +241,12 @@ async fn serve_connection<S>(
         });
         let idle = async {
             match idle_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let drain = async {
+            match drain_at {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
@@ -255,8 +269,13 @@ async fn serve_connection<S>(
                 debug!(%peer, "closing a connection its handler gave up on");
                 return;
             }
+            () = drain => {
+                debug!(%peer, "ending a connection still open after the drain grace");
+                return;
+            }
             changed = stop.changed(), if !stopping => {
                 stopping = true;
+                drain_at = Some(tokio::time::Instant::now() + DRAIN_GRACE);
                 if changed.is_ok() {
                     conn.as_mut().graceful_shutdown();
                 }
